@@ -1,0 +1,169 @@
+"""The job lifecycle: every state, its kind, and the moves it allows.
+
+This table is the single source of truth. The engine checks it before every
+write, the SQL guards and the diagrams are derived from it, and nothing else
+in Instar restates it. The table is validated when this module is imported.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+
+class State(enum.StrEnum):
+    PENDING = "pending"
+    SCHEDULED = "scheduled"
+    READY = "ready"
+    RUNNING = "running"
+    SUSPENDED = "suspended"
+    BACKING_OFF = "backing-off"
+    PAUSED = "paused"
+    ORPHANED = "orphaned"
+    SERVING = "serving"
+    STOPPING = "stopping"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Kind(enum.StrEnum):
+    INITIAL = "initial"
+    TIMER = "timer"
+    CLAIMABLE = "claimable"
+    LEASED = "leased"
+    WAITING = "waiting"
+    PARKED = "parked"
+    TRANSIENT = "transient"
+    TERMINAL = "terminal"
+
+
+S = State
+
+KINDS: Mapping[State, Kind] = {
+    S.PENDING: Kind.INITIAL,
+    S.SCHEDULED: Kind.TIMER,
+    S.READY: Kind.CLAIMABLE,
+    S.RUNNING: Kind.LEASED,
+    S.SUSPENDED: Kind.WAITING,
+    S.BACKING_OFF: Kind.TIMER,
+    S.PAUSED: Kind.PARKED,
+    S.ORPHANED: Kind.TRANSIENT,
+    S.SERVING: Kind.LEASED,
+    S.STOPPING: Kind.LEASED,
+    S.COMPLETED: Kind.TERMINAL,
+    S.FAILED: Kind.TERMINAL,
+    S.CANCELLED: Kind.TERMINAL,
+}
+
+TRANSITIONS: Mapping[State, frozenset[State]] = {
+    S.PENDING: frozenset({S.READY, S.SCHEDULED, S.CANCELLED, S.FAILED}),
+    S.SCHEDULED: frozenset({S.READY, S.PAUSED, S.CANCELLED}),
+    S.READY: frozenset({S.RUNNING, S.PAUSED, S.CANCELLED}),
+    S.RUNNING: frozenset(
+        {
+            S.COMPLETED,
+            S.BACKING_OFF,
+            S.FAILED,
+            S.SUSPENDED,
+            S.PAUSED,
+            S.CANCELLED,
+            S.ORPHANED,
+            S.SERVING,
+            S.READY,
+        }
+    ),
+    S.SUSPENDED: frozenset({S.READY, S.CANCELLED}),
+    S.BACKING_OFF: frozenset({S.READY, S.PAUSED, S.FAILED, S.CANCELLED}),
+    S.PAUSED: frozenset({S.READY, S.SCHEDULED, S.CANCELLED}),
+    S.ORPHANED: frozenset({S.READY, S.FAILED, S.CANCELLED}),
+    S.SERVING: frozenset({S.STOPPING, S.FAILED, S.ORPHANED, S.CANCELLED}),
+    S.STOPPING: frozenset({S.COMPLETED, S.FAILED}),
+    S.COMPLETED: frozenset(),
+    S.FAILED: frozenset({S.READY}),
+    S.CANCELLED: frozenset(),
+}
+
+MEANINGS: Mapping[State, str] = {
+    S.PENDING: "created; waiting for its dependencies to finish",
+    S.SCHEDULED: "waiting for its start time (run_at)",
+    S.READY: "eligible; waiting for a free worker",
+    S.RUNNING: "a worker holds its lease and runs the handler",
+    S.SUSPENDED: "awaits a signal, a durable sleep or a child job; holds no worker",
+    S.BACKING_OFF: "the last attempt failed with a retriable error; waits for next_retry_at",
+    S.PAUSED: "needs a person: paused on request, or retries exhausted; holds no worker",
+    S.ORPHANED: "its worker's lease expired (worker lost)",
+    S.SERVING: "a service job is up and keeps its lease by heartbeat",
+    S.STOPPING: "a service job is shutting down gracefully",
+    S.COMPLETED: "the handler returned; result is stored",
+    S.FAILED: "non-retriable error, retries exhausted, or a dependency failed",
+    S.CANCELLED: "cancelled on request or by pause timeout",
+}
+
+INITIAL: State = S.PENDING
+
+# A job is created in one of these: pending while it waits for dependencies,
+# scheduled when it starts later, ready otherwise. No move enters pending.
+ENTRY_STATES: frozenset[State] = frozenset({S.PENDING, S.SCHEDULED, S.READY})
+
+
+def can_transition(from_state: State, to_state: State) -> bool:
+    """Whether the table allows moving a job from ``from_state`` to ``to_state``."""
+    return to_state in TRANSITIONS[from_state]
+
+
+def is_terminal(state: State) -> bool:
+    return KINDS[state] is Kind.TERMINAL
+
+
+def is_leased(state: State) -> bool:
+    """Leased states are the ones a worker holds and must keep alive by heartbeat."""
+    return KINDS[state] is Kind.LEASED
+
+
+def states_of_kind(kind: Kind) -> frozenset[State]:
+    return frozenset(state for state, k in KINDS.items() if k is kind)
+
+
+def sources_of(to_state: State) -> frozenset[State]:
+    """Every state from which ``to_state`` may be entered (used to build SQL guards)."""
+    return frozenset(s for s, targets in TRANSITIONS.items() if to_state in targets)
+
+
+def validate(
+    transitions: Mapping[State, frozenset[State]], kinds: Mapping[State, Kind], initial: State
+) -> None:
+    """Refuse a table that breaks the lifecycle's invariants.
+
+    One initial state that nothing enters; terminal states that only leave by an
+    explicit operator retry (``failed``) or not at all; every state reachable;
+    every non-terminal state with a path to a terminal one.
+    """
+    states = set(kinds)
+    if set(transitions) != states:
+        raise ValueError("every state needs a kind and a row in the transition table")
+    if any(initial in targets for targets in transitions.values()):
+        raise ValueError(f"the initial state {initial} must not be entered again")
+    reachable = {initial}
+    frontier = [initial]
+    while frontier:
+        for target in transitions[frontier.pop()]:
+            if target not in reachable:
+                reachable.add(target)
+                frontier.append(target)
+    if reachable != states:
+        raise ValueError(f"unreachable states: {sorted(states - reachable)}")
+    terminal = {s for s, k in kinds.items() if k is Kind.TERMINAL}
+    for state in states - terminal:
+        seen = {state}
+        frontier = [state]
+        while frontier and not (seen & terminal):
+            for target in transitions[frontier.pop()]:
+                if target not in seen:
+                    seen.add(target)
+                    frontier.append(target)
+        if not seen & terminal:
+            raise ValueError(f"state {state} has no path to a terminal state")
+
+
+validate(TRANSITIONS, KINDS, INITIAL)

@@ -1,0 +1,59 @@
+"""What a job and an event look like to callers: frozen records, no behaviour."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from instar.lifecycle import State
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    current: float
+    total: float | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: int
+    name: str
+    queue: str
+    state: State
+    priority: int
+    attempt: int
+    max_attempts: int
+    args: dict[str, Any]
+    result: Any
+    error: dict[str, Any] | None
+    key: str | None
+    run_at: datetime | None
+    next_retry_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    worker: str | None
+    progress: Progress | None
+    lease_seconds: float
+    lease_expires_at: datetime | None
+    cancel_requested: bool
+    version: int
+    lease_token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One line of a job's timeline. A note (progress, a refused report) has
+    ``from_state == to_state``; the first event has ``from_state`` None."""
+
+    id: int
+    job_id: int
+    at: datetime
+    from_state: State | None
+    to_state: State
+    trigger: str
+    attempt: int
+    worker: str | None
+    actor: str | None
+    detail: Any

@@ -1,0 +1,52 @@
+"""Backends and the one function that picks a backend from a database URL."""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import parse_qs, urlsplit
+
+from instar.errors import ConfigurationError
+from instar.store.contract import Store
+
+DEFAULT_DATABASE = "sqlite:///instar.db"
+
+
+def database_url(url: str | None) -> str:
+    """The URL to use: the one given, else $INSTAR_DATABASE, else ./instar.db."""
+    return url or os.environ.get("INSTAR_DATABASE") or DEFAULT_DATABASE
+
+
+def open_store(url: str) -> Store:
+    """Open (and migrate) the store a URL names.
+
+    ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` or a plain
+    file path select SQLite; ``?synchronous=normal`` trades durability of the
+    last commits on power loss for speed.
+    """
+    if "://" not in url:
+        url = "sqlite:///" + url
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        from instar.store.sqlite.store import SQLiteStore
+
+        path = parts.path[1:] if parts.path.startswith("/") else parts.path
+        if not path:
+            raise ConfigurationError(
+                f"database URL {url!r} names no file; write sqlite:///path/to/jobs.db"
+            )
+        options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        unknown = set(options) - {"synchronous"}
+        if unknown:
+            raise ConfigurationError(
+                f"unknown SQLite option(s) {sorted(unknown)} in {url!r}; "
+                "the only one is synchronous"
+            )
+        store = SQLiteStore(path, synchronous=options.get("synchronous", "full"))
+        store.migrate()
+        return store
+    if parts.scheme in ("postgres", "postgresql"):
+        raise ConfigurationError(
+            f"the PostgreSQL backend is not part of this version of Instar (URL {url!r}); "
+            "use a sqlite:/// URL"
+        )
+    raise ConfigurationError(f"unsupported database URL {url!r}; use sqlite:///path/to/jobs.db")

@@ -1,0 +1,155 @@
+"""The store contract: what the engine asks of a backend, and nothing more.
+
+Every backend implements ``Store`` with its own SQL. A method that changes a
+job's state names its precondition and compare-and-sets on it; losing a race
+is a normal result (``False`` or an empty list), never an exception. Times are
+epoch seconds (UTC) here; the models turn them into datetimes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from instar.lifecycle import State
+from instar.models import Event, Job
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    name: str
+    queue: str
+    state: State
+    priority: int
+    max_attempts: int
+    args_json: str
+    key: str | None
+    run_at: float | None
+    lease_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """One state change of one job, with the values it leaves behind.
+
+    ``from_state`` plus one guard make the compare-and-set: ``version`` for
+    operators and timers, ``guard_token`` for the worker holding the lease
+    (so a zombie worker's report is refused). The other fields are the job's
+    new values; the engine computes them, the store only writes them.
+    """
+
+    job_id: int
+    from_state: State
+    to_state: State
+    trigger: str
+    attempt: int
+    run_at: float | None
+    next_retry_at: float | None
+    worker: str | None
+    lease_token: str | None
+    lease_expires_at: float | None
+    result_json: str | None
+    error_json: str | None
+    max_attempts: int
+    version: int | None = None
+    guard_token: str | None = None
+    actor: str | None = None
+    detail_json: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A timeline entry that changes no state: progress, a cancel request, a refusal."""
+
+    job_id: int
+    trigger: str
+    worker: str | None
+    actor: str | None
+    detail_json: str | None
+    progress_json: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    worker: str
+    limit: int
+    queues: Sequence[str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    applied: list[bool]
+    claimed: list[Job]
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    state: State | None = None
+    queue: str | None = None
+    name: str | None = None
+    limit: int = 100
+
+
+class Store(Protocol):
+    """A durable home for jobs and their timelines."""
+
+    supports_listen: bool
+
+    def migrate(self) -> int:
+        """Bring the schema up to date; returns the schema version."""
+        ...
+
+    def close(self) -> None: ...
+
+    def insert_jobs(self, jobs: Sequence[NewJob], now: float, actor: str | None) -> list[Job]:
+        """Insert jobs and their first events in one transaction. A job whose
+        ``key`` already exists is not inserted again: the existing one is returned."""
+        ...
+
+    def get_job(self, job_id: int) -> Job | None: ...
+
+    def list_jobs(self, where: JobFilter) -> list[Job]: ...
+
+    def count_by_state(self) -> dict[State, int]: ...
+
+    def events(self, job_id: int) -> list[Event]: ...
+
+    def commit_batch(
+        self,
+        moves: Sequence[Move],
+        notes: Sequence[Note],
+        claim: ClaimRequest | None,
+        now: float,
+    ) -> BatchResult:
+        """In one transaction: apply each move if its guard still holds (with its
+        event), append the notes, then claim up to ``claim.limit`` ready jobs
+        (ready -> running, fresh lease token each, oldest most urgent first)."""
+        ...
+
+    def request_cancel_if_leased(self, job_id: int, now: float, actor: str | None) -> bool:
+        """Flag a running (or serving) job for cancellation; its worker acts on it."""
+        ...
+
+    def heartbeat(self, worker: str, now: float) -> list[tuple[int, bool]]:
+        """Extend every lease ``worker`` holds in one statement; returns
+        (job id, cancel requested) for each job still held."""
+        ...
+
+    def due_timers(self, now: float, limit: int) -> list[Job]:
+        """Scheduled jobs whose run_at and backing-off jobs whose next_retry_at has come."""
+        ...
+
+    def expired_leases(self, now: float, limit: int) -> list[Job]: ...
+
+    def next_timer_at(self) -> float | None:
+        """The earliest run_at or next_retry_at still ahead, for burst workers and sleepers."""
+        ...
+
+    def try_lead(self, role: str, holder: str, now: float, ttl: float) -> bool:
+        """Take or renew the leadership of ``role`` for ``ttl`` seconds."""
+        ...
+
+    def change_marker(self) -> int:
+        """A number that changes when another connection commits (cheap to read)."""
+        ...

@@ -1,0 +1,132 @@
+-- Named queries of the SQLite store. {leased} is replaced, when the file is
+-- loaded, by the leased states of the lifecycle table.
+
+-- name: pragmas
+-- WAL lets readers run beside the one writer; FULL keeps every commit on disk.
+PRAGMA journal_mode = WAL;
+
+-- name: insert_job
+-- A job whose key exists already is skipped; the caller then reads the existing one.
+INSERT INTO jobs (name, queue, state, priority, max_attempts, args, key, run_at,
+                  created_at, updated_at, lease_seconds)
+VALUES (:name, :queue, :state, :priority, :max_attempts, :args, :key, :run_at,
+        :now, :now, :lease_seconds)
+ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING
+
+-- name: max_job_id
+SELECT coalesce(max(id), 0) FROM jobs
+
+-- name: job_by_key
+SELECT * FROM jobs WHERE key = ?
+
+-- name: get_job
+SELECT * FROM jobs WHERE id = ?
+
+-- name: jobs_in
+SELECT * FROM jobs WHERE id IN (SELECT value FROM json_each(?))
+
+-- name: list_jobs
+-- Newest first; each filter is optional.
+SELECT * FROM jobs
+WHERE (:state IS NULL OR state = :state)
+  AND (:queue IS NULL OR queue = :queue)
+  AND (:name IS NULL OR name = :name)
+ORDER BY id DESC
+LIMIT :limit
+
+-- name: count_by_state
+SELECT state, count(*) FROM jobs GROUP BY state
+
+-- name: insert_event
+INSERT INTO events (job_id, at, from_state, to_state, trigger, attempt, worker, actor, detail)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+
+-- name: insert_note
+-- A note repeats the job's current state as both ends: it changes nothing.
+INSERT INTO events (job_id, at, from_state, to_state, trigger, attempt, worker, actor, detail)
+SELECT id, :now, state, state, :trigger, attempt, :worker, :actor, :detail
+FROM jobs WHERE id = :job_id
+
+-- name: events_of_job
+SELECT * FROM events WHERE job_id = ? ORDER BY id
+
+-- name: move
+-- Compare-and-set on (id, state) plus the version or the lease token the caller holds.
+UPDATE jobs
+SET state = :to_state, version = version + 1, updated_at = :now,
+    attempt = :attempt, max_attempts = :max_attempts, run_at = :run_at,
+    next_retry_at = :next_retry_at, worker = :worker, lease_token = :lease_token,
+    lease_expires_at = :lease_expires_at, result = :result, error = :error,
+    cancel_requested = CASE WHEN :to_state = 'running' THEN 0 ELSE cancel_requested END
+WHERE id = :job_id AND state = :from_state
+  AND (:version IS NULL OR version = :version)
+  AND (:guard_token IS NULL OR lease_token = :guard_token)
+
+-- name: claim_any_queue
+-- One statement claims the whole batch; RETURNING order is not defined, so the caller sorts.
+UPDATE jobs
+SET state = 'running', attempt = attempt + 1, worker = :worker,
+    lease_token = lower(hex(randomblob(8))), lease_expires_at = :now + lease_seconds,
+    cancel_requested = 0, version = version + 1, updated_at = :now
+WHERE id IN (SELECT id FROM jobs WHERE state = 'ready'
+             ORDER BY priority DESC, id LIMIT :limit)
+RETURNING *
+
+-- name: claim_from_queues
+UPDATE jobs
+SET state = 'running', attempt = attempt + 1, worker = :worker,
+    lease_token = lower(hex(randomblob(8))), lease_expires_at = :now + lease_seconds,
+    cancel_requested = 0, version = version + 1, updated_at = :now
+WHERE id IN (SELECT id FROM jobs WHERE state = 'ready'
+               AND queue IN (SELECT value FROM json_each(:queues))
+             ORDER BY priority DESC, id LIMIT :limit)
+RETURNING *
+
+-- name: request_cancel
+-- Only the worker holding the lease can end a leased job; it reads this flag.
+UPDATE jobs SET cancel_requested = 1, updated_at = :now
+WHERE id = :job_id AND state IN ({leased}) AND cancel_requested = 0
+
+-- name: heartbeat
+-- One statement extends every lease the worker holds, however many.
+UPDATE jobs SET lease_expires_at = :now + lease_seconds
+WHERE worker = :worker AND state IN ({leased})
+RETURNING id, cancel_requested
+
+-- name: due_timers
+SELECT * FROM jobs WHERE state = 'scheduled' AND run_at <= :now
+UNION ALL
+SELECT * FROM jobs WHERE state = 'backing-off' AND next_retry_at <= :now
+LIMIT :limit
+
+-- name: next_timer_at
+SELECT min(t) FROM (
+    SELECT min(run_at) AS t FROM jobs WHERE state = 'scheduled'
+    UNION ALL
+    SELECT min(next_retry_at) FROM jobs WHERE state = 'backing-off'
+)
+
+-- name: expired_leases
+SELECT * FROM jobs WHERE state IN ({leased}) AND lease_expires_at < :now LIMIT :limit
+
+-- name: try_lead
+-- Take the role if it is free or expired, or renew it if we hold it.
+INSERT INTO leaders (role, holder, expires_at) VALUES (:role, :holder, :now + :ttl)
+ON CONFLICT (role) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+WHERE leaders.holder = excluded.holder OR leaders.expires_at < :now
+
+-- name: data_version
+PRAGMA data_version
+
+-- name: create_migrations_table
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)
+
+-- name: applied_migrations
+SELECT version FROM schema_migrations
+
+-- name: record_migration
+INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, (julianday('now') - 2440587.5) * 86400.0)
+
+-- name: set_progress
+UPDATE jobs SET progress = :progress WHERE id = :job_id

@@ -1,0 +1,367 @@
+"""The worker: report finished jobs and claim new ones, run them, repeat.
+
+One loop, read top to bottom in ``run``:
+
+1. hand the finished runs and queued progress to the engine and claim as
+   many ready jobs as there are free slots, all in one transaction;
+2. start each claimed job as a task (sync handlers go to a thread pool);
+3. wait until a job finishes, a job is enqueued in this process, another
+   process commits (SQLite's ``data_version``), or the poll interval passes.
+
+Beside it run the heartbeat (one statement extends every lease this worker
+holds and brings back cancel requests) and maintenance (timers, rescue).
+On SIGINT/SIGTERM the worker stops claiming, lets running jobs finish within
+``shutdown_grace``, and hands the rest back to ``ready``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from instar.context import Context
+from instar.engine import Engine, outcome_move
+from instar.errors import Fatal, UnknownJob
+from instar.jobs import JobDefinition
+from instar.maintenance.service import Maintenance
+from instar.models import Job
+from instar.payload import DEFAULT_MAX_BYTES
+from instar.retry import Retry
+from instar.store.contract import ClaimRequest, Move, Note
+from instar.worker.executor import run_handler
+
+log = logging.getLogger("instar.worker")
+
+T = TypeVar("T")
+
+
+@dataclass
+class WorkerSettings:
+    queues: Sequence[str] | None = None
+    concurrency: int = 10
+    burst: bool = False
+    poll_interval: float = 0.005
+    maintenance_interval: float = 0.2
+    shutdown_grace: float = 10.0
+    cancel_grace: float = 10.0
+    handle_signals: bool = True
+    max_payload_bytes: int = DEFAULT_MAX_BYTES
+
+
+@dataclass
+class WorkerReport:
+    completed: int = 0
+    failed: int = 0
+    released: int = 0
+    refused: int = 0
+    by_state: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Run:
+    job: Job
+    ctx: Context
+    task: asyncio.Task[None] | None = None
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(
+        self,
+        engine: Engine,
+        registry: Mapping[str, JobDefinition],
+        settings: WorkerSettings | None = None,
+    ) -> None:
+        self.engine = engine
+        self.registry = registry
+        self.settings = settings or WorkerSettings()
+        if self.settings.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {self.settings.concurrency}")
+        self.id = new_worker_id()
+        self.report = WorkerReport()
+        self._running: dict[int, _Run] = {}
+        self._outbox_moves: list[Move] = []
+        self._outbox_notes: list[Note] = []
+        self._outbox_lock = threading.Lock()
+        self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._wake: asyncio.Event | None = None
+        self._db = ThreadPoolExecutor(1, thread_name_prefix="instar-db")
+        self._threads = ThreadPoolExecutor(
+            self.settings.concurrency, thread_name_prefix="instar-job"
+        )
+        self._maintenance = Maintenance(engine, self.id)
+
+    # -- the loop -------------------------------------------------------------
+
+    async def run(self) -> WorkerReport:
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._wake = asyncio.Event()
+        unsubscribe = self.engine.subscribe(self._wake_threadsafe)
+        self._install_signal_handlers()
+        helpers = [
+            asyncio.create_task(self._heartbeat_loop()),
+            asyncio.create_task(self._maintenance_loop()),
+        ]
+        marker = await self._call(self.engine.store.change_marker)
+        shutdown_deadline: float | None = None
+        log.info("worker %s started (concurrency %d)", self.id, self.settings.concurrency)
+        try:
+            while True:
+                if self._stopping:
+                    shutdown_deadline = (
+                        shutdown_deadline or time.monotonic() + self.settings.shutdown_grace
+                    )
+                    if self._running and time.monotonic() >= shutdown_deadline:
+                        self._release_all()
+                    if not self._running:
+                        break
+                free = 0 if self._stopping else self.settings.concurrency - len(self._running)
+                moves, notes = self._take_outbox()
+                claim = ClaimRequest(self.id, free, self.settings.queues) if free else None
+                batch = await self._call(self.engine.exchange, moves, notes, claim)
+                self._count_reports(moves, batch.applied)
+                for job in batch.claimed:
+                    self._start(job)
+                if batch.claimed or self._outbox_has_items():
+                    await asyncio.sleep(0)  # let the new tasks run before the next exchange
+                    continue
+                if self.settings.burst and not self._running and not self._stopping:
+                    if not (await self._call(self._maintenance.run_once)).changed:
+                        break
+                    continue
+                marker = await self._idle(marker, free=free > 0)
+            await self._flush()
+        finally:
+            unsubscribe()
+            self._remove_signal_handlers()
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
+            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._db.shutdown(wait=True)
+        log.info("worker %s stopped: %s", self.id, self.report)
+        return self.report
+
+    def stop(self) -> None:
+        """Stop claiming; let running jobs finish within the shutdown grace."""
+        self._stopping = True
+        self._wake_threadsafe()
+
+    async def _idle(self, marker: int, *, free: bool) -> int:
+        """Sleep until there may be work: a wake-up, or another process's commit."""
+        assert self._wake is not None
+        while not self._wake.is_set() and not self._stopping:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+            except TimeoutError:
+                if free:
+                    latest = await self._call(self.engine.store.change_marker)
+                    if latest != marker:
+                        return latest
+        self._wake.clear()
+        return marker
+
+    # -- running one job ------------------------------------------------------------
+
+    def _start(self, job: Job) -> None:
+        ctx = Context(job, self.id, self._report)
+        run = _Run(job, ctx)
+        self._running[job.id] = run
+        run.task = asyncio.create_task(self._execute(run), name=f"instar-job-{job.id}")
+
+    async def _execute(self, run: _Run) -> None:
+        job = run.job
+        definition = self.registry.get(job.name)
+        if definition is None:
+            self._end_run(run, Retry(), error=_fatal(UnknownJob(job.name, list(self.registry))))
+            return
+        outcome: dict[str, Any] = {}
+        try:
+            outcome["result"] = await run_handler(definition, run.ctx, job.args, self._threads)
+        except asyncio.CancelledError:
+            if not run.ctx.cancelled:
+                return  # released at shutdown: _release_all has reported it
+        except Exception as error:  # a failure of user code is an outcome, not a crash
+            outcome["error"] = error
+        if run.ctx.cancelled:
+            outcome = {"cancelled": True}
+        self._end_run(run, definition.options.retry, **outcome)
+
+    def _end_run(self, run: _Run, retry: Retry, **outcome: Any) -> None:
+        """Queue the move that ends a run, once: the first outcome wins."""
+        if self._running.get(run.job.id) is not run:
+            return
+        del self._running[run.job.id]
+        move = outcome_move(
+            run.job,
+            retry=retry,
+            now=self.engine.clock.now(),
+            max_payload_bytes=self.settings.max_payload_bytes,
+            **outcome,
+        )
+        with self._outbox_lock:
+            self._outbox_moves.append(move)
+        self._wake_threadsafe()
+
+    def _report(self, note: Note) -> None:
+        """Called from handlers, in any thread: queue a note for the next batch."""
+        with self._outbox_lock:
+            self._outbox_notes.append(note)
+
+    def _release_all(self) -> None:
+        """Shutdown grace is over: hand every unfinished job back to ready."""
+        for run in list(self._running.values()):
+            self._end_run(run, Retry(), released=True)
+            if run.task is not None:
+                run.task.cancel()
+
+    def _cancel_requested(self, job_id: int) -> None:
+        run = self._running.get(job_id)
+        if run is None or run.ctx.cancelled:
+            return
+        run.ctx.request_cancel()
+        definition = self.registry.get(run.job.name)
+        if run.task is not None and definition is not None and definition.is_async:
+            run.task.cancel()
+        assert self._loop is not None
+        self._loop.call_later(self.settings.cancel_grace, self._force_cancel, run)
+
+    def _force_cancel(self, run: _Run) -> None:
+        """The handler ignored the cancel request for the whole grace period."""
+        if self._running.get(run.job.id) is run:
+            log.warning("job %d ignored its cancel request for the grace period", run.job.id)
+            self._end_run(run, Retry(), cancelled=True)
+
+    # -- helpers running beside the loop --------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_interval())
+            if not self._running:
+                continue
+            try:
+                held = await self._call(self.engine.heartbeat, self.id)
+            except Exception:
+                log.exception("heartbeat failed; will try again")
+                continue
+            for job_id, cancel_requested in held:
+                if cancel_requested:
+                    self._cancel_requested(job_id)
+
+    def _heartbeat_interval(self) -> float:
+        """A third of the shortest lease held, and at most a second so cancels arrive quickly."""
+        leases = [run.job.lease_seconds for run in self._running.values()]
+        return min([1.0, *(lease / 3 for lease in leases)])
+
+    async def _maintenance_loop(self) -> None:
+        while True:
+            try:
+                report = await self._call(self._maintenance.run_if_leader)
+            except Exception:
+                log.exception("maintenance pass failed; will try again")
+            else:
+                if report is not None and report.changed:
+                    self._wake_threadsafe()
+            await asyncio.sleep(self.settings.maintenance_interval)
+
+    # -- plumbing -----------------------------------------------------------------
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a store call on the worker's one database thread."""
+        assert self._loop is not None
+        return await self._loop.run_in_executor(self._db, fn, *args)
+
+    def _take_outbox(self) -> tuple[list[Move], list[Note]]:
+        with self._outbox_lock:
+            moves, self._outbox_moves = self._outbox_moves, []
+            notes, self._outbox_notes = self._outbox_notes, []
+        return moves, notes
+
+    def _outbox_has_items(self) -> bool:
+        with self._outbox_lock:
+            return bool(self._outbox_moves or self._outbox_notes)
+
+    async def _flush(self) -> None:
+        moves, notes = self._take_outbox()
+        if moves or notes:
+            batch = await self._call(self.engine.exchange, moves, notes, None)
+            self._count_reports(moves, batch.applied)
+
+    def _count_reports(self, moves: Sequence[Move], applied: Sequence[bool]) -> None:
+        for move, ok in zip(moves, applied, strict=True):
+            if not ok:
+                self.report.refused += 1
+                log.warning(
+                    "job %d: %s refused, this worker no longer holds its lease",
+                    move.job_id,
+                    move.trigger,
+                )
+                continue
+            state = move.to_state.value
+            self.report.by_state[state] = self.report.by_state.get(state, 0) + 1
+            if move.trigger == "completed":
+                self.report.completed += 1
+            elif move.trigger == "released":
+                self.report.released += 1
+            elif move.to_state.value == "failed":
+                self.report.failed += 1
+
+    def _wake_threadsafe(self) -> None:
+        loop, wake = self._loop, self._wake
+        if loop is None or wake is None or loop.is_closed():
+            return
+        if threading.get_ident() == self._loop_thread:
+            wake.set()
+        else:
+            loop.call_soon_threadsafe(wake.set)
+
+    def _install_signal_handlers(self) -> None:
+        if (
+            not self.settings.handle_signals
+            or threading.current_thread() is not threading.main_thread()
+        ):
+            return
+        assert self._loop is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _remove_signal_handlers(self) -> None:
+        if self.settings.handle_signals and threading.current_thread() is threading.main_thread():
+            assert self._loop is not None
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self._stopping:
+            log.warning("second %s: releasing running jobs now", sig.name)
+            self._release_all()
+        else:
+            log.warning(
+                "%s: finishing running jobs (up to %.0fs), claiming no more",
+                sig.name,
+                self.settings.shutdown_grace,
+            )
+        self.stop()
+
+
+def _fatal(error: Exception) -> Exception:
+    """Wrap an error that no retry can fix (an unregistered job name)."""
+    fatal = Fatal(str(error))
+    fatal.__cause__ = error
+    return fatal

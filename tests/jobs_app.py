@@ -1,0 +1,33 @@
+"""Handlers for tests that run workers as separate processes."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import instar
+
+app = instar.App()
+
+
+def _log(line: str) -> None:
+    """One small O_APPEND write per line: lines from several processes never interleave."""
+    fd = os.open(os.environ["INSTAR_TEST_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, f"{line}\n".encode())
+    finally:
+        os.close(fd)
+
+
+@app.job(name="record")
+def record(n: int) -> int:
+    _log(f"{n} {os.getpid()}")
+    return n
+
+
+@app.job(name="sleepy", lease=1.0, queue="fragile")
+def sleepy(ctx: instar.Context, seconds: float) -> str:
+    _log(f"start {ctx.job_id} attempt {ctx.attempt} pid {os.getpid()}")
+    if ctx.attempt == 1:
+        time.sleep(seconds)
+    return f"done on attempt {ctx.attempt}"

@@ -1,0 +1,188 @@
+"""The ``instar`` command, run as a subprocess the way a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from instar.diagram import render
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def instar(*args: str, database: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "INSTAR_TEST_LOG": os.devnull}
+    if database is not None:
+        env["INSTAR_DATABASE"] = database
+    return subprocess.run(
+        [sys.executable, "-m", "instar.cli.main", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'cli.db'}"
+
+
+def test_enqueue_run_and_show_a_job(db: str) -> None:
+    made = instar(
+        "enqueue",
+        "record",
+        "--app",
+        "tests.jobs_app:app",
+        "--args",
+        '{"n": 7}',
+        "--json",
+        database=db,
+    )
+    assert made.returncode == 0, made.stderr
+    job = json.loads(made.stdout)
+    assert (job["state"], job["args"]) == ("ready", {"n": 7})
+
+    ran = instar("worker", "--app", "tests.jobs_app:app", "--burst", database=db)
+    assert ran.returncode == 0, ran.stderr
+    assert "1 completed" in ran.stderr
+
+    shown = json.loads(instar("show", str(job["id"]), "--json", database=db).stdout)
+    assert shown["job"]["state"] == "completed"
+    assert shown["job"]["result"] == 7
+    assert [e["to_state"] for e in shown["events"]] == ["ready", "running", "completed"]
+    assert shown["events"][0]["actor"] == "cli"
+
+    table = instar("show", str(job["id"]), database=db)
+    assert table.returncode == 0 and "completed" in table.stdout
+
+
+def test_jobs_lists_and_filters(db: str) -> None:
+    for n in range(3):
+        instar(
+            "enqueue",
+            "record",
+            "--app",
+            "tests.jobs_app:app",
+            "--args",
+            json.dumps({"n": n}),
+            database=db,
+        )
+    instar(
+        "enqueue",
+        "sleepy",
+        "--app",
+        "tests.jobs_app:app",
+        "--args",
+        '{"seconds": 1}',
+        "--delay",
+        "60",
+        database=db,
+    )
+    listed = json.loads(instar("jobs", "--json", database=db).stdout)
+    assert len(listed) == 4
+    scheduled = json.loads(instar("jobs", "--state", "scheduled", "--json", database=db).stdout)
+    assert [j["name"] for j in scheduled] == ["sleepy"]
+    by_queue = json.loads(instar("jobs", "--queue", "fragile", "--json", database=db).stdout)
+    assert len(by_queue) == 1
+    assert "record" in instar("jobs", database=db).stdout
+
+
+def test_cancel_and_retry_from_the_command_line(db: str) -> None:
+    made = json.loads(
+        instar(
+            "enqueue",
+            "record",
+            "--app",
+            "tests.jobs_app:app",
+            "--args",
+            '{"n": 1}',
+            "--json",
+            database=db,
+        ).stdout
+    )
+    cancelled = instar("cancel", str(made["id"]), database=db)
+    assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
+    again = instar("cancel", str(made["id"]), database=db)
+    assert again.returncode == 3
+    assert "cannot move from 'cancelled' to 'cancelled'" in again.stderr
+    refused = instar("retry", str(made["id"]), database=db)
+    assert refused.returncode == 3 and "only a failed job" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["show", "404"], 4, "no job with id 404"),
+        (["enqueue", "nope", "--app", "tests.jobs_app:app"], 5, "no job named 'nope'"),
+        (
+            ["enqueue", "record", "--app", "tests.jobs_app:app", "--args", "{bad"],
+            2,
+            "not valid JSON",
+        ),
+        (
+            ["enqueue", "record", "--app", "tests.jobs_app:app", "--args", "{}"],
+            6,
+            "missing a required argument",
+        ),
+        (
+            [
+                "enqueue",
+                "record",
+                "--app",
+                "tests.jobs_app:app",
+                "--args",
+                '{"n": 1}',
+                "--run-at",
+                "2030-01-01T00:00",
+            ],
+            2,
+            "no time zone",
+        ),
+        (["enqueue", "record", "--app", "no_such_module:app"], 7, "cannot import"),
+        (["worker"], 7, "needs --app"),
+        (["jobs", "--state", "done"], 2, "unknown state 'done'"),
+    ],
+)
+def test_bad_input_gets_a_clear_error_and_writes_nothing(
+    db: str, args: list[str], code: int, message: str
+) -> None:
+    result = instar(*args, database=db)
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert json.loads(instar("jobs", "--json", database=db).stdout) == []
+
+
+def test_an_unopenable_database_is_a_clear_error() -> None:
+    result = instar("jobs", "--database", "sqlite:////no/such/dir/x.db")
+    assert result.returncode == 7
+    assert "folder '/no/such/dir' does not exist" in result.stderr
+
+
+@pytest.mark.parametrize("fmt", ["table", "mermaid", "dot"])
+def test_lifecycle_is_drawn_from_the_table(fmt: str) -> None:
+    result = instar("lifecycle", "--format", fmt)
+    assert result.returncode == 0
+    assert result.stdout.strip() == render(fmt).strip()  # type: ignore[arg-type]
+
+
+def test_migrate_creates_the_schema(db: str) -> None:
+    result = instar("migrate", database=db)
+    assert result.returncode == 0 and "up to date" in result.stdout
+    assert Path(db.removeprefix("sqlite:///")).exists()
+
+
+def test_every_command_has_help() -> None:
+    from instar.cli.main import cli
+
+    for name in cli.commands:
+        result = instar(name, "--help")
+        assert result.returncode == 0
+        assert "Usage:" in result.stdout

@@ -1,0 +1,126 @@
+"""Several worker processes on one SQLite file, and a worker killed mid-job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+import instar
+from instar.lifecycle import State
+from tests.jobs_app import app as jobs_app
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def worker_process(database: str, log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """``instar worker`` as a real subprocess, stopped (or killed) at the end."""
+    env = {**os.environ, "INSTAR_TEST_LOG": str(log)}
+    command = [sys.executable, "-m", "instar.cli.main", "worker", "--app", "tests.jobs_app:app"]
+    proc = subprocess.Popen(
+        [*command, "--database", database, *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+def _wait_until(predicate: object, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not met in time")
+
+
+@pytest.fixture
+def client(database: str) -> Iterator[instar.App]:
+    with instar.App(database) as app:
+        app.registry.update(jobs_app.registry)
+        yield app
+
+
+@pytest.mark.slow
+def test_two_worker_processes_run_each_of_500_jobs_exactly_once(
+    client: instar.App, database: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "runs.log"
+    jobs = client.enqueue_many("record", [{"n": n} for n in range(500)])
+    with (
+        worker_process(database, log, "--concurrency", "8"),
+        worker_process(database, log, "--concurrency", "8"),
+    ):
+        _wait_until(lambda: client.counts().get(State.COMPLETED, 0) == 500)
+    runs = [line.split() for line in log.read_text().splitlines()]
+    per_job = Counter(int(n) for n, _ in runs)
+    assert per_job == Counter(range(500))
+    assert len({pid for _, pid in runs}) == 2, "both processes should have taken a share"
+    claims = [e for j in jobs[:50] for e in client.history(j.id) if e.to_state is State.RUNNING]
+    assert len(claims) == 50
+
+
+@pytest.mark.slow
+def test_a_job_of_a_worker_killed_mid_job_is_rerun_elsewhere_after_its_lease_expires(
+    client: instar.App, database: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "runs.log"
+    job = client.enqueue("sleepy", {"seconds": 60})
+    with worker_process(database, log, "--queue", "fragile") as doomed:
+        _wait_until(lambda: client.get(job.id).state is State.RUNNING)
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait()
+    first_worker = client.get(job.id).worker
+    with worker_process(database, log, "--queue", "fragile"):
+        done = client.wait(job.id, timeout=30)
+    assert (done.state, done.attempt, done.result) == (State.COMPLETED, 2, "done on attempt 2")
+    assert done.worker != first_worker
+    path = [
+        (e.from_state, e.to_state) for e in client.history(job.id) if e.from_state != e.to_state
+    ]
+    assert path == [
+        (None, State.READY),
+        (State.READY, State.RUNNING),
+        (State.RUNNING, State.ORPHANED),
+        (State.ORPHANED, State.READY),
+        (State.READY, State.RUNNING),
+        (State.RUNNING, State.COMPLETED),
+    ]
+    assert len(log.read_text().splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_sigterm_lets_a_worker_process_release_its_job_and_exit(
+    client: instar.App, database: str, tmp_path: Path
+) -> None:
+    log = tmp_path / "runs.log"
+    job = client.enqueue("sleepy", {"seconds": 60})
+    with worker_process(database, log, "--queue", "fragile", "--shutdown-grace", "0.2") as proc:
+        _wait_until(lambda: client.get(job.id).state is State.RUNNING)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    released = client.get(job.id)
+    assert (released.state, released.attempt) == (State.READY, 0)
+    assert client.history(job.id)[-1].trigger == "released"

@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+CODE   := $(wildcard src tests bench)
 
 .PHONY: demo test lint typecheck unit bench clean
 
@@ -18,8 +19,8 @@ demo: $(STAMP)
 	$(BIN)/instar demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
+	$(BIN)/ruff check $(CODE)
+	$(BIN)/ruff format --check $(CODE)
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)

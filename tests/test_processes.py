@@ -89,7 +89,7 @@ def test_a_job_of_a_worker_killed_mid_job_is_rerun_elsewhere_after_its_lease_exp
     log = tmp_path / "runs.log"
     job = client.enqueue("sleepy", {"seconds": 60})
     with worker_process(database, log, "--queue", "fragile") as doomed:
-        _wait_until(lambda: client.get(job.id).state is State.RUNNING)
+        _wait_until(lambda: log.exists() and "attempt 1" in log.read_text())
         doomed.send_signal(signal.SIGKILL)
         doomed.wait()
     first_worker = client.get(job.id).worker

@@ -50,17 +50,28 @@ FROM jobs WHERE id = :job_id
 -- name: events_of_job
 SELECT * FROM events WHERE job_id = ? ORDER BY id
 
--- name: move
--- Compare-and-set on (id, state) plus the version or the lease token the caller holds.
+-- name: move_batch
+-- Many moves in one statement: each row of :moves is a JSON array in the order
+-- below. Compare-and-set on (id, state) plus the version or the lease token the
+-- caller holds; RETURNING names the moves that won. Job ids must be distinct.
 UPDATE jobs
-SET state = :to_state, version = version + 1, updated_at = :now,
-    attempt = :attempt, max_attempts = :max_attempts, run_at = :run_at,
-    next_retry_at = :next_retry_at, worker = :worker, lease_token = :lease_token,
-    lease_expires_at = :lease_expires_at, result = :result, error = :error,
-    cancel_requested = CASE WHEN :to_state = 'running' THEN 0 ELSE cancel_requested END
-WHERE id = :job_id AND state = :from_state
-  AND (:version IS NULL OR version = :version)
-  AND (:guard_token IS NULL OR lease_token = :guard_token)
+SET state = m.to_state, version = jobs.version + 1, updated_at = :now,
+    attempt = m.attempt, max_attempts = m.max_attempts, run_at = m.run_at,
+    next_retry_at = m.next_retry_at, worker = m.worker, lease_token = m.lease_token,
+    lease_expires_at = m.lease_expires_at, result = m.result, error = m.error,
+    cancel_requested = CASE WHEN m.to_state = 'running' THEN 0 ELSE jobs.cancel_requested END
+FROM (
+    SELECT value ->> 0 AS job_id, value ->> 1 AS from_state, value ->> 2 AS to_state,
+           value ->> 3 AS attempt, value ->> 4 AS max_attempts, value ->> 5 AS run_at,
+           value ->> 6 AS next_retry_at, value ->> 7 AS worker, value ->> 8 AS lease_token,
+           value ->> 9 AS lease_expires_at, value ->> 10 AS result, value ->> 11 AS error,
+           value ->> 12 AS version, value ->> 13 AS guard_token
+    FROM json_each(:moves)
+) AS m
+WHERE jobs.id = m.job_id AND jobs.state = m.from_state
+  AND (m.version IS NULL OR jobs.version = m.version)
+  AND (m.guard_token IS NULL OR jobs.lease_token = m.guard_token)
+RETURNING jobs.id
 
 -- name: claim_any_queue
 -- One statement claims the whole batch; RETURNING order is not defined, so the caller sorts.

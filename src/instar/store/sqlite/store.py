@@ -14,6 +14,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,6 @@ class SQLiteStore:
             raise ConfigurationError(
                 f"cannot open SQLite database {path!r}: {exc}; check the path and its permissions"
             ) from None
-        self._conn.row_factory = sqlite3.Row
         self._lock = threading.RLock()
 
     # -- plumbing -------------------------------------------------------
@@ -131,7 +131,7 @@ class SQLiteStore:
                         inserted.append(True)
                     else:
                         existing = conn.execute(Q["job_by_key"], (job.key,)).fetchone()
-                        ids.append(existing["id"])
+                        ids.append(existing[0])
                         inserted.append(False)
             conn.executemany(
                 Q["insert_event"],
@@ -143,14 +143,14 @@ class SQLiteStore:
             )
             if all(inserted):
                 return [_new_job(i, j, now) for i, j in zip(ids, jobs, strict=True)]
-            found = conn.execute(Q["jobs_in"], (json.dumps(ids),)).fetchall()
-        by_id = {row["id"]: _job(row) for row in found}
+            found = _jobs(conn.execute(Q["jobs_in"], (json.dumps(ids),)))
+        by_id = {job.id: job for job in found}
         return [by_id[i] for i in ids]
 
     def get_job(self, job_id: int) -> Job | None:
         with self._lock:
-            row = self._conn.execute(Q["get_job"], (job_id,)).fetchone()
-        return None if row is None else _job(row)
+            found = _jobs(self._conn.execute(Q["get_job"], (job_id,)))
+        return found[0] if found else None
 
     def list_jobs(self, where: JobFilter) -> list[Job]:
         params = {
@@ -160,8 +160,7 @@ class SQLiteStore:
             "limit": where.limit,
         }
         with self._lock:
-            rows = self._conn.execute(Q["list_jobs"], params).fetchall()
-        return [_job(row) for row in rows]
+            return _jobs(self._conn.execute(Q["list_jobs"], params))
 
     def count_by_state(self) -> dict[State, int]:
         with self._lock:
@@ -170,8 +169,7 @@ class SQLiteStore:
 
     def events(self, job_id: int) -> list[Event]:
         with self._lock:
-            rows = self._conn.execute(Q["events_of_job"], (job_id,)).fetchall()
-        return [_event(row) for row in rows]
+            return _events(self._conn.execute(Q["events_of_job"], (job_id,)))
 
     # -- state changes --------------------------------------------------
 
@@ -182,7 +180,8 @@ class SQLiteStore:
         claim: ClaimRequest | None,
         now: float,
     ) -> BatchResult:
-        applied: list[bool] = []
+        applied = [False] * len(moves)
+        move_index = {id(move): i for i, move in enumerate(moves)}
         claimed: list[Job] = []
         with self._write() as conn:
             # Notes first: a job's progress belongs before the move that ends its run.
@@ -193,37 +192,29 @@ class SQLiteStore:
                         Q["set_progress"], {"job_id": note.job_id, "progress": note.progress_json}
                     )
             events = []
-            for move in moves:
-                ok = conn.execute(Q["move"], _move_params(move, now)).rowcount == 1
-                applied.append(ok)
-                if ok:
-                    events.append(
-                        (
-                            move.job_id,
-                            now,
-                            move.from_state.value,
-                            move.to_state.value,
-                            move.trigger,
-                            move.attempt,
-                            move.worker,
-                            move.actor,
-                            move.detail_json,
-                        )
+            for round_ in _rounds(moves):
+                won = {
+                    row[0]
+                    for row in conn.execute(
+                        Q["move_batch"], {"moves": _moves_json(round_), "now": now}
                     )
-                elif move.guard_token is not None:
-                    # A report from a worker that no longer holds the lease: keep a trace.
-                    conn.execute(
-                        Q["insert_note"],
-                        _note_params(_refusal_note(move), now),
-                    )
+                }
+                for move in round_:
+                    ok = move.job_id in won
+                    applied[move_index[id(move)]] = ok
+                    if ok:
+                        events.append(_move_event(move, now))
+                    elif move.guard_token is not None:
+                        # A report from a worker that no longer holds the lease: keep a trace.
+                        conn.execute(Q["insert_note"], _note_params(_refusal_note(move), now))
             if claim is not None and claim.limit > 0:
                 params: dict[str, Any] = {"worker": claim.worker, "now": now, "limit": claim.limit}
                 if claim.queues is None:
-                    rows = conn.execute(Q["claim_any_queue"], params).fetchall()
+                    cursor = conn.execute(Q["claim_any_queue"], params)
                 else:
                     params["queues"] = json.dumps(list(claim.queues))
-                    rows = conn.execute(Q["claim_from_queues"], params).fetchall()
-                claimed = sorted((_job(r) for r in rows), key=lambda j: (-j.priority, j.id))
+                    cursor = conn.execute(Q["claim_from_queues"], params)
+                claimed = sorted(_jobs(cursor), key=lambda j: (-j.priority, j.id))
                 events.extend(
                     (j.id, now, "ready", "running", "claimed", j.attempt, claim.worker, None, None)
                     for j in claimed
@@ -249,13 +240,11 @@ class SQLiteStore:
 
     def due_timers(self, now: float, limit: int) -> list[Job]:
         with self._lock:
-            rows = self._conn.execute(Q["due_timers"], {"now": now, "limit": limit}).fetchall()
-        return [_job(row) for row in rows]
+            return _jobs(self._conn.execute(Q["due_timers"], {"now": now, "limit": limit}))
 
     def expired_leases(self, now: float, limit: int) -> list[Job]:
         with self._lock:
-            rows = self._conn.execute(Q["expired_leases"], {"now": now, "limit": limit}).fetchall()
-        return [_job(row) for row in rows]
+            return _jobs(self._conn.execute(Q["expired_leases"], {"now": now, "limit": limit}))
 
     def next_timer_at(self) -> float | None:
         with self._lock:
@@ -287,24 +276,57 @@ def _split_statements(script: str) -> list[str]:
     return statements
 
 
-def _move_params(move: Move, now: float) -> dict[str, Any]:
-    return {
-        "job_id": move.job_id,
-        "from_state": move.from_state.value,
-        "to_state": move.to_state.value,
-        "now": now,
-        "attempt": move.attempt,
-        "max_attempts": move.max_attempts,
-        "run_at": move.run_at,
-        "next_retry_at": move.next_retry_at,
-        "worker": move.worker,
-        "lease_token": move.lease_token,
-        "lease_expires_at": move.lease_expires_at,
-        "result": move.result_json,
-        "error": move.error_json,
-        "version": move.version,
-        "guard_token": move.guard_token,
-    }
+def _rounds(moves: Sequence[Move]) -> list[list[Move]]:
+    """Split moves so no job appears twice in a round: the batch UPDATE applies
+    one row per job, and a second move of the same job must see the first."""
+    rounds: list[list[Move]] = []
+    seen: dict[int, int] = {}
+    for move in moves:
+        n = seen.get(move.job_id, 0)
+        seen[move.job_id] = n + 1
+        if n == len(rounds):
+            rounds.append([])
+        rounds[n].append(move)
+    return rounds
+
+
+def _moves_json(moves: Sequence[Move]) -> str:
+    """The moves as JSON arrays, in the column order ``move_batch`` reads."""
+    return json.dumps(
+        [
+            (
+                m.job_id,
+                m.from_state.value,
+                m.to_state.value,
+                m.attempt,
+                m.max_attempts,
+                m.run_at,
+                m.next_retry_at,
+                m.worker,
+                m.lease_token,
+                m.lease_expires_at,
+                m.result_json,
+                m.error_json,
+                m.version,
+                m.guard_token,
+            )
+            for m in moves
+        ]
+    )
+
+
+def _move_event(move: Move, now: float) -> tuple[Any, ...]:
+    return (
+        move.job_id,
+        now,
+        move.from_state.value,
+        move.to_state.value,
+        move.trigger,
+        move.attempt,
+        move.worker,
+        move.actor,
+        move.detail_json,
+    )
 
 
 def _refusal_note(move: Move) -> Note:
@@ -351,49 +373,69 @@ def _new_job(job_id: int, new: NewJob, now: float) -> Job:
     )
 
 
-def _job(row: sqlite3.Row) -> Job:
-    progress = decode(row["progress"])
-    created = to_datetime(row["created_at"])
-    updated = to_datetime(row["updated_at"])
-    assert created is not None and updated is not None
-    return Job(
-        id=row["id"],
-        name=row["name"],
-        queue=row["queue"],
-        state=State(row["state"]),
-        priority=row["priority"],
-        attempt=row["attempt"],
-        max_attempts=row["max_attempts"],
-        args=json.loads(row["args"]),
-        result=decode(row["result"]),
-        error=decode(row["error"]),
-        key=row["key"],
-        run_at=to_datetime(row["run_at"]),
-        next_retry_at=to_datetime(row["next_retry_at"]),
-        created_at=created,
-        updated_at=updated,
-        worker=row["worker"],
-        progress=None if progress is None else Progress(**progress),
-        lease_seconds=row["lease_seconds"],
-        lease_expires_at=to_datetime(row["lease_expires_at"]),
-        cancel_requested=bool(row["cancel_requested"]),
-        version=row["version"],
-        lease_token=row["lease_token"],
-    )
+def _jobs(cursor: sqlite3.Cursor) -> list[Job]:
+    """Rows of ``SELECT *``/``RETURNING *`` as Jobs; columns found by name once per query."""
+    at = {d[0]: i for i, d in enumerate(cursor.description)}
+    (i_id, i_name, i_queue, i_state, i_priority, i_attempt, i_max, i_args, i_result, i_error,
+     i_key, i_run_at, i_retry_at, i_created, i_updated, i_worker, i_token, i_expires,
+     i_lease, i_cancel, i_progress, i_version) = (
+        at[c] for c in (
+            "id", "name", "queue", "state", "priority", "attempt", "max_attempts", "args",
+            "result", "error", "key", "run_at", "next_retry_at", "created_at", "updated_at",
+            "worker", "lease_token", "lease_expires_at", "lease_seconds", "cancel_requested",
+            "progress", "version",
+        )
+    )  # fmt: skip
+    jobs = []
+    for row in cursor:
+        progress = row[i_progress]
+        jobs.append(
+            Job(
+                id=row[i_id],
+                name=row[i_name],
+                queue=row[i_queue],
+                state=State(row[i_state]),
+                priority=row[i_priority],
+                attempt=row[i_attempt],
+                max_attempts=row[i_max],
+                args=json.loads(row[i_args]),
+                result=decode(row[i_result]),
+                error=decode(row[i_error]),
+                key=row[i_key],
+                run_at=to_datetime(row[i_run_at]),
+                next_retry_at=to_datetime(row[i_retry_at]),
+                created_at=_datetime(row[i_created]),
+                updated_at=_datetime(row[i_updated]),
+                worker=row[i_worker],
+                progress=None if progress is None else Progress(**json.loads(progress)),
+                lease_seconds=row[i_lease],
+                lease_expires_at=to_datetime(row[i_expires]),
+                cancel_requested=bool(row[i_cancel]),
+                version=row[i_version],
+                lease_token=row[i_token],
+            )
+        )
+    return jobs
 
 
-def _event(row: sqlite3.Row) -> Event:
-    at = to_datetime(row["at"])
-    assert at is not None
-    return Event(
-        id=row["id"],
-        job_id=row["job_id"],
-        at=at,
-        from_state=None if row["from_state"] is None else State(row["from_state"]),
-        to_state=State(row["to_state"]),
-        trigger=row["trigger"],
-        attempt=row["attempt"],
-        worker=row["worker"],
-        actor=row["actor"],
-        detail=decode(row["detail"]),
-    )
+def _datetime(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def _events(cursor: sqlite3.Cursor) -> list[Event]:
+    at = {d[0]: i for i, d in enumerate(cursor.description)}
+    return [
+        Event(
+            id=row[at["id"]],
+            job_id=row[at["job_id"]],
+            at=_datetime(row[at["at"]]),
+            from_state=None if row[at["from_state"]] is None else State(row[at["from_state"]]),
+            to_state=State(row[at["to_state"]]),
+            trigger=row[at["trigger"]],
+            attempt=row[at["attempt"]],
+            worker=row[at["worker"]],
+            actor=row[at["actor"]],
+            detail=decode(row[at["detail"]]),
+        )
+        for row in cursor
+    ]

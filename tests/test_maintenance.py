@@ -70,7 +70,11 @@ def test_an_expired_lease_orphans_the_job_and_requeues_it(
     assert maintenance.run_once().leases_rescued == 1
     rescued = frozen_app.get(job.id)
     assert (rescued.state, rescued.attempt, rescued.lease_token) == (State.READY, 1, None)
-    assert [e.trigger for e in frozen_app.history(job.id)][-2:] == ["lease-expired", "requeued"]
+    rescue = frozen_app.history(job.id)[-2:]
+    assert [(e.trigger, e.actor) for e in rescue] == [
+        ("lease-expired", "system"),
+        ("requeued", "system"),
+    ]
     assert claimed.lease_token is not None
 
 

@@ -229,6 +229,30 @@ def test_progress_and_phase_go_into_the_job_and_its_timeline(app: instar.App) ->
     ]
 
 
+def test_progress_is_visible_while_the_job_still_runs(database: str) -> None:
+    reported = threading.Event()
+    release = threading.Event()
+    with instar.App(database) as app, instar.App(database) as observer:
+
+        @app.job
+        def crunch(ctx: instar.Context) -> None:
+            ctx.progress(3, 10, "three")
+            reported.set()
+            release.wait(30)
+
+        job = crunch.enqueue()
+        try:
+            with running_worker(app):
+                assert reported.wait(10)
+                deadline = time.monotonic() + 10
+                while observer.get(job.id).progress is None and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                seen = observer.get(job.id)
+                assert (seen.state, seen.progress) == (S.RUNNING, instar.Progress(3, 10, "three"))
+        finally:
+            release.set()
+
+
 def test_cancelling_a_running_async_job_cancels_its_task(app: instar.App) -> None:
     started = threading.Event()
 

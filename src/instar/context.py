@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
 
 from instar.models import Job
@@ -22,7 +21,8 @@ class Context:
         self.job = job
         self.worker = worker
         self._report = report
-        self._cancelled = threading.Event()
+        # A plain flag: set by the worker's loop, read by the handler in any thread.
+        self._cancelled = False
 
     @property
     def job_id(self) -> int:
@@ -35,7 +35,7 @@ class Context:
     @property
     def cancelled(self) -> bool:
         """True once someone asked to cancel this job; a long loop should stop then."""
-        return self._cancelled.is_set()
+        return self._cancelled
 
     def progress(
         self, current: float, total: float | None = None, message: str | None = None
@@ -51,7 +51,7 @@ class Context:
 
     def request_cancel(self) -> None:
         """Called by the worker when a cancel request for this job arrives."""
-        self._cancelled.set()
+        self._cancelled = True
 
     def __repr__(self) -> str:
         return f"<Context job={self.job.id} {self.job.name} attempt={self.job.attempt}>"

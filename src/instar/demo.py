@@ -15,11 +15,13 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import IO, Any
 
 from rich.console import Console, Group, RenderableType
@@ -197,6 +199,23 @@ def worker_pool() -> Iterator[list[WorkerProcess]]:
         yield workers
     finally:
         stop_workers(workers)
+
+
+@contextmanager
+def interrupt_on_sigterm() -> Iterator[None]:
+    """A SIGTERM to the demo must stop its workers too, as Ctrl-C does."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # -- the tour --------------------------------------------------------------------
@@ -406,9 +425,15 @@ class Tour:
         for state in State:
             if counts.get(state):
                 summary.append(f"{state.value} {counts[state]}  ", style=STATE_STYLES[state])
-        table = Table(box=None, pad_edge=False, header_style="bold")
-        for column in ("job", "name", "queue", "state", "try", "progress", "", "worker"):
-            table.add_column(column)
+        wide = self.console.width >= 100  # room for the queue column
+        table = Table(box=None, pad_edge=False, padding=(0, 1), header_style="bold")
+        columns = ["job", "name", *(["queue"] if wide else []), "state", "try", "progress", ""]
+        for column in columns:
+            table.add_column(column, no_wrap=True)
+        used = 70 + (9 if wide else 0)  # the other columns at their widest, and the gaps
+        message_width = max(8, min(30, self.console.width - used))
+        table.add_column("", no_wrap=True, overflow="ellipsis", max_width=message_width)
+        table.add_column("worker", no_wrap=True)
         for job_id in sorted(self.plan.all):
             job = self.jobs.get(job_id)
             if job is None:
@@ -418,17 +443,18 @@ class Tour:
             message = ""
             if job.progress is not None and job.progress.total:
                 fraction = min(1.0, job.progress.current / job.progress.total)
-                progress = ProgressBar(total=1.0, completed=fraction, width=16)
-                percent = f"{fraction:4.0%}"
+                progress = ProgressBar(total=1.0, completed=fraction, width=10)
+                percent = f"{fraction:.0%}"
                 message = job.progress.message or ""
             table.add_row(
                 f"#{job.id}",
                 job.name,
-                job.queue,
+                *([job.queue] if wide else []),
                 Text(job.state.value, style=STATE_STYLES[job.state]),
                 str(job.attempt),
                 progress,
-                f"{percent} {message}",
+                Text(percent, justify="right"),
+                message,
                 worker_cell(self.worker_of(job.worker), job),
             )
         workers = Text("workers: ", style="dim")
@@ -611,7 +637,7 @@ def run_demo(database: str | None, console: Console) -> int:
     folder = Path(tempfile.mkdtemp(prefix="instar-demo-"))
     url = database or f"sqlite:///{folder / 'demo.db'}"
     console.print(f"[bold]Instar demo[/] on {escape(url)}  (worker logs in {escape(str(folder))})")
-    with instar.App(url) as client, worker_pool() as workers:
+    with interrupt_on_sigterm(), instar.App(url) as client, worker_pool() as workers:
         client.registry.update(app.registry)
         started = time.time()
         plan = enqueue_jobs(client)

@@ -25,6 +25,7 @@ from instar.retry import Retry
 from instar.store.contract import BatchResult, ClaimRequest, JobFilter, Move, NewJob, Note, Store
 
 _RACE_RETRIES = 20
+SYSTEM = "system"  # the actor of moves nobody asked for: timers, lease rescue
 
 
 def _epoch(value: datetime | None) -> float | None:
@@ -194,7 +195,7 @@ class Engine:
     def fire_due_timers(self, limit: int = 1000) -> int:
         """scheduled -> ready at run_at; backing-off -> ready at next_retry_at."""
         moves = [
-            plan_move(job, State.READY, "due", detail=None)
+            plan_move(job, State.READY, "due", actor=SYSTEM)
             for job in self.store.due_timers(self.clock.now(), limit)
         ]
         return self._apply_all(moves)
@@ -204,11 +205,11 @@ class Engine:
         re-queue it, or fail it after too many losses, or cancel it if asked."""
         moves: list[Move] = []
         for job in self.store.expired_leases(self.clock.now(), limit):
-            orphan = plan_move(job, State.ORPHANED, "lease-expired")
+            orphan = plan_move(job, State.ORPHANED, "lease-expired", actor=SYSTEM)
             moves.append(orphan)
             orphaned = _after(job, orphan)
             if job.cancel_requested:
-                moves.append(plan_move(orphaned, State.CANCELLED, "cancelled"))
+                moves.append(plan_move(orphaned, State.CANCELLED, "cancelled", actor=SYSTEM))
             elif job.attempt >= job.max_attempts:
                 error = {
                     "type": "WorkerLost",
@@ -220,12 +221,13 @@ class Engine:
                         orphaned,
                         State.FAILED,
                         "too-many-losses",
+                        actor=SYSTEM,
                         detail=error,
                         error_json=json.dumps(error),
                     )
                 )
             else:
-                moves.append(plan_move(orphaned, State.READY, "requeued"))
+                moves.append(plan_move(orphaned, State.READY, "requeued", actor=SYSTEM))
         return self._apply_all(moves) // 2 if moves else 0
 
     def next_timer_at(self) -> float | None:

@@ -301,6 +301,16 @@ def migrate(database: str | None) -> None:
     out.print(f"schema of {app.database} is up to date (version {version})")
 
 
+@cli.command()
+@database_option
+@reports_errors
+def demo(database: str | None) -> None:
+    """Run a tour of the lifecycle on a fresh database: retries, a cancel, a lost worker."""
+    from instar.demo import run_demo
+
+    sys.exit(run_demo(database, out))
+
+
 # -- rendering ---------------------------------------------------------------
 
 

@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -93,6 +94,8 @@ class Worker:
         self.id = new_worker_id()
         self.report = WorkerReport()
         self._running: dict[int, _Run] = {}
+        self._buffer: deque[Job] = deque()  # claimed ahead, not started yet
+        self._backlog = False
         self._outbox_moves: list[Move] = []
         self._outbox_notes: list[Note] = []
         self._outbox_lock = threading.Lock()
@@ -124,6 +127,7 @@ class Worker:
         try:
             while True:
                 if self._stopping:
+                    self._release_buffered()
                     shutdown_deadline = (
                         shutdown_deadline or time.monotonic() + self.settings.shutdown_grace
                     )
@@ -131,21 +135,25 @@ class Worker:
                         self._release_all()
                     if not self._running:
                         break
-                free = 0 if self._stopping else self.settings.concurrency - len(self._running)
+                self._start_buffered()
+                wanted = self._claims_wanted()
                 moves, notes = self._take_outbox()
-                claim = ClaimRequest(self.id, free, self.settings.queues) if free else None
-                batch = await self._call(self.engine.exchange, moves, notes, claim)
-                self._count_reports(moves, batch.applied)
-                for job in batch.claimed:
-                    self._start(job)
-                if batch.claimed or self._outbox_has_items():
-                    await asyncio.sleep(0)  # let the new tasks run before the next exchange
+                if moves or notes or wanted:
+                    # Tasks started above run while this exchange is in the database thread.
+                    claim = ClaimRequest(self.id, wanted, self.settings.queues) if wanted else None
+                    batch = await self._call(self.engine.exchange, moves, notes, claim)
+                    self._count_reports(moves, batch.applied)
+                    self._buffer.extend(batch.claimed)
+                    self._backlog = bool(wanted) and len(batch.claimed) == wanted
+                    if batch.claimed or moves or notes:
+                        continue
+                if self._outbox_has_items():
                     continue
                 if self.settings.burst and not self._running and not self._stopping:
                     if not (await self._call(self._maintenance.run_once)).changed:
                         break
                     continue
-                marker = await self._idle(marker, free=free > 0)
+                marker = await self._idle(marker, free=wanted > 0)
             await self._flush()
         finally:
             unsubscribe()
@@ -158,6 +166,20 @@ class Worker:
         log.info("worker %s stopped: %s", self.id, self.report)
         return self.report
 
+    def _claims_wanted(self) -> int:
+        """Free slots, plus as many again while the queue has a backlog: jobs
+        claimed ahead wait in the buffer, so the next batch runs while this
+        one's results are being committed."""
+        if self._stopping:
+            return 0
+        held = len(self._running) + len(self._buffer)
+        prefetch = self.settings.concurrency if self._backlog else 0
+        return max(0, self.settings.concurrency + prefetch - held)
+
+    def _start_buffered(self) -> None:
+        while self._buffer and len(self._running) < self.settings.concurrency:
+            self._start(self._buffer.popleft())
+
     def stop(self) -> None:
         """Stop claiming; let running jobs finish within the shutdown grace."""
         self._stopping = True
@@ -166,10 +188,12 @@ class Worker:
     async def _idle(self, marker: int, *, free: bool) -> int:
         """Sleep until there may be work: a wake-up, or another process's commit."""
         assert self._wake is not None
-        while not self._wake.is_set() and not self._stopping:
+        while not self._wake.is_set():
             try:
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
             except TimeoutError:
+                if self._stopping:
+                    break  # back to the loop, which watches the shutdown deadline
                 if free:
                     latest = await self._call(self.engine.store.change_marker)
                     if latest != marker:
@@ -208,8 +232,11 @@ class Worker:
         if self._running.get(run.job.id) is not run:
             return
         del self._running[run.job.id]
+        self._queue_outcome(run.job, retry, **outcome)
+
+    def _queue_outcome(self, job: Job, retry: Retry, **outcome: Any) -> None:
         move = outcome_move(
-            run.job,
+            job,
             retry=retry,
             now=self.engine.clock.now(),
             max_payload_bytes=self.settings.max_payload_bytes,
@@ -220,9 +247,11 @@ class Worker:
         self._wake_threadsafe()
 
     def _report(self, note: Note) -> None:
-        """Called from handlers, in any thread: queue a note for the next batch."""
+        """Called from handlers, in any thread: queue a note for the next batch
+        (notes that arrive while a batch is being written share the next one)."""
         with self._outbox_lock:
             self._outbox_notes.append(note)
+        self._wake_threadsafe()
 
     def _release_all(self) -> None:
         """Shutdown grace is over: hand every unfinished job back to ready."""
@@ -231,7 +260,17 @@ class Worker:
             if run.task is not None:
                 run.task.cancel()
 
+    def _release_buffered(self) -> None:
+        """Jobs claimed ahead but never started go back to ready, attempt uncounted."""
+        while self._buffer:
+            self._queue_outcome(self._buffer.popleft(), Retry(), released=True)
+
     def _cancel_requested(self, job_id: int) -> None:
+        waiting = next((job for job in self._buffer if job.id == job_id), None)
+        if waiting is not None:
+            self._buffer.remove(waiting)
+            self._queue_outcome(waiting, Retry(), cancelled=True)
+            return
         run = self._running.get(job_id)
         if run is None or run.ctx.cancelled:
             return
@@ -253,7 +292,7 @@ class Worker:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self._heartbeat_interval())
-            if not self._running:
+            if not self._running and not self._buffer:
                 continue
             try:
                 held = await self._call(self.engine.heartbeat, self.id)
@@ -267,6 +306,7 @@ class Worker:
     def _heartbeat_interval(self) -> float:
         """A third of the shortest lease held, and at most a second so cancels arrive quickly."""
         leases = [run.job.lease_seconds for run in self._running.values()]
+        leases += [job.lease_seconds for job in self._buffer]
         return min([1.0, *(lease / 3 for lease in leases)])
 
     async def _maintenance_loop(self) -> None:

@@ -182,8 +182,9 @@ class App:
                 f"job arguments must be a mapping of names to values, got {type(args).__name__}"
             )
         definition.check_arguments(args)
+        args = dict(args)
         args_json = encode(
-            dict(args),
+            args,
             what=f"arguments of job {definition.name!r}",
             max_bytes=self.max_payload_bytes,
         )
@@ -197,6 +198,7 @@ class App:
             state=State.SCHEDULED if start is not None else State.READY,
             priority=options.priority if priority is None else int(priority),
             max_attempts=options.retry.max_attempts,
+            args=args,
             args_json=args_json,
             key=key,
             run_at=start,

@@ -8,9 +8,9 @@ epoch seconds (UTC) here; the models turn them into datetimes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from instar.lifecycle import State
 from instar.models import Event, Job
@@ -23,6 +23,7 @@ class NewJob:
     state: State
     priority: int
     max_attempts: int
+    args: Mapping[str, Any]
     args_json: str
     key: str | None
     run_at: float | None

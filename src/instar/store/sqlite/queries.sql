@@ -7,10 +7,10 @@ PRAGMA journal_mode = WAL;
 
 -- name: insert_job
 -- A job whose key exists already is skipped; the caller then reads the existing one.
+-- Positional parameters: this runs once per job on the enqueue path.
 INSERT INTO jobs (name, queue, state, priority, max_attempts, args, key, run_at,
-                  created_at, updated_at, lease_seconds)
-VALUES (:name, :queue, :state, :priority, :max_attempts, :args, :key, :run_at,
-        :now, :now, :lease_seconds)
+                  lease_seconds, created_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING
 
 -- name: max_job_id

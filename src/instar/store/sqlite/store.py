@@ -100,22 +100,23 @@ class SQLiteStore:
 
     def insert_jobs(self, jobs: Sequence[NewJob], now: float, actor: str | None) -> list[Job]:
         rows = [
-            {
-                "name": j.name,
-                "queue": j.queue,
-                "state": j.state.value,
-                "priority": j.priority,
-                "max_attempts": j.max_attempts,
-                "args": j.args_json,
-                "key": j.key,
-                "run_at": j.run_at,
-                "lease_seconds": j.lease_seconds,
-                "now": now,
-            }
+            (
+                j.name,
+                j.queue,
+                j.state.value,
+                j.priority,
+                j.max_attempts,
+                j.args_json,
+                j.key,
+                j.run_at,
+                j.lease_seconds,
+                now,
+                now,
+            )
             for j in jobs
         ]
         with self._write() as conn:
-            if all(j.key is None for j in jobs):
+            if len(jobs) > 1 and all(j.key is None for j in jobs):
                 # No key can collide, so ids are consecutive under the write lock:
                 # one executemany instead of a statement per job.
                 first = conn.execute(Q["max_job_id"]).fetchone()[0] + 1
@@ -356,7 +357,7 @@ def _new_job(job_id: int, new: NewJob, now: float) -> Job:
         priority=new.priority,
         attempt=0,
         max_attempts=new.max_attempts,
-        args=json.loads(new.args_json),
+        args=dict(new.args),
         result=None,
         error=None,
         key=new.key,

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import Any
+
+import pytest
 
 import instar
 from instar.lifecycle import State
@@ -391,7 +394,33 @@ def test_concurrency_bounds_the_jobs_running_at_once(app: instar.App) -> None:
 
 
 def test_a_worker_refuses_zero_concurrency(app: instar.App) -> None:
-    import pytest
 
     with pytest.raises(ValueError, match="at least 1"):
         Worker(app.engine, app.registry, WorkerSettings(concurrency=0))
+
+
+def test_a_batch_the_database_refuses_is_written_on_a_later_try(
+    app: instar.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    @app.job
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    job = add.enqueue(a=1, b=2)
+    real_exchange = app.engine.exchange
+    failures: list[object] = []
+
+    def flaky_exchange(*args: Any) -> Any:
+        moves = args[0]
+        if moves and not failures:
+            failures.append(moves)
+            raise sqlite3.OperationalError("database is locked")
+        return real_exchange(*args)
+
+    monkeypatch.setattr(app.engine, "exchange", flaky_exchange)
+    app.run_worker(burst=True)
+    assert failures, "the first report should have been refused"
+    done = app.get(job.id)
+    assert (done.state, done.result) == (S.COMPLETED, 3)

@@ -96,6 +96,7 @@ class Worker:
         self._running: dict[int, _Run] = {}
         self._buffer: deque[Job] = deque()  # claimed ahead, not started yet
         self._backlog = False
+        self._failures = 0  # consecutive batches the database refused
         self._outbox_moves: list[Move] = []
         self._outbox_notes: list[Note] = []
         self._outbox_lock = threading.Lock()
@@ -141,7 +142,12 @@ class Worker:
                 if moves or notes or wanted:
                     # Tasks started above run while this exchange is in the database thread.
                     claim = ClaimRequest(self.id, wanted, self.settings.queues) if wanted else None
-                    batch = await self._call(self.engine.exchange, moves, notes, claim)
+                    try:
+                        batch = await self._call(self.engine.exchange, moves, notes, claim)
+                    except Exception:
+                        await self._retry_later(moves, notes)
+                        continue
+                    self._failures = 0
                     self._count_reports(moves, batch.applied)
                     self._buffer.extend(batch.claimed)
                     self._backlog = bool(wanted) and len(batch.claimed) == wanted
@@ -165,6 +171,17 @@ class Worker:
             self._db.shutdown(wait=True)
         log.info("worker %s stopped: %s", self.id, self.report)
         return self.report
+
+    async def _retry_later(self, moves: list[Move], notes: list[Note]) -> None:
+        """The database refused a batch (locked past the busy timeout, disk full,
+        gone): keep its reports for the next try and back off, up to 5 s."""
+        self._failures += 1
+        delay = min(5.0, 0.05 * 2**self._failures)
+        log.exception("writing a batch failed; trying again in %.2fs", delay)
+        with self._outbox_lock:
+            self._outbox_moves[:0] = moves
+            self._outbox_notes[:0] = notes
+        await asyncio.sleep(delay)
 
     def _claims_wanted(self) -> int:
         """Free slots, plus as many again while the queue has a backlog: jobs

@@ -88,7 +88,7 @@ def test_a_heartbeat_keeps_the_lease_alive(frozen_app: instar.App, clock: Frozen
     maintenance = Maintenance(frozen_app.engine, "m")
     clock.advance(20)
     held = frozen_app.engine.heartbeat("w1")
-    assert sorted(job_id for job_id, _ in held) == [j.id for j in jobs]
+    assert sorted(h.job_id for h in held) == [j.id for j in jobs]
     clock.advance(20)
     assert maintenance.run_once().leases_rescued == 0
     assert {frozen_app.get(j.id).state for j in jobs} == {State.RUNNING}
@@ -126,7 +126,7 @@ def test_a_cancel_requested_job_whose_worker_is_lost_ends_cancelled(
 def test_a_zombie_workers_report_is_refused_and_recorded(
     frozen_app: instar.App, clock: FrozenClock
 ) -> None:
-    from instar.engine import outcome_move
+    from instar.engine import outcome_moves
 
     @frozen_app.job(lease=5)
     def work() -> None:
@@ -137,10 +137,10 @@ def test_a_zombie_workers_report_is_refused_and_recorded(
     clock.advance(6)
     Maintenance(frozen_app.engine, "m").run_once()
     [fresh] = _claim(frozen_app, "w2")
-    late = outcome_move(
+    late = outcome_moves(
         zombie_view, result="stale", retry=instar.Retry(), now=clock.now(), max_payload_bytes=1000
     )
-    assert frozen_app.engine.exchange([late], [], None).applied == [False]
+    assert frozen_app.engine.exchange(late, [], None).applied == [False]
     current = frozen_app.get(job.id)
     assert (current.state, current.worker, current.result) == (State.RUNNING, "w2", None)
     last = frozen_app.history(job.id)[-1]

@@ -121,7 +121,7 @@ def test_a_heartbeat_extends_only_its_own_workers_leases(store: Store) -> None:
     [mine] = claim(store, worker="me", limit=1)
     [theirs] = claim(store, worker="them", limit=1)
     held = store.heartbeat("me", NOW + 10)
-    assert held == [(mine, False)]
+    assert [(h.job_id, h.cancel_requested) for h in held] == [(mine, False)]
     mine_job, their_job = store.get_job(mine), store.get_job(theirs)
     assert mine_job is not None and their_job is not None
     assert mine_job.lease_expires_at is not None and their_job.lease_expires_at is not None
@@ -134,7 +134,8 @@ def test_a_cancel_request_reaches_the_worker_through_its_heartbeat(store: Store)
     [job_id] = claim(store, worker="me")
     assert store.request_cancel_if_leased(job_id, NOW, "cli")
     assert not store.request_cancel_if_leased(job_id, NOW, "cli"), "asked once is enough"
-    assert store.heartbeat("me", NOW) == [(job_id, True)]
+    [held] = store.heartbeat("me", NOW)
+    assert (held.job_id, held.cancel_requested) == (job_id, True)
 
 
 def test_only_one_holder_leads_a_role_until_it_expires(store: Store) -> None:

@@ -19,7 +19,7 @@ from instar.engine import Engine
 from instar.errors import ConfigurationError, InvalidOption, UnknownJob
 from instar.jobs import JobDefinition, JobOptions
 from instar.lifecycle import State, is_terminal
-from instar.models import Event, Job
+from instar.models import Awakeable, Event, Job, QueueStats
 from instar.payload import DEFAULT_MAX_BYTES, encode
 from instar.retry import Retry
 from instar.store import database_url, open_store
@@ -88,6 +88,8 @@ class App:
         timeout: float | None = None,
         retry: Retry | None = None,
         priority: int = 0,
+        pause_timeout: float = 86400.0,
+        service: bool = False,
     ) -> Callable[[Callable[..., Any]], JobDefinition]: ...
 
     def job(
@@ -101,9 +103,13 @@ class App:
         timeout: float | None = None,
         retry: Retry | None = None,
         priority: int = 0,
+        pause_timeout: float = 86400.0,
+        service: bool = False,
     ) -> JobDefinition | Callable[[Callable[..., Any]], JobDefinition]:
         """Register a handler: ``@app.job`` or ``@app.job(queue=..., retry=...)``."""
-        options = JobOptions(queue, lease, timeout, retry or Retry(), priority)
+        options = JobOptions(
+            queue, lease, timeout, retry or Retry(), priority, pause_timeout, service
+        )
 
         def register(handler: Callable[..., Any]) -> JobDefinition:
             job_name = name or f"{handler.__module__}.{handler.__qualname__}"
@@ -114,6 +120,16 @@ class App:
             return definition
 
         return register(fn) if fn is not None else register
+
+    def service(
+        self, *, name: str | None = None, queue: str = "services", lease: float = 10.0
+    ) -> Callable[[Callable[..., Any]], JobDefinition]:
+        """Register a long-running service: it calls ``ctx.ready()`` once up
+        (running -> serving), keeps its lease by heartbeat, and returns when
+        ``ctx.stopping`` turns true after ``app.stop(id)``."""
+        return self.job(
+            name=name, queue=queue, lease=lease, retry=Retry(max_attempts=1), service=True
+        )
 
     def definition(self, job: JobDefinition | str) -> JobDefinition:
         if isinstance(job, JobDefinition):
@@ -138,10 +154,21 @@ class App:
         priority: int | None = None,
         queue: str | None = None,
         key: str | None = None,
+        after: Sequence[int | Job] = (),
         actor: str | None = "app",
     ) -> Job:
-        """Create one job; it is ``ready``, or ``scheduled`` when it starts later."""
-        spec = self._new_job(job, args or {}, delay, run_at, priority, queue, key)
+        """Create one job: ``ready``, ``scheduled`` when it starts later, or
+        ``pending`` until every job in ``after`` has completed."""
+        spec = self.new_job(
+            job,
+            args or {},
+            delay=delay,
+            run_at=run_at,
+            priority=priority,
+            queue=queue,
+            key=key,
+            after=after,
+        )
         return self.engine.enqueue([spec], actor)[0]
 
     def enqueue_many(
@@ -157,7 +184,8 @@ class App:
     ) -> list[Job]:
         """Create many jobs of one kind in one transaction: all of them or none."""
         specs = [
-            self._new_job(job, args, delay, run_at, priority, queue, None) for args in many_args
+            self.new_job(job, args, delay=delay, run_at=run_at, priority=priority, queue=queue)
+            for args in many_args
         ]
         return self.engine.enqueue(specs, actor) if specs else []
 
@@ -166,16 +194,20 @@ class App:
     ) -> Job:
         return await asyncio.to_thread(self.enqueue, job, args, **options)
 
-    def _new_job(
+    def new_job(
         self,
         job: JobDefinition | str,
         args: Mapping[str, Any],
-        delay: float | None,
-        run_at: datetime | None,
-        priority: int | None,
-        queue: str | None,
-        key: str | None,
+        *,
+        delay: float | None = None,
+        run_at: datetime | None = None,
+        priority: int | None = None,
+        queue: str | None = None,
+        key: str | None = None,
+        after: Sequence[int | Job] = (),
+        parent_id: int | None = None,
     ) -> NewJob:
+        """Check a job's arguments and options and describe it for the engine."""
         definition = self.definition(job)
         if not isinstance(args, Mapping):
             raise InvalidOption(
@@ -192,10 +224,16 @@ class App:
         options = definition.options
         if queue is not None and not queue:
             raise InvalidOption("queue must be a non-empty name")
+        parents = tuple(p.id if isinstance(p, Job) else int(p) for p in after)
+        state = State.READY
+        if parents:
+            state = State.PENDING
+        elif start is not None:
+            state = State.SCHEDULED
         return NewJob(
             name=definition.name,
             queue=queue or options.queue,
-            state=State.SCHEDULED if start is not None else State.READY,
+            state=state,
             priority=options.priority if priority is None else int(priority),
             max_attempts=options.retry.max_attempts,
             args=args,
@@ -203,6 +241,9 @@ class App:
             key=key,
             run_at=start,
             lease_seconds=options.lease,
+            pause_timeout=options.pause_timeout,
+            after=parents,
+            parent_id=parent_id,
         )
 
     def _start_time(self, delay: float | None, run_at: datetime | None) -> float | None:
@@ -273,6 +314,46 @@ class App:
     def retry(self, job_id: int, actor: str | None = "app") -> Job:
         """Run a failed job again, with a fresh count of attempts."""
         return self.engine.retry(job_id, actor)
+
+    def pause(self, job_id: int, actor: str | None = "app") -> Job:
+        """Pause a waiting job at once, a running one at its next checkpoint."""
+        return self.engine.pause(job_id, actor)
+
+    def resume(self, job_id: int, actor: str | None = "app") -> Job:
+        return self.engine.resume(job_id, actor)
+
+    def stop(self, job_id: int, actor: str | None = "app") -> Job:
+        """Ask a serving service job to stop: serving -> stopping -> completed."""
+        return self.engine.stop(job_id, actor)
+
+    def resolve(self, awakeable_id: str, value: Any = None, actor: str | None = "app") -> Awakeable:
+        """Answer a job waiting in ``ctx.await_signal``: it gets ``value``."""
+        value_json = encode(value, what="the signal value", max_bytes=self.max_payload_bytes)
+        return self.engine.resolve(awakeable_id, value_json, actor)
+
+    def reject(self, awakeable_id: str, reason: str, actor: str | None = "app") -> Awakeable:
+        """Refuse a signal: ``ctx.await_signal`` raises SignalRejected(reason)."""
+        return self.engine.reject(awakeable_id, reason, actor)
+
+    def pause_queue(self, queue: str) -> bool:
+        """Claim nothing more from ``queue`` until it is resumed; running jobs go on."""
+        return self.engine.pause_queue(queue)
+
+    def resume_queue(self, queue: str) -> bool:
+        return self.engine.resume_queue(queue)
+
+    def queues(self) -> list[QueueStats]:
+        """Every queue with its counts by state, and whether it is paused."""
+        return self.engine.store.queue_stats()
+
+    def awakeables(self, job_id: int) -> list[Awakeable]:
+        return self.engine.store.awakeables_of(self.get(job_id).id)
+
+    def children(self, job_id: int) -> list[Job]:
+        return self.engine.store.children_of(self.get(job_id).id)
+
+    def dependencies(self, job_id: int) -> list[Job]:
+        return self.engine.store.dependencies_of(self.get(job_id).id, "after")
 
     # -- working ----------------------------------------------------------------
 

@@ -1,28 +1,61 @@
-"""What a running handler can see and say through ``ctx``."""
+"""What a running handler can see and do through ``ctx``.
+
+Durable operations (steps, checkpoints, sleeps, signals, children) survive the
+worker: a handler that is re-run (after a retry, a resume, a wake-up or an
+orphaning) gets every stored step result back without running the step, and
+the call that suspended it returns what it waited for. Handlers are therefore
+written deterministically around their steps.
+
+Progress and phases are queued to the worker and written with its next batch;
+steps and checkpoints are written at once, because the handler relies on them.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
-from instar.models import Job
-from instar.payload import encode
-from instar.store.contract import Note
+from instar.control import CancelNow, LeaseLost, PauseNow, Suspend
+from instar.errors import ChildFailed, InvalidOption, SignalRejected, SignalTimeout
+from instar.lifecycle import State, is_terminal
+from instar.models import Awakeable, Job
+from instar.payload import decode, encode
+from instar.store.contract import Held, Move, Note
+
+if TYPE_CHECKING:
+    from instar.engine import Engine
+    from instar.jobs import JobDefinition
 
 
 class Context:
-    """The handle a handler gets for its job: cancellation, progress, phases.
+    """The handle a handler gets for its job."""
 
-    Reports are queued to the worker, which writes them with its next batch;
-    they cost the handler no database round trip.
-    """
-
-    def __init__(self, job: Job, worker: str, report: Callable[[Note], None]) -> None:
+    def __init__(
+        self,
+        job: Job,
+        worker: str,
+        report: Callable[[Note | Move], None],
+        engine: Engine | None = None,
+        on_state: Callable[[Job], None] | None = None,
+    ) -> None:
         self.job = job
         self.worker = worker
         self._report = report
-        # A plain flag: set by the worker's loop, read by the handler in any thread.
+        self._engine = engine
+        self._on_state = on_state
+        # Plain flags: set by the worker's loop, read by the handler in any thread.
         self._cancelled = False
+        self._pause_requested = job.pause_requested
+        self._steps: dict[str, str | None] | None = None
+        self._sleeps = 0
+        self._spawns = 0
+        self._signals_awaited: set[str] = set()
+
+    # -- what the handler may read ------------------------------------------------
 
     @property
     def job_id(self) -> int:
@@ -37,6 +70,23 @@ class Context:
         """True once someone asked to cancel this job; a long loop should stop then."""
         return self._cancelled
 
+    @property
+    def pause_requested(self) -> bool:
+        """True once someone asked to pause this job; it pauses at the next checkpoint."""
+        return self._pause_requested
+
+    @property
+    def stopping(self) -> bool:
+        """For a service job: someone asked it to stop; return to finish."""
+        return self.job.state is State.STOPPING
+
+    @property
+    def checkpoint_data(self) -> Any:
+        """The last checkpoint saved by any run of this job (None on a first run)."""
+        return self.job.checkpoint
+
+    # -- progress --------------------------------------------------------------
+
     def progress(
         self, current: float, total: float | None = None, message: str | None = None
     ) -> None:
@@ -44,14 +94,193 @@ class Context:
         detail = {"current": current, "total": total, "message": message}
         text = encode(detail, what="progress")
         self._report(Note(self.job.id, "progress", self.worker, None, text, progress_json=text))
+        self._yield_if_asked()
 
     def phase(self, name: str) -> None:
         """Name the stage the handler is in (preparing, collecting ...): a timeline entry."""
         self._report(Note(self.job.id, "phase", self.worker, None, json.dumps({"phase": name})))
 
+    # -- durable operations ---------------------------------------------------------
+
+    def step(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn`` once for this job; its JSON result is stored and returned
+        again, without calling ``fn``, on every later run of the same job."""
+        stored = self._stored_steps()
+        if name in stored:
+            return decode(stored[name])
+        self._yield_if_asked()
+        result = fn(*args, **kwargs)
+        result_json = encode(result, what=f"the result of step {name!r}")
+        self._check(
+            self._engine_().store.save_step(
+                self.job.id, self._token(), name, result_json, self._now()
+            )
+        )
+        stored[name] = result_json
+        return result
+
+    async def step_async(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``step`` for async handlers: ``fn`` may be a coroutine function."""
+        stored = await asyncio.to_thread(self._stored_steps)
+        if name in stored:
+            return decode(stored[name])
+        self._yield_if_asked()
+        result = fn(*args, **kwargs)
+        if asyncio.iscoroutine(result):
+            result = await result
+        result_json = encode(result, what=f"the result of step {name!r}")
+        held = await asyncio.to_thread(
+            self._engine_().store.save_step,
+            self.job.id,
+            self._token(),
+            name,
+            result_json,
+            self._now(),
+        )
+        self._check(held)
+        stored[name] = result_json
+        return result
+
+    def checkpoint(self, data: Any) -> None:
+        """Save resumable data (``ctx.checkpoint_data`` on a later run). A pending
+        pause or cancel request takes effect here."""
+        data_json = encode(data, what="checkpoint data")
+        held = self._engine_().store.save_checkpoint(
+            self.job.id, self._token(), data_json, self._now()
+        )
+        self._check(held)
+        self.job = replace(self.job, checkpoint=decode(data_json))
+        self._yield_if_asked()
+
+    def sleep(self, seconds: float) -> None:
+        """A durable sleep: the job is suspended, frees its worker, and runs again
+        (from the top, steps replayed) once the time is up."""
+        self._sleeps += 1
+        name = f"sleep#{self._sleeps}"
+        stored = self._stored_steps()
+        if name in stored:
+            wake_at = float(decode(stored[name]))
+        else:
+            wake_at = self._now() + seconds
+            self._check(
+                self._engine_().store.save_step(
+                    self.job.id, self._token(), name, json.dumps(wake_at), self._now()
+                )
+            )
+            stored[name] = json.dumps(wake_at)
+        if self._now() < wake_at:
+            raise Suspend(wake_at, {"sleep": name, "until": wake_at})
+
+    async def sleep_async(self, seconds: float) -> None:
+        await asyncio.to_thread(self._stored_steps)
+        self.sleep(seconds)
+
+    def awakeable(self, name: str) -> str:
+        """The id of this job's awakeable ``name``: hand it to whoever will answer."""
+        return self._awakeable(name).id
+
+    def await_signal(self, name: str, timeout: float | None = None) -> Any:
+        """Wait for awakeable ``name`` to be resolved (returns its value) or rejected
+        (raises SignalRejected); SignalTimeout after ``timeout`` seconds. The job
+        is suspended meanwhile and holds no worker."""
+        if name in self._signals_awaited:
+            raise InvalidOption(
+                f"job {self.job.id} awaits signal {name!r} twice in one run; "
+                "give each signal its own name"
+            )
+        self._signals_awaited.add(name)
+        awakeable = self._awakeable(name)
+        if awakeable.state == "resolved":
+            return awakeable.value
+        if awakeable.state == "rejected":
+            raise SignalRejected(name, awakeable.reason)
+        if awakeable.state == "timed-out":
+            raise SignalTimeout(name)
+        timeout_at = awakeable.timeout_at.timestamp() if awakeable.timeout_at else None
+        if timeout is not None and timeout_at is None:
+            timeout_at = self._now() + timeout
+            self._engine_().store.set_awakeable_timeout(awakeable.id, timeout_at)
+        raise Suspend(timeout_at, {"awaiting": awakeable.id, "signal": name})
+
+    def spawn(self, definition: JobDefinition, **kwargs: Any) -> Job:
+        """Create a child job, once however often this handler re-runs."""
+        self._spawns += 1
+        key = f"instar:child:{self.job.id}:{self._spawns}"
+        engine = self._engine_()
+        spec = definition.app.new_job(definition, kwargs, key=key, parent_id=self.job.id)
+        return engine.enqueue([spec], actor=f"job {self.job.id}")[0]
+
+    def join(self, children: Sequence[Job]) -> list[Any]:
+        """Wait until every child has ended; their results in order, or ChildFailed.
+        The job is suspended meanwhile and holds no worker."""
+        engine = self._engine_()
+        current = [engine.get(child.id) for child in children]
+        if all(is_terminal(c.state) for c in current):
+            for child in current:
+                if child.state is not State.COMPLETED:
+                    raise ChildFailed(child.id, child.state.value, child.error)
+            return [child.result for child in current]
+        ids = [c.id for c in current]
+        engine.store.add_dependencies(self.job.id, ids, "join")
+        raise Suspend(None, {"join": ids})
+
+    def ready(self) -> None:
+        """For a service job: it is up. running -> serving; it keeps its lease by heartbeat."""
+        from instar.engine import plan_move
+
+        move = plan_move(self.job, State.SERVING, "serving", by_lease=True)
+        self.job = replace(self.job, state=State.SERVING, version=self.job.version + 1)
+        self._report(move)
+        if self._on_state is not None:
+            self._on_state(self.job)
+
+    # -- the worker's side -----------------------------------------------------------
+
     def request_cancel(self) -> None:
-        """Called by the worker when a cancel request for this job arrives."""
         self._cancelled = True
+
+    def request_pause(self) -> None:
+        self._pause_requested = True
+
+    def set_state(self, state: State) -> None:
+        """The worker learned (by heartbeat) that an operator moved the job (stop)."""
+        if state is not self.job.state:
+            self.job = replace(self.job, state=state, version=self.job.version + 1)
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def _yield_if_asked(self) -> None:
+        if self._cancelled:
+            raise CancelNow()
+        if self._pause_requested and self.job.state is State.RUNNING:
+            raise PauseNow()
+
+    def _check(self, held: Held | None) -> None:
+        if held is None:
+            raise LeaseLost()
+        self._cancelled = self._cancelled or held.cancel_requested
+        self._pause_requested = self._pause_requested or held.pause_requested
+
+    def _stored_steps(self) -> dict[str, str | None]:
+        if self._steps is None:
+            self._steps = self._engine_().store.steps(self.job.id)
+        return self._steps
+
+    def _awakeable(self, name: str) -> Awakeable:
+        return self._engine_().store.awakeable(self.job.id, name, uuid.uuid4().hex, self._now())
+
+    def _engine_(self) -> Engine:
+        if self._engine is None:
+            raise RuntimeError("durable operations need a context given by a worker")
+        return self._engine
+
+    def _token(self) -> str:
+        if self.job.lease_token is None:
+            raise LeaseLost()
+        return self.job.lease_token
+
+    def _now(self) -> float:
+        return self._engine_().clock.now()
 
     def __repr__(self) -> str:
         return f"<Context job={self.job.id} {self.job.name} attempt={self.job.attempt}>"

@@ -17,14 +17,30 @@ from datetime import datetime
 from typing import Any
 
 from instar.clock import Clock, SystemClock
-from instar.errors import InvalidTransition, JobNotFound
-from instar.lifecycle import ENTRY_STATES, State, can_transition, is_leased
-from instar.models import Event, Job
+from instar.control import Suspend
+from instar.errors import (
+    AwakeableNotFound,
+    InvalidTransition,
+    JobNotFound,
+    SignalAlreadySettled,
+)
+from instar.lifecycle import ENTRY_STATES, State, can_transition, is_leased, is_terminal
+from instar.models import Awakeable, Event, Job
 from instar.payload import encode
 from instar.retry import Retry
-from instar.store.contract import BatchResult, ClaimRequest, JobFilter, Move, NewJob, Note, Store
+from instar.store.contract import (
+    BatchResult,
+    ClaimRequest,
+    Held,
+    JobFilter,
+    Move,
+    NewJob,
+    Note,
+    Store,
+)
 
 _RACE_RETRIES = 20
+_DEPENDENCY_FAILED = frozenset({State.FAILED, State.CANCELLED})
 SYSTEM = "system"  # the actor of moves nobody asked for: timers, lease rescue
 
 
@@ -56,9 +72,16 @@ def plan_move(
         "lease_expires_at": _epoch(job.lease_expires_at),
         "result_json": None if job.result is None else encode(job.result, what="result"),
         "error_json": None if job.error is None else encode(job.error, what="error"),
+        "wake_at": _epoch(job.wake_at),
+        "pause_deadline": _epoch(job.pause_deadline),
     }
     if is_leased(job.state) and not is_leased(to_state):
         values.update(lease_token=None, lease_expires_at=None)
+    # Timer columns belong to the state that set them.
+    if to_state is not State.SUSPENDED:
+        values["wake_at"] = None
+    if to_state is not State.PAUSED:
+        values["pause_deadline"] = None
     values.update(changes)
     return Move(
         job_id=job.id,
@@ -131,8 +154,14 @@ class Engine:
         for job in jobs:
             if job.state not in ENTRY_STATES:
                 raise InvalidTransition(0, "(new)", job.state.value, "not a state a job starts in")
+        for parent in {p for job in jobs for p in job.after}:
+            self.get(parent)  # an unknown dependency is refused before anything is written
         created = self.store.insert_jobs(jobs, self.clock.now(), actor)
         self._notify()
+        waiting = [job for job in created if job.state is State.PENDING]
+        if waiting:
+            self._settle(waiting)
+            return [self.get(job.id) if job.state is State.PENDING else job for job in created]
         return created
 
     # -- operator verbs -----------------------------------------------------
@@ -176,6 +205,91 @@ class Engine:
                 return self.get(job_id)
         raise InvalidTransition(job_id, job.state.value, State.READY.value, "too much contention")
 
+    def pause(self, job_id: int, actor: str | None = None) -> Job:
+        """Park a job for a person: at once if it is waiting, at its next
+        checkpoint if it is running."""
+        for _ in range(_RACE_RETRIES):
+            job = self.get(job_id)
+            if job.state is State.RUNNING:
+                if job.pause_requested or self.store.request_pause_if_leased(
+                    job_id, self.clock.now(), actor
+                ):
+                    return self.get(job_id)
+                continue
+            deadline = self.clock.now() + job.pause_timeout
+            move = plan_move(job, State.PAUSED, "paused", actor=actor, pause_deadline=deadline)
+            if self._apply_one(move):
+                return self.get(job_id)
+        raise InvalidTransition(job_id, job.state.value, State.PAUSED.value, "too much contention")
+
+    def resume(self, job_id: int, actor: str | None = None) -> Job:
+        """A paused job goes back to ready, or to scheduled if its start is still ahead."""
+        for _ in range(_RACE_RETRIES):
+            job = self.get(job_id)
+            ahead = job.run_at is not None and job.run_at.timestamp() > self.clock.now()
+            target = State.SCHEDULED if ahead and job.attempt == 0 else State.READY
+            if job.state is not State.PAUSED:
+                raise InvalidTransition(job_id, job.state.value, target.value, "it is not paused")
+            if self._apply_one(plan_move(job, target, "resumed", actor=actor)):
+                self._notify()
+                return self.get(job_id)
+        raise InvalidTransition(job_id, job.state.value, State.READY.value, "too much contention")
+
+    def stop(self, job_id: int, actor: str | None = None) -> Job:
+        """Ask a serving service job to shut down: serving -> stopping; its worker
+        sees it at the next heartbeat and the handler is told through ctx.stopping."""
+        for _ in range(_RACE_RETRIES):
+            job = self.get(job_id)
+            move = plan_move(job, State.STOPPING, "stop-requested", actor=actor)
+            if self._apply_one(move):
+                return self.get(job_id)
+        raise InvalidTransition(
+            job_id, job.state.value, State.STOPPING.value, "too much contention"
+        )
+
+    def resolve(self, awakeable_id: str, value_json: str, actor: str | None = None) -> Awakeable:
+        return self._settle_signal(awakeable_id, "resolved", value_json, None, actor)
+
+    def reject(self, awakeable_id: str, reason: str, actor: str | None = None) -> Awakeable:
+        return self._settle_signal(awakeable_id, "rejected", None, reason, actor)
+
+    def _settle_signal(
+        self,
+        awakeable_id: str,
+        state: str,
+        value_json: str | None,
+        reason: str | None,
+        actor: str | None,
+    ) -> Awakeable:
+        awakeable = self.store.get_awakeable(awakeable_id)
+        if awakeable is None:
+            raise AwakeableNotFound(awakeable_id)
+        if awakeable.state != "pending":
+            raise SignalAlreadySettled(awakeable_id, awakeable.state)
+        job = self.get(awakeable.job_id)
+        wake = None
+        if job.state is State.SUSPENDED:
+            wake = plan_move(
+                job, State.READY, "signal", actor=actor, detail={"signal": awakeable.name}
+            )
+        if not self.store.settle_awakeable(
+            awakeable_id, state, value_json, reason, wake, self.clock.now()
+        ):
+            settled = self.store.get_awakeable(awakeable_id)
+            raise SignalAlreadySettled(awakeable_id, settled.state if settled else "gone")
+        self._notify()
+        settled = self.store.get_awakeable(awakeable_id)
+        assert settled is not None
+        return settled
+
+    def pause_queue(self, queue: str) -> bool:
+        return self.store.pause_queue(queue, self.clock.now())
+
+    def resume_queue(self, queue: str) -> bool:
+        resumed = self.store.resume_queue(queue)
+        self._notify()
+        return resumed
+
     def _apply_one(self, move: Move) -> bool:
         return self.store.commit_batch([move], [], None, self.clock.now()).applied[0]
 
@@ -185,20 +299,49 @@ class Engine:
         self, finished: Sequence[Move], notes: Sequence[Note], claim: ClaimRequest | None
     ) -> BatchResult:
         """Report finished jobs and claim new ones in a single transaction."""
-        return self.store.commit_batch(finished, notes, claim, self.clock.now())
+        batch = self.store.commit_batch(finished, notes, claim, self.clock.now())
+        if finished:
+            self._after_moves([m for m, ok in zip(finished, batch.applied, strict=True) if ok])
+        return batch
 
-    def heartbeat(self, worker: str) -> list[tuple[int, bool]]:
+    def heartbeat(self, worker: str) -> list[Held]:
         return self.store.heartbeat(worker, self.clock.now())
 
     # -- maintenance --------------------------------------------------------
 
     def fire_due_timers(self, limit: int = 1000) -> int:
-        """scheduled -> ready at run_at; backing-off -> ready at next_retry_at."""
-        moves = [
-            plan_move(job, State.READY, "due", actor=SYSTEM)
-            for job in self.store.due_timers(self.clock.now(), limit)
-        ]
+        """Every state that waits for a time, when the time comes: scheduled and
+        backing-off jobs become ready, suspended ones wake (a signal that did not
+        come in time is timed out first), paused ones past their timeout are cancelled."""
+        now = self.clock.now()
+        moves: list[Move] = []
+        for job in self.store.due_timers(now, limit):
+            match job.state:
+                case State.SCHEDULED | State.BACKING_OFF:
+                    moves.append(plan_move(job, State.READY, "due", actor=SYSTEM))
+                case State.SUSPENDED:
+                    wake = plan_move(job, State.READY, "woke", actor=SYSTEM)
+                    late = [
+                        a
+                        for a in self.store.awakeables_of(job.id)
+                        if a.state == "pending" and a.timeout_at and a.timeout_at.timestamp() <= now
+                    ]
+                    if not late:
+                        moves.append(wake)
+                    for awakeable in late:
+                        self.store.settle_awakeable(
+                            awakeable.id, "timed-out", None, None, wake, now
+                        )
+                case State.PAUSED:
+                    moves.append(plan_move(job, State.CANCELLED, "pause-timeout", actor=SYSTEM))
+                case _:
+                    raise AssertionError(f"due_timers returned a {job.state} job")
         return self._apply_all(moves)
+
+    def settle_stranded(self, limit: int = 1000) -> int:
+        """Release waiters whose awaited jobs have all ended (a sweep that covers a
+        process that died between a job's end and the settling of its waiters)."""
+        return self._settle(self.store.stranded_waiters(limit))
 
     def rescue_expired_leases(self, limit: int = 1000) -> int:
         """A leased job whose lease ran out lost its worker: orphan it, then
@@ -239,10 +382,76 @@ class Engine:
     def _apply_all(self, moves: Sequence[Move]) -> int:
         if not moves:
             return 0
-        applied = sum(self.store.commit_batch(moves, [], None, self.clock.now()).applied)
-        if applied:
+        results = self.store.commit_batch(moves, [], None, self.clock.now()).applied
+        won = [m for m, ok in zip(moves, results, strict=True) if ok]
+        if won:
             self._notify()
-        return applied
+            self._after_moves(won)
+        return len(won)
+
+    # -- waiting on other jobs and on signals ------------------------------------
+
+    def _after_moves(self, moves: Sequence[Move]) -> None:
+        """What applied moves set off: an ended job releases the jobs waiting for
+        it; a job that just suspended on something that already happened wakes."""
+        ended = [m.job_id for m in moves if is_terminal(m.to_state)]
+        if ended:
+            self._settle(self.store.waiting_on(ended))
+        for move in moves:
+            if move.to_state is State.SUSPENDED and move.detail_json is not None:
+                self._wake_if_already_settled(move.job_id, json.loads(move.detail_json))
+
+    def _settle(self, waiters: Sequence[Job]) -> int:
+        """Pending jobs whose dependencies all completed start; those with a failed
+        or cancelled dependency fail (and so release their own dependants);
+        parents suspended on a join wake once every child has ended."""
+        moves: list[Move] = []
+        now = self.clock.now()
+        for waiter in waiters:
+            if waiter.state is State.PENDING:
+                parents = self.store.dependencies_of(waiter.id, "after")
+                bad = next((p for p in parents if p.state in _DEPENDENCY_FAILED), None)
+                if bad is not None:
+                    error = {
+                        "type": "DependencyFailed",
+                        "message": f"dependency failed: job {bad.id} ({bad.name}) is {bad.state}",
+                        "traceback": "",
+                    }
+                    moves.append(
+                        plan_move(
+                            waiter,
+                            State.FAILED,
+                            "dependency-failed",
+                            actor=SYSTEM,
+                            detail={"dependency": bad.id, "state": bad.state.value},
+                            error_json=json.dumps(error),
+                        )
+                    )
+                elif all(p.state is State.COMPLETED for p in parents):
+                    ahead = waiter.run_at is not None and waiter.run_at.timestamp() > now
+                    start = State.SCHEDULED if ahead else State.READY
+                    moves.append(plan_move(waiter, start, "dependencies-met", actor=SYSTEM))
+            elif waiter.state is State.SUSPENDED:
+                children = self.store.dependencies_of(waiter.id, "join")
+                if children and all(is_terminal(c.state) for c in children):
+                    self.store.remove_dependencies(waiter.id, "join")
+                    moves.append(plan_move(waiter, State.READY, "children-ended", actor=SYSTEM))
+        return self._apply_all(moves)
+
+    def _wake_if_already_settled(self, job_id: int, detail: dict[str, Any]) -> None:
+        """A signal resolved, or children that ended, while the job was on its way
+        to suspended: nothing else would wake it, so wake it now."""
+        if "awaiting" in detail:
+            awakeable = self.store.get_awakeable(detail["awaiting"])
+            if awakeable is not None and awakeable.state != "pending":
+                self._wake(job_id, "signal")
+        elif "join" in detail:
+            self._settle([self.get(job_id)])
+
+    def _wake(self, job_id: int, trigger: str, actor: str | None = SYSTEM) -> None:
+        job = self.get(job_id)
+        if job.state is State.SUSPENDED:
+            self._apply_all([plan_move(job, State.READY, trigger, actor=actor)])
 
 
 def _after(job: Job, move: Move) -> Job:
@@ -256,25 +465,38 @@ def _after(job: Job, move: Move) -> Job:
     )
 
 
-def outcome_move(
+def outcome_moves(
     job: Job,
     *,
     result: Any = None,
     error: BaseException | None = None,
     cancelled: bool = False,
     released: bool = False,
+    suspended: Suspend | None = None,
+    paused: bool = False,
     retry: Retry,
     now: float,
     max_payload_bytes: int,
-) -> Move:
-    """How a run ends, as a move guarded by the run's lease token."""
+) -> list[Move]:
+    """How a run ends, as moves guarded by the run's lease token."""
     if cancelled:
-        return plan_move(job, State.CANCELLED, "cancelled", by_lease=True)
+        return [plan_move(job, State.CANCELLED, "cancelled", by_lease=True)]
     if released:
         # The worker shut down before the handler finished: the attempt does not count.
-        return plan_move(
-            job, State.READY, "released", by_lease=True, attempt=max(0, job.attempt - 1)
-        )
+        return [_uncounted(job, State.READY, "released")]
+    if suspended is not None:
+        return [
+            _uncounted(
+                job,
+                State.SUSPENDED,
+                "suspended",
+                detail=suspended.detail,
+                wake_at=suspended.wake_at,
+            )
+        ]
+    if paused:
+        deadline = now + job.pause_timeout
+        return [_uncounted(job, State.PAUSED, "paused", pause_deadline=deadline)]
     if error is None:
         try:
             result_json = encode(
@@ -283,27 +505,63 @@ def outcome_move(
         except Exception as exc:  # a result we cannot store fails the job, never vanishes
             error = exc
         else:
-            return plan_move(
-                job, State.COMPLETED, "completed", by_lease=True, result_json=result_json
+            moves = []
+            if job.state is State.SERVING:
+                # A service returned on its own: it passes through stopping on its way out.
+                moves.append(plan_move(job, State.STOPPING, "returned", by_lease=True))
+                job = _after(job, moves[0])
+            moves.append(
+                plan_move(job, State.COMPLETED, "completed", by_lease=True, result_json=result_json)
             )
+            return moves
     record = error_record(error)
     error_json = json.dumps(record)
-    if not retry.is_retriable(error):
-        return plan_move(
-            job, State.FAILED, "failed", by_lease=True, detail=record, error_json=error_json
-        )
+    retriable = retry.is_retriable(error) and can_transition(job.state, State.BACKING_OFF)
+    if not retriable:
+        return [
+            plan_move(
+                job, State.FAILED, "failed", by_lease=True, detail=record, error_json=error_json
+            )
+        ]
     if job.attempt < job.max_attempts:
         next_retry_at = now + retry.delay(job.attempt)
-        return plan_move(
+        return [
+            plan_move(
+                job,
+                State.BACKING_OFF,
+                "retry-scheduled",
+                by_lease=True,
+                detail={**record, "next_retry_at": next_retry_at},
+                error_json=error_json,
+                next_retry_at=next_retry_at,
+            )
+        ]
+    if retry.on_exhausted == "pause":
+        return [
+            plan_move(
+                job,
+                State.PAUSED,
+                "retries-exhausted",
+                by_lease=True,
+                detail=record,
+                error_json=error_json,
+                pause_deadline=now + job.pause_timeout,
+            )
+        ]
+    return [
+        plan_move(
             job,
-            State.BACKING_OFF,
-            "retry-scheduled",
+            State.FAILED,
+            "retries-exhausted",
             by_lease=True,
-            detail={**record, "next_retry_at": next_retry_at},
+            detail=record,
             error_json=error_json,
-            next_retry_at=next_retry_at,
         )
-    exhausted = State.PAUSED if retry.on_exhausted == "pause" else State.FAILED
+    ]
+
+
+def _uncounted(job: Job, to_state: State, trigger: str, **changes: Any) -> Move:
+    """A run that ended without trying the work to its end does not use up an attempt."""
     return plan_move(
-        job, exhausted, "retries-exhausted", by_lease=True, detail=record, error_json=error_json
+        job, to_state, trigger, by_lease=True, attempt=max(0, job.attempt - 1), **changes
     )

@@ -7,6 +7,11 @@
     ├── PayloadError           arguments or results that are not JSON, or too large
     ├── ConfigurationError     a bad database URL, option or app reference
     ├── InvalidOption          an enqueue option that makes no sense (naive run_at ...)
+    ├── AwakeableNotFound      no awakeable has this id
+    ├── SignalAlreadySettled   the awakeable was resolved, rejected or timed out already
+    ├── SignalRejected         raised in a handler: the signal it awaited was rejected
+    ├── SignalTimeout          raised in a handler: the signal did not come in time
+    ├── ChildFailed            raised in a handler: a joined child failed or was cancelled
     └── Fatal                  raised by a handler: fail now, no retry
 
 Each error names the offending value and the way out; the CLI's exit codes
@@ -63,6 +68,44 @@ class InvalidOption(InstarError, ValueError):
     """An option whose value cannot be used, such as a run_at without a time zone."""
 
 
+class AwakeableNotFound(InstarError):
+    def __init__(self, awakeable_id: str) -> None:
+        self.awakeable_id = awakeable_id
+        super().__init__(
+            f"no awakeable with id {awakeable_id!r}; `instar show JOB` lists a job's awakeables"
+        )
+
+
+class SignalAlreadySettled(InstarError):
+    def __init__(self, awakeable_id: str, state: str) -> None:
+        self.awakeable_id = awakeable_id
+        self.state = state
+        super().__init__(
+            f"awakeable {awakeable_id!r} is {state} already; a signal is settled only once"
+        )
+
+
+class SignalRejected(InstarError):
+    def __init__(self, name: str, reason: str | None) -> None:
+        self.name = name
+        self.reason = reason
+        super().__init__(f"signal {name!r} was rejected: {reason}")
+
+
+class SignalTimeout(InstarError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"signal {name!r} did not arrive before its timeout")
+
+
+class ChildFailed(InstarError):
+    def __init__(self, child_id: int, state: str, error: object) -> None:
+        self.child_id = child_id
+        self.state = state
+        self.error = error
+        super().__init__(f"child job {child_id} ended {state}: {error}")
+
+
 class Fatal(InstarError):
     """Raise this in a handler to fail the job at once, without retrying."""
 
@@ -74,6 +117,8 @@ EXIT_CODES: Mapping[type[InstarError], int] = {
     PayloadError: 6,
     ConfigurationError: 7,
     InvalidOption: 2,
+    AwakeableNotFound: 4,
+    SignalAlreadySettled: 3,
 }
 
 

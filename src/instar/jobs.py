@@ -22,6 +22,8 @@ class JobOptions:
     timeout: float | None = None
     retry: Retry = field(default_factory=Retry)
     priority: int = 0
+    pause_timeout: float = 86400.0
+    service: bool = False
 
     def __post_init__(self) -> None:
         if not self.queue:
@@ -83,7 +85,7 @@ class JobDefinition:
         return await self.app.enqueue_async(self, args, **options)
 
 
-ENQUEUE_OPTIONS = frozenset({"delay", "run_at", "priority", "queue", "key"})
+ENQUEUE_OPTIONS = frozenset({"delay", "run_at", "priority", "queue", "key", "after"})
 
 
 def _split_options(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -40,6 +40,12 @@ class Job:
     cancel_requested: bool
     version: int
     lease_token: str | None = None
+    checkpoint: Any = None
+    pause_requested: bool = False
+    wake_at: datetime | None = None
+    pause_deadline: datetime | None = None
+    pause_timeout: float = 86400.0
+    parent_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,3 +63,25 @@ class Event:
     worker: str | None
     actor: str | None
     detail: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Awakeable:
+    """An outside signal a job waits for; settled once: resolved, rejected or timed out."""
+
+    id: str
+    job_id: int
+    name: str
+    state: str
+    value: Any
+    reason: str | None
+    timeout_at: datetime | None
+    created_at: datetime
+    resolved_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    queue: str
+    paused: bool
+    counts: dict[State, int]

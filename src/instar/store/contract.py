@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from instar.lifecycle import State
-from instar.models import Event, Job
+from instar.models import Awakeable, Event, Job, QueueStats
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +28,9 @@ class NewJob:
     key: str | None
     run_at: float | None
     lease_seconds: float
+    pause_timeout: float = 86400.0
+    after: tuple[int, ...] = ()
+    parent_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,8 @@ class Move:
     result_json: str | None
     error_json: str | None
     max_attempts: int
+    wake_at: float | None = None
+    pause_deadline: float | None = None
     version: int | None = None
     guard_token: str | None = None
     actor: str | None = None
@@ -90,6 +95,16 @@ class JobFilter:
     queue: str | None = None
     name: str | None = None
     limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What a heartbeat learns about one job its worker holds."""
+
+    job_id: int
+    state: State
+    cancel_requested: bool
+    pause_requested: bool
 
 
 class Store(Protocol):
@@ -132,10 +147,79 @@ class Store(Protocol):
         """Flag a running (or serving) job for cancellation; its worker acts on it."""
         ...
 
-    def heartbeat(self, worker: str, now: float) -> list[tuple[int, bool]]:
-        """Extend every lease ``worker`` holds in one statement; returns
-        (job id, cancel requested) for each job still held."""
+    def heartbeat(self, worker: str, now: float) -> list[Held]:
+        """Extend every lease ``worker`` holds in one statement; returns what
+        each job still held asks of its worker (cancel, pause, stop)."""
         ...
+
+    def request_pause_if_leased(self, job_id: int, now: float, actor: str | None) -> bool:
+        """Flag a running job to pause at its next checkpoint."""
+        ...
+
+    # -- durable execution ---------------------------------------------------
+
+    def steps(self, job_id: int) -> dict[str, str | None]:
+        """Stored step results (JSON text) of a job, by step name."""
+        ...
+
+    def save_step(
+        self, job_id: int, lease_token: str, name: str, result_json: str | None, now: float
+    ) -> Held | None:
+        """Store a step's result if the caller still holds the lease (else None)."""
+        ...
+
+    def save_checkpoint(
+        self, job_id: int, lease_token: str, data_json: str, now: float
+    ) -> Held | None:
+        """Store a checkpoint if the caller still holds the lease (else None)."""
+        ...
+
+    def awakeable(self, job_id: int, name: str, new_id: str, now: float) -> Awakeable:
+        """The job's awakeable of this name, created (with ``new_id``) if missing."""
+        ...
+
+    def get_awakeable(self, awakeable_id: str) -> Awakeable | None: ...
+
+    def set_awakeable_timeout(self, awakeable_id: str, timeout_at: float) -> None: ...
+
+    def settle_awakeable(
+        self,
+        awakeable_id: str,
+        state: str,
+        value_json: str | None,
+        reason: str | None,
+        wake: Move | None,
+        now: float,
+    ) -> bool:
+        """pending -> ``state`` (compare-and-set), plus ``wake`` (suspended -> ready)
+        when it still applies, in one transaction. False if already settled."""
+        ...
+
+    def awakeables_of(self, job_id: int) -> list[Awakeable]: ...
+
+    def add_dependencies(self, job_id: int, on: Sequence[int], kind: str) -> None: ...
+
+    def remove_dependencies(self, job_id: int, kind: str) -> None: ...
+
+    def dependencies_of(self, job_id: int, kind: str) -> list[Job]:
+        """The jobs ``job_id`` waits for, of one kind ('after' or 'join')."""
+        ...
+
+    def waiting_on(self, job_ids: Sequence[int]) -> list[Job]:
+        """Pending or suspended jobs that wait for any of ``job_ids``."""
+        ...
+
+    def stranded_waiters(self, limit: int) -> list[Job]:
+        """Pending or suspended-on-join jobs whose awaited jobs have all ended."""
+        ...
+
+    def children_of(self, job_id: int) -> list[Job]: ...
+
+    def pause_queue(self, queue: str, now: float) -> bool: ...
+
+    def resume_queue(self, queue: str) -> bool: ...
+
+    def queue_stats(self) -> list[QueueStats]: ...
 
     def due_timers(self, now: float, limit: int) -> list[Job]:
         """Scheduled jobs whose run_at and backing-off jobs whose next_retry_at has come."""

@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from instar.context import Context
-from instar.engine import Engine, outcome_move
+from instar.control import CancelNow, LeaseLost, PauseNow, Suspend
+from instar.engine import Engine, outcome_moves
 from instar.errors import Fatal, UnknownJob
 from instar.jobs import JobDefinition
 from instar.maintenance.service import Maintenance
@@ -221,7 +222,7 @@ class Worker:
     # -- running one job ------------------------------------------------------------
 
     def _start(self, job: Job) -> None:
-        ctx = Context(job, self.id, self._report)
+        ctx = Context(job, self.id, self._report, self.engine)
         run = _Run(job, ctx)
         self._running[job.id] = run
         run.task = asyncio.create_task(self._execute(run), name=f"instar-job-{job.id}")
@@ -238,6 +239,16 @@ class Worker:
         except asyncio.CancelledError:
             if not run.ctx.cancelled:
                 return  # released at shutdown: _release_all has reported it
+        except Suspend as suspension:
+            outcome["suspended"] = suspension
+        except PauseNow:
+            outcome["paused"] = True
+        except CancelNow:
+            outcome["cancelled"] = True
+        except LeaseLost:
+            log.warning("job %d: this worker lost its lease; dropping the run", job.id)
+            self._running.pop(job.id, None)
+            return
         except Exception as error:  # a failure of user code is an outcome, not a crash
             outcome["error"] = error
         if run.ctx.cancelled:
@@ -249,10 +260,10 @@ class Worker:
         if self._running.get(run.job.id) is not run:
             return
         del self._running[run.job.id]
-        self._queue_outcome(run.job, retry, **outcome)
+        self._queue_outcome(run.ctx.job, retry, **outcome)
 
     def _queue_outcome(self, job: Job, retry: Retry, **outcome: Any) -> None:
-        move = outcome_move(
+        moves = outcome_moves(
             job,
             retry=retry,
             now=self.engine.clock.now(),
@@ -260,14 +271,18 @@ class Worker:
             **outcome,
         )
         with self._outbox_lock:
-            self._outbox_moves.append(move)
+            self._outbox_moves.extend(moves)
         self._wake_threadsafe()
 
-    def _report(self, note: Note) -> None:
-        """Called from handlers, in any thread: queue a note for the next batch
-        (notes that arrive while a batch is being written share the next one)."""
+    def _report(self, entry: Note | Move) -> None:
+        """Called from handlers, in any thread: queue a note (or a service's move
+        to serving) for the next batch; entries that arrive while a batch is
+        being written share the next one."""
         with self._outbox_lock:
-            self._outbox_notes.append(note)
+            if isinstance(entry, Move):
+                self._outbox_moves.append(entry)
+            else:
+                self._outbox_notes.append(entry)
         self._wake_threadsafe()
 
     def _release_all(self) -> None:
@@ -316,9 +331,15 @@ class Worker:
             except Exception:
                 log.exception("heartbeat failed; will try again")
                 continue
-            for job_id, cancel_requested in held:
-                if cancel_requested:
-                    self._cancel_requested(job_id)
+            for job in held:
+                if job.cancel_requested:
+                    self._cancel_requested(job.job_id)
+                    continue
+                run = self._running.get(job.job_id)
+                if run is not None:
+                    run.ctx.set_state(job.state)
+                    if job.pause_requested:
+                        run.ctx.request_pause()
 
     def _heartbeat_interval(self) -> float:
         """A third of the shortest lease held, and at most a second so cancels arrive quickly."""

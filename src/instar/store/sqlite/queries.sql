@@ -9,8 +9,8 @@ PRAGMA journal_mode = WAL;
 -- A job whose key exists already is skipped; the caller then reads the existing one.
 -- Positional parameters: this runs once per job on the enqueue path.
 INSERT INTO jobs (name, queue, state, priority, max_attempts, args, key, run_at,
-                  lease_seconds, created_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                  lease_seconds, pause_timeout, parent_id, created_at, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING
 
 -- name: max_job_id
@@ -59,13 +59,16 @@ SET state = m.to_state, version = jobs.version + 1, updated_at = :now,
     attempt = m.attempt, max_attempts = m.max_attempts, run_at = m.run_at,
     next_retry_at = m.next_retry_at, worker = m.worker, lease_token = m.lease_token,
     lease_expires_at = m.lease_expires_at, result = m.result, error = m.error,
-    cancel_requested = CASE WHEN m.to_state = 'running' THEN 0 ELSE jobs.cancel_requested END
+    wake_at = m.wake_at, pause_deadline = m.pause_deadline,
+    cancel_requested = CASE WHEN m.to_state = 'running' THEN 0 ELSE jobs.cancel_requested END,
+    pause_requested = CASE WHEN m.to_state = 'running' THEN 0 ELSE jobs.pause_requested END
 FROM (
     SELECT value ->> 0 AS job_id, value ->> 1 AS from_state, value ->> 2 AS to_state,
            value ->> 3 AS attempt, value ->> 4 AS max_attempts, value ->> 5 AS run_at,
            value ->> 6 AS next_retry_at, value ->> 7 AS worker, value ->> 8 AS lease_token,
            value ->> 9 AS lease_expires_at, value ->> 10 AS result, value ->> 11 AS error,
-           value ->> 12 AS version, value ->> 13 AS guard_token
+           value ->> 12 AS version, value ->> 13 AS guard_token,
+           value ->> 14 AS wake_at, value ->> 15 AS pause_deadline
     FROM json_each(:moves)
 ) AS m
 WHERE jobs.id = m.job_id AND jobs.state = m.from_state
@@ -78,8 +81,9 @@ RETURNING jobs.id
 UPDATE jobs
 SET state = 'running', attempt = attempt + 1, worker = :worker,
     lease_token = lower(hex(randomblob(8))), lease_expires_at = :now + lease_seconds,
-    cancel_requested = 0, version = version + 1, updated_at = :now
+    cancel_requested = 0, pause_requested = 0, version = version + 1, updated_at = :now
 WHERE id IN (SELECT id FROM jobs WHERE state = 'ready'
+               AND queue NOT IN (SELECT queue FROM paused_queues)
              ORDER BY priority DESC, id LIMIT :limit)
 RETURNING *
 
@@ -87,9 +91,10 @@ RETURNING *
 UPDATE jobs
 SET state = 'running', attempt = attempt + 1, worker = :worker,
     lease_token = lower(hex(randomblob(8))), lease_expires_at = :now + lease_seconds,
-    cancel_requested = 0, version = version + 1, updated_at = :now
+    cancel_requested = 0, pause_requested = 0, version = version + 1, updated_at = :now
 WHERE id IN (SELECT id FROM jobs WHERE state = 'ready'
                AND queue IN (SELECT value FROM json_each(:queues))
+               AND queue NOT IN (SELECT queue FROM paused_queues)
              ORDER BY priority DESC, id LIMIT :limit)
 RETURNING *
 
@@ -102,12 +107,17 @@ WHERE id = :job_id AND state IN ({leased}) AND cancel_requested = 0
 -- One statement extends every lease the worker holds, however many.
 UPDATE jobs SET lease_expires_at = :now + lease_seconds
 WHERE worker = :worker AND state IN ({leased})
-RETURNING id, cancel_requested
+RETURNING id, state, cancel_requested, pause_requested
 
 -- name: due_timers
+-- Every state that waits for a time, each through its own partial index.
 SELECT * FROM jobs WHERE state = 'scheduled' AND run_at <= :now
 UNION ALL
 SELECT * FROM jobs WHERE state = 'backing-off' AND next_retry_at <= :now
+UNION ALL
+SELECT * FROM jobs WHERE state = 'suspended' AND wake_at <= :now
+UNION ALL
+SELECT * FROM jobs WHERE state = 'paused' AND pause_deadline <= :now
 LIMIT :limit
 
 -- name: next_timer_at
@@ -115,6 +125,8 @@ SELECT min(t) FROM (
     SELECT min(run_at) AS t FROM jobs WHERE state = 'scheduled'
     UNION ALL
     SELECT min(next_retry_at) FROM jobs WHERE state = 'backing-off'
+    UNION ALL
+    SELECT min(wake_at) FROM jobs WHERE state = 'suspended'
 )
 
 -- name: expired_leases
@@ -141,3 +153,90 @@ INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, (juliand
 
 -- name: set_progress
 UPDATE jobs SET progress = :progress WHERE id = :job_id
+
+-- name: request_pause
+UPDATE jobs SET pause_requested = 1, updated_at = :now
+WHERE id = :job_id AND state = 'running' AND pause_requested = 0
+
+-- name: held
+SELECT id, state, cancel_requested, pause_requested FROM jobs
+WHERE id = :job_id AND lease_token = :token
+
+-- name: steps_of_job
+SELECT name, result FROM steps WHERE job_id = ?
+
+-- name: save_step
+-- Only the worker holding the lease may record a step; a zombie's result is dropped.
+INSERT INTO steps (job_id, name, result, at)
+SELECT :job_id, :name, :result, :now
+WHERE EXISTS (SELECT 1 FROM jobs WHERE id = :job_id AND lease_token = :token)
+ON CONFLICT (job_id, name) DO NOTHING
+
+-- name: save_checkpoint
+UPDATE jobs SET checkpoint = :data, updated_at = :now
+WHERE id = :job_id AND lease_token = :token
+RETURNING id, state, cancel_requested, pause_requested
+
+-- name: create_awakeable
+INSERT INTO awakeables (id, job_id, name, created_at) VALUES (?, ?, ?, ?)
+ON CONFLICT (job_id, name) DO NOTHING
+
+-- name: awakeable_by_name
+SELECT * FROM awakeables WHERE job_id = ? AND name = ?
+
+-- name: awakeable_by_id
+SELECT * FROM awakeables WHERE id = ?
+
+-- name: awakeables_of_job
+SELECT * FROM awakeables WHERE job_id = ? ORDER BY created_at, name
+
+-- name: set_awakeable_timeout
+UPDATE awakeables SET timeout_at = ? WHERE id = ? AND timeout_at IS NULL
+
+-- name: settle_awakeable
+-- Settled once: the compare-and-set on 'pending' decides a resolve racing a timeout.
+UPDATE awakeables SET state = :state, value = :value, reason = :reason, resolved_at = :now
+WHERE id = :id AND state = 'pending'
+
+-- name: add_dependency
+INSERT INTO dependencies (job_id, depends_on, kind) VALUES (?, ?, ?)
+ON CONFLICT DO NOTHING
+
+-- name: remove_dependencies
+DELETE FROM dependencies WHERE job_id = ? AND kind = ?
+
+-- name: dependencies_of
+SELECT jobs.* FROM dependencies AS d JOIN jobs ON jobs.id = d.depends_on
+WHERE d.job_id = ? AND d.kind = ?
+ORDER BY jobs.id
+
+-- name: waiting_on
+SELECT DISTINCT jobs.* FROM dependencies AS d JOIN jobs ON jobs.id = d.job_id
+WHERE d.depends_on IN (SELECT value FROM json_each(?))
+  AND jobs.state IN ('pending', 'suspended')
+
+-- name: stranded_waiters
+-- Waiters whose awaited jobs have all ended: normally settled at once, this
+-- sweep covers a process that died between the end and the settling.
+SELECT * FROM jobs
+WHERE state IN ('pending', 'suspended')
+  AND EXISTS (SELECT 1 FROM dependencies AS d WHERE d.job_id = jobs.id)
+  AND NOT EXISTS (
+      SELECT 1 FROM dependencies AS d JOIN jobs AS p ON p.id = d.depends_on
+      WHERE d.job_id = jobs.id AND p.state NOT IN ({terminal}))
+LIMIT ?
+
+-- name: children_of
+SELECT * FROM jobs WHERE parent_id = ? ORDER BY id
+
+-- name: pause_queue
+INSERT INTO paused_queues (queue, paused_at) VALUES (?, ?) ON CONFLICT DO NOTHING
+
+-- name: resume_queue
+DELETE FROM paused_queues WHERE queue = ?
+
+-- name: queue_counts
+SELECT queue, state, count(*) FROM jobs GROUP BY queue, state
+
+-- name: paused_queues
+SELECT queue FROM paused_queues

@@ -21,14 +21,29 @@ from typing import Any
 from instar.clock import to_datetime
 from instar.errors import ConfigurationError
 from instar.lifecycle import Kind, State, states_of_kind
-from instar.models import Event, Job, Progress
+from instar.models import Awakeable, Event, Job, Progress, QueueStats
 from instar.payload import decode
-from instar.store.contract import BatchResult, ClaimRequest, JobFilter, Move, NewJob, Note
+from instar.store.contract import (
+    BatchResult,
+    ClaimRequest,
+    Held,
+    JobFilter,
+    Move,
+    NewJob,
+    Note,
+)
 from instar.store.sql_blocks import load_blocks, load_migrations
 
-_LEASED_SQL = ", ".join(f"'{s.value}'" for s in sorted(states_of_kind(Kind.LEASED)))
+
+def _sql_list(kind: Kind) -> str:
+    return ", ".join(f"'{s.value}'" for s in sorted(states_of_kind(kind)))
+
+
+# The SQL names sets of states by kind; the lifecycle table fills them in.
 Q = {
-    name: sql.replace("{leased}", _LEASED_SQL)
+    name: sql.replace("{leased}", _sql_list(Kind.LEASED)).replace(
+        "{terminal}", _sql_list(Kind.TERMINAL)
+    )
     for name, sql in load_blocks("instar.store.sqlite", "queries.sql").items()
 }
 
@@ -110,6 +125,8 @@ class SQLiteStore:
                 j.key,
                 j.run_at,
                 j.lease_seconds,
+                j.pause_timeout,
+                j.parent_id,
                 now,
                 now,
             )
@@ -134,6 +151,15 @@ class SQLiteStore:
                         existing = conn.execute(Q["job_by_key"], (job.key,)).fetchone()
                         ids.append(existing[0])
                         inserted.append(False)
+            conn.executemany(
+                Q["add_dependency"],
+                [
+                    (job_id, parent, "after")
+                    for job_id, job, new in zip(ids, jobs, inserted, strict=True)
+                    if new
+                    for parent in job.after
+                ],
+            )
             conn.executemany(
                 Q["insert_event"],
                 [
@@ -181,8 +207,6 @@ class SQLiteStore:
         claim: ClaimRequest | None,
         now: float,
     ) -> BatchResult:
-        applied = [False] * len(moves)
-        move_index = {id(move): i for i, move in enumerate(moves)}
         claimed: list[Job] = []
         with self._write() as conn:
             # Notes first: a job's progress belongs before the move that ends its run.
@@ -192,22 +216,8 @@ class SQLiteStore:
                     conn.execute(
                         Q["set_progress"], {"job_id": note.job_id, "progress": note.progress_json}
                     )
-            events = []
-            for round_ in _rounds(moves):
-                won = {
-                    row[0]
-                    for row in conn.execute(
-                        Q["move_batch"], {"moves": _moves_json(round_), "now": now}
-                    )
-                }
-                for move in round_:
-                    ok = move.job_id in won
-                    applied[move_index[id(move)]] = ok
-                    if ok:
-                        events.append(_move_event(move, now))
-                    elif move.guard_token is not None:
-                        # A report from a worker that no longer holds the lease: keep a trace.
-                        conn.execute(Q["insert_note"], _note_params(_refusal_note(move), now))
+            applied = self._apply_moves(conn, moves, now)
+            events: list[tuple[Any, ...]] = []
             if claim is not None and claim.limit > 0:
                 params: dict[str, Any] = {"worker": claim.worker, "now": now, "limit": claim.limit}
                 if claim.queues is None:
@@ -223,6 +233,29 @@ class SQLiteStore:
             conn.executemany(Q["insert_event"], events)
         return BatchResult(applied, claimed)
 
+    def _apply_moves(
+        self, conn: sqlite3.Connection, moves: Sequence[Move], now: float
+    ) -> list[bool]:
+        """Apply moves in the open transaction, each with its event, in rounds of
+        distinct jobs; a refused report from a stale lease leaves a note."""
+        applied = [False] * len(moves)
+        index = {id(move): i for i, move in enumerate(moves)}
+        events = []
+        for round_ in _rounds(moves):
+            won = {
+                row[0]
+                for row in conn.execute(Q["move_batch"], {"moves": _moves_json(round_), "now": now})
+            }
+            for move in round_:
+                ok = move.job_id in won
+                applied[index[id(move)]] = ok
+                if ok:
+                    events.append(_move_event(move, now))
+                elif move.guard_token is not None:
+                    conn.execute(Q["insert_note"], _note_params(_refusal_note(move), now))
+        conn.executemany(Q["insert_event"], events)
+        return applied
+
     def request_cancel_if_leased(self, job_id: int, now: float, actor: str | None) -> bool:
         with self._write() as conn:
             params = {"job_id": job_id, "now": now}
@@ -232,10 +265,132 @@ class SQLiteStore:
             conn.execute(Q["insert_note"], _note_params(note, now))
         return True
 
-    def heartbeat(self, worker: str, now: float) -> list[tuple[int, bool]]:
+    def heartbeat(self, worker: str, now: float) -> list[Held]:
         with self._write() as conn:
             rows = conn.execute(Q["heartbeat"], {"worker": worker, "now": now}).fetchall()
-        return [(row[0], bool(row[1])) for row in rows]
+        return [_held(row) for row in rows]
+
+    def request_pause_if_leased(self, job_id: int, now: float, actor: str | None) -> bool:
+        with self._write() as conn:
+            if conn.execute(Q["request_pause"], {"job_id": job_id, "now": now}).rowcount != 1:
+                return False
+            note = Note(job_id, "pause-requested", None, actor, None)
+            conn.execute(Q["insert_note"], _note_params(note, now))
+        return True
+
+    # -- durable execution --------------------------------------------------
+
+    def steps(self, job_id: int) -> dict[str, str | None]:
+        with self._lock:
+            return dict(self._conn.execute(Q["steps_of_job"], (job_id,)).fetchall())
+
+    def save_step(
+        self, job_id: int, lease_token: str, name: str, result_json: str | None, now: float
+    ) -> Held | None:
+        params = {"job_id": job_id, "token": lease_token, "name": name, "now": now}
+        with self._write() as conn:
+            conn.execute(Q["save_step"], {**params, "result": result_json})
+            row = conn.execute(Q["held"], {"job_id": job_id, "token": lease_token}).fetchone()
+            if row is not None:
+                detail = json.dumps({"step": name})
+                note = Note(job_id, "step", None, None, detail)
+                conn.execute(Q["insert_note"], _note_params(note, now))
+        return None if row is None else _held(row)
+
+    def save_checkpoint(
+        self, job_id: int, lease_token: str, data_json: str, now: float
+    ) -> Held | None:
+        params = {"job_id": job_id, "token": lease_token, "data": data_json, "now": now}
+        with self._write() as conn:
+            row = conn.execute(Q["save_checkpoint"], params).fetchone()
+            if row is not None:
+                note = Note(job_id, "checkpoint", None, None, data_json)
+                conn.execute(Q["insert_note"], _note_params(note, now))
+        return None if row is None else _held(row)
+
+    def awakeable(self, job_id: int, name: str, new_id: str, now: float) -> Awakeable:
+        with self._write() as conn:
+            conn.execute(Q["create_awakeable"], (new_id, job_id, name, now))
+            return _awakeables(conn.execute(Q["awakeable_by_name"], (job_id, name)))[0]
+
+    def get_awakeable(self, awakeable_id: str) -> Awakeable | None:
+        with self._lock:
+            found = _awakeables(self._conn.execute(Q["awakeable_by_id"], (awakeable_id,)))
+        return found[0] if found else None
+
+    def set_awakeable_timeout(self, awakeable_id: str, timeout_at: float) -> None:
+        with self._write() as conn:
+            conn.execute(Q["set_awakeable_timeout"], (timeout_at, awakeable_id))
+
+    def settle_awakeable(
+        self,
+        awakeable_id: str,
+        state: str,
+        value_json: str | None,
+        reason: str | None,
+        wake: Move | None,
+        now: float,
+    ) -> bool:
+        params = {
+            "id": awakeable_id,
+            "state": state,
+            "value": value_json,
+            "reason": reason,
+            "now": now,
+        }
+        with self._write() as conn:
+            if conn.execute(Q["settle_awakeable"], params).rowcount != 1:
+                return False
+            if wake is not None:
+                self._apply_moves(conn, [wake], now)
+        return True
+
+    def awakeables_of(self, job_id: int) -> list[Awakeable]:
+        with self._lock:
+            return _awakeables(self._conn.execute(Q["awakeables_of_job"], (job_id,)))
+
+    def add_dependencies(self, job_id: int, on: Sequence[int], kind: str) -> None:
+        with self._write() as conn:
+            if kind == "join":
+                conn.execute(Q["remove_dependencies"], (job_id, kind))
+            conn.executemany(Q["add_dependency"], [(job_id, other, kind) for other in on])
+
+    def remove_dependencies(self, job_id: int, kind: str) -> None:
+        with self._write() as conn:
+            conn.execute(Q["remove_dependencies"], (job_id, kind))
+
+    def dependencies_of(self, job_id: int, kind: str) -> list[Job]:
+        with self._lock:
+            return _jobs(self._conn.execute(Q["dependencies_of"], (job_id, kind)))
+
+    def waiting_on(self, job_ids: Sequence[int]) -> list[Job]:
+        with self._lock:
+            return _jobs(self._conn.execute(Q["waiting_on"], (json.dumps(list(job_ids)),)))
+
+    def stranded_waiters(self, limit: int) -> list[Job]:
+        with self._lock:
+            return _jobs(self._conn.execute(Q["stranded_waiters"], (limit,)))
+
+    def children_of(self, job_id: int) -> list[Job]:
+        with self._lock:
+            return _jobs(self._conn.execute(Q["children_of"], (job_id,)))
+
+    def pause_queue(self, queue: str, now: float) -> bool:
+        with self._write() as conn:
+            return conn.execute(Q["pause_queue"], (queue, now)).rowcount == 1
+
+    def resume_queue(self, queue: str) -> bool:
+        with self._write() as conn:
+            return conn.execute(Q["resume_queue"], (queue,)).rowcount == 1
+
+    def queue_stats(self) -> list[QueueStats]:
+        with self._lock:
+            rows = self._conn.execute(Q["queue_counts"]).fetchall()
+            paused = {row[0] for row in self._conn.execute(Q["paused_queues"])}
+        counts: dict[str, dict[State, int]] = {queue: {} for queue in paused}
+        for queue, state, count in rows:
+            counts.setdefault(queue, {})[State(state)] = count
+        return [QueueStats(q, q in paused, counts[q]) for q in sorted(counts)]
 
     # -- timers and maintenance -----------------------------------------
 
@@ -310,6 +465,8 @@ def _moves_json(moves: Sequence[Move]) -> str:
                 m.error_json,
                 m.version,
                 m.guard_token,
+                m.wake_at,
+                m.pause_deadline,
             )
             for m in moves
         ]
@@ -371,6 +528,8 @@ def _new_job(job_id: int, new: NewJob, now: float) -> Job:
         lease_expires_at=None,
         cancel_requested=False,
         version=0,
+        pause_timeout=new.pause_timeout,
+        parent_id=new.parent_id,
     )
 
 
@@ -379,12 +538,14 @@ def _jobs(cursor: sqlite3.Cursor) -> list[Job]:
     at = {d[0]: i for i, d in enumerate(cursor.description)}
     (i_id, i_name, i_queue, i_state, i_priority, i_attempt, i_max, i_args, i_result, i_error,
      i_key, i_run_at, i_retry_at, i_created, i_updated, i_worker, i_token, i_expires,
-     i_lease, i_cancel, i_progress, i_version) = (
+     i_lease, i_cancel, i_progress, i_version, i_checkpoint, i_pause, i_wake, i_deadline,
+     i_pause_timeout, i_parent) = (
         at[c] for c in (
             "id", "name", "queue", "state", "priority", "attempt", "max_attempts", "args",
             "result", "error", "key", "run_at", "next_retry_at", "created_at", "updated_at",
             "worker", "lease_token", "lease_expires_at", "lease_seconds", "cancel_requested",
-            "progress", "version",
+            "progress", "version", "checkpoint", "pause_requested", "wake_at",
+            "pause_deadline", "pause_timeout", "parent_id",
         )
     )  # fmt: skip
     jobs = []
@@ -414,9 +575,37 @@ def _jobs(cursor: sqlite3.Cursor) -> list[Job]:
                 cancel_requested=bool(row[i_cancel]),
                 version=row[i_version],
                 lease_token=row[i_token],
+                checkpoint=decode(row[i_checkpoint]),
+                pause_requested=bool(row[i_pause]),
+                wake_at=to_datetime(row[i_wake]),
+                pause_deadline=to_datetime(row[i_deadline]),
+                pause_timeout=row[i_pause_timeout],
+                parent_id=row[i_parent],
             )
         )
     return jobs
+
+
+def _held(row: tuple[Any, ...]) -> Held:
+    return Held(row[0], State(row[1]), bool(row[2]), bool(row[3]))
+
+
+def _awakeables(cursor: sqlite3.Cursor) -> list[Awakeable]:
+    at = {d[0]: i for i, d in enumerate(cursor.description)}
+    return [
+        Awakeable(
+            id=row[at["id"]],
+            job_id=row[at["job_id"]],
+            name=row[at["name"]],
+            state=row[at["state"]],
+            value=decode(row[at["value"]]),
+            reason=row[at["reason"]],
+            timeout_at=to_datetime(row[at["timeout_at"]]),
+            created_at=_datetime(row[at["created_at"]]),
+            resolved_at=to_datetime(row[at["resolved_at"]]),
+        )
+        for row in cursor
+    ]
 
 
 def _datetime(epoch: float) -> datetime:

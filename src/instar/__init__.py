@@ -3,6 +3,8 @@
 from instar.app import App
 from instar.context import Context
 from instar.errors import (
+    AwakeableNotFound,
+    ChildFailed,
     ConfigurationError,
     Fatal,
     InstarError,
@@ -10,15 +12,21 @@ from instar.errors import (
     InvalidTransition,
     JobNotFound,
     PayloadError,
+    SignalAlreadySettled,
+    SignalRejected,
+    SignalTimeout,
     UnknownJob,
 )
 from instar.jobs import JobDefinition
 from instar.lifecycle import State
-from instar.models import Event, Job, Progress
+from instar.models import Awakeable, Event, Job, Progress, QueueStats
 from instar.retry import Retry
 
 __all__ = [
     "App",
+    "Awakeable",
+    "AwakeableNotFound",
+    "ChildFailed",
     "ConfigurationError",
     "Context",
     "Event",
@@ -31,7 +39,11 @@ __all__ = [
     "JobNotFound",
     "PayloadError",
     "Progress",
+    "QueueStats",
     "Retry",
+    "SignalAlreadySettled",
+    "SignalRejected",
+    "SignalTimeout",
     "State",
     "UnknownJob",
 ]

@@ -291,7 +291,7 @@ class Engine:
         return resumed
 
     def _apply_one(self, move: Move) -> bool:
-        return self.store.commit_batch([move], [], None, self.clock.now()).applied[0]
+        return self._apply_all([move]) == 1
 
     # -- the worker's side ----------------------------------------------------
 

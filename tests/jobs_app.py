@@ -31,3 +31,9 @@ def sleepy(ctx: instar.Context, seconds: float) -> str:
     if ctx.attempt == 1:
         time.sleep(seconds)
     return f"done on attempt {ctx.attempt}"
+
+
+@app.job(name="approval")
+def approval(ctx: instar.Context) -> str:
+    answer = ctx.await_signal("approve", timeout=3600)
+    return f"approved by {answer['by']}"

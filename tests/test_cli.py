@@ -186,3 +186,61 @@ def test_every_command_has_help() -> None:
         result = instar(name, "--help")
         assert result.returncode == 0
         assert "Usage:" in result.stdout
+
+
+def test_pause_resume_and_queue_commands(db: str) -> None:
+    made = json.loads(
+        instar(
+            "enqueue",
+            "record",
+            "--app",
+            "tests.jobs_app:app",
+            "--args",
+            '{"n": 1}',
+            "--json",
+            database=db,
+        ).stdout
+    )
+    job_id = str(made["id"])
+    paused = instar("pause", job_id, database=db)
+    assert paused.returncode == 0 and "paused" in paused.stdout
+    assert (
+        json.loads(instar("show", job_id, "--json", database=db).stdout)["job"]["state"] == "paused"
+    )
+    assert instar("resume", job_id, database=db).returncode == 0
+    assert instar("pause-queue", "default", database=db).returncode == 0
+    stats = json.loads(instar("queues", "--json", database=db).stdout)
+    assert stats == [{"queue": "default", "paused": True, "counts": {"ready": 1}}]
+    assert instar("worker", "--app", "tests.jobs_app:app", "--burst", database=db).returncode == 0
+    assert (
+        json.loads(instar("show", job_id, "--json", database=db).stdout)["job"]["state"] == "ready"
+    )
+    assert instar("resume-queue", "default", database=db).returncode == 0
+    assert instar("worker", "--app", "tests.jobs_app:app", "--burst", database=db).returncode == 0
+    assert (
+        json.loads(instar("show", job_id, "--json", database=db).stdout)["job"]["state"]
+        == "completed"
+    )
+    refused = instar("resume", job_id, database=db)
+    assert refused.returncode == 3 and "not paused" in refused.stderr
+
+
+def test_resolve_and_reject_from_the_command_line(db: str) -> None:
+    waiting = json.loads(
+        instar("enqueue", "approval", "--app", "tests.jobs_app:app", "--json", database=db).stdout
+    )
+    assert instar("worker", "--app", "tests.jobs_app:app", "--burst", database=db).returncode == 0
+    shown = json.loads(instar("show", str(waiting["id"]), "--json", database=db).stdout)
+    assert shown["job"]["state"] == "suspended"
+    [awakeable] = shown["awakeables"]
+    bad = instar("resolve", awakeable["id"], "--value", "{nope", database=db)
+    assert bad.returncode == 2 and "not valid JSON" in bad.stderr
+    ok = instar("resolve", awakeable["id"], "--value", '{"by": "ops"}', database=db)
+    assert ok.returncode == 0, ok.stderr
+    again = instar("reject", awakeable["id"], "--reason", "late", database=db)
+    assert again.returncode == 3 and "resolved already" in again.stderr
+    unknown = instar("resolve", "no-such-id", database=db)
+    assert unknown.returncode == 4 and "no awakeable" in unknown.stderr
+    assert instar("worker", "--app", "tests.jobs_app:app", "--burst", database=db).returncode == 0
+    done = json.loads(instar("show", str(waiting["id"]), "--json", database=db).stdout)
+    assert (done["job"]["state"], done["job"]["result"]) == ("completed", "approved by ops")

@@ -25,7 +25,7 @@ from instar.app import App
 from instar.diagram import render
 from instar.errors import ConfigurationError, InstarError, InvalidOption, exit_code_for
 from instar.lifecycle import State
-from instar.models import Event, Job
+from instar.models import Awakeable, Event, Job
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -243,13 +243,18 @@ def show(job_id: int, database: str | None, as_json: bool) -> None:
     app = App(database)
     job = app.get(job_id)
     timeline = app.history(job_id)
+    related = {
+        "phase": current_phase(timeline),
+        "awakeables": [awakeable_dict(a) for a in app.awakeables(job_id)],
+        "children": [brief(c) for c in app.children(job_id)],
+        "dependencies": [brief(d) for d in app.dependencies(job_id)],
+    }
     if as_json:
-        out.print_json(
-            json.dumps({"job": job_dict(job), "events": [event_dict(e) for e in timeline]})
-        )
+        document = {"job": job_dict(job), **related, "events": [event_dict(e) for e in timeline]}
+        out.print_json(json.dumps(document))
         return
     fields = Table.grid(padding=(0, 2))
-    for field, value in job_dict(job).items():
+    for field, value in {**job_dict(job), **related}.items():
         fields.add_row(field, _text(value))
     out.print(fields)
     out.print(timeline_table(timeline))
@@ -276,6 +281,112 @@ def retry(job_id: int, database: str | None) -> None:
     """Run a failed job again."""
     job = App(database).retry(job_id, actor="cli")
     out.print(f"job {job.id} is {job.state.value} again")
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+@database_option
+@reports_errors
+def pause(job_id: int, database: str | None) -> None:
+    """Pause a job: at once if waiting, at its next checkpoint if running."""
+    job = App(database).pause(job_id, actor="cli")
+    if job.state is State.PAUSED:
+        out.print(f"job {job.id} paused")
+    else:
+        out.print(f"job {job.id} is {job.state.value}; it pauses at its next checkpoint")
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+@database_option
+@reports_errors
+def resume(job_id: int, database: str | None) -> None:
+    """Resume a paused job."""
+    job = App(database).resume(job_id, actor="cli")
+    out.print(f"job {job.id} is {job.state.value}")
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+@database_option
+@reports_errors
+def stop(job_id: int, database: str | None) -> None:
+    """Ask a serving service job to stop (serving -> stopping -> completed)."""
+    job = App(database).stop(job_id, actor="cli")
+    out.print(f"job {job.id} is {job.state.value}")
+
+
+@cli.command()
+@click.argument("awakeable_id")
+@database_option
+@click.option("--value", "value_json", default="null", help="The signal's value as JSON.")
+@reports_errors
+def resolve(awakeable_id: str, database: str | None, value_json: str) -> None:
+    """Resolve an awakeable: the job waiting on it gets VALUE."""
+    try:
+        value = json.loads(value_json)
+    except json.JSONDecodeError as exc:
+        raise InvalidOption(f"--value is not valid JSON: {exc}") from None
+    awakeable = App(database).resolve(awakeable_id, value, actor="cli")
+    out.print(f"awakeable {awakeable.id} ({awakeable.name}) of job {awakeable.job_id} resolved")
+
+
+@cli.command()
+@click.argument("awakeable_id")
+@database_option
+@click.option("--reason", required=True, help="Why the signal is refused.")
+@reports_errors
+def reject(awakeable_id: str, database: str | None, reason: str) -> None:
+    """Reject an awakeable: the waiting job gets SignalRejected(reason)."""
+    awakeable = App(database).reject(awakeable_id, reason, actor="cli")
+    out.print(f"awakeable {awakeable.id} ({awakeable.name}) of job {awakeable.job_id} rejected")
+
+
+@cli.command()
+@database_option
+@json_option
+@reports_errors
+def queues(database: str | None, as_json: bool) -> None:
+    """Every queue: counts by state, and whether it is paused."""
+    stats = App(database).queues()
+    if as_json:
+        rows = [
+            {
+                "queue": q.queue,
+                "paused": q.paused,
+                "counts": {state.value: n for state, n in q.counts.items()},
+            }
+            for q in stats
+        ]
+        out.print_json(json.dumps(rows))
+        return
+    states = [state for state in State if any(state in q.counts for q in stats)]
+    table = Table("queue", "paused", *(state.value for state in states))
+    for q in stats:
+        table.add_row(
+            q.queue, "yes" if q.paused else "", *(str(q.counts.get(state, 0)) for state in states)
+        )
+    out.print(table)
+
+
+@cli.command("pause-queue")
+@click.argument("queue")
+@database_option
+@reports_errors
+def pause_queue(queue: str, database: str | None) -> None:
+    """Claim nothing more from QUEUE until it is resumed (running jobs go on)."""
+    App(database).pause_queue(queue)
+    out.print(f"queue {queue} paused")
+
+
+@cli.command("resume-queue")
+@click.argument("queue")
+@database_option
+@reports_errors
+def resume_queue(queue: str, database: str | None) -> None:
+    """Let workers claim from QUEUE again."""
+    App(database).resume_queue(queue)
+    out.print(f"queue {queue} resumed")
 
 
 @cli.command()
@@ -345,6 +456,37 @@ def job_dict(job: Job) -> dict[str, Any]:
         },
         "lease_expires_at": _iso(job.lease_expires_at),
         "cancel_requested": job.cancel_requested,
+        "pause_requested": job.pause_requested,
+        "checkpoint": job.checkpoint,
+        "wake_at": _iso(job.wake_at),
+        "pause_deadline": _iso(job.pause_deadline),
+        "parent_id": job.parent_id,
+    }
+
+
+def brief(job: Job) -> dict[str, Any]:
+    return {"id": job.id, "name": job.name, "state": job.state.value}
+
+
+def current_phase(timeline: list[Event]) -> str | None:
+    """The phase the latest run last reported (phases live in the timeline only)."""
+    phase = None
+    for event in timeline:
+        if event.trigger == "claimed":
+            phase = None
+        elif event.trigger == "phase" and isinstance(event.detail, dict):
+            phase = event.detail.get("phase")
+    return phase
+
+
+def awakeable_dict(awakeable: Awakeable) -> dict[str, Any]:
+    return {
+        "id": awakeable.id,
+        "name": awakeable.name,
+        "state": awakeable.state,
+        "value": awakeable.value,
+        "reason": awakeable.reason,
+        "timeout_at": _iso(awakeable.timeout_at),
     }
 
 

@@ -20,6 +20,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from instar.control import CancelNow, LeaseLost, PauseNow, Suspend
+from instar.engine import plan_move
 from instar.errors import ChildFailed, InvalidOption, SignalRejected, SignalTimeout
 from instar.lifecycle import State, is_terminal
 from instar.models import Awakeable, Job
@@ -226,8 +227,6 @@ class Context:
 
     def ready(self) -> None:
         """For a service job: it is up. running -> serving; it keeps its lease by heartbeat."""
-        from instar.engine import plan_move
-
         move = plan_move(self.job, State.SERVING, "serving", by_lease=True)
         self.job = replace(self.job, state=State.SERVING, version=self.job.version + 1)
         self._report(move)

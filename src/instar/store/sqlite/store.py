@@ -169,7 +169,8 @@ class SQLiteStore:
                 ],
             )
             if all(inserted):
-                return [_new_job(i, j, now) for i, j in zip(ids, jobs, strict=True)]
+                created = _datetime(now)
+                return [_new_job(i, j, created) for i, j in zip(ids, jobs, strict=True)]
             found = _jobs(conn.execute(Q["jobs_in"], (json.dumps(ids),)))
         by_id = {job.id: job for job in found}
         return [by_id[i] for i in ids]
@@ -503,9 +504,7 @@ def _note_params(note: Note, now: float) -> dict[str, Any]:
     }
 
 
-def _new_job(job_id: int, new: NewJob, now: float) -> Job:
-    created = to_datetime(now)
-    assert created is not None
+def _new_job(job_id: int, new: NewJob, created: datetime) -> Job:
     return Job(
         id=job_id,
         name=new.name,

@@ -37,3 +37,10 @@ def sleepy(ctx: instar.Context, seconds: float) -> str:
 def approval(ctx: instar.Context) -> str:
     answer = ctx.await_signal("approve", timeout=3600)
     return f"approved by {answer['by']}"
+
+
+@app.job(name="phased")
+def phased(ctx: instar.Context) -> None:
+    ctx.phase("preparing")
+    ctx.phase("collecting")
+    ctx.checkpoint({"page": 3})

@@ -244,3 +244,16 @@ def test_resolve_and_reject_from_the_command_line(db: str) -> None:
     assert instar("worker", "--app", "tests.jobs_app:app", "--burst", database=db).returncode == 0
     done = json.loads(instar("show", str(waiting["id"]), "--json", database=db).stdout)
     assert (done["job"]["state"], done["job"]["result"]) == ("completed", "approved by ops")
+
+
+def test_show_gives_the_phase_checkpoint_children_and_dependencies(db: str) -> None:
+    first = json.loads(
+        instar("enqueue", "phased", "--app", "tests.jobs_app:app", "--json", database=db).stdout
+    )
+    assert instar("worker", "--app", "tests.jobs_app:app", "--burst", database=db).returncode == 0
+    shown = json.loads(instar("show", str(first["id"]), "--json", database=db).stdout)
+    assert shown["phase"] == "collecting"
+    assert shown["job"]["checkpoint"] == {"page": 3}
+    assert (shown["children"], shown["dependencies"], shown["awakeables"]) == ([], [], [])
+    table = instar("show", str(first["id"]), database=db).stdout
+    assert "collecting" in table

@@ -1,4 +1,5 @@
-"""Maintenance: timers that come due and leases that ran out.
+"""Maintenance: timers that come due, leases that ran out, and waiters whose
+awaited jobs have all ended (normally released at once; this is the safety net).
 
 Every worker runs this service, but only the one holding the ``maintenance``
 leadership does the work, so timers fire one at a time; the moves are
@@ -38,6 +39,7 @@ class Maintenance:
         """One pass over everything due, whether or not this process leads."""
         fired = self.engine.fire_due_timers()
         rescued = self.engine.rescue_expired_leases()
+        fired += self.engine.settle_stranded()
         if rescued:
             log.warning("re-queued or failed %d job(s) whose worker was lost", rescued)
         return MaintenanceReport(fired, rescued)

@@ -14,15 +14,12 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from instar.clock import to_datetime
 from instar.errors import ConfigurationError
 from instar.lifecycle import Kind, State, states_of_kind
-from instar.models import Awakeable, Event, Job, Progress, QueueStats
-from instar.payload import decode
+from instar.models import Awakeable, Event, Job, QueueStats
 from instar.store.contract import (
     BatchResult,
     ClaimRequest,
@@ -31,6 +28,19 @@ from instar.store.contract import (
     Move,
     NewJob,
     Note,
+)
+from instar.store.records import (
+    awakeables_from,
+    datetime_of,
+    events_from,
+    held_from,
+    jobs_from,
+    move_event,
+    moves_json,
+    new_job_record,
+    note_params,
+    refusal_note,
+    rounds,
 )
 from instar.store.sql_blocks import load_blocks, load_migrations
 
@@ -169,15 +179,15 @@ class SQLiteStore:
                 ],
             )
             if all(inserted):
-                created = _datetime(now)
-                return [_new_job(i, j, created) for i, j in zip(ids, jobs, strict=True)]
-            found = _jobs(conn.execute(Q["jobs_in"], (json.dumps(ids),)))
+                created = datetime_of(now)
+                return [new_job_record(i, j, created) for i, j in zip(ids, jobs, strict=True)]
+            found = jobs_from(conn.execute(Q["jobs_in"], (json.dumps(ids),)))
         by_id = {job.id: job for job in found}
         return [by_id[i] for i in ids]
 
     def get_job(self, job_id: int) -> Job | None:
         with self._lock:
-            found = _jobs(self._conn.execute(Q["get_job"], (job_id,)))
+            found = jobs_from(self._conn.execute(Q["get_job"], (job_id,)))
         return found[0] if found else None
 
     def list_jobs(self, where: JobFilter) -> list[Job]:
@@ -188,7 +198,7 @@ class SQLiteStore:
             "limit": where.limit,
         }
         with self._lock:
-            return _jobs(self._conn.execute(Q["list_jobs"], params))
+            return jobs_from(self._conn.execute(Q["list_jobs"], params))
 
     def count_by_state(self) -> dict[State, int]:
         with self._lock:
@@ -197,7 +207,7 @@ class SQLiteStore:
 
     def events(self, job_id: int) -> list[Event]:
         with self._lock:
-            return _events(self._conn.execute(Q["events_of_job"], (job_id,)))
+            return events_from(self._conn.execute(Q["events_of_job"], (job_id,)))
 
     # -- state changes --------------------------------------------------
 
@@ -212,7 +222,7 @@ class SQLiteStore:
         with self._write() as conn:
             # Notes first: a job's progress belongs before the move that ends its run.
             for note in notes:
-                conn.execute(Q["insert_note"], _note_params(note, now))
+                conn.execute(Q["insert_note"], note_params(note, now))
                 if note.progress_json is not None:
                     conn.execute(
                         Q["set_progress"], {"job_id": note.job_id, "progress": note.progress_json}
@@ -226,7 +236,7 @@ class SQLiteStore:
                 else:
                     params["queues"] = json.dumps(list(claim.queues))
                     cursor = conn.execute(Q["claim_from_queues"], params)
-                claimed = sorted(_jobs(cursor), key=lambda j: (-j.priority, j.id))
+                claimed = sorted(jobs_from(cursor), key=lambda j: (-j.priority, j.id))
                 events.extend(
                     (j.id, now, "ready", "running", "claimed", j.attempt, claim.worker, None, None)
                     for j in claimed
@@ -242,18 +252,18 @@ class SQLiteStore:
         applied = [False] * len(moves)
         index = {id(move): i for i, move in enumerate(moves)}
         events = []
-        for round_ in _rounds(moves):
+        for round_ in rounds(moves):
             won = {
                 row[0]
-                for row in conn.execute(Q["move_batch"], {"moves": _moves_json(round_), "now": now})
+                for row in conn.execute(Q["move_batch"], {"moves": moves_json(round_), "now": now})
             }
             for move in round_:
                 ok = move.job_id in won
                 applied[index[id(move)]] = ok
                 if ok:
-                    events.append(_move_event(move, now))
+                    events.append(move_event(move, now))
                 elif move.guard_token is not None:
-                    conn.execute(Q["insert_note"], _note_params(_refusal_note(move), now))
+                    conn.execute(Q["insert_note"], note_params(refusal_note(move), now))
         conn.executemany(Q["insert_event"], events)
         return applied
 
@@ -263,20 +273,20 @@ class SQLiteStore:
             if conn.execute(Q["request_cancel"], params).rowcount != 1:
                 return False
             note = Note(job_id, "cancel-requested", None, actor, None)
-            conn.execute(Q["insert_note"], _note_params(note, now))
+            conn.execute(Q["insert_note"], note_params(note, now))
         return True
 
     def heartbeat(self, worker: str, now: float) -> list[Held]:
         with self._write() as conn:
             rows = conn.execute(Q["heartbeat"], {"worker": worker, "now": now}).fetchall()
-        return [_held(row) for row in rows]
+        return [held_from(row) for row in rows]
 
     def request_pause_if_leased(self, job_id: int, now: float, actor: str | None) -> bool:
         with self._write() as conn:
             if conn.execute(Q["request_pause"], {"job_id": job_id, "now": now}).rowcount != 1:
                 return False
             note = Note(job_id, "pause-requested", None, actor, None)
-            conn.execute(Q["insert_note"], _note_params(note, now))
+            conn.execute(Q["insert_note"], note_params(note, now))
         return True
 
     # -- durable execution --------------------------------------------------
@@ -295,8 +305,8 @@ class SQLiteStore:
             if row is not None:
                 detail = json.dumps({"step": name})
                 note = Note(job_id, "step", None, None, detail)
-                conn.execute(Q["insert_note"], _note_params(note, now))
-        return None if row is None else _held(row)
+                conn.execute(Q["insert_note"], note_params(note, now))
+        return None if row is None else held_from(row)
 
     def save_checkpoint(
         self, job_id: int, lease_token: str, data_json: str, now: float
@@ -306,17 +316,17 @@ class SQLiteStore:
             row = conn.execute(Q["save_checkpoint"], params).fetchone()
             if row is not None:
                 note = Note(job_id, "checkpoint", None, None, data_json)
-                conn.execute(Q["insert_note"], _note_params(note, now))
-        return None if row is None else _held(row)
+                conn.execute(Q["insert_note"], note_params(note, now))
+        return None if row is None else held_from(row)
 
     def awakeable(self, job_id: int, name: str, new_id: str, now: float) -> Awakeable:
         with self._write() as conn:
             conn.execute(Q["create_awakeable"], (new_id, job_id, name, now))
-            return _awakeables(conn.execute(Q["awakeable_by_name"], (job_id, name)))[0]
+            return awakeables_from(conn.execute(Q["awakeable_by_name"], (job_id, name)))[0]
 
     def get_awakeable(self, awakeable_id: str) -> Awakeable | None:
         with self._lock:
-            found = _awakeables(self._conn.execute(Q["awakeable_by_id"], (awakeable_id,)))
+            found = awakeables_from(self._conn.execute(Q["awakeable_by_id"], (awakeable_id,)))
         return found[0] if found else None
 
     def set_awakeable_timeout(self, awakeable_id: str, timeout_at: float) -> None:
@@ -348,7 +358,7 @@ class SQLiteStore:
 
     def awakeables_of(self, job_id: int) -> list[Awakeable]:
         with self._lock:
-            return _awakeables(self._conn.execute(Q["awakeables_of_job"], (job_id,)))
+            return awakeables_from(self._conn.execute(Q["awakeables_of_job"], (job_id,)))
 
     def add_dependencies(self, job_id: int, on: Sequence[int], kind: str) -> None:
         with self._write() as conn:
@@ -362,19 +372,19 @@ class SQLiteStore:
 
     def dependencies_of(self, job_id: int, kind: str) -> list[Job]:
         with self._lock:
-            return _jobs(self._conn.execute(Q["dependencies_of"], (job_id, kind)))
+            return jobs_from(self._conn.execute(Q["dependencies_of"], (job_id, kind)))
 
     def waiting_on(self, job_ids: Sequence[int]) -> list[Job]:
         with self._lock:
-            return _jobs(self._conn.execute(Q["waiting_on"], (json.dumps(list(job_ids)),)))
+            return jobs_from(self._conn.execute(Q["waiting_on"], (json.dumps(list(job_ids)),)))
 
     def stranded_waiters(self, limit: int) -> list[Job]:
         with self._lock:
-            return _jobs(self._conn.execute(Q["stranded_waiters"], (limit,)))
+            return jobs_from(self._conn.execute(Q["stranded_waiters"], (limit,)))
 
     def children_of(self, job_id: int) -> list[Job]:
         with self._lock:
-            return _jobs(self._conn.execute(Q["children_of"], (job_id,)))
+            return jobs_from(self._conn.execute(Q["children_of"], (job_id,)))
 
     def pause_queue(self, queue: str, now: float) -> bool:
         with self._write() as conn:
@@ -397,11 +407,11 @@ class SQLiteStore:
 
     def due_timers(self, now: float, limit: int) -> list[Job]:
         with self._lock:
-            return _jobs(self._conn.execute(Q["due_timers"], {"now": now, "limit": limit}))
+            return jobs_from(self._conn.execute(Q["due_timers"], {"now": now, "limit": limit}))
 
     def expired_leases(self, now: float, limit: int) -> list[Job]:
         with self._lock:
-            return _jobs(self._conn.execute(Q["expired_leases"], {"now": now, "limit": limit}))
+            return jobs_from(self._conn.execute(Q["expired_leases"], {"now": now, "limit": limit}))
 
     def next_timer_at(self) -> float | None:
         with self._lock:
@@ -431,200 +441,3 @@ def _split_statements(script: str) -> list[str]:
                 statements.append(buffer.strip())
             buffer = ""
     return statements
-
-
-def _rounds(moves: Sequence[Move]) -> list[list[Move]]:
-    """Split moves so no job appears twice in a round: the batch UPDATE applies
-    one row per job, and a second move of the same job must see the first."""
-    rounds: list[list[Move]] = []
-    seen: dict[int, int] = {}
-    for move in moves:
-        n = seen.get(move.job_id, 0)
-        seen[move.job_id] = n + 1
-        if n == len(rounds):
-            rounds.append([])
-        rounds[n].append(move)
-    return rounds
-
-
-def _moves_json(moves: Sequence[Move]) -> str:
-    """The moves as JSON arrays, in the column order ``move_batch`` reads."""
-    return json.dumps(
-        [
-            (
-                m.job_id,
-                m.from_state.value,
-                m.to_state.value,
-                m.attempt,
-                m.max_attempts,
-                m.run_at,
-                m.next_retry_at,
-                m.worker,
-                m.lease_token,
-                m.lease_expires_at,
-                m.result_json,
-                m.error_json,
-                m.version,
-                m.guard_token,
-                m.wake_at,
-                m.pause_deadline,
-            )
-            for m in moves
-        ]
-    )
-
-
-def _move_event(move: Move, now: float) -> tuple[Any, ...]:
-    return (
-        move.job_id,
-        now,
-        move.from_state.value,
-        move.to_state.value,
-        move.trigger,
-        move.attempt,
-        move.worker,
-        move.actor,
-        move.detail_json,
-    )
-
-
-def _refusal_note(move: Move) -> Note:
-    detail = json.dumps({"refused": move.to_state.value, "reason": "stale lease token"})
-    return Note(move.job_id, f"refused-{move.trigger}", move.worker, move.actor, detail)
-
-
-def _note_params(note: Note, now: float) -> dict[str, Any]:
-    return {
-        "job_id": note.job_id,
-        "now": now,
-        "trigger": note.trigger,
-        "worker": note.worker,
-        "actor": note.actor,
-        "detail": note.detail_json,
-    }
-
-
-def _new_job(job_id: int, new: NewJob, created: datetime) -> Job:
-    return Job(
-        id=job_id,
-        name=new.name,
-        queue=new.queue,
-        state=new.state,
-        priority=new.priority,
-        attempt=0,
-        max_attempts=new.max_attempts,
-        args=dict(new.args),
-        result=None,
-        error=None,
-        key=new.key,
-        run_at=to_datetime(new.run_at),
-        next_retry_at=None,
-        created_at=created,
-        updated_at=created,
-        worker=None,
-        progress=None,
-        lease_seconds=new.lease_seconds,
-        lease_expires_at=None,
-        cancel_requested=False,
-        version=0,
-        pause_timeout=new.pause_timeout,
-        parent_id=new.parent_id,
-    )
-
-
-def _jobs(cursor: sqlite3.Cursor) -> list[Job]:
-    """Rows of ``SELECT *``/``RETURNING *`` as Jobs; columns found by name once per query."""
-    at = {d[0]: i for i, d in enumerate(cursor.description)}
-    (i_id, i_name, i_queue, i_state, i_priority, i_attempt, i_max, i_args, i_result, i_error,
-     i_key, i_run_at, i_retry_at, i_created, i_updated, i_worker, i_token, i_expires,
-     i_lease, i_cancel, i_progress, i_version, i_checkpoint, i_pause, i_wake, i_deadline,
-     i_pause_timeout, i_parent) = (
-        at[c] for c in (
-            "id", "name", "queue", "state", "priority", "attempt", "max_attempts", "args",
-            "result", "error", "key", "run_at", "next_retry_at", "created_at", "updated_at",
-            "worker", "lease_token", "lease_expires_at", "lease_seconds", "cancel_requested",
-            "progress", "version", "checkpoint", "pause_requested", "wake_at",
-            "pause_deadline", "pause_timeout", "parent_id",
-        )
-    )  # fmt: skip
-    jobs = []
-    for row in cursor:
-        progress = row[i_progress]
-        jobs.append(
-            Job(
-                id=row[i_id],
-                name=row[i_name],
-                queue=row[i_queue],
-                state=State(row[i_state]),
-                priority=row[i_priority],
-                attempt=row[i_attempt],
-                max_attempts=row[i_max],
-                args=json.loads(row[i_args]),
-                result=decode(row[i_result]),
-                error=decode(row[i_error]),
-                key=row[i_key],
-                run_at=to_datetime(row[i_run_at]),
-                next_retry_at=to_datetime(row[i_retry_at]),
-                created_at=_datetime(row[i_created]),
-                updated_at=_datetime(row[i_updated]),
-                worker=row[i_worker],
-                progress=None if progress is None else Progress(**json.loads(progress)),
-                lease_seconds=row[i_lease],
-                lease_expires_at=to_datetime(row[i_expires]),
-                cancel_requested=bool(row[i_cancel]),
-                version=row[i_version],
-                lease_token=row[i_token],
-                checkpoint=decode(row[i_checkpoint]),
-                pause_requested=bool(row[i_pause]),
-                wake_at=to_datetime(row[i_wake]),
-                pause_deadline=to_datetime(row[i_deadline]),
-                pause_timeout=row[i_pause_timeout],
-                parent_id=row[i_parent],
-            )
-        )
-    return jobs
-
-
-def _held(row: tuple[Any, ...]) -> Held:
-    return Held(row[0], State(row[1]), bool(row[2]), bool(row[3]))
-
-
-def _awakeables(cursor: sqlite3.Cursor) -> list[Awakeable]:
-    at = {d[0]: i for i, d in enumerate(cursor.description)}
-    return [
-        Awakeable(
-            id=row[at["id"]],
-            job_id=row[at["job_id"]],
-            name=row[at["name"]],
-            state=row[at["state"]],
-            value=decode(row[at["value"]]),
-            reason=row[at["reason"]],
-            timeout_at=to_datetime(row[at["timeout_at"]]),
-            created_at=_datetime(row[at["created_at"]]),
-            resolved_at=to_datetime(row[at["resolved_at"]]),
-        )
-        for row in cursor
-    ]
-
-
-def _datetime(epoch: float) -> datetime:
-    return datetime.fromtimestamp(epoch, UTC)
-
-
-def _events(cursor: sqlite3.Cursor) -> list[Event]:
-    at = {d[0]: i for i, d in enumerate(cursor.description)}
-    return [
-        Event(
-            id=row[at["id"]],
-            job_id=row[at["job_id"]],
-            at=_datetime(row[at["at"]]),
-            from_state=None if row[at["from_state"]] is None else State(row[at["from_state"]]),
-            to_state=State(row[at["to_state"]]),
-            trigger=row[at["trigger"]],
-            attempt=row[at["attempt"]],
-            worker=row[at["worker"]],
-            actor=row[at["actor"]],
-            detail=decode(row[at["detail"]]),
-        )
-        for row in cursor
-    ]

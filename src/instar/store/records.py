@@ -1,0 +1,224 @@
+"""Turning rows into records and moves into parameters: shared by every backend.
+
+Rows are plain tuples; columns are found by name once per query, so a
+backend's ``SELECT *`` may list them in any order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from instar.clock import to_datetime
+from instar.lifecycle import State
+from instar.models import Awakeable, Event, Job, Progress
+from instar.payload import decode
+from instar.store.contract import Held, Move, NewJob, Note
+
+
+class Cursor(Protocol):
+    """What both drivers' cursors offer: a description and rows to iterate."""
+
+    @property
+    def description(self) -> Any: ...
+
+    def __iter__(self) -> Any: ...
+
+
+def rounds(moves: Sequence[Move]) -> list[list[Move]]:
+    """Split moves so no job appears twice in a round: the batch UPDATE applies
+    one row per job, and a second move of the same job must see the first."""
+    rounds: list[list[Move]] = []
+    seen: dict[int, int] = {}
+    for move in moves:
+        n = seen.get(move.job_id, 0)
+        seen[move.job_id] = n + 1
+        if n == len(rounds):
+            rounds.append([])
+        rounds[n].append(move)
+    return rounds
+
+
+def moves_json(moves: Sequence[Move]) -> str:
+    """The moves as JSON arrays, in the column order ``move_batch`` reads."""
+    return json.dumps(
+        [
+            (
+                m.job_id,
+                m.from_state.value,
+                m.to_state.value,
+                m.attempt,
+                m.max_attempts,
+                m.run_at,
+                m.next_retry_at,
+                m.worker,
+                m.lease_token,
+                m.lease_expires_at,
+                m.result_json,
+                m.error_json,
+                m.version,
+                m.guard_token,
+                m.wake_at,
+                m.pause_deadline,
+            )
+            for m in moves
+        ]
+    )
+
+
+def move_event(move: Move, now: float) -> tuple[Any, ...]:
+    return (
+        move.job_id,
+        now,
+        move.from_state.value,
+        move.to_state.value,
+        move.trigger,
+        move.attempt,
+        move.worker,
+        move.actor,
+        move.detail_json,
+    )
+
+
+def refusal_note(move: Move) -> Note:
+    detail = json.dumps({"refused": move.to_state.value, "reason": "stale lease token"})
+    return Note(move.job_id, f"refused-{move.trigger}", move.worker, move.actor, detail)
+
+
+def note_params(note: Note, now: float) -> dict[str, Any]:
+    return {
+        "job_id": note.job_id,
+        "now": now,
+        "trigger": note.trigger,
+        "worker": note.worker,
+        "actor": note.actor,
+        "detail": note.detail_json,
+    }
+
+
+def new_job_record(job_id: int, new: NewJob, created: datetime) -> Job:
+    return Job(
+        id=job_id,
+        name=new.name,
+        queue=new.queue,
+        state=new.state,
+        priority=new.priority,
+        attempt=0,
+        max_attempts=new.max_attempts,
+        args=dict(new.args),
+        result=None,
+        error=None,
+        key=new.key,
+        run_at=to_datetime(new.run_at),
+        next_retry_at=None,
+        created_at=created,
+        updated_at=created,
+        worker=None,
+        progress=None,
+        lease_seconds=new.lease_seconds,
+        lease_expires_at=None,
+        cancel_requested=False,
+        version=0,
+        pause_timeout=new.pause_timeout,
+        parent_id=new.parent_id,
+    )
+
+
+def jobs_from(cursor: Cursor) -> list[Job]:
+    """Rows of ``SELECT *``/``RETURNING *`` as Jobs; columns found by name once per query."""
+    at = {d[0]: i for i, d in enumerate(cursor.description)}
+    (i_id, i_name, i_queue, i_state, i_priority, i_attempt, i_max, i_args, i_result, i_error,
+     i_key, i_run_at, i_retry_at, i_created, i_updated, i_worker, i_token, i_expires,
+     i_lease, i_cancel, i_progress, i_version, i_checkpoint, i_pause, i_wake, i_deadline,
+     i_pause_timeout, i_parent) = (
+        at[c] for c in (
+            "id", "name", "queue", "state", "priority", "attempt", "max_attempts", "args",
+            "result", "error", "key", "run_at", "next_retry_at", "created_at", "updated_at",
+            "worker", "lease_token", "lease_expires_at", "lease_seconds", "cancel_requested",
+            "progress", "version", "checkpoint", "pause_requested", "wake_at",
+            "pause_deadline", "pause_timeout", "parent_id",
+        )
+    )  # fmt: skip
+    jobs = []
+    for row in cursor:
+        progress = row[i_progress]
+        jobs.append(
+            Job(
+                id=row[i_id],
+                name=row[i_name],
+                queue=row[i_queue],
+                state=State(row[i_state]),
+                priority=row[i_priority],
+                attempt=row[i_attempt],
+                max_attempts=row[i_max],
+                args=json.loads(row[i_args]),
+                result=decode(row[i_result]),
+                error=decode(row[i_error]),
+                key=row[i_key],
+                run_at=to_datetime(row[i_run_at]),
+                next_retry_at=to_datetime(row[i_retry_at]),
+                created_at=datetime_of(row[i_created]),
+                updated_at=datetime_of(row[i_updated]),
+                worker=row[i_worker],
+                progress=None if progress is None else Progress(**json.loads(progress)),
+                lease_seconds=row[i_lease],
+                lease_expires_at=to_datetime(row[i_expires]),
+                cancel_requested=bool(row[i_cancel]),
+                version=row[i_version],
+                lease_token=row[i_token],
+                checkpoint=decode(row[i_checkpoint]),
+                pause_requested=bool(row[i_pause]),
+                wake_at=to_datetime(row[i_wake]),
+                pause_deadline=to_datetime(row[i_deadline]),
+                pause_timeout=row[i_pause_timeout],
+                parent_id=row[i_parent],
+            )
+        )
+    return jobs
+
+
+def held_from(row: tuple[Any, ...]) -> Held:
+    return Held(row[0], State(row[1]), bool(row[2]), bool(row[3]))
+
+
+def awakeables_from(cursor: Cursor) -> list[Awakeable]:
+    at = {d[0]: i for i, d in enumerate(cursor.description)}
+    return [
+        Awakeable(
+            id=row[at["id"]],
+            job_id=row[at["job_id"]],
+            name=row[at["name"]],
+            state=row[at["state"]],
+            value=decode(row[at["value"]]),
+            reason=row[at["reason"]],
+            timeout_at=to_datetime(row[at["timeout_at"]]),
+            created_at=datetime_of(row[at["created_at"]]),
+            resolved_at=to_datetime(row[at["resolved_at"]]),
+        )
+        for row in cursor
+    ]
+
+
+def datetime_of(epoch: float) -> datetime:
+    return datetime.fromtimestamp(epoch, UTC)
+
+
+def events_from(cursor: Cursor) -> list[Event]:
+    at = {d[0]: i for i, d in enumerate(cursor.description)}
+    return [
+        Event(
+            id=row[at["id"]],
+            job_id=row[at["job_id"]],
+            at=datetime_of(row[at["at"]]),
+            from_state=None if row[at["from_state"]] is None else State(row[at["from_state"]]),
+            to_state=State(row[at["to_state"]]),
+            trigger=row[at["trigger"]],
+            attempt=row[at["attempt"]],
+            worker=row[at["worker"]],
+            actor=row[at["actor"]],
+            detail=decode(row[at["detail"]]),
+        )
+        for row in cursor
+    ]

@@ -2,27 +2,63 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 import instar
 from instar.clock import FrozenClock
 from instar.worker.loop import Worker
 
-# The backends the store and engine suites run on; PostgreSQL joins this list.
-BACKENDS = ["sqlite"]
+# The backends the store and engine suites run on.
+BACKENDS = ["sqlite", "postgresql"]
+POSTGRES = os.environ.get("INSTAR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _postgres_or_skip() -> None:
+    """A missing server skips PostgreSQL tests on a laptop and fails them in CI."""
+    try:
+        psycopg.connect(POSTGRES, connect_timeout=3).close()
+    except psycopg.OperationalError as exc:
+        if os.environ.get("INSTAR_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL at {POSTGRES} is required (INSTAR_REQUIRE_POSTGRES=1): {exc}")
+        pytest.skip(f"no PostgreSQL at {POSTGRES}: {exc}")
 
 
 @pytest.fixture(params=BACKENDS)
-def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A database URL of each backend, empty and private to the test."""
-    assert request.param == "sqlite"
-    return f"sqlite:///{tmp_path / 'jobs.db'}"
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A database URL of each backend, empty and private to the test: a file for
+    SQLite, a schema of its own for PostgreSQL (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'jobs.db'}"
+        return
+    _postgres_or_skip()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    separator = "&" if "?" in POSTGRES else "?"
+    yield f"{POSTGRES}{separator}schema={schema}"
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+def execute_raw(database: str, sql: str, params: tuple[object, ...]) -> None:
+    """Test-only SQL straight to a backend (``?`` placeholders), past the engine."""
+    if database.startswith("sqlite:///"):
+        with sqlite3.connect(database.removeprefix("sqlite:///")) as conn:
+            conn.execute(sql, params)
+        conn.close()
+        return
+    schema = database.rsplit("schema=", 1)[1]
+    with psycopg.connect(POSTGRES, autocommit=True) as pg:
+        pg.execute(f"SET search_path TO {schema}")
+        pg.execute(sql.replace("?", "%s"), params)
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import sqlite3
-from pathlib import Path
 
 import pytest
 
@@ -20,6 +18,7 @@ from instar.lifecycle import (
     can_transition,
     validate,
 )
+from tests.conftest import execute_raw
 
 
 def test_the_initial_state_is_never_entered_again() -> None:
@@ -74,12 +73,11 @@ def _job_in(app: instar.App, state: State) -> instar.Job:
     """Put a fresh job straight into ``state`` (test-only shortcut past the engine)."""
 
     job = app.enqueue("tests.test_lifecycle.noop")
-    path = Path(app.database.removeprefix("sqlite:///"))
-    with sqlite3.connect(path) as conn:
-        conn.execute(
-            "UPDATE jobs SET state = ?, lease_token = ?, worker = ? WHERE id = ?",
-            (state.value, "token", "w", job.id),
-        )
+    execute_raw(
+        app.database,
+        "UPDATE jobs SET state = ?, lease_token = ?, worker = ? WHERE id = ?",
+        (state.value, "token", "w", job.id),
+    )
     return app.get(job.id)
 
 

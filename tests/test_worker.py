@@ -251,6 +251,7 @@ def test_progress_is_visible_while_the_job_still_runs(database: str) -> None:
                 while observer.get(job.id).progress is None and time.monotonic() < deadline:
                     time.sleep(0.01)
                 seen = observer.get(job.id)
+                release.set()
                 assert (seen.state, seen.progress) == (S.RUNNING, instar.Progress(3, 10, "three"))
         finally:
             release.set()

@@ -155,10 +155,13 @@ class App:
         queue: str | None = None,
         key: str | None = None,
         after: Sequence[int | Job] = (),
+        connection: Any = None,
         actor: str | None = "app",
     ) -> Job:
         """Create one job: ``ready``, ``scheduled`` when it starts later, or
-        ``pending`` until every job in ``after`` has completed."""
+        ``pending`` until every job in ``after`` has completed. With
+        ``connection=`` (a psycopg connection, PostgreSQL only) the job is part
+        of the caller's transaction: visible to workers only once it commits."""
         spec = self.new_job(
             job,
             args or {},
@@ -169,7 +172,7 @@ class App:
             key=key,
             after=after,
         )
-        return self.engine.enqueue([spec], actor)[0]
+        return self.engine.enqueue([spec], actor, connection)[0]
 
     def enqueue_many(
         self,

@@ -118,6 +118,8 @@ class Engine:
         self.store = store
         self.clock: Clock = clock or SystemClock()
         self._listeners: list[Callable[[], None]] = []
+        if store.supports_listen:
+            store.watch(self._notify)
 
     def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call ``listener`` (from any thread) whenever this engine makes a job
@@ -150,13 +152,19 @@ class Engine:
 
     # -- creating ---------------------------------------------------------
 
-    def enqueue(self, jobs: Sequence[NewJob], actor: str | None = None) -> list[Job]:
+    def enqueue(
+        self, jobs: Sequence[NewJob], actor: str | None = None, connection: Any = None
+    ) -> list[Job]:
         for job in jobs:
             if job.state not in ENTRY_STATES:
                 raise InvalidTransition(0, "(new)", job.state.value, "not a state a job starts in")
         for parent in {p for job in jobs for p in job.after}:
             self.get(parent)  # an unknown dependency is refused before anything is written
-        created = self.store.insert_jobs(jobs, self.clock.now(), actor)
+        created = self.store.insert_jobs(jobs, self.clock.now(), actor, connection)
+        if connection is not None:
+            # Not visible until the caller commits; the maintenance sweep settles
+            # any dependencies, and the commit's NOTIFY wakes the workers.
+            return created
         self._notify()
         waiting = [job for job in created if job.state is State.PENDING]
         if waiting:

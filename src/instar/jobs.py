@@ -93,7 +93,7 @@ class JobDefinition:
         return await self.app.enqueue_async(self, args, **options)
 
 
-ENQUEUE_OPTIONS = frozenset({"delay", "run_at", "priority", "queue", "key", "after"})
+ENQUEUE_OPTIONS = frozenset({"delay", "run_at", "priority", "queue", "key", "after", "connection"})
 
 
 def _split_options(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -21,7 +21,8 @@ def open_store(url: str) -> Store:
 
     ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` or a plain
     file path select SQLite; ``?synchronous=normal`` trades durability of the
-    last commits on power loss for speed.
+    last commits on power loss for speed. ``postgresql://user@host:5432/db``
+    selects PostgreSQL; ``?schema=instar`` keeps Instar's tables in that schema.
     """
     if "://" not in url:
         url = "sqlite:///" + url
@@ -45,8 +46,16 @@ def open_store(url: str) -> Store:
         store.migrate()
         return store
     if parts.scheme in ("postgres", "postgresql"):
-        raise ConfigurationError(
-            f"the PostgreSQL backend is not part of this version of Instar (URL {url!r}); "
-            "use a sqlite:/// URL"
-        )
-    raise ConfigurationError(f"unsupported database URL {url!r}; use sqlite:///path/to/jobs.db")
+        try:
+            from instar.store.postgres.store import PostgresStore
+        except ImportError:
+            raise ConfigurationError(
+                "the PostgreSQL backend needs psycopg: pip install 'instar[postgres]'"
+            ) from None
+        pg = PostgresStore(url)
+        pg.migrate()
+        return pg
+    raise ConfigurationError(
+        f"unsupported database URL {url!r}; use sqlite:///path/to/jobs.db "
+        "or postgresql://user@host:5432/db"
+    )

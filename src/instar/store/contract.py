@@ -12,7 +12,7 @@ Treat them as read-only all the same.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -122,9 +122,18 @@ class Store(Protocol):
 
     def close(self) -> None: ...
 
-    def insert_jobs(self, jobs: Sequence[NewJob], now: float, actor: str | None) -> list[Job]:
+    def insert_jobs(
+        self, jobs: Sequence[NewJob], now: float, actor: str | None, connection: Any = None
+    ) -> list[Job]:
         """Insert jobs and their first events in one transaction. A job whose
-        ``key`` already exists is not inserted again: the existing one is returned."""
+        ``key`` already exists is not inserted again: the existing one is returned.
+        With ``connection`` (a driver connection of the caller's), the insert joins
+        the caller's open transaction and commits or rolls back with it."""
+        ...
+
+    def watch(self, listener: Callable[[], None]) -> None:
+        """Where ``supports_listen``: call ``listener`` whenever another process
+        makes a job ready, so idle workers start it without polling."""
         ...
 
     def get_job(self, job_id: int) -> Job | None: ...

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -123,7 +123,20 @@ class SQLiteStore:
 
     # -- jobs -----------------------------------------------------------
 
-    def insert_jobs(self, jobs: Sequence[NewJob], now: float, actor: str | None) -> list[Job]:
+    def watch(self, listener: Callable[[], None]) -> None:
+        raise ConfigurationError(
+            "SQLite has no notifications; workers notice other processes' commits "
+            "through PRAGMA data_version (store.supports_listen is False)"
+        )
+
+    def insert_jobs(
+        self, jobs: Sequence[NewJob], now: float, actor: str | None, connection: Any = None
+    ) -> list[Job]:
+        if connection is not None:
+            raise ConfigurationError(
+                "enqueueing inside your own transaction (connection=...) needs the "
+                "PostgreSQL backend"
+            )
         rows = [
             (
                 j.name,

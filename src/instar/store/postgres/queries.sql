@@ -1,0 +1,257 @@
+-- Named queries of the PostgreSQL store. {leased} and {terminal} are replaced,
+-- when the file is loaded, by those kinds of states from the lifecycle table.
+
+-- name: create_schema
+CREATE SCHEMA IF NOT EXISTS {schema}
+
+-- name: migration_lock
+-- Several processes may start at once: one migrates, the others wait, then find it done.
+SELECT pg_advisory_xact_lock(hashtext('instar-migrate'))
+
+-- name: create_migrations_table
+CREATE TABLE IF NOT EXISTS schema_migrations (
+    version integer PRIMARY KEY, name text NOT NULL, applied_at double precision NOT NULL)
+
+-- name: applied_migrations
+SELECT version FROM schema_migrations
+
+-- name: record_migration
+INSERT INTO schema_migrations (version, name, applied_at)
+VALUES (%(version)s, %(name)s, extract(epoch FROM clock_timestamp()))
+
+-- name: insert_job
+-- One job, with its key's idempotency; the caller reads the existing job when skipped.
+INSERT INTO jobs (name, queue, state, priority, max_attempts, args, key, run_at,
+                  lease_seconds, pause_timeout, parent_id, created_at, updated_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING
+RETURNING id
+
+-- name: insert_jobs_bulk
+-- Many jobs in one statement; WITH ORDINALITY keeps RETURNING in the caller's order.
+WITH input AS (
+    SELECT * FROM unnest(
+        %(name)s::text[], %(queue)s::text[], %(state)s::text[], %(priority)s::integer[],
+        %(max_attempts)s::integer[], %(args)s::text[], %(run_at)s::double precision[],
+        %(lease_seconds)s::double precision[], %(pause_timeout)s::double precision[],
+        %(parent_id)s::bigint[]
+    ) WITH ORDINALITY AS t(name, queue, state, priority, max_attempts, args, run_at,
+                           lease_seconds, pause_timeout, parent_id, n)
+), inserted AS (
+    INSERT INTO jobs (name, queue, state, priority, max_attempts, args, run_at,
+                      lease_seconds, pause_timeout, parent_id, created_at, updated_at)
+    SELECT name, queue, state, priority, max_attempts, args, run_at,
+           lease_seconds, pause_timeout, parent_id, %(now)s, %(now)s
+    FROM input ORDER BY n
+    RETURNING id
+)
+SELECT id FROM inserted ORDER BY id
+
+-- name: insert_events_enqueued
+INSERT INTO events (job_id, at, from_state, to_state, trigger, attempt, worker, actor, detail)
+SELECT id, %(now)s, NULL, state, 'enqueued', 0, NULL, %(actor)s, NULL
+FROM jobs WHERE id = ANY(%(ids)s::bigint[])
+
+-- name: job_by_key
+SELECT id FROM jobs WHERE key = %s
+
+-- name: get_job
+SELECT * FROM jobs WHERE id = %s
+
+-- name: jobs_in
+SELECT * FROM jobs WHERE id = ANY(%s::bigint[])
+
+-- name: list_jobs
+SELECT * FROM jobs
+WHERE (%(state)s::text IS NULL OR state = %(state)s::text)
+  AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+  AND (%(name)s::text IS NULL OR name = %(name)s::text)
+ORDER BY id DESC
+LIMIT %(limit)s
+
+-- name: count_by_state
+SELECT state, count(*) FROM jobs GROUP BY state
+
+-- name: insert_event
+INSERT INTO events (job_id, at, from_state, to_state, trigger, attempt, worker, actor, detail)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+
+-- name: insert_note
+-- A note repeats the job's current state as both ends: it changes nothing.
+INSERT INTO events (job_id, at, from_state, to_state, trigger, attempt, worker, actor, detail)
+SELECT id, %(now)s, state, state, %(trigger)s, attempt, %(worker)s, %(actor)s, %(detail)s
+FROM jobs WHERE id = %(job_id)s
+
+-- name: set_progress
+UPDATE jobs SET progress = %(progress)s WHERE id = %(job_id)s
+
+-- name: events_of_job
+SELECT * FROM events WHERE job_id = %s ORDER BY id
+
+-- name: move_batch
+-- Many moves in one statement; each element of %(moves)s is a JSON array in the
+-- order below. Compare-and-set on (id, state) plus the version or the lease
+-- token the caller holds; RETURNING names the moves that won.
+UPDATE jobs
+SET state = m.to_state, version = jobs.version + 1, updated_at = %(now)s,
+    attempt = m.attempt, max_attempts = m.max_attempts, run_at = m.run_at,
+    next_retry_at = m.next_retry_at, worker = m.worker, lease_token = m.lease_token,
+    lease_expires_at = m.lease_expires_at, result = m.result, error = m.error,
+    wake_at = m.wake_at, pause_deadline = m.pause_deadline,
+    cancel_requested = CASE WHEN m.to_state = 'running' THEN false ELSE jobs.cancel_requested END,
+    pause_requested = CASE WHEN m.to_state = 'running' THEN false ELSE jobs.pause_requested END
+FROM (
+    SELECT (e ->> 0)::bigint AS job_id, e ->> 1 AS from_state, e ->> 2 AS to_state,
+           (e ->> 3)::integer AS attempt, (e ->> 4)::integer AS max_attempts,
+           (e ->> 5)::double precision AS run_at, (e ->> 6)::double precision AS next_retry_at,
+           e ->> 7 AS worker, e ->> 8 AS lease_token,
+           (e ->> 9)::double precision AS lease_expires_at, e ->> 10 AS result, e ->> 11 AS error,
+           (e ->> 12)::integer AS version, e ->> 13 AS guard_token,
+           (e ->> 14)::double precision AS wake_at, (e ->> 15)::double precision AS pause_deadline
+    FROM jsonb_array_elements(%(moves)s::jsonb) AS e
+) AS m
+WHERE jobs.id = m.job_id AND jobs.state = m.from_state
+  AND (m.version IS NULL OR jobs.version = m.version)
+  AND (m.guard_token IS NULL OR jobs.lease_token = m.guard_token)
+RETURNING jobs.id
+
+-- name: claim
+-- SKIP LOCKED lets many workers claim side by side without waiting on each other.
+UPDATE jobs
+SET state = 'running', attempt = attempt + 1, worker = %(worker)s,
+    lease_token = md5(random()::text || clock_timestamp()::text || id::text),
+    lease_expires_at = %(now)s + lease_seconds,
+    cancel_requested = false, pause_requested = false, version = version + 1, updated_at = %(now)s
+WHERE id IN (SELECT id FROM jobs
+             WHERE state = 'ready'
+               AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+               AND queue NOT IN (SELECT queue FROM paused_queues)
+             ORDER BY priority DESC, id
+             LIMIT %(limit)s
+             FOR UPDATE SKIP LOCKED)
+RETURNING *
+
+-- name: notify
+-- Wakes idle workers everywhere; delivered when the transaction commits.
+SELECT pg_notify('instar_jobs', '')
+
+-- name: request_cancel
+UPDATE jobs SET cancel_requested = true, updated_at = %(now)s
+WHERE id = %(job_id)s AND state IN ({leased}) AND NOT cancel_requested
+
+-- name: request_pause
+UPDATE jobs SET pause_requested = true, updated_at = %(now)s
+WHERE id = %(job_id)s AND state = 'running' AND NOT pause_requested
+
+-- name: heartbeat
+-- One statement extends every lease the worker holds, however many.
+UPDATE jobs SET lease_expires_at = %(now)s + lease_seconds
+WHERE worker = %(worker)s AND state IN ({leased})
+RETURNING id, state, cancel_requested, pause_requested
+
+-- name: held
+SELECT id, state, cancel_requested, pause_requested FROM jobs
+WHERE id = %(job_id)s AND lease_token = %(token)s
+
+-- name: steps_of_job
+SELECT name, result FROM steps WHERE job_id = %s
+
+-- name: save_step
+-- Only the worker holding the lease may record a step; a zombie's result is dropped.
+INSERT INTO steps (job_id, name, result, at)
+SELECT %(job_id)s, %(name)s, %(result)s, %(now)s
+WHERE EXISTS (SELECT 1 FROM jobs WHERE id = %(job_id)s AND lease_token = %(token)s)
+ON CONFLICT (job_id, name) DO NOTHING
+
+-- name: save_checkpoint
+UPDATE jobs SET checkpoint = %(data)s, updated_at = %(now)s
+WHERE id = %(job_id)s AND lease_token = %(token)s
+RETURNING id, state, cancel_requested, pause_requested
+
+-- name: create_awakeable
+INSERT INTO awakeables (id, job_id, name, created_at) VALUES (%s, %s, %s, %s)
+ON CONFLICT (job_id, name) DO NOTHING
+
+-- name: awakeable_by_name
+SELECT * FROM awakeables WHERE job_id = %s AND name = %s
+
+-- name: awakeable_by_id
+SELECT * FROM awakeables WHERE id = %s
+
+-- name: awakeables_of_job
+SELECT * FROM awakeables WHERE job_id = %s ORDER BY created_at, name
+
+-- name: set_awakeable_timeout
+UPDATE awakeables SET timeout_at = %s WHERE id = %s AND timeout_at IS NULL
+
+-- name: settle_awakeable
+UPDATE awakeables SET state = %(state)s, value = %(value)s, reason = %(reason)s,
+                      resolved_at = %(now)s
+WHERE id = %(id)s AND state = 'pending'
+
+-- name: add_dependency
+INSERT INTO dependencies (job_id, depends_on, kind) VALUES (%s, %s, %s)
+ON CONFLICT DO NOTHING
+
+-- name: remove_dependencies
+DELETE FROM dependencies WHERE job_id = %s AND kind = %s
+
+-- name: dependencies_of
+SELECT jobs.* FROM dependencies AS d JOIN jobs ON jobs.id = d.depends_on
+WHERE d.job_id = %s AND d.kind = %s
+ORDER BY jobs.id
+
+-- name: waiting_on
+SELECT DISTINCT jobs.* FROM dependencies AS d JOIN jobs ON jobs.id = d.job_id
+WHERE d.depends_on = ANY(%s::bigint[]) AND jobs.state IN ('pending', 'suspended')
+
+-- name: stranded_waiters
+SELECT * FROM jobs
+WHERE state IN ('pending', 'suspended')
+  AND EXISTS (SELECT 1 FROM dependencies AS d WHERE d.job_id = jobs.id)
+  AND NOT EXISTS (
+      SELECT 1 FROM dependencies AS d JOIN jobs AS p ON p.id = d.depends_on
+      WHERE d.job_id = jobs.id AND p.state NOT IN ({terminal}))
+LIMIT %s
+
+-- name: children_of
+SELECT * FROM jobs WHERE parent_id = %s ORDER BY id
+
+-- name: pause_queue
+INSERT INTO paused_queues (queue, paused_at) VALUES (%s, %s) ON CONFLICT DO NOTHING
+
+-- name: resume_queue
+DELETE FROM paused_queues WHERE queue = %s
+
+-- name: queue_counts
+SELECT queue, state, count(*) FROM jobs GROUP BY queue, state
+
+-- name: paused_queues
+SELECT queue FROM paused_queues
+
+-- name: due_timers
+SELECT * FROM jobs WHERE state = 'scheduled' AND run_at <= %(now)s
+UNION ALL
+SELECT * FROM jobs WHERE state = 'backing-off' AND next_retry_at <= %(now)s
+UNION ALL
+SELECT * FROM jobs WHERE state = 'suspended' AND wake_at <= %(now)s
+UNION ALL
+SELECT * FROM jobs WHERE state = 'paused' AND pause_deadline <= %(now)s
+LIMIT %(limit)s
+
+-- name: next_timer_at
+SELECT min(t) FROM (
+    SELECT min(run_at) AS t FROM jobs WHERE state = 'scheduled'
+    UNION ALL
+    SELECT min(next_retry_at) FROM jobs WHERE state = 'backing-off'
+    UNION ALL
+    SELECT min(wake_at) FROM jobs WHERE state = 'suspended'
+) AS timers
+
+-- name: expired_leases
+SELECT * FROM jobs WHERE state IN ({leased}) AND lease_expires_at < %(now)s LIMIT %(limit)s
+
+-- name: try_lead
+INSERT INTO leaders (role, holder, expires_at) VALUES (%(role)s, %(holder)s, %(now)s + %(ttl)s)
+ON CONFLICT (role) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+WHERE leaders.holder = excluded.holder OR leaders.expires_at < %(now)s

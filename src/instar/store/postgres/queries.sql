@@ -255,3 +255,13 @@ SELECT * FROM jobs WHERE state IN ({leased}) AND lease_expires_at < %(now)s LIMI
 INSERT INTO leaders (role, holder, expires_at) VALUES (%(role)s, %(holder)s, %(now)s + %(ttl)s)
 ON CONFLICT (role) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
 WHERE leaders.holder = excluded.holder OR leaders.expires_at < %(now)s
+
+-- name: current_search_path
+SELECT current_setting('search_path')
+
+-- name: set_local_search_path
+-- For this transaction only: Instar's schema first (transactional enqueue, migrations).
+SELECT set_config('search_path', %s, true)
+
+-- name: listen
+LISTEN instar_jobs

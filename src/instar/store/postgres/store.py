@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import psycopg
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool
 
 from instar.errors import ConfigurationError
 from instar.lifecycle import Kind, State, states_of_kind
@@ -51,7 +51,6 @@ from instar.store.sql_blocks import load_blocks, load_migrations
 
 log = logging.getLogger("instar.postgres")
 
-CHANNEL = "instar_jobs"
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -74,25 +73,25 @@ class PostgresStore:
         self.conninfo, self.schema = _split_url(url)
         parts = urlsplit(self.conninfo)
         self._where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
-        options = {"options": f"-c search_path={self.schema}"}
-        self._pool = ConnectionPool(
-            self.conninfo,
-            min_size=1,
-            max_size=pool_size,
-            kwargs=options,
-            open=False,
-            name="instar",
-            reconnect_timeout=300,
-        )
         try:
-            self._pool.open(wait=True, timeout=connect_timeout)
-        except PoolTimeout:
-            self._pool.close()
-            why = _last_connect_error(self.conninfo)
+            # Fail fast, in the server's own words, before a pool retries in the background.
+            psycopg.connect(self.conninfo, connect_timeout=int(connect_timeout)).close()
+        except psycopg.Error as exc:
+            why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigurationError(
                 f"cannot connect to PostgreSQL at {self._where}: {why}; "
                 "check the host, port, database name and credentials in the URL"
             ) from None
+        self._pool = ConnectionPool(
+            self.conninfo,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"options": f"-c search_path={self.schema}"},
+            open=False,
+            name="instar",
+            reconnect_timeout=300,
+        )
+        self._pool.open(wait=True, timeout=connect_timeout)
         self._marker = 0
         self._listeners: list[Callable[[], None]] = []
         self._closing = threading.Event()
@@ -108,7 +107,15 @@ class PostgresStore:
         """One transaction on a pooled connection, or the caller's own connection
         (transactional enqueue: it commits or rolls back with the caller's work)."""
         if connection is not None:
-            yield connection
+            # Our tables are in our schema: point the caller's search_path there for
+            # these statements only, then give it back unchanged.
+            previous = connection.execute(Q["current_search_path"]).fetchone()
+            connection.execute(Q["set_local_search_path"], (self.schema,))
+            try:
+                yield connection
+            finally:
+                restore = previous[0] if previous else ""
+                connection.execute(Q["set_local_search_path"], (restore,))
             return
         with self._pool.connection() as conn:
             yield conn
@@ -133,7 +140,7 @@ class PostgresStore:
         while not self._closing.is_set():
             try:
                 with psycopg.connect(self.conninfo, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
+                    conn.execute(Q["listen"])
                     delay = 0.1
                     while not self._closing.is_set():
                         for _ in conn.notifies(timeout=0.5):
@@ -154,7 +161,7 @@ class PostgresStore:
         with psycopg.connect(self.conninfo, autocommit=False) as conn, conn.transaction():
             conn.execute(Q["migration_lock"])
             conn.execute(Q["create_schema"].replace("{schema}", self.schema))
-            conn.execute(f"SET LOCAL search_path TO {self.schema}")
+            conn.execute(Q["set_local_search_path"], (self.schema,))
             conn.execute(Q["create_migrations_table"])
             done = {row[0] for row in conn.execute(Q["applied_migrations"])}
             version = max(done, default=0)
@@ -536,12 +543,3 @@ def _split_url(url: str) -> tuple[str, str]:
         )
     scheme = "postgresql"
     return urlunsplit((scheme, parts.netloc, parts.path, urlencode(query), "")), schema
-
-
-def _last_connect_error(conninfo: str) -> str:
-    """Why a connection fails, in the server's or libpq's own words."""
-    try:
-        psycopg.connect(conninfo, connect_timeout=5).close()
-    except psycopg.Error as exc:
-        return str(exc).strip().splitlines()[0]
-    return "the connection pool timed out"

@@ -1,0 +1,119 @@
+"""What only the PostgreSQL backend promises: transactional enqueue, schemas,
+clear connection errors, and claims that read only the ready index."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+import instar
+from instar.lifecycle import State
+from tests.conftest import POSTGRES, _postgres_or_skip
+
+
+@pytest.fixture
+def schema() -> Iterator[str]:
+    _postgres_or_skip()
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+
+
+@pytest.fixture
+def app(schema: str) -> Iterator[instar.App]:
+    with instar.App(f"{POSTGRES}?schema={schema}") as application:
+
+        @application.job(name="add")
+        def add(a: int, b: int) -> int:
+            return a + b
+
+        application.migrate()
+        yield application
+
+
+def test_a_job_enqueued_in_a_rolled_back_transaction_never_exists(app: instar.App) -> None:
+    with psycopg.connect(POSTGRES) as conn:
+        job = app.enqueue("add", {"a": 1, "b": 2}, connection=conn)
+        conn.rollback()
+    with pytest.raises(instar.JobNotFound):
+        app.get(job.id)
+    assert app.jobs() == []
+
+
+def test_a_job_enqueued_in_a_transaction_is_visible_and_runs_only_after_commit(
+    app: instar.App, schema: str
+) -> None:
+    with psycopg.connect(POSTGRES) as conn:
+        conn.execute(f"SET search_path TO {schema}")
+        job = app.enqueue("add", {"a": 1, "b": 2}, connection=conn)
+        app.run_worker(burst=True)
+        with pytest.raises(instar.JobNotFound):
+            app.get(job.id)
+        conn.commit()
+    app.run_worker(burst=True)
+    done = app.get(job.id)
+    assert (done.state, done.result) == (State.COMPLETED, 3)
+
+
+def test_transactional_enqueue_on_sqlite_is_a_clear_error(tmp_path: object) -> None:
+    with instar.App(f"sqlite:///{tmp_path}/jobs.db") as app:
+
+        @app.job
+        def noop() -> None:
+            return None
+
+        with pytest.raises(instar.ConfigurationError, match="needs the PostgreSQL backend"):
+            noop.enqueue(connection=object())
+        assert app.jobs() == []
+
+
+def test_the_tables_live_in_the_schema_named_in_the_url(app: instar.App, schema: str) -> None:
+    with psycopg.connect(POSTGRES) as conn:
+        tables = {
+            row[0]
+            for row in conn.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
+                (schema,),
+            )
+        }
+    assert {"jobs", "events", "steps", "awakeables", "dependencies"} <= tables
+
+
+def test_an_unreachable_server_is_a_clear_error_naming_host_and_database() -> None:
+    with pytest.raises(instar.ConfigurationError) as failure:
+        instar.App("postgresql://postgres@127.0.0.1:1/jobsdb").jobs()
+    message = str(failure.value)
+    assert "127.0.0.1:1/jobsdb" in message
+    assert "check the host" in message
+
+
+def test_wrong_credentials_are_a_clear_error() -> None:
+    _postgres_or_skip()
+    url = POSTGRES.replace("postgres@", "nobody_here@", 1)
+    with pytest.raises(instar.ConfigurationError, match="nobody_here"):
+        instar.App(url).jobs()
+
+
+def test_a_schema_that_is_not_a_plain_identifier_is_refused() -> None:
+    with pytest.raises(instar.ConfigurationError, match="not a plain lower-case identifier"):
+        instar.App(f"{POSTGRES}?schema=x;drop").jobs()
+
+
+def test_claiming_reads_only_the_ready_index(app: instar.App, schema: str) -> None:
+    from instar.store.postgres.store import Q
+
+    with psycopg.connect(POSTGRES) as conn:
+        conn.execute(f"SET search_path TO {schema}")
+        conn.execute("SET enable_seqscan TO off")
+        plan = "\n".join(
+            row[0]
+            for row in conn.execute(
+                "EXPLAIN " + Q["claim"],
+                {"worker": "w", "now": 0.0, "limit": 10, "queues": None},
+            )
+        )
+    assert "jobs_ready" in plan

@@ -257,3 +257,22 @@ def test_show_gives_the_phase_checkpoint_children_and_dependencies(db: str) -> N
     assert (shown["children"], shown["dependencies"], shown["awakeables"]) == ([], [], [])
     table = instar("show", str(first["id"]), database=db).stdout
     assert "collecting" in table
+
+
+def test_a_worker_waits_for_an_unreachable_database_and_says_so() -> None:
+    command = [sys.executable, "-m", "instar.cli.main", "worker", "--app", "tests.jobs_app:app"]
+    proc = subprocess.Popen(
+        [*command, "--database", "postgresql://postgres@127.0.0.1:1/jobsdb"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=2.0)
+    finally:
+        proc.terminate()
+        _, stderr = proc.communicate(timeout=10)
+    assert "cannot connect to PostgreSQL at 127.0.0.1:1/jobsdb" in stderr
+    assert stderr.count("trying again") >= 2
+    assert "Traceback" not in stderr

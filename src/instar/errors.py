@@ -6,6 +6,7 @@
     ├── UnknownJob             no handler is registered under this name
     ├── PayloadError           arguments or results that are not JSON, or too large
     ├── ConfigurationError     a bad database URL, option or app reference
+    │   └── DatabaseUnavailable    the database server cannot be reached (yet)
     ├── InvalidOption          an enqueue option that makes no sense (naive run_at ...)
     ├── AwakeableNotFound      no awakeable has this id
     ├── SignalAlreadySettled   the awakeable was resolved, rejected or timed out already
@@ -62,6 +63,10 @@ class PayloadError(InstarError):
 
 class ConfigurationError(InstarError):
     """A database URL, option or app reference that cannot be used."""
+
+
+class DatabaseUnavailable(ConfigurationError):
+    """The server did not answer or refused us: a worker waits and tries again."""
 
 
 class InvalidOption(InstarError, ValueError):

@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -23,7 +24,13 @@ from rich.table import Table
 
 from instar.app import App
 from instar.diagram import render
-from instar.errors import ConfigurationError, InstarError, InvalidOption, exit_code_for
+from instar.errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    InstarError,
+    InvalidOption,
+    exit_code_for,
+)
 from instar.lifecycle import State
 from instar.models import Awakeable, Event, Job
 
@@ -122,6 +129,7 @@ def worker(
         raise InvalidOption(f"--concurrency must be at least 1, got {concurrency}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = load_app(app_ref, database)
+    _wait_for_database(app)
     report = app.run_worker(
         queues or None, concurrency=concurrency, burst=burst, shutdown_grace=shutdown_grace
     )
@@ -139,6 +147,20 @@ def worker(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def _wait_for_database(app: App) -> None:
+    """A worker started before its database is up waits for it, with backoff,
+    saying so in its log; every other command fails at once instead."""
+    delay = 0.5
+    while True:
+        try:
+            app.migrate()
+            return
+        except DatabaseUnavailable as exc:
+            logging.getLogger("instar.worker").warning("%s; trying again in %.1fs", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
 
 @cli.command()

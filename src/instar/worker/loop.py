@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -178,7 +179,8 @@ class Worker:
         gone): keep its reports for the next try and back off, up to 5 s."""
         self._failures += 1
         delay = min(5.0, 0.05 * 2**self._failures)
-        log.exception("writing a batch failed; trying again in %.2fs", delay)
+        error = sys.exc_info()[1]
+        log.warning("writing a batch failed (%s); trying again in %.2fs", error, delay)
         with self._outbox_lock:
             self._outbox_moves[:0] = moves
             self._outbox_notes[:0] = notes
@@ -328,8 +330,8 @@ class Worker:
                 continue
             try:
                 held = await self._call(self.engine.heartbeat, self.id)
-            except Exception:
-                log.exception("heartbeat failed; will try again")
+            except Exception as exc:
+                log.warning("heartbeat failed (%s); will try again", exc)
                 continue
             for job in held:
                 if job.cancel_requested:
@@ -351,8 +353,8 @@ class Worker:
         while True:
             try:
                 report = await self._call(self._maintenance.run_if_leader)
-            except Exception:
-                log.exception("maintenance pass failed; will try again")
+            except Exception as exc:
+                log.warning("maintenance pass failed (%s); will try again", exc)
             else:
                 if report is not None and report.changed:
                     self._wake_threadsafe()

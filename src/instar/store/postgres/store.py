@@ -22,7 +22,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from instar.errors import ConfigurationError
+from instar.errors import ConfigurationError, DatabaseUnavailable
 from instar.lifecycle import Kind, State, states_of_kind
 from instar.models import Awakeable, Event, Job, QueueStats
 from instar.store.contract import (
@@ -78,7 +78,7 @@ class PostgresStore:
             psycopg.connect(self.conninfo, connect_timeout=int(connect_timeout)).close()
         except psycopg.Error as exc:
             why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ConfigurationError(
+            raise DatabaseUnavailable(
                 f"cannot connect to PostgreSQL at {self._where}: {why}; "
                 "check the host, port, database name and credentials in the URL"
             ) from None

@@ -1,13 +1,18 @@
-"""Instar's throughput and pickup latency on SQLite, each beside this machine's raw limit.
+"""Instar's throughput and pickup latency on SQLite and on PostgreSQL, each
+beside the raw limit of the same database measured in the same run.
 
-Why the raw limit: with ``synchronous=FULL`` every commit waits for the disk,
-so a figure in jobs/s says little until it is set beside what plain sqlite3
-manages on the same disk in the same run. Every figure is printed with that
-ratio, and with the target it is held to.
+Why the raw limit: every commit waits for the disk (SQLite ``synchronous=FULL``,
+PostgreSQL ``synchronous_commit=on``), so a figure in jobs/s says little until
+it is set beside what the plain driver manages on the same disk in the same
+run: one committed single-row INSERT at a time. Every figure is printed with
+that ratio, and with the target it is held to; one table per backend.
 
-Run ``make bench``, or ``.venv/bin/python bench/run.py --quick`` for a short run.
-Workers run as separate processes, started as a user would start them
-(``instar worker``); timings of their work come from the ``events`` table.
+Run ``make bench``, or ``.venv/bin/python bench/run.py --quick`` for a short run;
+``--backend sqlite`` or ``--backend postgresql`` for one of them. Workers run as
+separate processes, started as a user would start them (``instar worker``);
+timings of their work come from the ``events`` table. On PostgreSQL each
+measurement gets a schema of its own (``?schema=bench_<pid>_<what>``), dropped
+afterwards, also when the run fails or is interrupted.
 """
 
 from __future__ import annotations
@@ -18,177 +23,50 @@ import platform
 import shutil
 import signal
 import sqlite3
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from collections.abc import Sequence
+from contextlib import closing
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
-from rich.console import Console
-from rich.table import Table
+import psycopg
 
 # ``python bench/run.py`` puts bench/ on the path, not the repository root that
-# ``bench.noop_app`` needs (worker subprocesses get the root through PYTHONPATH).
+# ``bench.*`` needs (worker subprocesses get the root through PYTHONPATH).
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.noop_app import make_app
+from bench import postgres
+from bench.harness import (
+    DB_ERRORS,
+    FULL,
+    QUICK,
+    BenchError,
+    Row,
+    Sizes,
+    bulk_enqueue,
+    drain,
+    enqueue_one_by_one,
+    latency_detail,
+    out,
+    percentile,
+    pickup_latency,
+    processing_detail,
+    progress,
+    rate,
+    render,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-APP_REF = "bench.noop_app:app"
-
-# Wide enough for the detail column when the output is a file or a pipe.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-progress = Console(stderr=True, highlight=False)
-
-
-class BenchError(Exception):
-    """A measurement could not be taken (a worker died, jobs went missing)."""
-
-
-@dataclass(frozen=True)
-class Sizes:
-    """How much work each measurement does; ``--quick`` picks the small set."""
-
-    raw_rows: int
-    raw_seconds: float
-    enqueue_jobs: int
-    bulk_total: int
-    bulk_chunk: int
-    process_jobs: int
-    pickup_jobs: int
-    pickup_gap: float
-    concurrency: int
-    worker_timeout: float
+DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-FULL = Sizes(3_000, 2.0, 3_000, 50_000, 10_000, 10_000, 200, 0.020, 100, 300.0)
-QUICK = Sizes(500, 0.5, 500, 10_000, 5_000, 2_000, 50, 0.020, 100, 120.0)
-
-
-@dataclass(frozen=True)
-class Row:
-    """One line of the result table, already formatted."""
-
-    figure: str
-    value: str
-    ratio: str
-    target: str
-    met: bool | None
-    detail: str
-
-
-@dataclass(frozen=True)
-class Processing:
-    """One burst worker draining a full queue."""
-
-    jobs: int
-    first_claim_seconds: float  # worker process start -> first 'running' event (startup)
-    wall_seconds: float  # worker process start -> last 'completed' event
-    exit_seconds: float  # worker process start -> process exit
-    steady_rate: float  # completions/s between the 10% and 90% completed events
-
-
-# -- helpers -------------------------------------------------------------------
+# -- SQLite ------------------------------------------------------------------------
 
 
 def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path}"
-
-
-def read_db(path: Path) -> sqlite3.Connection:
-    """A plain connection for measurement only: Instar's API has no timeline-wide query."""
-    return sqlite3.connect(path, timeout=30)
-
-
-def sleep_until(deadline: float) -> None:
-    delay = deadline - time.monotonic()
-    if delay > 0:
-        time.sleep(delay)
-
-
-def worker_command(url: str, concurrency: int, *, burst: bool) -> list[str]:
-    """``instar worker`` as a user runs it; ``python -c`` if the CLI is not installed."""
-    cli = Path(sys.executable).parent / "instar"
-    if cli.exists():
-        command = [str(cli), "worker", "--app", APP_REF, "--database", url]
-        command += ["--concurrency", str(concurrency)]
-        return [*command, "--burst"] if burst else command
-    code = (
-        "import logging, sys; logging.basicConfig(level=logging.INFO);"
-        "from bench.noop_app import app; app.database = sys.argv[1];"
-        "app.run_worker(concurrency=int(sys.argv[2]), burst=sys.argv[3] == '1')"
-    )
-    return [sys.executable, "-c", code, url, str(concurrency), "1" if burst else "0"]
-
-
-@contextmanager
-def worker_process(
-    url: str, concurrency: int, log_path: Path, *, burst: bool
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A worker subprocess that is always stopped: SIGTERM, then SIGKILL if it lingers."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            worker_command(url, concurrency, burst=burst),
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield proc
-    finally:
-        stop_process(proc)
-
-
-def stop_process(proc: subprocess.Popen[bytes], grace: float = 15.0) -> None:
-    if proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def log_tail(path: Path, lines: int = 15) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return "(no worker log)"
-    return "\n".join(text.splitlines()[-lines:]) or "(worker log is empty)"
-
-
-def wait_for(
-    condition: Callable[[], bool],
-    timeout: float,
-    what: str,
-    proc: subprocess.Popen[bytes],
-    log: Path,
-) -> None:
-    """Poll ``condition`` until true; fail early if the worker died."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            raise BenchError(f"worker exited ({proc.returncode}) while {what}:\n{log_tail(log)}")
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:.0f}s {what}:\n{log_tail(log)}")
-        time.sleep(0.01)
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
-
-# -- measurements ----------------------------------------------------------------
 
 
 def raw_limit(path: Path, sizes: Sizes) -> tuple[float, int]:
@@ -208,129 +86,18 @@ def raw_limit(path: Path, sizes: Sizes) -> tuple[float, int]:
     return rows / elapsed, rows
 
 
-def enqueue_one_by_one(path: Path, sizes: Sizes) -> float:
-    """``defn.enqueue()`` in a loop: one transaction per job, as a web request would."""
-    with make_app(sqlite_url(path)) as app:
-        app.engine  # open and migrate outside the timing  # noqa: B018
-        defn = app.definition("noop")
-        start = time.perf_counter()
-        for _ in range(sizes.enqueue_jobs):
-            defn.enqueue()
-        return sizes.enqueue_jobs / (time.perf_counter() - start)
+def sqlite_reader(conn: sqlite3.Connection) -> Any:
+    """A plain connection for measurement only: Instar's API has no timeline-wide query."""
+
+    def query(sql: str) -> Sequence[Sequence[Any]]:
+        return conn.execute(sql).fetchall()
+
+    return query
 
 
-def bulk_enqueue(path: Path, total: int, chunk: int, name: str = "noop") -> float:
-    """``app.enqueue_many`` in chunks: one transaction per chunk."""
-    with make_app(sqlite_url(path)) as app:
-        app.engine  # noqa: B018
-        defn = app.definition(name)
-        start = time.perf_counter()
-        done = 0
-        while done < total:
-            n = min(chunk, total - done)
-            app.enqueue_many(defn, [{}] * n)
-            done += n
-        return total / (time.perf_counter() - start)
-
-
-def processing(tmp: Path, handler: str, sizes: Sizes) -> Processing:
-    """Queue the jobs first, then time ONE burst worker process draining them."""
-    path = tmp / f"process-{handler}.db"
-    log = tmp / f"process-{handler}.log"
-    n = sizes.process_jobs
-    bulk_enqueue(path, n, sizes.bulk_chunk, handler)
-    url = sqlite_url(path)
-    start = time.time()
-    with worker_process(url, sizes.concurrency, log, burst=True) as proc:
-        try:
-            proc.wait(sizes.worker_timeout)
-        except subprocess.TimeoutExpired:
-            raise BenchError(
-                f"burst worker ({handler}) still running after {sizes.worker_timeout:.0f}s:\n"
-                f"{log_tail(log)}"
-            ) from None
-        exited = time.time()
-    if proc.returncode != 0:
-        raise BenchError(f"burst worker ({handler}) exited {proc.returncode}:\n{log_tail(log)}")
-    with closing(read_db(path)) as conn:
-        times = [
-            at
-            for (at,) in conn.execute(
-                "SELECT at FROM events WHERE to_state = 'completed' ORDER BY at"
-            )
-        ]
-        first_claim = conn.execute("SELECT min(at) FROM events WHERE to_state = 'running'")
-        first_claim_at = float(first_claim.fetchone()[0] or start)
-    if len(times) != n:
-        raise BenchError(f"{handler}: {len(times)} of {n} jobs completed:\n{log_tail(log)}")
-    low, high = round(0.1 * (n - 1)), round(0.9 * (n - 1))
-    span = times[high] - times[low]
-    steady = (high - low) / span if span > 0 else float("inf")
-    return Processing(n, first_claim_at - start, times[-1] - start, exited - start, steady)
-
-
-def pickup_latency(tmp: Path, sizes: Sizes) -> tuple[list[float], int | None]:
-    """Enqueue from this process to an idle worker in another; seconds to each claim.
-
-    Latency is the claim event's time (the ``running`` event the worker writes)
-    minus ``time.time()`` just before the enqueue call, so it includes the
-    enqueue's own commit. Returns the latencies and the worker's exit code
-    after SIGTERM.
-    """
-    path = tmp / "pickup.db"
-    log = tmp / "pickup.log"
-    url = sqlite_url(path)
-    with make_app(url) as app:
-        app.engine  # migrate before the worker starts  # noqa: B018
-        defn = app.definition("noop")
-        with worker_process(url, sizes.concurrency, log, burst=False) as proc:
-            with closing(read_db(path)) as conn:
-
-                def started() -> bool:
-                    # The CLI logs "worker ... started"; its maintenance loop also
-                    # takes leadership at once. Either means the loop is running.
-                    if b" started" in log.read_bytes():
-                        return True
-                    try:
-                        return bool(conn.execute("SELECT count(*) FROM leaders").fetchone()[0])
-                    except sqlite3.Error:
-                        return False
-
-                wait_for(started, 60, "waiting for the worker to start", proc, log)
-                time.sleep(0.5)  # past its first exchange and into the idle wait
-                before: dict[int, float] = {}
-                first = time.monotonic()
-                for i in range(sizes.pickup_jobs):
-                    sleep_until(first + i * sizes.pickup_gap)
-                    stamp = time.time()
-                    before[defn.enqueue().id] = stamp
-
-                def all_done() -> bool:
-                    query = "SELECT count(*) FROM jobs WHERE state = 'completed'"
-                    return int(conn.execute(query).fetchone()[0]) >= len(before)
-
-                wait_for(all_done, 60, "waiting for the jobs to complete", proc, log)
-                claimed = dict(
-                    conn.execute("SELECT job_id, at FROM events WHERE to_state = 'running'")
-                )
-            stop_process(proc)
-            code = proc.returncode
-    missing = set(before) - set(claimed)
-    if missing:
-        raise BenchError(f"{len(missing)} job(s) have no claim event")
-    return [claimed[job_id] - stamp for job_id, stamp in before.items()], code
-
-
-# -- the table ---------------------------------------------------------------------
-
-
-def rate(value: float) -> str:
-    return f"{value:,.0f} /s"
-
-
-def run(sizes: Sizes, tmp: Path, rows: list[Row]) -> None:
-    """Take every measurement in turn, appending to ``rows`` (kept if a later one fails)."""
-    progress.print("raw sqlite3 commits ...")
+def run_sqlite(sizes: Sizes, tmp: Path, rows: list[Row]) -> None:
+    """Take every SQLite measurement in turn, appending to ``rows`` (kept if a later one fails)."""
+    progress.print("SQLite: raw sqlite3 commits ...")
     raw, raw_rows = raw_limit(tmp / "raw.db", sizes)
     commit_ms = 1000 / raw
     rows.append(
@@ -344,8 +111,8 @@ def run(sizes: Sizes, tmp: Path, rows: list[Row]) -> None:
         )
     )
 
-    progress.print("enqueue one by one ...")
-    one = enqueue_one_by_one(tmp / "enqueue.db", sizes)
+    progress.print("SQLite: enqueue one by one ...")
+    one = enqueue_one_by_one(sqlite_url(tmp / "enqueue.db"), sizes.enqueue_jobs)
     rows.append(
         Row(
             "enqueue one by one",
@@ -357,8 +124,8 @@ def run(sizes: Sizes, tmp: Path, rows: list[Row]) -> None:
         )
     )
 
-    progress.print("bulk enqueue ...")
-    bulk = bulk_enqueue(tmp / "bulk.db", sizes.bulk_total, sizes.bulk_chunk)
+    progress.print("SQLite: bulk enqueue ...")
+    bulk = bulk_enqueue(sqlite_url(tmp / "bulk.db"), sizes.bulk_total, sizes.bulk_chunk)
     rows.append(
         Row(
             "bulk enqueue (enqueue_many)",
@@ -371,19 +138,19 @@ def run(sizes: Sizes, tmp: Path, rows: list[Row]) -> None:
     )
 
     for handler, label in (("noop", "async"), ("noop_sync", "sync")):
-        progress.print(f"processing, {label} handler ...")
-        result = processing(tmp, handler, sizes)
-        wall = result.jobs / result.wall_seconds
+        progress.print(f"SQLite: processing, {label} handler ...")
+        path = tmp / f"process-{handler}.db"
+        bulk_enqueue(sqlite_url(path), sizes.process_jobs, sizes.bulk_chunk, handler)
+        with closing(sqlite3.connect(path, timeout=30)) as conn:
+            result = drain(sqlite_url(path), sqlite_reader(conn), tmp, handler, sizes)
         rows.append(
             Row(
                 f"processing, {label} no-op: wall",
-                rate(wall),
-                f"{wall / raw:.2f}x",
+                rate(result.wall_rate),
+                f"{result.wall_rate / raw:.2f}x",
                 ">= 12,000 /s",
-                wall >= 12_000,
-                f"{result.jobs:,} jobs in {result.wall_seconds:.2f} s from process start; "
-                f"first claim at {result.first_claim_seconds:.2f} s, "
-                f"exit at {result.exit_seconds:.2f} s; concurrency {sizes.concurrency}",
+                result.wall_rate >= 12_000,
+                processing_detail(result, sizes),
             )
         )
         rows.append(
@@ -397,14 +164,11 @@ def run(sizes: Sizes, tmp: Path, rows: list[Row]) -> None:
             )
         )
 
-    progress.print("pickup latency of an idle worker ...")
-    latencies, code = pickup_latency(tmp, sizes)
+    progress.print("SQLite: pickup latency of an idle worker ...")
+    path = tmp / "pickup.db"
+    with closing(sqlite3.connect(path, timeout=30)) as conn:
+        latencies, code = pickup_latency(sqlite_url(path), sqlite_reader(conn), tmp, sizes)
     p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
-    detail = (
-        f"{len(latencies)} jobs {sizes.pickup_gap * 1000:.0f} ms apart; "
-        f"mean {statistics.fmean(latencies) * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms; "
-        f"worker exit on SIGTERM: {code}"
-    )
     rows.append(
         Row(
             "pickup latency p50",
@@ -412,7 +176,7 @@ def run(sizes: Sizes, tmp: Path, rows: list[Row]) -> None:
             f"{p50 / commit_ms:.1f} commits",
             "<= 10 ms",
             p50 <= 10,
-            detail,
+            latency_detail(latencies, sizes, code),
         )
     )
     rows.append(
@@ -420,60 +184,90 @@ def run(sizes: Sizes, tmp: Path, rows: list[Row]) -> None:
     )
 
 
-def render(rows: list[Row], tmp: Path) -> Table:
-    table = Table(
-        title="Instar on SQLite (journal_mode=WAL, synchronous=FULL)",
-        caption=(
-            f"x raw: the figure over the raw commit rate; latency in raw commit times. "
-            f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
-            f"{os.cpu_count()} CPUs (load {os.getloadavg()[0]:.1f} at the end), "
-            f"{platform.system()} {platform.release()}, databases in {tmp.parent}."
-        ),
+def sqlite_caption(tmp: Path) -> str:
+    return (
+        f"x raw: the figure over the raw commit rate; latency in raw commit times. "
+        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
+        f"{os.cpu_count()} CPUs (load {os.getloadavg()[0]:.1f} at the end), "
+        f"{platform.system()} {platform.release()}, databases in {tmp.parent}."
     )
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    table.add_column("x raw", justify="right")
-    table.add_column("target", justify="right")
-    table.add_column("met", justify="center")
-    table.add_column("detail")
-    for row in rows:
-        met = "" if row.met is None else ("[green]yes[/]" if row.met else "[red]NO[/]")
-        table.add_row(row.figure, row.value, row.ratio, row.target, met, row.detail)
-    return table
+
+
+# -- the run -------------------------------------------------------------------------
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM ends the run as Ctrl-C does, so workers stop and schemas are dropped."""
+    raise KeyboardInterrupt
+
+
+def section(name: str, measure: Any, rows: list[Row]) -> int:
+    """Run one backend's measurements; 0, or the exit status of the failure."""
+    try:
+        measure(rows)
+    except (BenchError, *DB_ERRORS) as error:
+        progress.print(f"[bold red]{name} bench failed:[/] {error}", markup=True, highlight=False)
+        return 2
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a smaller, faster run")
     parser.add_argument(
+        "--backend",
+        choices=("sqlite", "postgresql", "all"),
+        default="all",
+        help="which database to measure (default: all)",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("INSTAR_BENCH_POSTGRES", DEFAULT_POSTGRES),
+        help="PostgreSQL server and database to measure, without ?schema= "
+        "(default: $INSTAR_BENCH_POSTGRES or %(default)s)",
+    )
+    parser.add_argument(
         "--strict", action="store_true", help="exit 1 when a figure misses its target"
     )
     parser.add_argument(
-        "--keep", action="store_true", help="keep the databases and worker logs, print where"
+        "--keep", action="store_true", help="keep the SQLite databases and worker logs, print where"
     )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     tmp = Path(tempfile.mkdtemp(prefix="instar-bench-"))
-    rows: list[Row] = []
+    signal.signal(signal.SIGTERM, _interrupt)
+    tables: list[tuple[str, list[Row], Any]] = []
     status = 0
     try:
-        run(sizes, tmp, rows)
-    except (BenchError, sqlite3.Error) as error:
-        progress.print(f"[bold red]bench failed:[/] {error}", markup=True, highlight=False)
-        status = 2
+        if args.backend in ("sqlite", "all"):
+            rows: list[Row] = []
+            tables.append(("sqlite", rows, None))
+            status = section("SQLite", lambda r: run_sqlite(sizes, tmp, r), rows) or status
+            if rows:
+                title = "Instar on SQLite (journal_mode=WAL, synchronous=FULL)"
+                out.print(render(title, sqlite_caption(tmp), rows))
+        if args.backend in ("postgresql", "all"):
+            rows = []
+            tables.append(("postgresql", rows, None))
+            bench = postgres.PostgresBench(args.postgres_url, sizes, tmp)
+            try:
+                status = section("PostgreSQL", bench.run, rows) or status
+            finally:
+                bench.drop_schemas()
+            if rows:
+                out.print(render(bench.title(), bench.caption(), rows))
     except KeyboardInterrupt:
-        progress.print("interrupted; workers stopped")
+        progress.print("interrupted; workers stopped, schemas dropped")
         status = 130
     finally:
         if args.keep:
             progress.print(f"databases and logs kept in {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    if rows:
-        out.print(render(rows, tmp))
     if status:
         return status
-    return 1 if args.strict and any(row.met is False for row in rows) else 0
+    missed = any(row.met is False for _, rows, _ in tables for row in rows)
+    return 1 if args.strict and missed else 0
 
 
 if __name__ == "__main__":

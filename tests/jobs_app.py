@@ -44,3 +44,19 @@ def phased(ctx: instar.Context) -> None:
     ctx.phase("preparing")
     ctx.phase("collecting")
     ctx.checkpoint({"page": 3})
+
+
+@app.job(name="record_leased", lease=1.0, queue="leased")
+def record_leased(n: int, seconds: float = 0.0) -> int:
+    """``record`` on a one-second lease: a killed worker's jobs are rescued quickly."""
+    _log(f"{n} {os.getpid()}")
+    time.sleep(seconds)
+    return n
+
+
+@app.job(name="record_slowly", queue="slow")
+def record_slowly(n: int, seconds: float = 0.01) -> int:
+    """``record`` that takes a while, on the default (long) lease."""
+    _log(f"{n} {os.getpid()}")
+    time.sleep(seconds)
+    return n

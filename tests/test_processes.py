@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,17 +24,23 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @contextmanager
 def worker_process(database: str, log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
-    """``instar worker`` as a real subprocess, stopped (or killed) at the end."""
+    """``instar worker`` as a real subprocess, stopped (or killed) at the end;
+    yields once the worker says it has started. Its log goes to a file beside
+    ``log`` (a pipe nobody reads could fill up and stall it)."""
     env = {**os.environ, "INSTAR_TEST_LOG": str(log)}
     command = [sys.executable, "-m", "instar.cli.main", "worker", "--app", "tests.jobs_app:app"]
-    proc = subprocess.Popen(
-        [*command, "--database", database, *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    err_path = log.with_name(f"{log.name}.{uuid.uuid4().hex[:6]}.err")
+    with err_path.open("wb") as err:
+        proc = subprocess.Popen(
+            [*command, "--database", database, *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     try:
+        _wait_until(lambda: b" started " in err_path.read_bytes() or proc.poll() is not None)
+        assert proc.poll() is None, err_path.read_text()
         yield proc
     finally:
         if proc.poll() is None:
@@ -43,8 +50,6 @@ def worker_process(database: str, log: Path, *args: str) -> Iterator[subprocess.
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        assert proc.stderr is not None
-        proc.stderr.close()
 
 
 def _wait_until(predicate: object, timeout: float = 30.0) -> None:
@@ -68,11 +73,11 @@ def test_two_worker_processes_run_each_of_500_jobs_exactly_once(
     client: instar.App, database: str, tmp_path: Path
 ) -> None:
     log = tmp_path / "runs.log"
-    jobs = client.enqueue_many("record", [{"n": n} for n in range(500)])
     with (
         worker_process(database, log, "--concurrency", "8"),
         worker_process(database, log, "--concurrency", "8"),
     ):
+        jobs = client.enqueue_many("record", [{"n": n} for n in range(500)])
         _wait_until(lambda: client.counts().get(State.COMPLETED, 0) == 500)
     runs = [line.split() for line in log.read_text().splitlines()]
     per_job = Counter(int(n) for n, _ in runs)

@@ -54,6 +54,7 @@ class WorkerSettings:
     concurrency: int = 10
     burst: bool = False
     poll_interval: float = 0.005
+    fallback_poll_interval: float = 1.0
     maintenance_interval: float = 0.2
     shutdown_grace: float = 10.0
     cancel_grace: float = 10.0
@@ -206,9 +207,13 @@ class Worker:
         self._wake_threadsafe()
 
     async def _idle(self, marker: int, *, free: bool) -> int:
-        """Sleep until there may be work: a wake-up, or another process's commit."""
+        """Sleep until there may be work: a wake-up, another process's commit, or
+        the fallback poll (a wake-up that was missed costs at most that long)."""
         assert self._wake is not None
+        give_up = time.monotonic() + self.settings.fallback_poll_interval
         while not self._wake.is_set():
+            if free and time.monotonic() >= give_up:
+                return marker
             try:
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
             except TimeoutError:

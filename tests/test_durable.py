@@ -460,3 +460,78 @@ def test_non_json_step_results_and_checkpoints_fail_the_job_clearly(app: instar.
     failed = app.get(job.id)
     assert failed.state is S.FAILED
     assert failed.error is not None and "step 'weird'" in failed.error["message"]
+
+
+def _race(*calls: Any) -> list[object]:
+    """Run calls at the same moment in threads; each result or raised error."""
+    barrier = threading.Barrier(len(calls))
+    results: list[object] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = calls[i]()
+        except Exception as exc:  # the loser's error is the result under test
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_two_resumes_at_the_same_moment_one_wins_the_other_is_refused(app: instar.App) -> None:
+    @app.job
+    def work() -> None:
+        return None
+
+    job = work.enqueue(delay=600)
+    app.pause(job.id)
+    first, second = _race(lambda: app.resume(job.id), lambda: app.resume(job.id))
+    outcomes = sorted(type(r).__name__ for r in (first, second))
+    assert outcomes == ["InvalidTransition", "Job"]
+    assert len([e for e in app.history(job.id) if e.trigger == "resumed"]) == 1
+
+
+def test_two_answers_to_one_signal_at_the_same_moment_one_wins(app: instar.App) -> None:
+    @app.job
+    def approval(ctx: instar.Context) -> Any:
+        return ctx.await_signal("approve")
+
+    job = approval.enqueue()
+    app.run_worker(burst=True)
+    [awakeable] = app.awakeables(job.id)
+    results = _race(
+        lambda: app.resolve(awakeable.id, "yes"), lambda: app.reject(awakeable.id, "no")
+    )
+    assert sorted(type(r).__name__ for r in results) == ["Awakeable", "SignalAlreadySettled"]
+    app.run_worker(burst=True)
+    done = app.get(job.id)
+    settled = app.awakeables(job.id)[0]
+    if settled.state == "resolved":
+        assert (done.state, done.result) == (S.COMPLETED, "yes")
+    else:
+        assert done.state is S.BACKING_OFF or done.state is S.FAILED
+
+
+def test_a_cancel_racing_a_completion_leaves_one_consistent_end(app: instar.App) -> None:
+    started = threading.Event()
+    finish = threading.Event()
+
+    @app.job
+    def quick() -> str:
+        started.set()
+        finish.wait(10)
+        return "done"
+
+    job = quick.enqueue()
+    with running_worker(app):
+        assert started.wait(10)
+        _race(finish.set, lambda: app.cancel(job.id))
+        end = app.wait(job.id, timeout=10)
+    assert end.state in (S.COMPLETED, S.CANCELLED)
+    ends = [e for e in app.history(job.id) if e.from_state is S.RUNNING and e.to_state != S.RUNNING]
+    assert len(ends) == 1
+    assert ends[0].to_state is end.state

@@ -3,6 +3,7 @@ clear connection errors, and claims that read only the ready index."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 
@@ -117,3 +118,27 @@ def test_claiming_reads_only_the_ready_index(app: instar.App, schema: str) -> No
             )
         )
     assert "jobs_ready" in plan
+
+
+def test_several_processes_migrating_a_new_schema_at_once_all_succeed(schema: str) -> None:
+    from instar.store.postgres.store import PostgresStore
+
+    url = f"{POSTGRES}?schema={schema}"
+    versions: list[int] = []
+    errors: list[BaseException] = []
+
+    def migrate() -> None:
+        try:
+            store = PostgresStore(url)
+            versions.append(store.migrate())
+            store.close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=migrate) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(set(versions)) == 1 and versions[0] >= 1

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from rich.console import Console
 import instar
 from instar import demo
 from instar.lifecycle import State
+from instar.models import Progress
 
 
 def _alive(pid: int) -> bool:
@@ -50,6 +53,7 @@ def test_the_demo_shows_every_ending_and_leaves_them_in_the_database(tmp_path: P
     assert took < 30, f"the demo took {took:.1f}s"
     assert "Jobs by final state" in text
     assert "Timeline of" in text
+    assert "paused and resumed" in text
     assert "✗" not in text
 
     with instar.App(database) as app:
@@ -99,6 +103,85 @@ def test_the_demo_shows_every_ending_and_leaves_them_in_the_database(tmp_path: P
         runners = [e.worker for e in app.history(ingest.id) if e.to_state is State.RUNNING]
         assert len(set(runners)) == 2, "a second worker should finish the orphaned job"
 
+        # Paused while running, at a checkpoint; resumed; no step ran twice.
+        export = only("export_report")
+        assert export.state is State.COMPLETED
+        assert moves(export) == [
+            State.READY,
+            State.RUNNING,
+            State.PAUSED,
+            State.READY,
+            State.RUNNING,
+            State.COMPLETED,
+        ]
+        timeline = app.history(export.id)
+        paused = next(e for e in timeline if e.to_state is State.PAUSED)
+        resumed = next(e for e in timeline if e.trigger == "resumed")
+        assert (paused.from_state, paused.trigger, paused.actor) == (State.RUNNING, "paused", None)
+        assert resumed.actor == "demo"
+        assert (resumed.at - paused.at).total_seconds() >= 0.9
+        steps = [e for e in timeline if e.trigger == "step"]
+        pages = [f"page-{n}" for n in range(1, demo.REPORT_PAGES + 1)]
+        assert [e.detail["step"] for e in steps] == pages, "each page's step ran once, in order"
+        before = [e for e in steps if e.id < paused.id]
+        assert 0 < len(before) < demo.REPORT_PAGES
+        assert isinstance(export.result, dict)
+        assert export.result["pages"] == demo.REPORT_PAGES
+        assert export.result["replayed"] == len(before), "the re-run replayed the stored steps"
+        assert export.checkpoint == {"pages_done": demo.REPORT_PAGES}
+
+        # Pending until the export completed.
+        mail = only("mail_report")
+        assert moves(mail) == [State.PENDING, State.READY, State.RUNNING, State.COMPLETED]
+        export_done = next(e for e in timeline if e.to_state is State.COMPLETED)
+        mail_ready = next(e for e in app.history(mail.id) if e.to_state is State.READY)
+        assert mail_ready.trigger == "dependencies-met"
+        assert mail_ready.id > export_done.id
+        assert [job.id for job in app.dependencies(mail.id)] == [export.id]
+
+        # Suspended on a signal, resolved from outside, completed with its value.
+        refund = only("refund_order")
+        assert moves(refund) == [
+            State.READY,
+            State.RUNNING,
+            State.SUSPENDED,
+            State.READY,
+            State.RUNNING,
+            State.COMPLETED,
+        ]
+        [approval] = app.awakeables(refund.id)
+        assert (approval.name, approval.state, approval.value) == (
+            "approval",
+            "resolved",
+            demo.APPROVAL,
+        )
+        assert refund.result == f"refunded 129.00 EUR, approved by {demo.APPROVAL['by']}"
+        woken = next(e for e in app.history(refund.id) if e.trigger == "signal")
+        assert (woken.from_state, woken.to_state, woken.actor) == (
+            State.SUSPENDED,
+            State.READY,
+            "demo",
+        )
+
+        # A parent joined its children, suspended meanwhile, and combined their results.
+        catalog = only("build_catalog")
+        children = app.children(catalog.id)
+        assert [c.args["region"] for c in children] == list(demo.REGIONS)
+        assert [(c.state, c.result) for c in children] == [
+            (State.COMPLETED, products) for products in demo.REGIONS.values()
+        ]
+        assert all(c.parent_id == catalog.id for c in children)
+        assert catalog.state is State.COMPLETED
+        assert catalog.result == {"regions": 3, "prices": sum(demo.REGIONS.values())}
+        assert moves(catalog) == [
+            State.READY,
+            State.RUNNING,
+            State.SUSPENDED,
+            State.READY,
+            State.RUNNING,
+            State.COMPLETED,
+        ]
+
         workers = {
             e.worker for job in app.jobs() for e in app.history(job.id) if e.worker is not None
         }
@@ -130,3 +213,44 @@ def test_a_worker_that_cannot_start_fails_the_demo_without_leaving_processes(
     assert code == 1
     assert "worker A exited with code 3" in out.getvalue()
     assert started and all(w.proc.returncode is not None for w in started)
+
+
+def test_the_live_view_fits_an_80_column_terminal(tmp_path: Path) -> None:
+    """Every row at its widest: a long state, a progress bar and message, a killed worker."""
+    out = io.StringIO()
+    narrow = Console(file=out, width=80, color_system=None)
+    done = subprocess.Popen([sys.executable, "-c", ""])
+    done.wait()
+    with instar.App(f"sqlite:///{tmp_path / 'demo.db'}") as client:
+        client.registry.update(demo.app.registry)
+        plan = demo.enqueue_jobs(client)
+        log = (tmp_path / "worker.log").open("ab")
+        killed = demo.WorkerProcess("B", ("ingest",), done, log, killed=True)
+        tour = demo.Tour(client, client.database, tmp_path, narrow, plan, [killed])
+        tour.refresh()  # it tells the enqueued jobs' first moves: leave those lines out
+        out.seek(0)
+        out.truncate()
+        progress = Progress(8, 8, "a message far too long for the column")
+        for job_id, job in tour.jobs.items():
+            tour.jobs[job_id] = replace(
+                job, state=State.BACKING_OFF, progress=progress, worker=f"h:{done.pid}:x"
+            )
+        parent = tour.jobs[plan.parent]
+        for child_id in (901, 902, 903):
+            tour.jobs[child_id] = replace(
+                tour.jobs[plan.images[0]], id=child_id, name="price_region", parent_id=parent.id
+            )
+            tour.children.append(child_id)
+        tour.jobs[plan.paused] = replace(tour.jobs[plan.paused], state=State.PAUSED)
+        tour.jobs[plan.orphaned] = replace(tour.jobs[plan.orphaned], state=State.RUNNING)
+        narrow.print(tour.render())
+        log.close()
+    lines = out.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80, "\n".join(lines)
+    table = "\n".join(lines)
+    assert table.count("└ price_region") == 3
+    assert table.count("B (killed)") == 1  # only the running job is flagged
+    assert "freed" in table
+    rows = [line.split()[0] for line in lines if line.startswith("#")]
+    assert rows == [f"#{job_id}" for job_id in tour.table_order()]
+    assert rows.index(f"#{plan.parent}") + 1 == rows.index("#901"), "children under the parent"

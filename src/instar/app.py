@@ -332,7 +332,8 @@ class App:
         return self.engine.retry(job_id, actor)
 
     def pause(self, job_id: int, actor: str | None = "app") -> Job:
-        """Pause a waiting job at once, a running one at its next checkpoint."""
+        """Pause a waiting job at once, a running one at its next checkpoint, step
+        or progress call (where the handler can stop cleanly)."""
         return self.engine.pause(job_id, actor)
 
     def resume(self, job_id: int, actor: str | None = "app") -> Job:

@@ -73,7 +73,8 @@ class Context:
 
     @property
     def pause_requested(self) -> bool:
-        """True once someone asked to pause this job; it pauses at the next checkpoint."""
+        """True once someone asked to pause this job; it pauses at its next
+        checkpoint, step or progress call."""
         return self._pause_requested
 
     @property

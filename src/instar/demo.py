@@ -3,9 +3,11 @@
 The handlers below live on a module-level ``app`` so that worker subprocesses
 can load them as ``instar.demo:app``; the demo itself enqueues through a
 second App on the same database, then steers the workers from outside the way
-an operator would: it cancels a running job and SIGKILLs a worker mid-job.
-Everything the workers do (retries, timers, lease rescue) happens inside the
-worker processes; the demo only watches and prints.
+an operator would: it cancels a running job, SIGKILLs a worker mid-job, pauses
+a job that works in steps and resumes it, and answers a job waiting for a
+signal. Everything the workers do (retries, timers, lease rescue, replaying
+steps, waking parents and dependants) happens inside the worker processes; the
+demo only watches, steers and prints.
 """
 
 from __future__ import annotations
@@ -132,6 +134,86 @@ def ingest_batch(ctx: instar.Context, batch: str) -> str:
     return f"{batch}: {rows} rows"
 
 
+# -- durable handlers: steps and a pause, a signal, children, a dependency ---------
+
+REPORT_PAGES = 8
+"""Pages of the report export, about 0.3s each."""
+
+PAUSE_AFTER_PAGE = 3
+"""The demo asks to pause the export once it reports this page done; the export
+pauses at its next checkpoint, usually the end of the page after."""
+
+APPROVAL = {"by": "grace", "note": "goodwill"}
+"""What the demo, playing the manager, answers the refund job's signal with."""
+
+REGIONS = {"eu": 6, "us": 8, "apac": 4}
+"""The catalog's children: one per region, pricing this many products each."""
+
+
+def render_page(report: str, page: int) -> dict[str, Any]:
+    """The slow part of an export, and a side effect worth doing once per page."""
+    time.sleep(0.3)
+    return {"page": page, "rows": 20 + (page * 7 + len(report)) % 11}
+
+
+@app.job(name="export_report")
+def export_report(ctx: instar.Context, report: str, pages: int) -> dict[str, Any]:
+    """Works page by page: each page is a step (stored once done, replayed on a
+    later run instead of being rendered again) followed by a checkpoint, where
+    a pause request takes effect."""
+    rendered = 0
+
+    def render(page: int) -> dict[str, Any]:
+        nonlocal rendered
+        rendered += 1
+        return render_page(report, page)
+
+    resumed_after = int((ctx.checkpoint_data or {}).get("pages_done", 0))
+    rows = 0
+    for page in range(1, pages + 1):
+        rows += ctx.step(f"page-{page}", render, page)["rows"]
+        if page > resumed_after:
+            ctx.checkpoint({"pages_done": page})  # a pause request takes effect here
+            ctx.progress(page, pages, f"page {page}/{pages}")
+    return {"pages": pages, "rows": rows, "replayed": pages - rendered}
+
+
+@app.job(name="mail_report")
+def mail_report(ctx: instar.Context, report: str) -> str:
+    """Enqueued ``after`` the export: it stays pending until the export completes."""
+    ctx.progress(1, 1, "mailed")
+    return f"{report} mailed to the board"
+
+
+@app.job(name="refund_order")
+def refund_order(ctx: instar.Context, order: str, cents: int) -> str:
+    """Needs a person's approval: suspended, holding no worker, until it is given."""
+    amount = ctx.step("amount", lambda: f"{cents / 100:.2f} EUR")
+    approval = ctx.await_signal("approval", timeout=60)
+    return f"refunded {amount}, approved by {approval['by']}"
+
+
+@app.job(name="price_region")
+def price_region(ctx: instar.Context, region: str, products: int) -> int:
+    """A child of build_catalog: prices one region's products."""
+    for done in range(products):
+        ctx.progress(done, products, f"pricing {region}")
+        time.sleep(0.12)
+    ctx.progress(products, products, f"{region} priced")
+    return products
+
+
+@app.job(name="build_catalog")
+def build_catalog(ctx: instar.Context, regions: dict[str, int]) -> dict[str, Any]:
+    """A parent: spawns a child per region and joins them, suspended meanwhile."""
+    children = [
+        ctx.spawn(price_region, region=region, products=products)
+        for region, products in regions.items()
+    ]
+    priced = ctx.join(children)
+    return {"regions": len(children), "prices": sum(priced)}
+
+
 # -- worker processes ------------------------------------------------------------
 
 
@@ -232,10 +314,14 @@ class Plan:
     delayed: int
     cancelled: int
     orphaned: int
+    paused: int
+    dependent: int
+    signalled: int
+    parent: int
 
     @property
     def all(self) -> list[int]:
-        """Every demo job, the ones the demo waits for."""
+        """Every job the demo enqueued (the children come later, from the parent)."""
         return [
             *self.images,
             self.flaky,
@@ -244,6 +330,10 @@ class Plan:
             self.delayed,
             self.cancelled,
             self.orphaned,
+            self.paused,
+            self.dependent,
+            self.signalled,
+            self.parent,
         ]
 
 
@@ -261,6 +351,13 @@ def enqueue_jobs(client: instar.App) -> Plan:
     declined = client.enqueue("charge_card", {"order": "A-1041", "cents": 4999}, actor="demo")
     exhausted = client.enqueue("sync_inventory", {"warehouse": "north"}, actor="demo")
     delayed = client.enqueue("send_reminder", {"user": "ada"}, delay=3, actor="demo")
+    report = "q2-sales"
+    export = client.enqueue(
+        "export_report", {"report": report, "pages": REPORT_PAGES}, actor="demo"
+    )
+    mail = client.enqueue("mail_report", {"report": report}, after=[export], actor="demo")
+    refund = client.enqueue("refund_order", {"order": "B-2002", "cents": 12900}, actor="demo")
+    catalog = client.enqueue("build_catalog", {"regions": REGIONS}, actor="demo")
     return Plan(
         images=[job.id for job in images],
         flaky=flaky.id,
@@ -269,6 +366,10 @@ def enqueue_jobs(client: instar.App) -> Plan:
         delayed=delayed.id,
         cancelled=video.id,
         orphaned=ingest.id,
+        paused=export.id,
+        dependent=mail.id,
+        signalled=refund.id,
+        parent=catalog.id,
     )
 
 
@@ -286,7 +387,18 @@ class Tour:
     jobs: dict[int, Job] = field(default_factory=dict)
     running_since: dict[int, float] = field(default_factory=dict)
     narrated: dict[int, int] = field(default_factory=dict)
+    children: list[int] = field(default_factory=list)
     cancel_sent: bool = False
+    pause_sent: bool = False
+    paused_seen: float | None = None
+    resumed: bool = False
+    suspended_seen: float | None = None
+    resolved: bool = False
+
+    @property
+    def tracked(self) -> list[int]:
+        """Every job the demo watches: the ones it enqueued and their children."""
+        return [*self.plan.all, *self.children]
 
     # -- narration --------------------------------------------------------------
 
@@ -322,7 +434,7 @@ class Tour:
             self.narrated[job.id] = event.id
             if event.trigger == "enqueued" and event.to_state is State.READY:
                 continue  # the opening line said so
-            if job.name == "resize_image" and event.to_state is not State.FAILED:
+            if job.name in QUIET_JOBS and event.to_state is not State.FAILED:
                 continue  # the live table shows these; the story keeps to the twists
             self.say(f"#{job.id} [bold]{job.name}[/]: {describe(event, self.worker_label)}")
 
@@ -339,8 +451,9 @@ class Tour:
 
     def refresh(self) -> None:
         """Re-read every demo job and tell what changed."""
+        self.find_children()
         now = time.time()
-        for job_id in self.plan.all:
+        for job_id in self.tracked:
             job = self.client.get(job_id)
             before = self.jobs.get(job_id)
             self.jobs[job_id] = job
@@ -350,6 +463,20 @@ class Tour:
                 self.running_since[job_id] = now
             if before is None or (before.state, before.attempt) != (job.state, job.attempt):
                 self.narrate_events(job)
+
+    def find_children(self) -> None:
+        """The parent creates its children when it runs: watch them from then on."""
+        parent = self.jobs.get(self.plan.parent)
+        if len(self.children) == len(REGIONS) or parent is None:
+            return
+        found = [c.id for c in self.client.children(parent.id) if c.id not in self.children]
+        if found:
+            self.children += found
+            names = ", ".join(f"#{i}" for i in found)
+            self.say(
+                f"#{parent.id} [bold]{parent.name}[/] spawned {names} price_region "
+                "with ctx.spawn and waits for them in ctx.join"
+            )
 
     def ran_for(self, job_id: int) -> float:
         """Seconds the job has been running, as far as the demo has seen."""
@@ -370,12 +497,12 @@ class Tour:
 
     def done(self) -> bool:
         """Every demo job has been seen and has reached a terminal state."""
-        jobs = [self.jobs.get(job_id) for job_id in self.plan.all]
+        jobs = [self.jobs.get(job_id) for job_id in self.tracked]
         return all(job is not None and is_terminal(job.state) for job in jobs)
 
     def run(self, live: Live) -> None:
         """Drive the story: start workers, cancel, kill, until every job has ended."""
-        self.start("A", ("default", "images", "video"), concurrency=8)
+        self.start("A", ("default", "images", "video"), concurrency=16)
         fragile: WorkerProcess | None = None
         deadline = time.monotonic() + DEADLINE
         while True:
@@ -414,9 +541,68 @@ class Tour:
                     style="red",
                 )
                 self.start("C", ("ingest",), concurrency=2)
+            self.steer_pause()
+            self.steer_signal()
             time.sleep(0.1)
 
+    def steer_pause(self) -> None:
+        """Pause the export while it runs; resume it a second after it has paused."""
+        export = self.jobs.get(self.plan.paused)
+        if export is None:
+            return
+        done = export.progress.current if export.progress is not None else 0
+        if not self.pause_sent and export.state is State.RUNNING and done >= PAUSE_AFTER_PAGE:
+            self.client.pause(export.id, actor="demo")
+            self.pause_sent = True
+            self.say(
+                f"asked to pause #{export.id} at page {done:g}/{REPORT_PAGES}; "
+                "it pauses at its next checkpoint",
+                style="cyan",
+            )
+        if export.state is State.PAUSED and self.paused_seen is None:
+            self.paused_seen = time.monotonic()
+        if (
+            not self.resumed
+            and self.paused_seen is not None
+            and time.monotonic() - self.paused_seen >= 1.0
+        ):
+            self.client.resume(export.id, actor="demo")
+            self.resumed = True
+            self.say(
+                f"resumed #{export.id}; its stored steps are replayed, not run again",
+                style="cyan",
+            )
+
+    def steer_signal(self) -> None:
+        """A second after the refund is suspended on its signal, approve it from outside."""
+        refund = self.jobs.get(self.plan.signalled)
+        if refund is None or self.resolved:
+            return
+        if refund.state is State.SUSPENDED and self.suspended_seen is None:
+            self.suspended_seen = time.monotonic()
+        if self.suspended_seen is None or time.monotonic() - self.suspended_seen < 1.0:
+            return
+        pending = [a for a in self.client.awakeables(refund.id) if a.state == "pending"]
+        if not pending:
+            raise DemoError(f"#{refund.id} is suspended but awaits no signal")
+        self.client.resolve(pending[0].id, APPROVAL, actor="demo")
+        self.resolved = True
+        self.say(
+            f"resolved signal '{escape(pending[0].name)}' of #{refund.id} from outside "
+            f"with {escape(repr(APPROVAL))}",
+            style="cyan",
+        )
+
     # -- rendering ----------------------------------------------------------------
+
+    def table_order(self) -> list[int]:
+        """The demo's jobs by id, each parent followed by its children."""
+        order: list[int] = []
+        for job_id in sorted(self.plan.all):
+            order.append(job_id)
+            if job_id == self.plan.parent:
+                order += sorted(self.children)
+        return order
 
     def render(self) -> RenderableType:
         """The live view: counts by state, every demo job, the workers."""
@@ -430,11 +616,14 @@ class Tour:
         columns = ["job", "name", *(["queue"] if wide else []), "state", "try", "progress", ""]
         for column in columns:
             table.add_column(column, no_wrap=True)
-        used = 70 + (9 if wide else 0)  # the other columns at their widest, and the gaps
+        order = self.table_order()
+        id_width = max(len(f"#{job_id}") for job_id in order) if order else 3
+        # The other columns at their widest, and the gaps between columns.
+        used = 67 + id_width + (9 if wide else 0)
         message_width = max(8, min(30, self.console.width - used))
         table.add_column("", no_wrap=True, overflow="ellipsis", max_width=message_width)
         table.add_column("worker", no_wrap=True)
-        for job_id in sorted(self.plan.all):
+        for job_id in order:
             job = self.jobs.get(job_id)
             if job is None:
                 continue
@@ -448,7 +637,7 @@ class Tour:
                 message = job.progress.message or ""
             table.add_row(
                 f"#{job.id}",
-                job.name,
+                f"└ {job.name}" if job.parent_id is not None else job.name,
                 *([job.queue] if wide else []),
                 Text(job.state.value, style=STATE_STYLES[job.state]),
                 str(job.attempt),
@@ -465,7 +654,10 @@ class Tour:
 
 
 def worker_cell(worker: WorkerProcess | None, job: Job) -> Text:
-    """The job's worker; flagged when the demo killed it and the job does not know yet."""
+    """The job's worker: none while it waits paused or suspended; flagged when the
+    demo killed it and the job does not know yet."""
+    if job.state in (State.PAUSED, State.SUSPENDED):
+        return Text("freed", style="dim")  # it holds no worker while it waits
     if worker is None:
         return Text(job.worker or "")
     if worker.killed and job.state is State.RUNNING:
@@ -476,6 +668,9 @@ def worker_cell(worker: WorkerProcess | None, job: Job) -> Text:
 class DemoError(Exception):
     """The tour could not go as planned (a worker died, jobs never finished)."""
 
+
+QUIET_JOBS = frozenset({"resize_image", "price_region"})
+"""Jobs whose ordinary moves the live table shows well enough: not narrated."""
 
 MAINTENANCE_TRIGGERS = frozenset({"due", "lease-expired", "requeued", "too-many-losses"})
 """Moves made by the maintenance pass inside some worker, not by the job's own worker."""
@@ -495,8 +690,17 @@ def explain(event: Event, label: Callable[[str | None], str]) -> str:
     detail = event.detail
     if event.trigger == "lease-expired":
         return f"worker {label(event.worker)} stopped renewing its lease"
+    if event.trigger == "paused" and event.from_state is State.RUNNING:
+        return "at a checkpoint, worker freed"
     if not isinstance(detail, dict):
         return "" if detail is None else str(detail)
+    if event.trigger == "step" and "step" in detail:
+        return str(detail["step"])
+    if "join" in detail:
+        return "joins " + ", ".join(f"#{child}" for child in detail["join"])
+    if "signal" in detail:
+        verb = "awaits" if event.to_state is State.SUSPENDED else "got"
+        return f"{verb} signal '{detail['signal']}'"
     if "current" in detail:
         total = detail.get("total")
         return f"{detail['current']}/{total} {detail.get('message') or ''}".strip()
@@ -545,10 +749,10 @@ def final_table(tour: Tour) -> Table:
     return table
 
 
-def timeline_table(tour: Tour, job: Job, events: list[Event]) -> Table:
-    """A job's whole timeline, with times relative to the start of the demo."""
+def timeline_table(tour: Tour, job: Job, events: list[Event], why: str) -> Table:
+    """A job's timeline, with times relative to the start of the demo."""
     table = Table(
-        title=f"Timeline of #{job.id} {job.name} (its worker was killed)",
+        title=f"Timeline of #{job.id} {job.name} ({why})",
         title_justify="left",
         header_style="bold",
     )
@@ -621,7 +825,104 @@ def checks(tour: Tour) -> list[tuple[bool, str]]:
             f"#{plan.orphaned} ingest_batch was orphaned when its worker died, "
             "re-queued and completed by another worker",
         ),
+        pause_check(tour),
+        dependency_check(tour),
+        signal_check(tour),
+        children_check(tour),
     ]
+
+
+def moves_of(events: list[Event]) -> list[State]:
+    """The states a timeline went through, notes left out."""
+    return [e.to_state for e in events if e.from_state != e.to_state]
+
+
+def is_step(event: Event) -> bool:
+    """A ``step`` note: a step's function ran and its result was stored."""
+    return event.trigger == "step" and isinstance(event.detail, dict)
+
+
+def pause_check(tour: Tour) -> tuple[bool, str]:
+    """The export paused while running, resumed, completed, and ran every step once."""
+    export = tour.jobs[tour.plan.paused]
+    events = tour.client.history(export.id)
+    paused = next((e for e in events if e.trigger == "paused"), None)
+    resumed = next((e for e in events if e.trigger == "resumed"), None)
+    steps = [(e.id, str(e.detail.get("step"))) for e in events if is_step(e)]
+    ran = [name for _, name in steps]
+    before = [name for event_id, name in steps if paused is not None and event_id < paused.id]
+    replayed = export.result.get("replayed") if isinstance(export.result, dict) else None
+    ok = (
+        export.state is State.COMPLETED
+        and paused is not None
+        and resumed is not None
+        and paused.from_state is State.RUNNING
+        and moves_of(events)[-4:] == [State.PAUSED, State.READY, State.RUNNING, State.COMPLETED]
+        and sorted(ran) == sorted(f"page-{n}" for n in range(1, REPORT_PAGES + 1))
+        and 0 < len(before) < REPORT_PAGES
+        and replayed == len(before)
+    )
+    gap = resumed.at.timestamp() - paused.at.timestamp() if paused and resumed else 0.0
+    return ok, (
+        f"#{export.id} export_report paused after page {len(before)}/{REPORT_PAGES} and "
+        f"resumed {gap:.1f}s later; each of its {len(ran)} steps ran once "
+        f"({replayed} replayed from the database)"
+    )
+
+
+def dependency_check(tour: Tour) -> tuple[bool, str]:
+    """The mail waited as pending until the export completed, then ran."""
+    mail = tour.jobs[tour.plan.dependent]
+    events = tour.client.history(mail.id)
+    export_done = next(
+        (e for e in tour.client.history(tour.plan.paused) if e.to_state is State.COMPLETED), None
+    )
+    started = next((e for e in events if e.to_state is State.READY), None)
+    ok = (
+        mail.state is State.COMPLETED
+        and moves_of(events)[:2] == [State.PENDING, State.READY]
+        and export_done is not None
+        and started is not None
+        and started.id > export_done.id
+    )
+    return ok, (
+        f"#{mail.id} mail_report stayed pending until #{tour.plan.paused} completed, then ran"
+    )
+
+
+def signal_check(tour: Tour) -> tuple[bool, str]:
+    """The refund waited suspended for its signal and completed with the value sent."""
+    refund = tour.jobs[tour.plan.signalled]
+    awakeables = tour.client.awakeables(refund.id)
+    ok = (
+        refund.state is State.COMPLETED
+        and moves_of(tour.client.history(refund.id))[-5:]
+        == [State.RUNNING, State.SUSPENDED, State.READY, State.RUNNING, State.COMPLETED]
+        and [(a.name, a.state, a.value) for a in awakeables] == [("approval", "resolved", APPROVAL)]
+        and isinstance(refund.result, str)
+        and APPROVAL["by"] in refund.result
+    )
+    return ok, (
+        f"#{refund.id} refund_order was suspended on signal 'approval', "
+        "resolved from outside and completed with its value"
+    )
+
+
+def children_check(tour: Tour) -> tuple[bool, str]:
+    """The parent spawned its children, joined them suspended, and summed their results."""
+    parent = tour.jobs[tour.plan.parent]
+    children = tour.client.children(parent.id)
+    ok = (
+        parent.state is State.COMPLETED
+        and State.SUSPENDED in moves_of(tour.client.history(parent.id))
+        and len(children) == len(REGIONS)
+        and all(c.state is State.COMPLETED for c in children)
+        and parent.result == {"regions": len(REGIONS), "prices": sum(c.result for c in children)}
+    )
+    return ok, (
+        f"#{parent.id} build_catalog spawned {len(children)} children, waited suspended "
+        "in ctx.join and completed with their combined result"
+    )
 
 
 def stopped_cleanly(workers: list[WorkerProcess]) -> tuple[bool, str]:
@@ -644,7 +945,9 @@ def run_demo(database: str | None, console: Console) -> int:
         tour = Tour(client, url, folder, console, plan, workers, started=started)
         tour.say(
             f"enqueued {len(plan.all)} jobs: 6 images, a flaky call, 2 doomed jobs, "
-            "a reminder due in 3s, a long video and a fragile ingest"
+            "a reminder due in 3s, a long video, a fragile ingest, a report export "
+            "to pause, a mail to send after it, a refund that needs approval and a "
+            "catalog built by children"
         )
         try:
             with Live(
@@ -663,14 +966,24 @@ def run_demo(database: str | None, console: Console) -> int:
         console.print(final_table(tour))
         orphan = tour.jobs[plan.orphaned]
         console.print()
-        console.print(timeline_table(tour, orphan, client.history(orphan.id)))
+        console.print(
+            timeline_table(tour, orphan, client.history(orphan.id), "its worker was killed")
+        )
+        console.print()
+        export = tour.jobs[plan.paused]
+        steps_and_moves = [
+            e for e in client.history(export.id) if e.from_state != e.to_state or is_step(e)
+        ]
+        console.print(
+            timeline_table(tour, export, steps_and_moves, "paused and resumed; its moves and steps")
+        )
         console.print()
         results = [*checks(tour), stopped_cleanly(workers)]
         for ok, text in results:
             console.print(f"{'[green]✓[/]' if ok else '[red]✗[/]'} {text}")
         console.print(
             f"\nExplore it: [bold]instar jobs --database {escape(url)}[/]  ·  "
-            f"[bold]instar show {orphan.id} --database {escape(url)}[/]"
+            f"[bold]instar show {export.id} --database {escape(url)}[/]"
         )
         console.print(f"Took {tour.elapsed():.1f}s.")
         return 0 if all(ok for ok, _ in results) else 1

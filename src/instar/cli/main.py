@@ -438,7 +438,8 @@ def migrate(database: str | None) -> None:
 @database_option
 @reports_errors
 def demo(database: str | None) -> None:
-    """Run a tour of the lifecycle on a fresh database: retries, a cancel, a lost worker."""
+    """Tour the lifecycle on a fresh database: retries, a cancel, a lost worker, a pause
+    and resume, a signal, children and a dependency."""
     from instar.demo import run_demo
 
     sys.exit(run_demo(database, out))

@@ -112,13 +112,7 @@ class Context:
             return decode(stored[name])
         self._yield_if_asked()
         result = fn(*args, **kwargs)
-        result_json = encode(result, what=f"the result of step {name!r}")
-        self._check(
-            self._engine_().store.save_step(
-                self.job.id, self._token(), name, result_json, self._now()
-            )
-        )
-        stored[name] = result_json
+        self._save_step(name, encode(result, what=f"the result of step {name!r}"))
         return result
 
     async def step_async(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -131,16 +125,7 @@ class Context:
         if asyncio.iscoroutine(result):
             result = await result
         result_json = encode(result, what=f"the result of step {name!r}")
-        held = await asyncio.to_thread(
-            self._engine_().store.save_step,
-            self.job.id,
-            self._token(),
-            name,
-            result_json,
-            self._now(),
-        )
-        self._check(held)
-        stored[name] = result_json
+        await asyncio.to_thread(self._save_step, name, result_json)
         return result
 
     def checkpoint(self, data: Any) -> None:
@@ -148,7 +133,7 @@ class Context:
         pause or cancel request takes effect here."""
         data_json = encode(data, what="checkpoint data")
         held = self._engine_().store.save_checkpoint(
-            self.job.id, self._token(), data_json, self._now()
+            self.job.id, self._token(), data_json, self._now(), self.worker
         )
         self._check(held)
         self.job = replace(self.job, checkpoint=decode(data_json))
@@ -164,12 +149,7 @@ class Context:
             wake_at = float(decode(stored[name]))
         else:
             wake_at = self._now() + seconds
-            self._check(
-                self._engine_().store.save_step(
-                    self.job.id, self._token(), name, json.dumps(wake_at), self._now()
-                )
-            )
-            stored[name] = json.dumps(wake_at)
+            self._save_step(name, json.dumps(wake_at))
         if self._now() < wake_at:
             raise Suspend(wake_at, {"sleep": name, "until": wake_at})
 
@@ -260,6 +240,16 @@ class Context:
             raise LeaseLost()
         self._cancelled = self._cancelled or held.cancel_requested
         self._pause_requested = self._pause_requested or held.pause_requested
+
+    def _save_step(self, name: str, result_json: str) -> None:
+        """Store a step's result durably before the handler goes on; a worker
+        that lost the job's lease stops here."""
+        engine = self._engine_()
+        held = engine.store.save_step(
+            self.job.id, self._token(), name, result_json, self._now(), self.worker
+        )
+        self._check(held)
+        self._stored_steps()[name] = result_json
 
     def _stored_steps(self) -> dict[str, str | None]:
         if self._steps is None:

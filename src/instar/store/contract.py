@@ -176,13 +176,24 @@ class Store(Protocol):
         ...
 
     def save_step(
-        self, job_id: int, lease_token: str, name: str, result_json: str | None, now: float
+        self,
+        job_id: int,
+        lease_token: str,
+        name: str,
+        result_json: str | None,
+        now: float,
+        worker: str | None = None,
     ) -> Held | None:
         """Store a step's result if the caller still holds the lease (else None)."""
         ...
 
     def save_checkpoint(
-        self, job_id: int, lease_token: str, data_json: str, now: float
+        self,
+        job_id: int,
+        lease_token: str,
+        data_json: str,
+        now: float,
+        worker: str | None = None,
     ) -> Held | None:
         """Store a checkpoint if the caller still holds the lease (else None)."""
         ...

@@ -188,7 +188,13 @@ class SQLStore(ABC):
             return dict(conn.execute(self.Q["steps_of_job"], (job_id,)).fetchall())
 
     def save_step(
-        self, job_id: int, lease_token: str, name: str, result_json: str | None, now: float
+        self,
+        job_id: int,
+        lease_token: str,
+        name: str,
+        result_json: str | None,
+        now: float,
+        worker: str | None = None,
     ) -> Held | None:
         params = {
             "job_id": job_id,
@@ -201,18 +207,23 @@ class SQLStore(ABC):
             conn.execute(self.Q["save_step"], params)
             row = conn.execute(self.Q["held"], {"job_id": job_id, "token": lease_token}).fetchone()
             if row is not None:
-                note = Note(job_id, "step", None, None, json.dumps({"step": name}))
+                note = Note(job_id, "step", worker, None, json.dumps({"step": name}))
                 conn.execute(self.Q["insert_note"], note_params(note, now))
         return None if row is None else held_from(row)
 
     def save_checkpoint(
-        self, job_id: int, lease_token: str, data_json: str, now: float
+        self,
+        job_id: int,
+        lease_token: str,
+        data_json: str,
+        now: float,
+        worker: str | None = None,
     ) -> Held | None:
         params = {"job_id": job_id, "token": lease_token, "data": data_json, "now": now}
         with self._tx() as conn:
             row = conn.execute(self.Q["save_checkpoint"], params).fetchone()
             if row is not None:
-                note = Note(job_id, "checkpoint", None, None, data_json)
+                note = Note(job_id, "checkpoint", worker, None, data_json)
                 conn.execute(self.Q["insert_note"], note_params(note, now))
         return None if row is None else held_from(row)
 

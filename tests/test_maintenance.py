@@ -87,7 +87,7 @@ def test_a_heartbeat_keeps_the_lease_alive(frozen_app: instar.App, clock: Frozen
     _claim(frozen_app, "w1")
     maintenance = Maintenance(frozen_app.engine, "m")
     clock.advance(20)
-    held = frozen_app.engine.heartbeat("w1")
+    held = frozen_app.engine.heartbeat("w1", [j.id for j in jobs])
     assert sorted(h.job_id for h in held) == [j.id for j in jobs]
     clock.advance(20)
     assert maintenance.run_once().leases_rescued == 0

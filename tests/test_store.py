@@ -120,7 +120,7 @@ def test_a_heartbeat_extends_only_its_own_workers_leases(store: Store) -> None:
     store.insert_jobs([new_job(), new_job()], NOW, None)
     [mine] = claim(store, worker="me", limit=1)
     [theirs] = claim(store, worker="them", limit=1)
-    held = store.heartbeat("me", NOW + 10)
+    held = store.heartbeat("me", [mine, theirs], NOW + 10)
     assert [(h.job_id, h.cancel_requested) for h in held] == [(mine, False)]
     mine_job, their_job = store.get_job(mine), store.get_job(theirs)
     assert mine_job is not None and their_job is not None
@@ -129,12 +129,22 @@ def test_a_heartbeat_extends_only_its_own_workers_leases(store: Store) -> None:
     assert their_job.lease_expires_at.timestamp() == pytest.approx(NOW + 30)
 
 
+def test_a_heartbeat_extends_only_the_jobs_its_worker_still_tracks(store: Store) -> None:
+    store.insert_jobs([new_job(), new_job()], NOW, None)
+    tracked, forgotten = claim(store, worker="me", limit=2)
+    held = store.heartbeat("me", [tracked], NOW + 10)
+    assert [h.job_id for h in held] == [tracked]
+    lost = store.get_job(forgotten)
+    assert lost is not None and lost.lease_expires_at is not None
+    assert lost.lease_expires_at.timestamp() == pytest.approx(NOW + 30)
+
+
 def test_a_cancel_request_reaches_the_worker_through_its_heartbeat(store: Store) -> None:
     store.insert_jobs([new_job()], NOW, None)
     [job_id] = claim(store, worker="me")
     assert store.request_cancel_if_leased(job_id, NOW, "cli")
     assert not store.request_cancel_if_leased(job_id, NOW, "cli"), "asked once is enough"
-    [held] = store.heartbeat("me", NOW)
+    [held] = store.heartbeat("me", [job_id], NOW)
     assert (held.job_id, held.cancel_requested) == (job_id, True)
 
 

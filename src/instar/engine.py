@@ -10,6 +10,7 @@ writer; a worker's reports are guarded by its lease token instead.
 from __future__ import annotations
 
 import json
+import logging
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -38,6 +39,8 @@ from instar.store.contract import (
     Note,
     Store,
 )
+
+log = logging.getLogger("instar.engine")
 
 _RACE_RETRIES = 20
 _DEPENDENCY_FAILED = frozenset({State.FAILED, State.CANCELLED})
@@ -312,8 +315,8 @@ class Engine:
             self._after_moves([m for m, ok in zip(finished, batch.applied, strict=True) if ok])
         return batch
 
-    def heartbeat(self, worker: str) -> list[Held]:
-        return self.store.heartbeat(worker, self.clock.now())
+    def heartbeat(self, worker: str, job_ids: Sequence[int]) -> list[Held]:
+        return self.store.heartbeat(worker, job_ids, self.clock.now())
 
     # -- maintenance --------------------------------------------------------
 
@@ -401,7 +404,19 @@ class Engine:
 
     def _after_moves(self, moves: Sequence[Move]) -> None:
         """What applied moves set off: an ended job releases the jobs waiting for
-        it; a job that just suspended on something that already happened wakes."""
+        it; a job that just suspended on something that already happened wakes.
+
+        The moves are committed already, so a failure here must not look like
+        theirs (a worker would drop the batch's claims): it is logged, and the
+        maintenance sweep (``settle_stranded``) finishes the work."""
+        try:
+            self._set_off(moves)
+        except Exception as exc:
+            log.warning(
+                "releasing jobs that wait on finished ones failed (%s); maintenance will", exc
+            )
+
+    def _set_off(self, moves: Sequence[Move]) -> None:
         ended = [m.job_id for m in moves if is_terminal(m.to_state)]
         if ended:
             self._settle(self.store.waiting_on(ended))

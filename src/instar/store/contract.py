@@ -160,9 +160,10 @@ class Store(Protocol):
         """Flag a running (or serving) job for cancellation; its worker acts on it."""
         ...
 
-    def heartbeat(self, worker: str, now: float) -> list[Held]:
-        """Extend every lease ``worker`` holds in one statement; returns what
-        each job still held asks of its worker (cancel, pause, stop)."""
+    def heartbeat(self, worker: str, job_ids: Sequence[int], now: float) -> list[Held]:
+        """Extend, in one statement, the leases ``worker`` holds on ``job_ids``
+        (the jobs it is running or has claimed ahead: a claim it lost track of
+        expires and is rescued); returns what each asks of its worker."""
         ...
 
     def request_pause_if_leased(self, job_id: int, now: float, actor: str | None) -> bool:

@@ -176,9 +176,10 @@ class SQLStore(ABC):
             conn.execute(self.Q["insert_note"], note_params(note, now))
         return True
 
-    def heartbeat(self, worker: str, now: float) -> list[Held]:
+    def heartbeat(self, worker: str, job_ids: Sequence[int], now: float) -> list[Held]:
+        params = {"worker": worker, "now": now, "ids": self._id_list(job_ids)}
         with self._tx() as conn:
-            rows = conn.execute(self.Q["heartbeat"], {"worker": worker, "now": now}).fetchall()
+            rows = conn.execute(self.Q["heartbeat"], params).fetchall()
         return [held_from(row) for row in rows]
 
     # -- durable execution -----------------------------------------------------------

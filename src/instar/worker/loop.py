@@ -334,7 +334,8 @@ class Worker:
             if not self._running and not self._buffer:
                 continue
             try:
-                held = await self._call(self.engine.heartbeat, self.id)
+                ids = [*self._running, *(job.id for job in self._buffer)]
+                held = await self._call(self.engine.heartbeat, self.id, ids)
             except Exception as exc:
                 log.warning("heartbeat failed (%s); will try again", exc)
                 continue

@@ -146,7 +146,7 @@ WHERE id = %(job_id)s AND state = 'running' AND NOT pause_requested
 -- name: heartbeat
 -- One statement extends every lease the worker holds, however many.
 UPDATE jobs SET lease_expires_at = %(now)s + lease_seconds
-WHERE worker = %(worker)s AND state IN ({leased})
+WHERE worker = %(worker)s AND state IN ({leased}) AND id = ANY(%(ids)s::bigint[])
 RETURNING id, state, cancel_requested, pause_requested
 
 -- name: held

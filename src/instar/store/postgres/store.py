@@ -78,6 +78,9 @@ class PostgresStore(SQLStore):
             open=False,
             name="instar",
             reconnect_timeout=300,
+            # A worker whose database is down hears about it within seconds, logs
+            # it, and backs off, instead of waiting half a minute for a connection.
+            timeout=5.0,
         )
         self._pool.open(wait=True, timeout=connect_timeout)
         self._marker = 0

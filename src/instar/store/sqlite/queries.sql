@@ -107,6 +107,7 @@ WHERE id = :job_id AND state IN ({leased}) AND cancel_requested = 0
 -- One statement extends every lease the worker holds, however many.
 UPDATE jobs SET lease_expires_at = :now + lease_seconds
 WHERE worker = :worker AND state IN ({leased})
+  AND id IN (SELECT value FROM json_each(:ids))
 RETURNING id, state, cancel_requested, pause_requested
 
 -- name: due_timers

@@ -26,7 +26,7 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from pathlib import Path
 from types import FrameType
@@ -40,16 +40,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import postgres
 from bench.harness import (
-    DB_ERRORS,
     FULL,
     QUICK,
     BenchError,
+    Query,
     Row,
     Sizes,
     bulk_enqueue,
     drain,
     enqueue_one_by_one,
     latency_detail,
+    load_note,
     out,
     percentile,
     pickup_latency,
@@ -86,7 +87,7 @@ def raw_limit(path: Path, sizes: Sizes) -> tuple[float, int]:
     return rows / elapsed, rows
 
 
-def sqlite_reader(conn: sqlite3.Connection) -> Any:
+def sqlite_reader(conn: sqlite3.Connection) -> Query:
     """A plain connection for measurement only: Instar's API has no timeline-wide query."""
 
     def query(sql: str) -> Sequence[Sequence[Any]]:
@@ -184,11 +185,11 @@ def run_sqlite(sizes: Sizes, tmp: Path, rows: list[Row]) -> None:
     )
 
 
-def sqlite_caption(tmp: Path) -> str:
+def sqlite_caption(tmp: Path, load_at_start: float) -> str:
     return (
         f"x raw: the figure over the raw commit rate; latency in raw commit times. "
         f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}, "
-        f"{os.cpu_count()} CPUs (load {os.getloadavg()[0]:.1f} at the end), "
+        f"{os.cpu_count()} CPUs ({load_note(load_at_start)}), "
         f"{platform.system()} {platform.release()}, databases in {tmp.parent}."
     )
 
@@ -197,18 +198,29 @@ def sqlite_caption(tmp: Path) -> str:
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
-    """SIGTERM ends the run as Ctrl-C does, so workers stop and schemas are dropped."""
+    """SIGTERM ends the run as Ctrl-C does: workers stopped, schemas dropped."""
     raise KeyboardInterrupt
 
 
-def section(name: str, measure: Any, rows: list[Row]) -> int:
-    """Run one backend's measurements; 0, or the exit status of the failure."""
+def section(
+    name: str,
+    measure: Callable[[list[Row]], None],
+    title: Callable[[], str],
+    caption: Callable[[], str],
+) -> tuple[int, list[Row]]:
+    """One backend's measurements and their table, printed even when a later
+    measurement fails or the run is interrupted; the exit status and the rows."""
+    rows: list[Row] = []
+    status = 0
     try:
         measure(rows)
-    except (BenchError, *DB_ERRORS) as error:
+    except (BenchError, sqlite3.Error, psycopg.Error) as error:
         progress.print(f"[bold red]{name} bench failed:[/] {error}", markup=True, highlight=False)
-        return 2
-    return 0
+        status = 2
+    finally:
+        if rows:
+            out.print(render(title(), caption(), rows))
+    return status, rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,8 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--postgres-url",
         default=os.environ.get("INSTAR_BENCH_POSTGRES", DEFAULT_POSTGRES),
-        help="PostgreSQL server and database to measure, without ?schema= "
-        "(default: $INSTAR_BENCH_POSTGRES or %(default)s)",
+        help="the PostgreSQL database to measure in (default: $INSTAR_BENCH_POSTGRES "
+        "or %(default)s); each measurement adds a schema of its own and drops it",
     )
     parser.add_argument(
         "--strict", action="store_true", help="exit 1 when a figure misses its target"
@@ -236,38 +248,42 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     tmp = Path(tempfile.mkdtemp(prefix="instar-bench-"))
     signal.signal(signal.SIGTERM, _interrupt)
-    tables: list[tuple[str, list[Row], Any]] = []
-    status = 0
+    if os.getloadavg()[0] > 1.0:
+        progress.print(
+            f"note: the load average is {os.getloadavg()[0]:.1f}; other work on this machine "
+            "(or on the PostgreSQL server) lowers every figure"
+        )
+    statuses: list[int] = []
+    rows: list[Row] = []
+    pg = postgres.PostgresBench(args.postgres_url, sizes, tmp)
     try:
         if args.backend in ("sqlite", "all"):
-            rows: list[Row] = []
-            tables.append(("sqlite", rows, None))
-            status = section("SQLite", lambda r: run_sqlite(sizes, tmp, r), rows) or status
-            if rows:
-                title = "Instar on SQLite (journal_mode=WAL, synchronous=FULL)"
-                out.print(render(title, sqlite_caption(tmp), rows))
+            load_at_start = os.getloadavg()[0]
+            status, found = section(
+                "SQLite",
+                lambda into: run_sqlite(sizes, tmp, into),
+                lambda: "Instar on SQLite (journal_mode=WAL, synchronous=FULL)",
+                lambda: sqlite_caption(tmp, load_at_start),
+            )
+            statuses.append(status)
+            rows += found
         if args.backend in ("postgresql", "all"):
-            rows = []
-            tables.append(("postgresql", rows, None))
-            bench = postgres.PostgresBench(args.postgres_url, sizes, tmp)
-            try:
-                status = section("PostgreSQL", bench.run, rows) or status
-            finally:
-                bench.drop_schemas()
-            if rows:
-                out.print(render(bench.title(), bench.caption(), rows))
+            status, found = section("PostgreSQL", pg.run, pg.title, pg.caption)
+            statuses.append(status)
+            rows += found
     except KeyboardInterrupt:
-        progress.print("interrupted; workers stopped, schemas dropped")
-        status = 130
+        progress.print("interrupted; workers stopped")
+        statuses.append(130)
     finally:
+        pg.drop_schemas()
         if args.keep:
             progress.print(f"databases and logs kept in {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+    status = max(statuses, default=0)
     if status:
         return status
-    missed = any(row.met is False for _, rows, _ in tables for row in rows)
-    return 1 if args.strict and missed else 0
+    return 1 if args.strict and any(row.met is False for row in rows) else 0
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from importlib import resources
 from types import MappingProxyType
 
+from instar.lifecycle import Kind, states_of_kind
+
 
 def load_blocks(package: str, filename: str) -> Mapping[str, str]:
     text = resources.files(package).joinpath(filename).read_text(encoding="utf-8")
@@ -34,3 +36,20 @@ def load_migrations(package: str) -> list[tuple[int, str, str]]:
         if name.endswith(".sql") and name[:4].isdigit():
             found.append((int(name[:4]), name, entry.read_text(encoding="utf-8")))
     return sorted(found)
+
+
+def _sql_list(kind: Kind) -> str:
+    return ", ".join(f"'{s.value}'" for s in sorted(states_of_kind(kind)))
+
+
+def load_queries(package: str) -> Mapping[str, str]:
+    """A backend's ``queries.sql``, with ``{leased}`` and ``{terminal}`` filled in
+    from the lifecycle table: the SQL names sets of states by kind, never by hand."""
+    return MappingProxyType(
+        {
+            name: sql.replace("{leased}", _sql_list(Kind.LEASED)).replace(
+                "{terminal}", _sql_list(Kind.TERMINAL)
+            )
+            for name, sql in load_blocks(package, "queries.sql").items()
+        }
+    )

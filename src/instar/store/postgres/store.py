@@ -22,7 +22,7 @@ import psycopg
 from psycopg_pool import ConnectionPool
 
 from instar.errors import ConfigurationError, DatabaseUnavailable
-from instar.lifecycle import Kind, State, states_of_kind
+from instar.lifecycle import State
 from instar.models import Job
 from instar.store.contract import (
     ClaimRequest,
@@ -33,7 +33,7 @@ from instar.store.records import (
     jobs_from,
     new_job_record,
 )
-from instar.store.sql_blocks import load_blocks, load_migrations
+from instar.store.sql_blocks import load_migrations, load_queries
 from instar.store.sql_store import SQLStore
 
 log = logging.getLogger("instar.postgres")
@@ -41,16 +41,7 @@ log = logging.getLogger("instar.postgres")
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
-def _sql_list(kind: Kind) -> str:
-    return ", ".join(f"'{s.value}'" for s in sorted(states_of_kind(kind)))
-
-
-Q = {
-    name: sql.replace("{leased}", _sql_list(Kind.LEASED)).replace(
-        "{terminal}", _sql_list(Kind.TERMINAL)
-    )
-    for name, sql in load_blocks("instar.store.postgres", "queries.sql").items()
-}
+Q = load_queries("instar.store.postgres")
 
 
 class PostgresStore(SQLStore):

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from instar.errors import ConfigurationError
-from instar.lifecycle import Kind, states_of_kind
 from instar.models import Job
 from instar.store.contract import (
     ClaimRequest,
@@ -29,21 +28,10 @@ from instar.store.records import (
     jobs_from,
     new_job_record,
 )
-from instar.store.sql_blocks import load_blocks, load_migrations
+from instar.store.sql_blocks import load_migrations, load_queries
 from instar.store.sql_store import SQLStore
 
-
-def _sql_list(kind: Kind) -> str:
-    return ", ".join(f"'{s.value}'" for s in sorted(states_of_kind(kind)))
-
-
-# The SQL names sets of states by kind; the lifecycle table fills them in.
-Q = {
-    name: sql.replace("{leased}", _sql_list(Kind.LEASED)).replace(
-        "{terminal}", _sql_list(Kind.TERMINAL)
-    )
-    for name, sql in load_blocks("instar.store.sqlite", "queries.sql").items()
-}
+Q = load_queries("instar.store.sqlite")
 
 SYNCHRONOUS_MODES = ("full", "normal", "extra", "off")
 

@@ -9,10 +9,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 import instar
+from instar.app import BoundJob
 from instar.clock import FrozenClock
 
 
-def _register(app: instar.App) -> instar.JobDefinition:
+def _register(app: instar.App) -> BoundJob:
     @app.job(name="resize", queue="images", retry=instar.Retry(max_attempts=5))
     def resize(ctx: instar.Context, path: str, width: int = 100) -> dict[str, object]:
         return {"path": path, "width": width}

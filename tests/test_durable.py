@@ -11,7 +11,7 @@ import pytest
 import instar
 from instar.clock import FrozenClock
 from instar.lifecycle import State
-from instar.maintenance.service import Maintenance
+from instar.maintenance.runner import Maintenance
 from tests.conftest import running_worker
 
 S = State
@@ -405,6 +405,7 @@ def test_a_serving_job_whose_worker_is_lost_is_orphaned(
 ) -> None:
     from instar.engine import plan_move
     from instar.store.contract import ClaimRequest
+    from instar.vocabulary import Trigger
 
     app = frozen_app
 
@@ -414,7 +415,7 @@ def test_a_serving_job_whose_worker_is_lost_is_orphaned(
 
     job = server.enqueue()
     [claimed] = app.engine.exchange([], [], ClaimRequest("w", 1, None)).claimed
-    app.engine.exchange([plan_move(claimed, S.SERVING, "serving", by_lease=True)], [], None)
+    app.engine.exchange([plan_move(claimed, S.SERVING, Trigger.SERVING, by_lease=True)], [], None)
     clock.advance(11)
     fire_timers(app)
     assert path(app, job.id)[:4] == [S.READY, S.RUNNING, S.SERVING, S.ORPHANED]

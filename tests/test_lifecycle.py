@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 
@@ -11,6 +12,7 @@ from instar.engine import plan_move
 from instar.lifecycle import (
     ENTRY_STATES,
     INITIAL,
+    JOBS,
     KINDS,
     TRANSITIONS,
     Kind,
@@ -18,6 +20,7 @@ from instar.lifecycle import (
     can_transition,
     validate,
 )
+from instar.vocabulary import Trigger
 from tests.conftest import execute_raw
 
 
@@ -48,7 +51,7 @@ def test_validator_refuses_an_unreachable_state() -> None:
     broken = dict(TRANSITIONS)
     broken[State.RUNNING] = TRANSITIONS[State.RUNNING] - {State.SERVING}
     with pytest.raises(ValueError, match="unreachable"):
-        validate(broken, KINDS, INITIAL)
+        validate(replace(JOBS, transitions=broken))
 
 
 def test_validator_refuses_a_state_with_no_way_to_an_end() -> None:
@@ -59,14 +62,14 @@ def test_validator_refuses_a_state_with_no_way_to_an_end() -> None:
     broken[State.PENDING] = frozenset({State.READY, State.SCHEDULED})
     broken[State.PAUSED] = frozenset({State.READY})
     with pytest.raises(ValueError):
-        validate(broken, KINDS, INITIAL)
+        validate(replace(JOBS, transitions=broken))
 
 
 def test_validator_refuses_reentering_the_initial_state() -> None:
     broken = dict(TRANSITIONS)
     broken[State.READY] = TRANSITIONS[State.READY] | {State.PENDING}
     with pytest.raises(ValueError, match="initial"):
-        validate(broken, KINDS, INITIAL)
+        validate(replace(JOBS, transitions=broken))
 
 
 def _job_in(app: instar.App, state: State) -> instar.Job:
@@ -94,17 +97,16 @@ def test_every_pair_of_states_is_allowed_or_refused_as_the_table_says(
 
     job = _job_in(app, from_state)
     before = app.history(job.id)
-    store = app.engine.store
     if can_transition(from_state, to_state):
-        move = plan_move(job, to_state, "test")
-        assert store.commit_batch([move], [], None, 1.0).applied == [True]
+        move = plan_move(job, to_state, Trigger.RESUMED)
+        assert app.engine.apply([move]) == [True]
         after = app.history(job.id)
         assert len(after) == len(before) + 1
         assert (after[-1].from_state, after[-1].to_state) == (from_state, to_state)
         assert app.get(job.id).state is to_state
     else:
         with pytest.raises(instar.InvalidTransition) as refused:
-            plan_move(job, to_state, "test")
+            plan_move(job, to_state, Trigger.RESUMED)
         assert (refused.value.job_id, refused.value.from_state, refused.value.to_state) == (
             job.id,
             from_state.value,

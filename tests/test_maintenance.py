@@ -5,7 +5,7 @@ from __future__ import annotations
 import instar
 from instar.clock import FrozenClock
 from instar.lifecycle import State
-from instar.maintenance.service import Maintenance
+from instar.maintenance.runner import Maintenance
 from instar.store.contract import ClaimRequest
 
 
@@ -23,11 +23,11 @@ def test_a_scheduled_job_becomes_ready_at_its_time_and_not_before(
     job = later.enqueue(delay=60)
     maintenance = Maintenance(frozen_app.engine, "m")
     clock.advance(59.9)
-    assert maintenance.run_once().timers_fired == 0
+    assert maintenance.run_once()["timers"] == 0
     assert frozen_app.get(job.id).state is State.SCHEDULED
     assert _claim(frozen_app) == []
     clock.advance(0.2)
-    assert maintenance.run_once().timers_fired == 1
+    assert maintenance.run_once()["timers"] == 1
     assert frozen_app.get(job.id).state is State.READY
     assert [j.id for j in _claim(frozen_app)] == [job.id]
 
@@ -65,9 +65,9 @@ def test_an_expired_lease_orphans_the_job_and_requeues_it(
     [claimed] = _claim(frozen_app)
     maintenance = Maintenance(frozen_app.engine, "m")
     clock.advance(29)
-    assert maintenance.run_once().leases_rescued == 0
+    assert maintenance.run_once()["lease_rescue"] == 0
     clock.advance(2)
-    assert maintenance.run_once().leases_rescued == 1
+    assert maintenance.run_once()["lease_rescue"] == 1
     rescued = frozen_app.get(job.id)
     assert (rescued.state, rescued.attempt, rescued.lease_token) == (State.READY, 1, None)
     rescue = frozen_app.history(job.id)[-2:]
@@ -90,7 +90,7 @@ def test_a_heartbeat_keeps_the_lease_alive(frozen_app: instar.App, clock: Frozen
     held = frozen_app.engine.heartbeat("w1", [j.id for j in jobs])
     assert sorted(h.job_id for h in held) == [j.id for j in jobs]
     clock.advance(20)
-    assert maintenance.run_once().leases_rescued == 0
+    assert maintenance.run_once()["lease_rescue"] == 0
     assert {frozen_app.get(j.id).state for j in jobs} == {State.RUNNING}
 
 
@@ -126,7 +126,7 @@ def test_a_cancel_requested_job_whose_worker_is_lost_ends_cancelled(
 def test_a_zombie_workers_report_is_refused_and_recorded(
     frozen_app: instar.App, clock: FrozenClock
 ) -> None:
-    from instar.engine import outcome_moves
+    from instar.engine import Returned, outcome_moves
 
     @frozen_app.job(lease=5)
     def work() -> None:
@@ -138,17 +138,22 @@ def test_a_zombie_workers_report_is_refused_and_recorded(
     Maintenance(frozen_app.engine, "m").run_once()
     [fresh] = _claim(frozen_app, "w2")
     late = outcome_moves(
-        zombie_view, result="stale", retry=instar.Retry(), now=clock.now(), max_payload_bytes=1000
+        zombie_view,
+        Returned("stale"),
+        retry=instar.Retry(),
+        now=clock.now(),
+        max_payload_bytes=1000,
     )
     assert frozen_app.engine.exchange(late, [], None).applied == [False]
     current = frozen_app.get(job.id)
     assert (current.state, current.worker, current.result) == (State.RUNNING, "w2", None)
     last = frozen_app.history(job.id)[-1]
     assert (last.trigger, last.from_state, last.to_state) == (
-        "refused-completed",
+        "refused",
         State.RUNNING,
         State.RUNNING,
     )
+    assert last.detail["trigger"] == "completed"
     assert fresh.lease_token != zombie_view.lease_token
 
 

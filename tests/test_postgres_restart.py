@@ -27,6 +27,8 @@ import pytest
 
 import instar
 from instar.lifecycle import State
+from instar.store.contract import Applied, ClaimRequest, Move
+from instar.store.sql_store import SQLTransaction
 from tests.conftest import running_worker
 from tests.jobs_app import app as jobs_app
 from tests.test_postgres_processes import runs_of, started, wait_until, worker_process
@@ -244,32 +246,38 @@ def test_a_worker_retries_through_a_server_restart_and_finishes_every_job_once(
 
 
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
-def test_a_batch_that_committed_before_the_connection_died_loses_none_of_its_claims(
+def test_a_batch_whose_connection_dies_mid_transaction_is_retried_whole(
     app: instar.App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What the restart above sometimes hits, made deterministic: the worker's
-    batch commits (completions applied, new jobs claimed), then the follow-up
-    read that releases the finished jobs' dependants meets the dead connection.
-    The worker must not take the committed batch for a failed one: its claimed
-    jobs must run now, not sit in ``running`` until their lease runs out (which
-    a busy worker's heartbeat keeps postponing)."""
+    batch (completions, what they set off, new claims: one transaction) meets
+    the dead connection after its moves were written. Nothing of it commits;
+    the worker keeps its reports and tries again, so every job completes once
+    and no claim is left in ``running`` until its lease runs out (which a busy
+    worker's heartbeat keeps postponing)."""
 
     @app.job(name="tick")
     def tick(n: int) -> int:
         time.sleep(0.005)
         return n
 
-    store = app.engine.store
-    real_waiting_on = store.waiting_on
-    failures: list[list[int]] = []
+    real_claim = SQLTransaction.claim
+    real_apply = SQLTransaction.apply_moves
+    moved_in: set[int] = set()  # transactions (by id) that have applied moves
+    failures: list[int] = []
 
-    def waiting_on_once_dead(job_ids: Sequence[int]) -> list[instar.Job]:
-        if not failures:
-            failures.append(list(job_ids))
+    def apply_and_mark(tx: SQLTransaction, moves: Sequence[Move]) -> Applied:
+        moved_in.add(id(tx))
+        return real_apply(tx, moves)
+
+    def claim_once_dead(tx: SQLTransaction, request: ClaimRequest) -> list[instar.Job]:
+        if not failures and id(tx) in moved_in:
+            failures.append(request.limit)
             raise psycopg.OperationalError("terminating connection due to administrator command")
-        return real_waiting_on(job_ids)
+        return real_claim(tx, request)
 
-    monkeypatch.setattr(store, "waiting_on", waiting_on_once_dead)
+    monkeypatch.setattr(SQLTransaction, "apply_moves", apply_and_mark)
+    monkeypatch.setattr(SQLTransaction, "claim", claim_once_dead)
     jobs = app.enqueue_many("tick", [{"n": n} for n in range(200)])
     with running_worker(app, concurrency=2) as worker:
         # Well inside the 30 s lease: a claim the worker dropped cannot be rescued in time.
@@ -283,5 +291,8 @@ def test_a_batch_that_committed_before_the_connection_died_loses_none_of_its_cla
                 worker.report,
             ),
         )
-    assert failures, "the follow-up read should have failed once"
+    assert failures, "a batch with moves should have failed once"
     assert (worker.report.completed, worker.report.refused) == (len(jobs), 0)
+    for job in jobs:
+        moves = [e.to_state for e in app.history(job.id) if e.from_state != e.to_state]
+        assert moves == [State.READY, State.RUNNING, State.COMPLETED], f"job {job.id}: {moves}"

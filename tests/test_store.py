@@ -8,8 +8,9 @@ from collections.abc import Iterator
 import pytest
 
 from instar.lifecycle import State
+from instar.models import Job
 from instar.store import open_store
-from instar.store.contract import ClaimRequest, JobFilter, NewJob, Store
+from instar.store.contract import ClaimRequest, Held, JobFilter, NewJob, Request, Store, Term
 
 NOW = 1_800_000_000.0
 
@@ -38,12 +39,30 @@ def new_job(
     )
 
 
+def insert(store: Store, jobs: list[NewJob], now: float = NOW) -> list[Job]:
+    with store.transaction(now) as tx:
+        return tx.insert_jobs(jobs, None)
+
+
 def claim(
     store: Store, worker: str = "w", limit: int = 10, queues: list[str] | None = None
 ) -> list[int]:
-    return [
-        j.id for j in store.commit_batch([], [], ClaimRequest(worker, limit, queues), NOW).claimed
-    ]
+    with store.transaction(NOW) as tx:
+        return [j.id for j in tx.claim(ClaimRequest(worker, limit, queues))]
+
+
+def heartbeat(store: Store, worker: str, job_ids: list[int], now: float) -> list[Held]:
+    with store.transaction(now) as tx:
+        return tx.heartbeat(worker, job_ids)
+
+
+def request_cancel(store: Store, job_id: int) -> bool:
+    with store.transaction(NOW) as tx:
+        return tx.raise_request(job_id, Request.CANCEL, "cli")
+
+
+def try_lead(store: Store, holder: str, now: float) -> bool:
+    return store.try_lead(Term("maintenance", holder, ttl=5), now)
 
 
 def test_migrating_again_changes_nothing(store: Store) -> None:
@@ -53,8 +72,8 @@ def test_migrating_again_changes_nothing(store: Store) -> None:
 
 
 def test_claim_takes_the_most_urgent_then_the_oldest(store: Store) -> None:
-    low, high, low2, high2 = store.insert_jobs(
-        [new_job(), new_job(priority=5), new_job(), new_job(priority=5)], NOW, None
+    low, high, low2, high2 = insert(
+        store, [new_job(), new_job(priority=5), new_job(), new_job(priority=5)]
     )
     assert claim(store, limit=3) == [high.id, high2.id, low.id]
     assert claim(store) == [low2.id]
@@ -62,8 +81,9 @@ def test_claim_takes_the_most_urgent_then_the_oldest(store: Store) -> None:
 
 
 def test_claim_gives_each_job_a_fresh_lease_and_counts_the_attempt(store: Store) -> None:
-    [job] = store.insert_jobs([new_job()], NOW, None)
-    [claimed] = store.commit_batch([], [], ClaimRequest("w1", 1, None), NOW).claimed
+    [job] = insert(store, [new_job()])
+    with store.transaction(NOW) as tx:
+        [claimed] = tx.claim(ClaimRequest("w1", 1, None))
     assert (claimed.state, claimed.attempt, claimed.worker) == (State.RUNNING, 1, "w1")
     assert claimed.lease_token
     assert claimed.lease_expires_at is not None
@@ -76,14 +96,14 @@ def test_claim_gives_each_job_a_fresh_lease_and_counts_the_attempt(store: Store)
 
 
 def test_claim_reads_only_the_queues_asked_for(store: Store) -> None:
-    mail, image = store.insert_jobs([new_job(queue="mail"), new_job(queue="images")], NOW, None)
+    mail, image = insert(store, [new_job(queue="mail"), new_job(queue="images")])
     assert claim(store, queues=["images", "video"]) == [image.id]
     assert claim(store, queues=["mail"]) == [mail.id]
 
 
 def test_claimers_racing_never_share_a_job(database: str) -> None:
     stores = [open_store(database) for _ in range(4)]
-    stores[0].insert_jobs([new_job() for _ in range(400)], NOW, None)
+    insert(stores[0], [new_job() for _ in range(400)])
     taken: list[list[int]] = [[] for _ in stores]
 
     def drain(i: int) -> None:
@@ -102,25 +122,25 @@ def test_claimers_racing_never_share_a_job(database: str) -> None:
 
 
 def test_a_key_is_inserted_once_even_within_one_batch(store: Store) -> None:
-    first, second = store.insert_jobs([new_job(key="k"), new_job(key="k")], NOW, None)
+    first, second = insert(store, [new_job(key="k"), new_job(key="k")])
     assert first.id == second.id
     assert len(store.list_jobs(JobFilter())) == 1
     assert len(store.events(first.id)) == 1
 
 
 def test_bulk_insert_returns_jobs_with_their_real_ids(store: Store) -> None:
-    store.insert_jobs([new_job("a")], NOW, None)
-    jobs = store.insert_jobs([new_job(f"b{i}") for i in range(100)], NOW, None)
+    insert(store, [new_job("a")])
+    jobs = insert(store, [new_job(f"b{i}") for i in range(100)])
     for job in jobs:
         stored = store.get_job(job.id)
         assert stored is not None and stored.name == job.name
 
 
 def test_a_heartbeat_extends_only_its_own_workers_leases(store: Store) -> None:
-    store.insert_jobs([new_job(), new_job()], NOW, None)
+    insert(store, [new_job(), new_job()])
     [mine] = claim(store, worker="me", limit=1)
     [theirs] = claim(store, worker="them", limit=1)
-    held = store.heartbeat("me", [mine, theirs], NOW + 10)
+    held = heartbeat(store, "me", [mine, theirs], NOW + 10)
     assert [(h.job_id, h.cancel_requested) for h in held] == [(mine, False)]
     mine_job, their_job = store.get_job(mine), store.get_job(theirs)
     assert mine_job is not None and their_job is not None
@@ -130,9 +150,9 @@ def test_a_heartbeat_extends_only_its_own_workers_leases(store: Store) -> None:
 
 
 def test_a_heartbeat_extends_only_the_jobs_its_worker_still_tracks(store: Store) -> None:
-    store.insert_jobs([new_job(), new_job()], NOW, None)
+    insert(store, [new_job(), new_job()])
     tracked, forgotten = claim(store, worker="me", limit=2)
-    held = store.heartbeat("me", [tracked], NOW + 10)
+    held = heartbeat(store, "me", [tracked], NOW + 10)
     assert [h.job_id for h in held] == [tracked]
     lost = store.get_job(forgotten)
     assert lost is not None and lost.lease_expires_at is not None
@@ -140,19 +160,19 @@ def test_a_heartbeat_extends_only_the_jobs_its_worker_still_tracks(store: Store)
 
 
 def test_a_cancel_request_reaches_the_worker_through_its_heartbeat(store: Store) -> None:
-    store.insert_jobs([new_job()], NOW, None)
+    insert(store, [new_job()])
     [job_id] = claim(store, worker="me")
-    assert store.request_cancel_if_leased(job_id, NOW, "cli")
-    assert not store.request_cancel_if_leased(job_id, NOW, "cli"), "asked once is enough"
-    [held] = store.heartbeat("me", [job_id], NOW)
+    assert request_cancel(store, job_id)
+    assert not request_cancel(store, job_id), "asked once is enough"
+    [held] = heartbeat(store, "me", [job_id], NOW)
     assert (held.job_id, held.cancel_requested) == (job_id, True)
 
 
 def test_only_one_holder_leads_a_role_until_it_expires(store: Store) -> None:
-    assert store.try_lead("maintenance", "a", NOW, ttl=5)
-    assert not store.try_lead("maintenance", "b", NOW + 1, ttl=5)
-    assert store.try_lead("maintenance", "a", NOW + 2, ttl=5), "the holder renews"
-    assert store.try_lead("maintenance", "b", NOW + 8, ttl=5), "an expired role is free"
+    assert try_lead(store, "a", NOW)
+    assert not try_lead(store, "b", NOW + 1)
+    assert try_lead(store, "a", NOW + 2), "the holder renews"
+    assert try_lead(store, "b", NOW + 8), "an expired role is free"
 
 
 def test_next_timer_at_is_the_earliest_start_still_ahead(store: Store) -> None:
@@ -161,7 +181,7 @@ def test_next_timer_at_is_the_earliest_start_still_ahead(store: Store) -> None:
         for t in (90, 60)
     ]
     assert store.next_timer_at() is None
-    store.insert_jobs(scheduled, NOW, None)
+    insert(store, scheduled)
     assert store.next_timer_at() == pytest.approx(NOW + 60)
     assert store.due_timers(NOW + 59, 10) == []
     assert [j.name for j in store.due_timers(NOW + 60, 10)] == ["s"]

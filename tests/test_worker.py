@@ -366,7 +366,7 @@ def test_a_worker_from_another_app_notices_new_jobs_through_the_database(databas
         def ping() -> str:
             return "pong"
 
-        client.registry["ping"] = ping
+        client.registry.add(ping)
         with running_worker(worker_app):
             time.sleep(0.05)
             job = client.enqueue("ping")

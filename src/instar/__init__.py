@@ -17,18 +17,22 @@ from instar.errors import (
     SignalTimeout,
     UnknownJob,
 )
-from instar.jobs import JobDefinition
 from instar.lifecycle import State
 from instar.models import Awakeable, Event, Job, Progress, QueueStats
+from instar.registry import JobDefinition
 from instar.retry import Retry
+from instar.vocabulary import Actor, AwakeableState, DependencyKind, Trigger
 
 __all__ = [
+    "Actor",
     "App",
     "Awakeable",
     "AwakeableNotFound",
+    "AwakeableState",
     "ChildFailed",
     "ConfigurationError",
     "Context",
+    "DependencyKind",
     "Event",
     "Fatal",
     "InstarError",
@@ -45,5 +49,6 @@ __all__ = [
     "SignalRejected",
     "SignalTimeout",
     "State",
+    "Trigger",
     "UnknownJob",
 ]

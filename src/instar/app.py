@@ -1,5 +1,10 @@
 """The user's API: register handlers, enqueue jobs, inspect and steer them.
 
+The App binds together a database (opened on first use), a registry of
+handlers, the engine that writes (``Engine``, with the operator's verbs in
+``Operator``) and the read API beside it (``Reader``, the event feed). It
+holds no SQL and no lifecycle rule of its own.
+
 The engine underneath is synchronous (both database drivers are); the
 ``*_async`` methods run the same calls in a thread, so there is one
 implementation of every operation and no async twin to keep in step.
@@ -10,28 +15,59 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, overload
 
 from instar.clock import Clock, SystemClock
-from instar.engine import Engine
-from instar.errors import ConfigurationError, InvalidOption, UnknownJob
-from instar.jobs import JobDefinition, JobOptions
+from instar.engine import Engine, Operator, Reader
+from instar.engine.feed import EventFeed
+from instar.errors import InvalidOption
 from instar.lifecycle import State, is_terminal
 from instar.models import Awakeable, Event, Job, QueueStats
 from instar.payload import DEFAULT_MAX_BYTES, encode
+from instar.registry import (
+    JobDefinition,
+    JobOptions,
+    Placement,
+    Registry,
+    new_jobs,
+    start_time,
+)
 from instar.retry import Retry
 from instar.store import database_url, open_store
-from instar.store.contract import JobFilter, NewJob
+from instar.store.contract import EventFilter, JobFilter
+from instar.vocabulary import Actor
 from instar.worker.loop import Worker, WorkerReport, WorkerSettings
+
+ENQUEUE_OPTIONS = frozenset({"delay", "run_at", "priority", "queue", "key", "after", "connection"})
+"""Keywords of ``BoundJob.enqueue`` that are options, not the handler's arguments."""
+
+
+class BoundJob(JobDefinition):
+    """A definition registered on an App: ``resize.enqueue(path=...)`` creates a job."""
+
+    def __init__(self, app: App, definition: JobDefinition) -> None:
+        super().__init__(definition.fn, definition.name, definition.options)
+        self.app = app
+
+    def enqueue(self, **kwargs: Any) -> Job:
+        """Create one job; options (delay, run_at, priority, queue, key, after,
+        connection) are keywords too."""
+        args, options = _split_options(kwargs)
+        return self.app.enqueue(self, args, **options)
+
+    async def enqueue_async(self, **kwargs: Any) -> Job:
+        args, options = _split_options(kwargs)
+        return await self.app.enqueue_async(self, args, **options)
 
 
 class App:
     """One Instar application: a database and the handlers registered on it.
 
     ``App()`` uses ``$INSTAR_DATABASE`` or ``./instar.db``; ``App(url)`` takes
-    ``sqlite:///path.db``. The database is opened (and migrated) on first use.
+    ``sqlite:///path.db`` or ``postgresql://...``. The database is opened (and
+    migrated) on first use.
     """
 
     def __init__(
@@ -44,7 +80,7 @@ class App:
         self.database = database_url(database)
         self.max_payload_bytes = max_payload_bytes
         self.clock: Clock = clock or SystemClock()
-        self.registry: dict[str, JobDefinition] = {}
+        self.registry = Registry()
         self._engine: Engine | None = None
         self._open_lock = threading.Lock()
 
@@ -55,6 +91,16 @@ class App:
                 if self._engine is None:
                     self._engine = Engine(open_store(self.database), self.clock)
         return self._engine
+
+    @property
+    def reader(self) -> Reader:
+        """The read API: jobs, timelines, durable state."""
+        return self.engine.read
+
+    @property
+    def operator(self) -> Operator:
+        """The operator's verbs, written through the engine."""
+        return Operator(self.engine)
 
     def migrate(self) -> int:
         """Create or upgrade the schema; returns its version (also done on first use)."""
@@ -74,7 +120,7 @@ class App:
     # -- registering ------------------------------------------------------------
 
     @overload
-    def job(self, fn: Callable[..., Any], /) -> JobDefinition: ...
+    def job(self, fn: Callable[..., Any], /) -> BoundJob: ...
 
     @overload
     def job(
@@ -90,7 +136,7 @@ class App:
         priority: int = 0,
         pause_timeout: float = 86400.0,
         service: bool = False,
-    ) -> Callable[[Callable[..., Any]], JobDefinition]: ...
+    ) -> Callable[[Callable[..., Any]], BoundJob]: ...
 
     def job(
         self,
@@ -105,25 +151,23 @@ class App:
         priority: int = 0,
         pause_timeout: float = 86400.0,
         service: bool = False,
-    ) -> JobDefinition | Callable[[Callable[..., Any]], JobDefinition]:
+    ) -> BoundJob | Callable[[Callable[..., Any]], BoundJob]:
         """Register a handler: ``@app.job`` or ``@app.job(queue=..., retry=...)``."""
         options = JobOptions(
             queue, lease, timeout, retry or Retry(), priority, pause_timeout, service
         )
 
-        def register(handler: Callable[..., Any]) -> JobDefinition:
+        def register(handler: Callable[..., Any]) -> BoundJob:
             job_name = name or f"{handler.__module__}.{handler.__qualname__}"
-            if job_name in self.registry:
-                raise ConfigurationError(f"a job named {job_name!r} is registered already")
-            definition = JobDefinition(self, handler, job_name, options)
-            self.registry[job_name] = definition
-            return definition
+            bound = BoundJob(self, JobDefinition(handler, job_name, options))
+            self.registry.add(bound)
+            return bound
 
         return register(fn) if fn is not None else register
 
     def service(
         self, *, name: str | None = None, queue: str = "services", lease: float = 10.0
-    ) -> Callable[[Callable[..., Any]], JobDefinition]:
+    ) -> Callable[[Callable[..., Any]], BoundJob]:
         """Register a long-running service: it calls ``ctx.ready()`` once up
         (running -> serving), keeps its lease by heartbeat, and returns when
         ``ctx.stopping`` turns true after ``app.stop(id)``."""
@@ -131,16 +175,13 @@ class App:
             name=name, queue=queue, lease=lease, retry=Retry(max_attempts=1), service=True
         )
 
-    def definition(self, job: JobDefinition | str) -> JobDefinition:
-        if isinstance(job, JobDefinition):
-            return job
-        found = self.registry.get(job)
-        if found is None:
-            by_short_name = [d for d in self.registry.values() if d.fn.__name__ == job]
-            if len(by_short_name) == 1:
-                return by_short_name[0]
-            raise UnknownJob(job, list(self.registry))
-        return found
+    def definition(self, job: JobDefinition | str) -> BoundJob:
+        """A registered definition by name (or short name), bound to this App;
+        ``UnknownJob`` if none."""
+        found = self.registry.find(job)
+        if isinstance(found, BoundJob) and found.app is self:
+            return found
+        return BoundJob(self, found)
 
     # -- enqueueing -------------------------------------------------------------
 
@@ -156,23 +197,17 @@ class App:
         key: str | None = None,
         after: Sequence[int | Job] = (),
         connection: Any = None,
-        actor: str | None = "app",
+        actor: str | None = Actor.APP,
     ) -> Job:
         """Create one job: ``ready``, ``scheduled`` when it starts later, or
         ``pending`` until every job in ``after`` has completed. With
         ``connection=`` (a psycopg connection, PostgreSQL only) the job is part
         of the caller's transaction: visible to workers only once it commits."""
-        spec = self.new_job(
-            job,
-            args or {},
-            delay=delay,
-            run_at=run_at,
-            priority=priority,
-            queue=queue,
-            key=key,
-            after=after,
+        placement = self._placement(delay, run_at, priority, queue, key, after)
+        specs = new_jobs(
+            self.definition(job), [args or {}], placement, max_payload_bytes=self.max_payload_bytes
         )
-        return self.engine.enqueue([spec], actor, connection)[0]
+        return self.engine.enqueue(specs, actor, connection)[0]
 
     def enqueue_many(
         self,
@@ -183,11 +218,12 @@ class App:
         run_at: datetime | None = None,
         priority: int | None = None,
         queue: str | None = None,
-        actor: str | None = "app",
+        actor: str | None = Actor.APP,
     ) -> list[Job]:
         """Create many jobs of one kind in one transaction: all of them or none."""
-        specs = self.new_jobs(
-            job, many_args, delay=delay, run_at=run_at, priority=priority, queue=queue
+        placement = self._placement(delay, run_at, priority, queue, None, ())
+        specs = new_jobs(
+            self.definition(job), many_args, placement, max_payload_bytes=self.max_payload_bytes
         )
         return self.engine.enqueue(specs, actor) if specs else []
 
@@ -196,96 +232,27 @@ class App:
     ) -> Job:
         return await asyncio.to_thread(self.enqueue, job, args, **options)
 
-    def new_job(
+    def _placement(
         self,
-        job: JobDefinition | str,
-        args: Mapping[str, Any],
-        *,
-        key: str | None = None,
-        parent_id: int | None = None,
-        **options: Any,
-    ) -> NewJob:
-        """Check one job's arguments and options and describe it for the engine."""
-        return self.new_jobs(job, [args], key=key, parent_id=parent_id, **options)[0]
-
-    def new_jobs(
-        self,
-        job: JobDefinition | str,
-        many_args: Iterable[Mapping[str, Any]],
-        *,
-        delay: float | None = None,
-        run_at: datetime | None = None,
-        priority: int | None = None,
-        queue: str | None = None,
-        key: str | None = None,
-        after: Sequence[int | Job] = (),
-        parent_id: int | None = None,
-    ) -> list[NewJob]:
-        """Check jobs of one kind and describe them for the engine; what they
-        share (options, start time, dependencies) is worked out once."""
-        definition = self.definition(job)
-        start = self._start_time(delay, run_at)
-        options = definition.options
-        if queue is not None and not queue:
-            raise InvalidOption("queue must be a non-empty name")
-        parents = tuple(p.id if isinstance(p, Job) else int(p) for p in after)
-        state = State.READY
-        if parents:
-            state = State.PENDING
-        elif start is not None:
-            state = State.SCHEDULED
-        what = f"arguments of job {definition.name!r}"
-        specs = []
-        for args in many_args:
-            if not isinstance(args, Mapping):
-                raise InvalidOption(
-                    f"job arguments must be a mapping of names to values, got {type(args).__name__}"
-                )
-            definition.check_arguments(args)
-            args_dict = dict(args)
-            specs.append(
-                NewJob(
-                    name=definition.name,
-                    queue=queue or options.queue,
-                    state=state,
-                    priority=options.priority if priority is None else int(priority),
-                    max_attempts=options.retry.max_attempts,
-                    args=args_dict,
-                    args_json=encode(args_dict, what=what, max_bytes=self.max_payload_bytes),
-                    key=key,
-                    run_at=start,
-                    lease_seconds=options.lease,
-                    pause_timeout=options.pause_timeout,
-                    after=parents,
-                    parent_id=parent_id,
-                )
-            )
-        return specs
-
-    def _start_time(self, delay: float | None, run_at: datetime | None) -> float | None:
-        """Epoch seconds to start at, or None to start now."""
-        if delay is not None and run_at is not None:
-            raise InvalidOption("give delay or run_at, not both")
-        if delay is not None:
-            if delay < 0:
-                raise InvalidOption(f"delay must not be negative, got {delay}")
-            return self.clock.now() + delay if delay > 0 else None
-        if run_at is not None:
-            if not isinstance(run_at, datetime):
-                raise InvalidOption(f"run_at must be a datetime, got {type(run_at).__name__}")
-            if run_at.tzinfo is None or run_at.utcoffset() is None:
-                raise InvalidOption(
-                    f"run_at {run_at.isoformat()} has no time zone; pass an aware datetime, "
-                    "e.g. datetime.now(timezone.utc) + timedelta(minutes=5)"
-                )
-            start = run_at.timestamp()
-            return start if start > self.clock.now() else None
-        return None
+        delay: float | None,
+        run_at: datetime | None,
+        priority: int | None,
+        queue: str | None,
+        key: str | None,
+        after: Sequence[int | Job],
+    ) -> Placement:
+        return Placement(
+            start=start_time(delay, run_at, self.clock.now()),
+            priority=priority,
+            queue=queue,
+            key=key,
+            after=tuple(p.id if isinstance(p, Job) else int(p) for p in after),
+        )
 
     # -- reading ----------------------------------------------------------------
 
     def get(self, job_id: int) -> Job:
-        return self.engine.get(job_id)
+        return self.reader.get(job_id)
 
     def jobs(
         self,
@@ -295,62 +262,120 @@ class App:
         limit: int = 100,
     ) -> list[Job]:
         """Jobs newest first, filtered by any of state, queue and name."""
-        return self.engine.jobs(JobFilter(_state(state), queue, name, limit))
+        return self.reader.jobs(JobFilter(_state(state), queue, name, limit))
 
     def history(self, job_id: int) -> list[Event]:
         """The job's timeline, oldest first."""
-        return self.engine.history(job_id)
+        return self.reader.history(job_id)
 
     def counts(self) -> dict[State, int]:
-        return self.engine.store.count_by_state()
+        return self.reader.counts()
+
+    def queues(self) -> list[QueueStats]:
+        """Every queue with its counts by state, and whether it is paused."""
+        return self.reader.queues()
+
+    def awakeables(self, job_id: int) -> list[Awakeable]:
+        return self.reader.awakeables(job_id)
+
+    def children(self, job_id: int) -> list[Job]:
+        return self.reader.children(job_id)
+
+    def dependencies(self, job_id: int) -> list[Job]:
+        return self.reader.dependencies(job_id)
+
+    def last_event_id(self) -> int:
+        """The id of the latest event: ``events(after=app.last_event_id(), follow=True)``
+        follows what happens from now on."""
+        return self.reader.last_event_id()
+
+    def events(
+        self,
+        after: int | None = None,
+        follow: bool = False,
+        job: int | None = None,
+        queue: str | None = None,
+        state: State | str | None = None,
+        name: str | None = None,
+        timeout: float | None = None,
+    ) -> Iterator[Event]:
+        """Every event of every job after the event ``after`` (None: from the
+        first), in commit order, filtered by any of job, queue, state (the state
+        an event moved into) and name. With ``follow`` it waits for new events
+        (for ``timeout`` seconds at most, if given). Resuming from the last id
+        seen never misses nor repeats an event."""
+        where = EventFilter(job, queue, name, _state(state))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return EventFeed(self.engine).iterate(after, follow=follow, where=where, deadline=deadline)
+
+    def events_async(
+        self,
+        after: int | None = None,
+        follow: bool = False,
+        job: int | None = None,
+        queue: str | None = None,
+        state: State | str | None = None,
+        name: str | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Event]:
+        """``events`` as an async iterator."""
+        where = EventFilter(job, queue, name, _state(state))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return EventFeed(self.engine).aiterate(after, follow=follow, where=where, deadline=deadline)
 
     def wait(self, job_id: int, timeout: float | None = None) -> Job:
-        """Block until the job is terminal or paused; TimeoutError after ``timeout``."""
+        """Block until the job is terminal or paused; TimeoutError after ``timeout``.
+        Waits on the event feed: woken by the job's own events, no polling of the job."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        interval = 0.005
-        while True:
-            job = self.get(job_id)
-            if is_terminal(job.state) or job.state is State.PAUSED:
-                return job
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"job {job_id} is still {job.state} after {timeout}s")
-            time.sleep(
-                interval
-                if deadline is None
-                else min(interval, max(0.0, deadline - time.monotonic()))
-            )
-            interval = min(interval * 2, 0.2)
+        after = self.last_event_id()
+        job = self.get(job_id)
+        if _settled(job):
+            return job
+        feed = EventFeed(self.engine).iterate(
+            after, follow=True, where=EventFilter(job_id=job_id), deadline=deadline
+        )
+        for event in feed:
+            if event.from_state != event.to_state and _settled_state(event.to_state):
+                job = self.get(job_id)
+                if _settled(job):
+                    return job
+        job = self.get(job_id)
+        if _settled(job):
+            return job
+        raise TimeoutError(f"job {job_id} is still {job.state} after {timeout}s")
 
     # -- operator verbs -------------------------------------------------------------
 
-    def cancel(self, job_id: int, actor: str | None = "app") -> Job:
+    def cancel(self, job_id: int, actor: str | None = Actor.APP) -> Job:
         """Cancel a job that is not running at once; ask a running one's worker to stop it."""
-        return self.engine.cancel(job_id, actor)
+        return self.operator.cancel(job_id, actor)
 
-    def retry(self, job_id: int, actor: str | None = "app") -> Job:
+    def retry(self, job_id: int, actor: str | None = Actor.APP) -> Job:
         """Run a failed job again, with a fresh count of attempts."""
-        return self.engine.retry(job_id, actor)
+        return self.operator.retry(job_id, actor)
 
-    def pause(self, job_id: int, actor: str | None = "app") -> Job:
+    def pause(self, job_id: int, actor: str | None = Actor.APP) -> Job:
         """Pause a waiting job at once, a running one at its next checkpoint, step
         or progress call (where the handler can stop cleanly)."""
-        return self.engine.pause(job_id, actor)
+        return self.operator.pause(job_id, actor)
 
-    def resume(self, job_id: int, actor: str | None = "app") -> Job:
-        return self.engine.resume(job_id, actor)
+    def resume(self, job_id: int, actor: str | None = Actor.APP) -> Job:
+        return self.operator.resume(job_id, actor)
 
-    def stop(self, job_id: int, actor: str | None = "app") -> Job:
+    def stop(self, job_id: int, actor: str | None = Actor.APP) -> Job:
         """Ask a serving service job to stop: serving -> stopping -> completed."""
-        return self.engine.stop(job_id, actor)
+        return self.operator.stop(job_id, actor)
 
-    def resolve(self, awakeable_id: str, value: Any = None, actor: str | None = "app") -> Awakeable:
+    def resolve(
+        self, awakeable_id: str, value: Any = None, actor: str | None = Actor.APP
+    ) -> Awakeable:
         """Answer a job waiting in ``ctx.await_signal``: it gets ``value``."""
         value_json = encode(value, what="the signal value", max_bytes=self.max_payload_bytes)
-        return self.engine.resolve(awakeable_id, value_json, actor)
+        return self.operator.resolve(awakeable_id, value_json, actor)
 
-    def reject(self, awakeable_id: str, reason: str, actor: str | None = "app") -> Awakeable:
+    def reject(self, awakeable_id: str, reason: str, actor: str | None = Actor.APP) -> Awakeable:
         """Refuse a signal: ``ctx.await_signal`` raises SignalRejected(reason)."""
-        return self.engine.reject(awakeable_id, reason, actor)
+        return self.operator.reject(awakeable_id, reason, actor)
 
     def pause_queue(self, queue: str) -> bool:
         """Claim nothing more from ``queue`` until it is resumed; running jobs go on."""
@@ -358,19 +383,6 @@ class App:
 
     def resume_queue(self, queue: str) -> bool:
         return self.engine.resume_queue(queue)
-
-    def queues(self) -> list[QueueStats]:
-        """Every queue with its counts by state, and whether it is paused."""
-        return self.engine.store.queue_stats()
-
-    def awakeables(self, job_id: int) -> list[Awakeable]:
-        return self.engine.store.awakeables_of(self.get(job_id).id)
-
-    def children(self, job_id: int) -> list[Job]:
-        return self.engine.store.children_of(self.get(job_id).id)
-
-    def dependencies(self, job_id: int) -> list[Job]:
-        return self.engine.store.dependencies_of(self.get(job_id).id, "after")
 
     # -- working ----------------------------------------------------------------
 
@@ -402,6 +414,21 @@ class App:
     ) -> WorkerReport:
         """Run a worker in this thread until stopped (or, with burst, until idle)."""
         return asyncio.run(self.worker(queues, concurrency, burst, **settings).run())
+
+
+def _settled_state(state: State) -> bool:
+    return is_terminal(state) or state is State.PAUSED
+
+
+def _settled(job: Job) -> bool:
+    return _settled_state(job.state)
+
+
+def _split_options(kwargs: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Enqueue options share the keyword space with the handler's arguments."""
+    args = {k: v for k, v in kwargs.items() if k not in ENQUEUE_OPTIONS}
+    options = {k: v for k, v in kwargs.items() if k in ENQUEUE_OPTIONS}
+    return args, options
 
 
 def _state(state: State | str | None) -> State | None:

@@ -8,28 +8,26 @@ written deterministically around their steps.
 
 Progress and phases are queued to the worker and written with its next batch;
 steps and checkpoints are written at once, because the handler relies on them.
+Every write goes through the engine, like every other write in Instar.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from instar.control import CancelNow, LeaseLost, PauseNow, Suspend
-from instar.engine import plan_move
+from instar.engine import Engine, plan_move
 from instar.errors import ChildFailed, InvalidOption, SignalRejected, SignalTimeout
 from instar.lifecycle import State, is_terminal
 from instar.models import Awakeable, Job
-from instar.payload import decode, encode
-from instar.store.contract import Held, Move, Note
-
-if TYPE_CHECKING:
-    from instar.engine import Engine
-    from instar.jobs import JobDefinition
+from instar.payload import DEFAULT_MAX_BYTES, decode, encode
+from instar.registry import JobDefinition, Placement, new_jobs
+from instar.store.contract import Held, Lease, Move, Note
+from instar.vocabulary import AwakeableState, Trigger, job_actor
 
 
 class Context:
@@ -42,12 +40,14 @@ class Context:
         report: Callable[[Note | Move], None],
         engine: Engine | None = None,
         on_state: Callable[[Job], None] | None = None,
+        max_payload_bytes: int = DEFAULT_MAX_BYTES,
     ) -> None:
         self.job = job
         self.worker = worker
         self._report = report
         self._engine = engine
         self._on_state = on_state
+        self._max_payload_bytes = max_payload_bytes
         # Plain flags: set by the worker's loop, read by the handler in any thread.
         self._cancelled = False
         self._pause_requested = job.pause_requested
@@ -95,12 +95,14 @@ class Context:
         """Record how far the job is; shown by ``instar show`` and in the timeline."""
         detail = {"current": current, "total": total, "message": message}
         text = encode(detail, what="progress")
-        self._report(Note(self.job.id, "progress", self.worker, None, text, progress_json=text))
+        note = Note(self.job.id, Trigger.PROGRESS, self.worker, None, text, progress_json=text)
+        self._report(note)
         self._yield_if_asked()
 
     def phase(self, name: str) -> None:
         """Name the stage the handler is in (preparing, collecting ...): a timeline entry."""
-        self._report(Note(self.job.id, "phase", self.worker, None, json.dumps({"phase": name})))
+        detail = json.dumps({"phase": name})
+        self._report(Note(self.job.id, Trigger.PHASE, self.worker, None, detail))
 
     # -- durable operations ---------------------------------------------------------
 
@@ -132,10 +134,7 @@ class Context:
         """Save resumable data (``ctx.checkpoint_data`` on a later run). A pending
         pause or cancel request takes effect here."""
         data_json = encode(data, what="checkpoint data")
-        held = self._engine_().store.save_checkpoint(
-            self.job.id, self._token(), data_json, self._now(), self.worker
-        )
-        self._check(held)
+        self._check(self._engine_().save_checkpoint(self._lease(), data_json))
         self.job = replace(self.job, checkpoint=decode(data_json))
         self._yield_if_asked()
 
@@ -172,43 +171,45 @@ class Context:
             )
         self._signals_awaited.add(name)
         awakeable = self._awakeable(name)
-        if awakeable.state == "resolved":
+        if awakeable.state is AwakeableState.RESOLVED:
             return awakeable.value
-        if awakeable.state == "rejected":
+        if awakeable.state is AwakeableState.REJECTED:
             raise SignalRejected(name, awakeable.reason)
-        if awakeable.state == "timed-out":
+        if awakeable.state is AwakeableState.TIMED_OUT:
             raise SignalTimeout(name)
         timeout_at = awakeable.timeout_at.timestamp() if awakeable.timeout_at else None
         if timeout is not None and timeout_at is None:
             timeout_at = self._now() + timeout
-            self._engine_().store.set_awakeable_timeout(awakeable.id, timeout_at)
-        raise Suspend(timeout_at, {"awaiting": awakeable.id, "signal": name})
+            self._engine_().set_signal_timeout(awakeable.id, timeout_at)
+        detail = {"awaiting": awakeable.id, "signal": name}
+        raise Suspend(timeout_at, detail, awaiting=awakeable.id)
 
     def spawn(self, definition: JobDefinition, **kwargs: Any) -> Job:
         """Create a child job, once however often this handler re-runs."""
         self._spawns += 1
         key = f"instar:child:{self.job.id}:{self._spawns}"
-        engine = self._engine_()
-        spec = definition.app.new_job(definition, kwargs, key=key, parent_id=self.job.id)
-        return engine.enqueue([spec], actor=f"job {self.job.id}")[0]
+        placement = Placement(key=key, parent_id=self.job.id)
+        [spec] = new_jobs(
+            definition, [kwargs], placement, max_payload_bytes=self._max_payload_bytes
+        )
+        return self._engine_().enqueue([spec], actor=job_actor(self.job.id))[0]
 
     def join(self, children: Sequence[Job]) -> list[Any]:
         """Wait until every child has ended; their results in order, or ChildFailed.
         The job is suspended meanwhile and holds no worker."""
-        engine = self._engine_()
-        current = [engine.get(child.id) for child in children]
+        read = self._engine_().read
+        current = [read.get(child.id) for child in children]
         if all(is_terminal(c.state) for c in current):
             for child in current:
                 if child.state is not State.COMPLETED:
                     raise ChildFailed(child.id, child.state.value, child.error)
             return [child.result for child in current]
         ids = [c.id for c in current]
-        engine.store.add_dependencies(self.job.id, ids, "join")
-        raise Suspend(None, {"join": ids})
+        raise Suspend(None, {"join": ids}, joining=tuple(ids))
 
     def ready(self) -> None:
         """For a service job: it is up. running -> serving; it keeps its lease by heartbeat."""
-        move = plan_move(self.job, State.SERVING, "serving", by_lease=True)
+        move = plan_move(self.job, State.SERVING, Trigger.SERVING, by_lease=True)
         self.job = replace(self.job, state=State.SERVING, version=self.job.version + 1)
         self._report(move)
         if self._on_state is not None:
@@ -244,30 +245,26 @@ class Context:
     def _save_step(self, name: str, result_json: str) -> None:
         """Store a step's result durably before the handler goes on; a worker
         that lost the job's lease stops here."""
-        engine = self._engine_()
-        held = engine.store.save_step(
-            self.job.id, self._token(), name, result_json, self._now(), self.worker
-        )
-        self._check(held)
+        self._check(self._engine_().save_step(self._lease(), name, result_json))
         self._stored_steps()[name] = result_json
 
     def _stored_steps(self) -> dict[str, str | None]:
         if self._steps is None:
-            self._steps = self._engine_().store.steps(self.job.id)
+            self._steps = self._engine_().read.steps(self.job.id)
         return self._steps
 
     def _awakeable(self, name: str) -> Awakeable:
-        return self._engine_().store.awakeable(self.job.id, name, uuid.uuid4().hex, self._now())
+        return self._engine_().awakeable(self.job.id, name)
 
     def _engine_(self) -> Engine:
         if self._engine is None:
             raise RuntimeError("durable operations need a context given by a worker")
         return self._engine
 
-    def _token(self) -> str:
+    def _lease(self) -> Lease:
         if self.job.lease_token is None:
             raise LeaseLost()
-        return self.job.lease_token
+        return Lease(self.job.id, self.job.lease_token, self.worker)
 
     def _now(self) -> float:
         return self._engine_().clock.now()

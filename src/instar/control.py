@@ -11,12 +11,22 @@ from typing import Any
 
 class Suspend(BaseException):
     """End this run; the job is suspended until ``wake_at`` (epoch seconds), or
-    until what ``detail`` names (a signal, children) happens when it is None."""
+    until what it waits for happens: the awakeable ``awaiting`` is settled, or
+    every job in ``joining`` has ended. ``detail`` goes into the timeline."""
 
-    def __init__(self, wake_at: float | None, detail: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        wake_at: float | None,
+        detail: dict[str, Any],
+        *,
+        awaiting: str | None = None,
+        joining: tuple[int, ...] = (),
+    ) -> None:
         super().__init__(detail)
         self.wake_at = wake_at
         self.detail = detail
+        self.awaiting = awaiting
+        self.joining = joining
 
 
 class PauseNow(BaseException):

@@ -1,39 +1,42 @@
-"""Drawings of the lifecycle table: a text table, Mermaid and Graphviz DOT.
+"""Drawings of a transition table: a text table, Mermaid and Graphviz DOT.
 
-One model (the table in ``instar.lifecycle``), several renderers; the README's
-lifecycle section is the Mermaid output, checked for drift by a test.
+One model (a ``TransitionTable``: the jobs' lifecycle by default, or a
+user-defined machine), several renderers; the README's lifecycle section is
+the Mermaid output for jobs, checked for drift by a test.
 """
 
 from __future__ import annotations
 
-from typing import Literal, assert_never
+from collections.abc import Hashable
+from typing import Any, Literal, assert_never
 
-from instar.lifecycle import ENTRY_STATES, KINDS, MEANINGS, TRANSITIONS, State, is_terminal
+from instar.lifecycle import JOBS
+from instar.table import TransitionTable
 
 Format = Literal["table", "mermaid", "dot"]
 
 
-def _ordered_targets(state: State) -> list[State]:
-    return [s for s in State if s in TRANSITIONS[state]]
-
-
-def render(fmt: Format) -> str:
+def render(fmt: Format, table: TransitionTable[Any] | None = None) -> str:
+    """``table`` (the job lifecycle when None) drawn in ``fmt``."""
+    drawn = table if table is not None else JOBS
     match fmt:
         case "table":
-            return _table()
+            return _table(drawn)
         case "mermaid":
-            return _mermaid()
+            return _mermaid(drawn)
         case "dot":
-            return _dot()
+            return _dot(drawn)
         case _:
             assert_never(fmt)
 
 
-def _table() -> str:
+def _table(table: TransitionTable[Any]) -> str:
     rows = [("state", "kind", "may move to", "meaning")]
-    for state in State:
-        targets = ", ".join(s.value for s in _ordered_targets(state)) or "-"
-        rows.append((state.value, KINDS[state].value, targets, MEANINGS[state]))
+    for state in table.states:
+        targets = ", ".join(str(s) for s in table.targets(state)) or "-"
+        rows.append(
+            (str(state), table.kinds.get(state, ""), targets, table.meanings.get(state, ""))
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = [
         "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True))
@@ -44,28 +47,30 @@ def _table() -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _node(state: State) -> str:
-    return state.value.replace("-", "_")
+def _node(state: Hashable) -> str:
+    return str(state).replace("-", "_").replace(".", "__")
 
 
-def _mermaid() -> str:
+def _mermaid(table: TransitionTable[Any]) -> str:
     lines = ["stateDiagram-v2"]
-    lines += [f"    [*] --> {_node(s)}" for s in State if s in ENTRY_STATES]
-    for state in State:
-        for target in _ordered_targets(state):
+    lines += [f"    [*] --> {_node(s)}" for s in table.states if s in table.entry]
+    for state in table.states:
+        for target in table.targets(state):
             lines.append(f"    {_node(state)} --> {_node(target)}")
-        if is_terminal(state):
+        if state in table.final:
             lines.append(f"    {_node(state)} --> [*]")
     return "\n".join(lines)
 
 
-def _dot() -> str:
-    lines = ["digraph lifecycle {", "    rankdir=LR;"]
-    for state in State:
-        shape = "doublecircle" if is_terminal(state) else "ellipse"
-        lines.append(f'    "{state.value}" [shape={shape}, tooltip="{KINDS[state].value}"];')
-    for state in State:
-        for target in _ordered_targets(state):
-            lines.append(f'    "{state.value}" -> "{target.value}";')
+def _dot(table: TransitionTable[Any]) -> str:
+    name = _node(table.name).replace(" ", "_")
+    lines = [f"digraph {name} {{", "    rankdir=LR;"]
+    for state in table.states:
+        shape = "doublecircle" if state in table.final else "ellipse"
+        kind = table.kinds.get(state, "")
+        lines.append(f'    "{state}" [shape={shape}, tooltip="{kind}"];')
+    for state in table.states:
+        for target in table.targets(state):
+            lines.append(f'    "{state}" -> "{target}";')
     lines.append("}")
     return "\n".join(lines)

@@ -15,20 +15,30 @@
     ├── ChildFailed            raised in a handler: a joined child failed or was cancelled
     └── Fatal                  raised by a handler: fail now, no retry
 
-Each error names the offending value and the way out; the CLI's exit codes
-come from ``EXIT_CODES`` below.
+Each error names the offending value and the way out. Each class also carries
+how the shells report it, in one place: ``exit_code`` (the CLI's exit status),
+``http_status`` (the HTTP API's status) and ``code`` (a stable name a client
+can switch on). A subclass inherits them unless it says otherwise.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from typing import ClassVar
 
 
 class InstarError(Exception):
     """The root of every error Instar raises on purpose."""
 
+    exit_code: ClassVar[int] = 1
+    http_status: ClassVar[int] = 500
+    code: ClassVar[str] = "error"
+
 
 class InvalidTransition(InstarError):
+    exit_code = 3
+    http_status = 409
+    code = "invalid_transition"
+
     def __init__(self, job_id: int, from_state: str, to_state: str, reason: str = "") -> None:
         self.job_id = job_id
         self.from_state = from_state
@@ -41,12 +51,20 @@ class InvalidTransition(InstarError):
 
 
 class JobNotFound(InstarError):
+    exit_code = 4
+    http_status = 404
+    code = "job_not_found"
+
     def __init__(self, job_id: object) -> None:
         self.job_id = job_id
         super().__init__(f"no job with id {job_id!r}; list jobs with `instar jobs`")
 
 
 class UnknownJob(InstarError):
+    exit_code = 5
+    http_status = 422
+    code = "unknown_job_name"
+
     def __init__(self, name: str, known: list[str]) -> None:
         self.name = name
         self.known = known
@@ -60,20 +78,40 @@ class UnknownJob(InstarError):
 class PayloadError(InstarError):
     """A payload that is not JSON-serialisable or exceeds the size limit."""
 
+    exit_code = 6
+    http_status = 422
+    code = "invalid_payload"
+
 
 class ConfigurationError(InstarError):
     """A database URL, option or app reference that cannot be used."""
+
+    exit_code = 7
+    http_status = 500
+    code = "configuration_error"
 
 
 class DatabaseUnavailable(ConfigurationError):
     """The server did not answer or refused us: a worker waits and tries again."""
 
+    exit_code = 7
+    http_status = 503
+    code = "unavailable"
+
 
 class InvalidOption(InstarError, ValueError):
     """An option whose value cannot be used, such as a run_at without a time zone."""
 
+    exit_code = 2
+    http_status = 400
+    code = "invalid_option"
+
 
 class AwakeableNotFound(InstarError):
+    exit_code = 4
+    http_status = 404
+    code = "awakeable_not_found"
+
     def __init__(self, awakeable_id: str) -> None:
         self.awakeable_id = awakeable_id
         super().__init__(
@@ -82,6 +120,10 @@ class AwakeableNotFound(InstarError):
 
 
 class SignalAlreadySettled(InstarError):
+    exit_code = 3
+    http_status = 409
+    code = "awakeable_already_completed"
+
     def __init__(self, awakeable_id: str, state: str) -> None:
         self.awakeable_id = awakeable_id
         self.state = state
@@ -113,22 +155,3 @@ class ChildFailed(InstarError):
 
 class Fatal(InstarError):
     """Raise this in a handler to fail the job at once, without retrying."""
-
-
-EXIT_CODES: Mapping[type[InstarError], int] = {
-    InvalidTransition: 3,
-    JobNotFound: 4,
-    UnknownJob: 5,
-    PayloadError: 6,
-    ConfigurationError: 7,
-    InvalidOption: 2,
-    AwakeableNotFound: 4,
-    SignalAlreadySettled: 3,
-}
-
-
-def exit_code_for(error: InstarError) -> int:
-    for error_type, code in EXIT_CODES.items():
-        if isinstance(error, error_type):
-            return code
-    return 1

@@ -10,6 +10,8 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 
+from instar.table import InvalidTable, TransitionTable
+
 
 class State(enum.StrEnum):
     PENDING = "pending"
@@ -106,6 +108,21 @@ INITIAL: State = S.PENDING
 # scheduled when it starts later, ready otherwise. No move enters pending.
 ENTRY_STATES: frozenset[State] = frozenset({S.PENDING, S.SCHEDULED, S.READY})
 
+JOBS: TransitionTable[State] = TransitionTable(
+    name="job lifecycle",
+    states=tuple(State),
+    transitions=TRANSITIONS,
+    entry=ENTRY_STATES,
+    final=frozenset(s for s, k in KINDS.items() if k is Kind.TERMINAL),
+    initial_only=frozenset({INITIAL}),
+    kinds={s: k.value for s, k in KINDS.items()},
+    meanings=MEANINGS,
+)
+"""The lifecycle as a ``TransitionTable``: what the validator and the diagrams read."""
+
+CLAIM: tuple[State, State] = (S.READY, S.RUNNING)
+"""The move a worker's claim makes. The claim SQL takes both names from here."""
+
 
 def can_transition(from_state: State, to_state: State) -> bool:
     """Whether the table allows moving a job from ``from_state`` to ``to_state``."""
@@ -127,43 +144,20 @@ def states_of_kind(kind: Kind) -> frozenset[State]:
 
 def sources_of(to_state: State) -> frozenset[State]:
     """Every state from which ``to_state`` may be entered (used to build SQL guards)."""
-    return frozenset(s for s, targets in TRANSITIONS.items() if to_state in targets)
+    return JOBS.sources(to_state)
 
 
-def validate(
-    transitions: Mapping[State, frozenset[State]], kinds: Mapping[State, Kind], initial: State
-) -> None:
-    """Refuse a table that breaks the lifecycle's invariants.
-
-    One initial state that nothing enters; terminal states that only leave by an
-    explicit operator retry (``failed``) or not at all; every state reachable;
-    every non-terminal state with a path to a terminal one.
-    """
-    states = set(kinds)
-    if set(transitions) != states:
-        raise ValueError("every state needs a kind and a row in the transition table")
-    if any(initial in targets for targets in transitions.values()):
-        raise ValueError(f"the initial state {initial} must not be entered again")
-    reachable = {initial}
-    frontier = [initial]
-    while frontier:
-        for target in transitions[frontier.pop()]:
-            if target not in reachable:
-                reachable.add(target)
-                frontier.append(target)
-    if reachable != states:
-        raise ValueError(f"unreachable states: {sorted(states - reachable)}")
-    terminal = {s for s, k in kinds.items() if k is Kind.TERMINAL}
-    for state in states - terminal:
-        seen = {state}
-        frontier = [state]
-        while frontier and not (seen & terminal):
-            for target in transitions[frontier.pop()]:
-                if target not in seen:
-                    seen.add(target)
-                    frontier.append(target)
-        if not seen & terminal:
-            raise ValueError(f"state {state} has no path to a terminal state")
+def validate(table: TransitionTable[State]) -> None:
+    """Refuse a job table that breaks the lifecycle's invariants (``InvalidTable``,
+    a ``ValueError``, naming every problem): one initial state that nothing
+    enters; every state reachable from an entry state; every non-terminal state
+    with a path to a terminal one; and every kind of state known."""
+    table.validate()
+    unknown = set(table.states) - set(KINDS)
+    if unknown:
+        raise InvalidTable(table.name, [f"states without a kind: {sorted(unknown)}"])
 
 
-validate(TRANSITIONS, KINDS, INITIAL)
+validate(JOBS)
+if not can_transition(*CLAIM):
+    raise InvalidTable(JOBS.name, [f"the claim {CLAIM[0]} -> {CLAIM[1]} is not in the table"])

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from instar.lifecycle import State
+from instar.vocabulary import AwakeableState
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +73,7 @@ class Awakeable:
     id: str
     job_id: int
     name: str
-    state: str
+    state: AwakeableState
     value: Any
     reason: str | None
     timeout_at: datetime | None

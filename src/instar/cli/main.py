@@ -29,7 +29,6 @@ from instar.errors import (
     DatabaseUnavailable,
     InstarError,
     InvalidOption,
-    exit_code_for,
 )
 from instar.lifecycle import State
 from instar.models import Awakeable, Event, Job
@@ -64,7 +63,7 @@ def reports_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except InstarError as error:
             err.print(f"[bold red]error:[/] {error}", markup=True)
-            sys.exit(exit_code_for(error))
+            sys.exit(error.exit_code)
 
     return wrapper  # type: ignore[return-value]
 

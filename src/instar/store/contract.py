@@ -1,9 +1,16 @@
 """The store contract: what the engine asks of a backend, and nothing more.
 
-Every backend implements ``Store`` with its own SQL. A method that changes a
-job's state names its precondition and compare-and-sets on it; losing a race
-is a normal result (``False`` or an empty list), never an exception. Times are
-epoch seconds (UTC) here; the models turn them into datetimes.
+A store has two faces. Reads go straight to the ``Store``, role by role
+(jobs, timeline, durable state, sweeps, leadership). Every write happens in a
+``Transaction`` opened with ``store.transaction(now)``: everything done
+through it commits together or not at all, so one logical change (a move,
+its event, the bookkeeping it implies, the wake-ups it sets off) is one
+transaction by construction.
+
+A write that changes a job's state names its precondition and
+compare-and-sets on it; losing a race is a normal result (``False``, an
+empty list), never an exception. Times are epoch seconds (UTC); the models
+turn them into datetimes.
 
 The records below are built once per job on the hot path, so they are plain
 slotted dataclasses: a frozen one's ``__init__`` costs five times as much.
@@ -12,12 +19,17 @@ Treat them as read-only all the same.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from instar.lifecycle import State
 from instar.models import Awakeable, Event, Job, QueueStats
+from instar.vocabulary import AwakeableState, DependencyKind
+
+# -- records -----------------------------------------------------------------
 
 
 @dataclass(slots=True)
@@ -45,6 +57,10 @@ class Move:
     operators and timers, ``guard_token`` for the worker holding the lease
     (so a zombie worker's report is refused). The other fields are the job's
     new values; the engine computes them, the store only writes them.
+    The last three are bookkeeping the engine does in the same transaction
+    when the move wins, not columns: ``awaiting`` and ``joining`` say what a
+    move into suspended waits for (an awakeable's id, children's ids);
+    ``timing_out`` names awakeables a timer's wake-up settles as timed out.
     """
 
     job_id: int
@@ -66,11 +82,14 @@ class Move:
     guard_token: str | None = None
     actor: str | None = None
     detail_json: str | None = None
+    awaiting: str | None = None
+    joining: tuple[int, ...] = ()
+    timing_out: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
 class Note:
-    """A timeline entry that changes no state: progress, a cancel request, a refusal."""
+    """A timeline entry that changes no state: progress, a phase, a refusal."""
 
     job_id: int
     trigger: str
@@ -81,16 +100,19 @@ class Note:
 
 
 @dataclass(frozen=True, slots=True)
+class Applied:
+    """What ``apply_moves`` did: for each move, whether it won; and which of the
+    jobs that moved have other jobs waiting on them (dependants, a joining parent)."""
+
+    won: list[bool]
+    awaited: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
 class ClaimRequest:
     worker: str
     limit: int
     queues: Sequence[str] | None
-
-
-@dataclass(frozen=True, slots=True)
-class BatchResult:
-    applied: list[bool]
-    claimed: list[Job]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +124,19 @@ class JobFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events a feed wants: of one job, of jobs on a queue or of a name,
+    or moves into one state. Every field is optional."""
+
+    job_id: int | None = None
+    queue: str | None = None
+    name: str | None = None
+    state: State | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Held:
-    """What a heartbeat learns about one job its worker holds."""
+    """What a heartbeat (or a step, a checkpoint) learns about one job its worker holds."""
 
     job_id: int
     state: State
@@ -111,7 +144,226 @@ class Held:
     pause_requested: bool
 
 
-class Store(Protocol):
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """Who writes on a leased job's behalf: only the holder of ``token`` may."""
+
+    job_id: int
+    token: str
+    worker: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """An awakeable's one settling: resolved with a value, rejected with a reason, timed out."""
+
+    awakeable_id: str
+    state: AwakeableState
+    value_json: str | None = None
+    reason: str | None = None
+
+
+class Request(enum.Enum):
+    """A flag an operator raises on a leased job; its worker acts on it."""
+
+    CANCEL = "cancel"
+    PAUSE = "pause"
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    """A bid to lead a role (maintenance) for ``ttl`` seconds."""
+
+    role: str
+    holder: str
+    ttl: float
+
+
+class Wake(enum.Enum):
+    """What a committed transaction tells listeners: jobs became ready (workers
+    want to know), or only that events were appended (feeds want to know)."""
+
+    READY = "ready"
+    EVENTS = "events"
+
+
+# -- writes: one transaction ------------------------------------------------------
+
+
+class JobWrites(Protocol):
+    def insert_jobs(self, jobs: Sequence[NewJob], actor: str | None) -> list[Job]:
+        """Insert jobs, their ``after`` edges and their first events. A job whose
+        ``key`` already exists is not inserted again: the existing one is returned."""
+        ...
+
+    def apply_moves(self, moves: Sequence[Move]) -> Applied:
+        """Apply each move whose guard still holds, with its event; a refused
+        report from a stale lease leaves a ``refused`` note instead. Moves of
+        one job apply in order, each seeing the one before."""
+        ...
+
+    def claim(self, request: ClaimRequest) -> list[Job]:
+        """Claim up to ``request.limit`` ready jobs (ready -> running, a fresh lease
+        token each, most urgent then oldest first), with their events."""
+        ...
+
+    def raise_request(self, job_id: int, request: Request, actor: str | None) -> bool:
+        """Flag a leased job for cancellation (or a running one for a pause), with a
+        note; False when the job is not in such a state or is flagged already."""
+        ...
+
+    def heartbeat(self, worker: str, job_ids: Sequence[int]) -> list[Held]:
+        """Extend, in one statement, the leases ``worker`` holds on ``job_ids``;
+        returns what each asks of its worker."""
+        ...
+
+    def lock_job(self, job_id: int) -> Job | None:
+        """The job, locked against other writers until this transaction ends."""
+        ...
+
+    def waiting_on(self, job_ids: Sequence[int]) -> list[Job]:
+        """Pending or suspended jobs that wait for any of ``job_ids``."""
+        ...
+
+    def awaited(self, job_id: int, kind: DependencyKind, *, share_lock: bool = False) -> list[Job]:
+        """The jobs ``job_id`` waits for, of one kind. With ``share_lock`` they are
+        locked against a concurrent end, so that a job ending now either commits
+        first (and is seen ended here) or waits, and then sees this waiter."""
+        ...
+
+    def pause_queue(self, queue: str) -> bool: ...
+
+    def resume_queue(self, queue: str) -> bool: ...
+
+
+class TimelineWrites(Protocol):
+    def append_notes(self, notes: Sequence[Note]) -> None:
+        """Append notes (and set progress where a note carries it)."""
+        ...
+
+
+class DurableWrites(Protocol):
+    def save_step(self, lease: Lease, name: str, result_json: str | None) -> Held | None:
+        """Store a step's result if the lease still holds (else None), with a note."""
+        ...
+
+    def save_checkpoint(self, lease: Lease, data_json: str) -> Held | None:
+        """Store a checkpoint if the lease still holds (else None), with a note."""
+        ...
+
+    def awakeable(self, job_id: int, name: str, new_id: str) -> Awakeable:
+        """The job's awakeable of this name, created (with ``new_id``) if missing."""
+        ...
+
+    def get_awakeable(self, awakeable_id: str) -> Awakeable | None: ...
+
+    def set_awakeable_timeout(self, awakeable_id: str, timeout_at: float) -> None: ...
+
+    def settle_awakeable(self, settlement: Settlement) -> bool:
+        """pending -> the settlement's state (compare-and-set); False if settled already."""
+        ...
+
+    def add_dependencies(self, job_id: int, on: Sequence[int], kind: DependencyKind) -> None: ...
+
+    def remove_dependencies(self, job_ids: Sequence[int], kind: DependencyKind) -> None: ...
+
+
+class Transaction(JobWrites, TimelineWrites, DurableWrites, Protocol):
+    """Every write of one logical change; commits when its ``with`` block ends."""
+
+    now: float
+
+    def wakes(self) -> set[Wake]:
+        """What this transaction will tell listeners once it commits."""
+        ...
+
+
+# -- reads, role by role ----------------------------------------------------------
+
+
+class JobReads(Protocol):
+    def get_job(self, job_id: int) -> Job | None: ...
+
+    def list_jobs(self, where: JobFilter) -> list[Job]: ...
+
+    def count_by_state(self) -> dict[State, int]: ...
+
+    def queue_stats(self) -> list[QueueStats]: ...
+
+    def children_of(self, job_id: int) -> list[Job]: ...
+
+    def dependencies_of(self, job_id: int, kind: DependencyKind) -> list[Job]:
+        """The jobs ``job_id`` waits for, of one kind."""
+        ...
+
+
+class TimelineReads(Protocol):
+    def events(self, job_id: int) -> list[Event]:
+        """One job's timeline, oldest first."""
+        ...
+
+    def events_since(self, after_id: int, limit: int, where: EventFilter) -> list[Event]:
+        """Up to ``limit`` events that follow the event ``after_id`` (0: the first)
+        in commit order, matching ``where``. Reading again from the last id
+        returned never misses nor repeats an event, however transactions
+        interleave: an event is returned only once no transaction that began
+        before it can still commit an earlier one."""
+        ...
+
+    def last_event_id(self) -> int:
+        """The id of the latest event ``events_since`` would return (0 if none)."""
+        ...
+
+    def held_back_events(self) -> bool:
+        """Whether committed events exist that ``events_since`` does not return
+        yet, because an older transaction is still open (never on SQLite)."""
+        ...
+
+
+class DurableReads(Protocol):
+    def steps(self, job_id: int) -> dict[str, str | None]:
+        """Stored step results (JSON text) of a job, by step name."""
+        ...
+
+    def get_awakeable(self, awakeable_id: str) -> Awakeable | None: ...
+
+    def awakeables_of(self, job_id: int) -> list[Awakeable]: ...
+
+
+class SweepReads(Protocol):
+    """What maintenance looks for; each read is served by a partial index."""
+
+    def due_timers(self, now: float, limit: int) -> list[Job]:
+        """Scheduled, backing-off and suspended jobs whose time has come."""
+        ...
+
+    def expired_pauses(self, now: float, limit: int) -> list[Job]:
+        """Paused jobs past their ``pause_deadline``."""
+        ...
+
+    def expired_leases(self, now: float, limit: int) -> list[Job]: ...
+
+    def next_timer_at(self) -> float | None:
+        """The earliest run_at, next_retry_at or wake_at still ahead."""
+        ...
+
+    def stranded_waiters(self, limit: int) -> list[Job]:
+        """Pending or suspended jobs whose awaited jobs have all ended."""
+        ...
+
+    def unwakeable(self, limit: int) -> list[Job]:
+        """Suspended jobs with nothing left to wake them: no timer, no pending
+        awakeable, no unfinished child."""
+        ...
+
+
+class Leadership(Protocol):
+    def try_lead(self, term: Term, now: float) -> bool:
+        """Take or renew the leadership of ``term.role`` for ``term.ttl`` seconds."""
+        ...
+
+
+class Store(JobReads, TimelineReads, DurableReads, SweepReads, Leadership, Protocol):
     """A durable home for jobs and their timelines."""
 
     supports_listen: bool
@@ -122,144 +374,19 @@ class Store(Protocol):
 
     def close(self) -> None: ...
 
-    def insert_jobs(
-        self, jobs: Sequence[NewJob], now: float, actor: str | None, connection: Any = None
-    ) -> list[Job]:
-        """Insert jobs and their first events in one transaction. A job whose
-        ``key`` already exists is not inserted again: the existing one is returned.
-        With ``connection`` (a driver connection of the caller's), the insert joins
-        the caller's open transaction and commits or rolls back with it."""
+    def transaction(
+        self, now: float, connection: Any = None
+    ) -> AbstractContextManager[Transaction]:
+        """One write transaction at time ``now``. With ``connection`` (a driver
+        connection of the caller's, PostgreSQL only) it joins the caller's
+        open transaction and commits or rolls back with it."""
         ...
 
-    def watch(self, listener: Callable[[], None]) -> None:
+    def watch(self, listener: Callable[[Wake], None]) -> None:
         """Where ``supports_listen``: call ``listener`` whenever another process
-        makes a job ready, so idle workers start it without polling."""
-        ...
-
-    def get_job(self, job_id: int) -> Job | None: ...
-
-    def list_jobs(self, where: JobFilter) -> list[Job]: ...
-
-    def count_by_state(self) -> dict[State, int]: ...
-
-    def events(self, job_id: int) -> list[Event]: ...
-
-    def commit_batch(
-        self,
-        moves: Sequence[Move],
-        notes: Sequence[Note],
-        claim: ClaimRequest | None,
-        now: float,
-    ) -> BatchResult:
-        """In one transaction: apply each move if its guard still holds (with its
-        event), append the notes, then claim up to ``claim.limit`` ready jobs
-        (ready -> running, fresh lease token each, oldest most urgent first)."""
-        ...
-
-    def request_cancel_if_leased(self, job_id: int, now: float, actor: str | None) -> bool:
-        """Flag a running (or serving) job for cancellation; its worker acts on it."""
-        ...
-
-    def heartbeat(self, worker: str, job_ids: Sequence[int], now: float) -> list[Held]:
-        """Extend, in one statement, the leases ``worker`` holds on ``job_ids``
-        (the jobs it is running or has claimed ahead: a claim it lost track of
-        expires and is rescued); returns what each asks of its worker."""
-        ...
-
-    def request_pause_if_leased(self, job_id: int, now: float, actor: str | None) -> bool:
-        """Flag a running job to pause at its next checkpoint."""
-        ...
-
-    # -- durable execution ---------------------------------------------------
-
-    def steps(self, job_id: int) -> dict[str, str | None]:
-        """Stored step results (JSON text) of a job, by step name."""
-        ...
-
-    def save_step(
-        self,
-        job_id: int,
-        lease_token: str,
-        name: str,
-        result_json: str | None,
-        now: float,
-        worker: str | None = None,
-    ) -> Held | None:
-        """Store a step's result if the caller still holds the lease (else None)."""
-        ...
-
-    def save_checkpoint(
-        self,
-        job_id: int,
-        lease_token: str,
-        data_json: str,
-        now: float,
-        worker: str | None = None,
-    ) -> Held | None:
-        """Store a checkpoint if the caller still holds the lease (else None)."""
-        ...
-
-    def awakeable(self, job_id: int, name: str, new_id: str, now: float) -> Awakeable:
-        """The job's awakeable of this name, created (with ``new_id``) if missing."""
-        ...
-
-    def get_awakeable(self, awakeable_id: str) -> Awakeable | None: ...
-
-    def set_awakeable_timeout(self, awakeable_id: str, timeout_at: float) -> None: ...
-
-    def settle_awakeable(
-        self,
-        awakeable_id: str,
-        state: str,
-        value_json: str | None,
-        reason: str | None,
-        wake: Move | None,
-        now: float,
-    ) -> bool:
-        """pending -> ``state`` (compare-and-set), plus ``wake`` (suspended -> ready)
-        when it still applies, in one transaction. False if already settled."""
-        ...
-
-    def awakeables_of(self, job_id: int) -> list[Awakeable]: ...
-
-    def add_dependencies(self, job_id: int, on: Sequence[int], kind: str) -> None: ...
-
-    def remove_dependencies(self, job_id: int, kind: str) -> None: ...
-
-    def dependencies_of(self, job_id: int, kind: str) -> list[Job]:
-        """The jobs ``job_id`` waits for, of one kind ('after' or 'join')."""
-        ...
-
-    def waiting_on(self, job_ids: Sequence[int]) -> list[Job]:
-        """Pending or suspended jobs that wait for any of ``job_ids``."""
-        ...
-
-    def stranded_waiters(self, limit: int) -> list[Job]:
-        """Pending or suspended-on-join jobs whose awaited jobs have all ended."""
-        ...
-
-    def children_of(self, job_id: int) -> list[Job]: ...
-
-    def pause_queue(self, queue: str, now: float) -> bool: ...
-
-    def resume_queue(self, queue: str) -> bool: ...
-
-    def queue_stats(self) -> list[QueueStats]: ...
-
-    def due_timers(self, now: float, limit: int) -> list[Job]:
-        """Scheduled jobs whose run_at and backing-off jobs whose next_retry_at has come."""
-        ...
-
-    def expired_leases(self, now: float, limit: int) -> list[Job]: ...
-
-    def next_timer_at(self) -> float | None:
-        """The earliest run_at or next_retry_at still ahead, for burst workers and sleepers."""
-        ...
-
-    def try_lead(self, role: str, holder: str, now: float, ttl: float) -> bool:
-        """Take or renew the leadership of ``role`` for ``ttl`` seconds."""
+        commits events (``Wake.READY`` when jobs became ready)."""
         ...
 
     def change_marker(self) -> int:
-        """A number that changes when another connection commits (cheap to read)."""
+        """A number that changes when another process commits (cheap to read)."""
         ...

@@ -16,6 +16,7 @@ from instar.lifecycle import State
 from instar.models import Awakeable, Event, Job, Progress
 from instar.payload import decode
 from instar.store.contract import Held, Move, NewJob, Note
+from instar.vocabulary import AwakeableState, Trigger
 
 
 class Cursor(Protocol):
@@ -83,8 +84,11 @@ def move_event(move: Move, now: float) -> tuple[Any, ...]:
 
 
 def refusal_note(move: Move) -> Note:
-    detail = json.dumps({"refused": move.to_state.value, "reason": "stale lease token"})
-    return Note(move.job_id, f"refused-{move.trigger}", move.worker, move.actor, detail)
+    """A report from a worker whose lease token is stale: kept in the timeline, not applied."""
+    detail = json.dumps(
+        {"trigger": move.trigger, "refused": move.to_state.value, "reason": "stale lease token"}
+    )
+    return Note(move.job_id, Trigger.REFUSED.value, move.worker, move.actor, detail)
 
 
 def note_params(note: Note, now: float) -> dict[str, Any]:
@@ -190,7 +194,7 @@ def awakeables_from(cursor: Cursor) -> list[Awakeable]:
             id=row[at["id"]],
             job_id=row[at["job_id"]],
             name=row[at["name"]],
-            state=row[at["state"]],
+            state=AwakeableState(row[at["state"]]),
             value=decode(row[at["value"]]),
             reason=row[at["reason"]],
             timeout_at=to_datetime(row[at["timeout_at"]]),

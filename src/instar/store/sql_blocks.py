@@ -6,11 +6,14 @@ why the query looks as it does. Runtime code holds no SQL strings of its own.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import enum
+import re
+from collections.abc import Callable, Mapping
 from importlib import resources
 from types import MappingProxyType
 
-from instar.lifecycle import Kind, states_of_kind
+from instar.lifecycle import CLAIM, Kind, State, states_of_kind
+from instar.vocabulary import AwakeableState, DependencyKind
 
 
 def load_blocks(package: str, filename: str) -> Mapping[str, str]:
@@ -38,18 +41,48 @@ def load_migrations(package: str) -> list[tuple[int, str, str]]:
     return sorted(found)
 
 
-def _sql_list(kind: Kind) -> str:
-    return ", ".join(f"'{s.value}'" for s in sorted(states_of_kind(kind)))
+_PLACEHOLDER = re.compile(r"\{([a-z_]+)(?::([a-z-]+))?\}")
+_VOCABULARY: Mapping[str, Callable[[str], enum.StrEnum]] = {
+    "state": State,
+    "awakeable": AwakeableState,
+    "dependency": DependencyKind,
+}
+_RUNTIME = frozenset({"schema", "channel"})  # filled in when the statement runs
+
+
+def _fill(name: str, sql: str) -> str:
+    """Replace the lifecycle placeholders of one block; refuse any it does not know.
+
+    ``{claim_from}``/``{claim_to}``: the two ends of the claim (``lifecycle.CLAIM``);
+    ``{state:NAME}``, ``{awakeable:NAME}``, ``{dependency:NAME}``: one name,
+    checked against its enum; ``{KIND}`` (e.g. ``{leased}``, ``{terminal}``):
+    every state of that kind.
+    """
+
+    def replace(match: re.Match[str]) -> str:
+        word, arg = match.group(1), match.group(2)
+        if word == "claim_from" and arg is None:
+            return f"'{CLAIM[0].value}'"
+        if word == "claim_to" and arg is None:
+            return f"'{CLAIM[1].value}'"
+        vocabulary = _VOCABULARY.get(word)
+        if vocabulary is not None and arg is not None:
+            try:
+                return f"'{vocabulary(arg).value}'"
+            except ValueError:
+                raise ValueError(f"query {name!r}: {arg!r} is not a {word}") from None
+        if arg is None and word in Kind.__members__.values():
+            return ", ".join(f"'{s.value}'" for s in sorted(states_of_kind(Kind(word))))
+        if arg is None and word in _RUNTIME:
+            return match.group(0)
+        raise ValueError(f"query {name!r}: unknown placeholder {match.group(0)}")
+
+    return _PLACEHOLDER.sub(replace, sql)
 
 
 def load_queries(package: str) -> Mapping[str, str]:
-    """A backend's ``queries.sql``, with ``{leased}`` and ``{terminal}`` filled in
-    from the lifecycle table: the SQL names sets of states by kind, never by hand."""
+    """A backend's ``queries.sql``, with the lifecycle's states filled in from
+    the table: the SQL names states by kind or through a checked placeholder."""
     return MappingProxyType(
-        {
-            name: sql.replace("{leased}", _sql_list(Kind.LEASED)).replace(
-                "{terminal}", _sql_list(Kind.TERMINAL)
-            )
-            for name, sql in load_blocks(package, "queries.sql").items()
-        }
+        {name: _fill(name, sql) for name, sql in load_blocks(package, "queries.sql").items()}
     )

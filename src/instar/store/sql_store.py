@@ -2,45 +2,65 @@
 
 sqlite3 and psycopg connections answer ``execute``, ``cursor().executemany``,
 ``rowcount`` and ``fetchall`` alike, and each backend's ``queries.sql`` takes
-the same parameters under the same block names. So a store method is written
-once here; a backend supplies its queries, its transactions, its claim and
-its bulk insert, and the little that differs (how a list is passed, whether
-a commit must wake other processes).
+the same parameters under the same block names. So the reads, the one
+migration runner and every write of a transaction are written once here; a
+backend supplies its queries, its connections, its claim and bulk insert,
+and the little that differs (how a list is passed, how listeners are told).
 """
 
 from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-from instar.lifecycle import State
+from instar.lifecycle import CLAIM, State
 from instar.models import Awakeable, Event, Job, QueueStats
-from instar.store.contract import BatchResult, ClaimRequest, Held, JobFilter, Move, Note
+from instar.store.contract import (
+    Applied,
+    ClaimRequest,
+    EventFilter,
+    Held,
+    JobFilter,
+    Lease,
+    Move,
+    NewJob,
+    Note,
+    Request,
+    Settlement,
+    Term,
+    Wake,
+)
 from instar.store.records import (
     awakeables_from,
+    datetime_of,
     events_from,
     held_from,
     jobs_from,
     move_event,
     moves_json,
+    new_job_record,
     note_params,
     refusal_note,
     rounds,
 )
+from instar.store.sql_blocks import load_migrations
+from instar.vocabulary import DependencyKind, Trigger
 
 
 class SQLStore(ABC):
-    """The shared body of the SQLite and PostgreSQL stores."""
+    """The shared body of the SQLite and PostgreSQL stores: reads and migrations.
+    Writes live in ``SQLTransaction``."""
 
     Q: Mapping[str, str]
+    migrations_package: str
 
     # -- what a backend supplies -------------------------------------------------
 
     @abstractmethod
-    def _tx(self) -> AbstractContextManager[Any]:
+    def _write(self, connection: Any = None) -> AbstractContextManager[Any]:
         """A connection inside one write transaction, committed on success."""
 
     @abstractmethod
@@ -48,19 +68,55 @@ class SQLStore(ABC):
         """A connection for reads."""
 
     @abstractmethod
+    def _migration(self) -> AbstractContextManager[Any]:
+        """A connection inside the one transaction that migrates (others wait)."""
+
+    @abstractmethod
+    def _run_script(self, conn: Any, sql: str) -> None:
+        """Run one migration file."""
+
+    @abstractmethod
     def _claim(self, conn: Any, claim: ClaimRequest, now: float) -> Any:
         """Run the backend's claim statement; returns a cursor over the claimed rows."""
+
+    @abstractmethod
+    def _insert_rows(self, conn: Any, jobs: Sequence[NewJob], now: float) -> list[int | None]:
+        """Insert job rows; the new ids in order, None where a key already existed."""
 
     @abstractmethod
     def _id_list(self, ids: Sequence[int]) -> Any:
         """A list of ids as the backend's SQL takes it (a JSON text, an array)."""
 
     @abstractmethod
-    def _jobs_became_ready(self, conn: Any) -> None:
-        """Called in a transaction that made jobs ready: wake other processes if
-        the backend needs telling."""
+    def _before_commit(self, conn: Any, wakes: set[Wake]) -> None:
+        """Tell other processes what this transaction did, if the backend must."""
 
-    # -- reads ---------------------------------------------------------------------
+    # -- the one migration runner ----------------------------------------------------
+
+    def migrate(self) -> int:
+        with self._migration() as conn:
+            conn.execute(self.Q["create_migrations_table"])
+            done = {row[0] for row in conn.execute(self.Q["applied_migrations"])}
+            version = max(done, default=0)
+            for number, name, sql in load_migrations(self.migrations_package):
+                if number in done:
+                    continue
+                self._run_script(conn, sql)
+                conn.execute(self.Q["record_migration"], {"version": number, "name": name})
+                version = number
+        return version
+
+    # -- writes -------------------------------------------------------------------
+
+    @contextmanager
+    def transaction(self, now: float, connection: Any = None) -> Iterator[SQLTransaction]:
+        with self._write(connection) as conn:
+            tx = SQLTransaction(self, conn, now)
+            yield tx
+            if tx.wakes():
+                self._before_commit(conn, tx.wakes())
+
+    # -- reads: jobs ------------------------------------------------------------------
 
     def get_job(self, job_id: int) -> Job | None:
         with self._read() as conn:
@@ -82,230 +138,6 @@ class SQLStore(ABC):
             rows = conn.execute(self.Q["count_by_state"]).fetchall()
         return {State(state): count for state, count in rows}
 
-    def events(self, job_id: int) -> list[Event]:
-        with self._read() as conn:
-            return events_from(conn.execute(self.Q["events_of_job"], (job_id,)))
-
-    # -- state changes -------------------------------------------------------------
-
-    def commit_batch(
-        self,
-        moves: Sequence[Move],
-        notes: Sequence[Note],
-        claim: ClaimRequest | None,
-        now: float,
-    ) -> BatchResult:
-        claimed: list[Job] = []
-        with self._tx() as conn:
-            # Notes first: a job's progress belongs before the move that ends its run.
-            self._write_notes(conn, notes, now)
-            applied = self._apply_moves(conn, moves, now)
-            if claim is not None and claim.limit > 0:
-                rows = jobs_from(self._claim(conn, claim, now))
-                claimed = sorted(rows, key=lambda j: (-j.priority, j.id))
-                if claimed:
-                    conn.cursor().executemany(
-                        self.Q["insert_event"],
-                        [
-                            (
-                                j.id,
-                                now,
-                                "ready",
-                                "running",
-                                "claimed",
-                                j.attempt,
-                                claim.worker,
-                                None,
-                                None,
-                            )
-                            for j in claimed
-                        ],
-                    )
-        return BatchResult(applied, claimed)
-
-    def _write_notes(self, conn: Any, notes: Sequence[Note], now: float) -> None:
-        if not notes:
-            return
-        conn.cursor().executemany(self.Q["insert_note"], [note_params(n, now) for n in notes])
-        progress = [
-            {"job_id": n.job_id, "progress": n.progress_json}
-            for n in notes
-            if n.progress_json is not None
-        ]
-        if progress:
-            conn.cursor().executemany(self.Q["set_progress"], progress)
-
-    def _apply_moves(self, conn: Any, moves: Sequence[Move], now: float) -> list[bool]:
-        """Apply moves in the open transaction, each with its event, in rounds of
-        distinct jobs (one UPDATE per round); a refused report from a stale
-        lease leaves a note instead."""
-        applied = [False] * len(moves)
-        index = {id(move): i for i, move in enumerate(moves)}
-        events = []
-        refusals = []
-        for round_ in rounds(moves):
-            params = {"moves": moves_json(round_), "now": now}
-            won = {row[0] for row in conn.execute(self.Q["move_batch"], params)}
-            for move in round_:
-                ok = move.job_id in won
-                applied[index[id(move)]] = ok
-                if ok:
-                    events.append(move_event(move, now))
-                elif move.guard_token is not None:
-                    refusals.append(note_params(refusal_note(move), now))
-        if events:
-            conn.cursor().executemany(self.Q["insert_event"], events)
-        if refusals:
-            conn.cursor().executemany(self.Q["insert_note"], refusals)
-        if any(ok and m.to_state is State.READY for m, ok in zip(moves, applied, strict=True)):
-            self._jobs_became_ready(conn)
-        return applied
-
-    def request_cancel_if_leased(self, job_id: int, now: float, actor: str | None) -> bool:
-        return self._flag("request_cancel", "cancel-requested", job_id, now, actor)
-
-    def request_pause_if_leased(self, job_id: int, now: float, actor: str | None) -> bool:
-        return self._flag("request_pause", "pause-requested", job_id, now, actor)
-
-    def _flag(self, query: str, trigger: str, job_id: int, now: float, actor: str | None) -> bool:
-        """Set a request flag on a leased job, with its note; its worker acts on it."""
-        with self._tx() as conn:
-            if conn.execute(self.Q[query], {"job_id": job_id, "now": now}).rowcount != 1:
-                return False
-            note = Note(job_id, trigger, None, actor, None)
-            conn.execute(self.Q["insert_note"], note_params(note, now))
-        return True
-
-    def heartbeat(self, worker: str, job_ids: Sequence[int], now: float) -> list[Held]:
-        params = {"worker": worker, "now": now, "ids": self._id_list(job_ids)}
-        with self._tx() as conn:
-            rows = conn.execute(self.Q["heartbeat"], params).fetchall()
-        return [held_from(row) for row in rows]
-
-    # -- durable execution -----------------------------------------------------------
-
-    def steps(self, job_id: int) -> dict[str, str | None]:
-        with self._read() as conn:
-            return dict(conn.execute(self.Q["steps_of_job"], (job_id,)).fetchall())
-
-    def save_step(
-        self,
-        job_id: int,
-        lease_token: str,
-        name: str,
-        result_json: str | None,
-        now: float,
-        worker: str | None = None,
-    ) -> Held | None:
-        params = {
-            "job_id": job_id,
-            "token": lease_token,
-            "name": name,
-            "now": now,
-            "result": result_json,
-        }
-        with self._tx() as conn:
-            conn.execute(self.Q["save_step"], params)
-            row = conn.execute(self.Q["held"], {"job_id": job_id, "token": lease_token}).fetchone()
-            if row is not None:
-                note = Note(job_id, "step", worker, None, json.dumps({"step": name}))
-                conn.execute(self.Q["insert_note"], note_params(note, now))
-        return None if row is None else held_from(row)
-
-    def save_checkpoint(
-        self,
-        job_id: int,
-        lease_token: str,
-        data_json: str,
-        now: float,
-        worker: str | None = None,
-    ) -> Held | None:
-        params = {"job_id": job_id, "token": lease_token, "data": data_json, "now": now}
-        with self._tx() as conn:
-            row = conn.execute(self.Q["save_checkpoint"], params).fetchone()
-            if row is not None:
-                note = Note(job_id, "checkpoint", worker, None, data_json)
-                conn.execute(self.Q["insert_note"], note_params(note, now))
-        return None if row is None else held_from(row)
-
-    def awakeable(self, job_id: int, name: str, new_id: str, now: float) -> Awakeable:
-        with self._tx() as conn:
-            conn.execute(self.Q["create_awakeable"], (new_id, job_id, name, now))
-            return awakeables_from(conn.execute(self.Q["awakeable_by_name"], (job_id, name)))[0]
-
-    def get_awakeable(self, awakeable_id: str) -> Awakeable | None:
-        with self._read() as conn:
-            found = awakeables_from(conn.execute(self.Q["awakeable_by_id"], (awakeable_id,)))
-        return found[0] if found else None
-
-    def set_awakeable_timeout(self, awakeable_id: str, timeout_at: float) -> None:
-        with self._tx() as conn:
-            conn.execute(self.Q["set_awakeable_timeout"], (timeout_at, awakeable_id))
-
-    def settle_awakeable(
-        self,
-        awakeable_id: str,
-        state: str,
-        value_json: str | None,
-        reason: str | None,
-        wake: Move | None,
-        now: float,
-    ) -> bool:
-        params = {
-            "id": awakeable_id,
-            "state": state,
-            "value": value_json,
-            "reason": reason,
-            "now": now,
-        }
-        with self._tx() as conn:
-            if conn.execute(self.Q["settle_awakeable"], params).rowcount != 1:
-                return False
-            if wake is not None:
-                self._apply_moves(conn, [wake], now)
-        return True
-
-    def awakeables_of(self, job_id: int) -> list[Awakeable]:
-        with self._read() as conn:
-            return awakeables_from(conn.execute(self.Q["awakeables_of_job"], (job_id,)))
-
-    def add_dependencies(self, job_id: int, on: Sequence[int], kind: str) -> None:
-        with self._tx() as conn:
-            if kind == "join":
-                conn.execute(self.Q["remove_dependencies"], (job_id, kind))
-            edges = [(job_id, other, kind) for other in on]
-            conn.cursor().executemany(self.Q["add_dependency"], edges)
-
-    def remove_dependencies(self, job_id: int, kind: str) -> None:
-        with self._tx() as conn:
-            conn.execute(self.Q["remove_dependencies"], (job_id, kind))
-
-    def dependencies_of(self, job_id: int, kind: str) -> list[Job]:
-        with self._read() as conn:
-            return jobs_from(conn.execute(self.Q["dependencies_of"], (job_id, kind)))
-
-    def waiting_on(self, job_ids: Sequence[int]) -> list[Job]:
-        with self._read() as conn:
-            return jobs_from(conn.execute(self.Q["waiting_on"], (self._id_list(job_ids),)))
-
-    def stranded_waiters(self, limit: int) -> list[Job]:
-        with self._read() as conn:
-            return jobs_from(conn.execute(self.Q["stranded_waiters"], (limit,)))
-
-    def children_of(self, job_id: int) -> list[Job]:
-        with self._read() as conn:
-            return jobs_from(conn.execute(self.Q["children_of"], (job_id,)))
-
-    def pause_queue(self, queue: str, now: float) -> bool:
-        with self._tx() as conn:
-            return bool(conn.execute(self.Q["pause_queue"], (queue, now)).rowcount == 1)
-
-    def resume_queue(self, queue: str) -> bool:
-        with self._tx() as conn:
-            resumed = bool(conn.execute(self.Q["resume_queue"], (queue,)).rowcount == 1)
-            self._jobs_became_ready(conn)
-        return resumed
-
     def queue_stats(self) -> list[QueueStats]:
         with self._read() as conn:
             rows = conn.execute(self.Q["queue_counts"]).fetchall()
@@ -315,22 +147,315 @@ class SQLStore(ABC):
             counts.setdefault(queue, {})[State(state)] = count
         return [QueueStats(q, q in paused, counts[q]) for q in sorted(counts)]
 
-    # -- timers and maintenance -------------------------------------------------------
+    def children_of(self, job_id: int) -> list[Job]:
+        with self._read() as conn:
+            return jobs_from(conn.execute(self.Q["children_of"], (job_id,)))
+
+    def dependencies_of(self, job_id: int, kind: DependencyKind) -> list[Job]:
+        with self._read() as conn:
+            return jobs_from(conn.execute(self.Q["dependencies_of"], (job_id, kind.value)))
+
+    # -- reads: the timeline --------------------------------------------------------------
+
+    def events(self, job_id: int) -> list[Event]:
+        with self._read() as conn:
+            return events_from(conn.execute(self.Q["events_of_job"], (job_id,)))
+
+    def events_since(self, after_id: int, limit: int, where: EventFilter) -> list[Event]:
+        params = {
+            "after": after_id,
+            "limit": limit,
+            "job_id": where.job_id,
+            "queue": where.queue,
+            "name": where.name,
+            "state": None if where.state is None else where.state.value,
+        }
+        query = "events_of_job_since" if where.job_id is not None else "events_since"
+        with self._read() as conn:
+            return events_from(conn.execute(self.Q[query], params))
+
+    def last_event_id(self) -> int:
+        with self._read() as conn:
+            row = conn.execute(self.Q["last_event_id"]).fetchone()
+        return 0 if row is None or row[0] is None else int(row[0])
+
+    def held_back_events(self) -> bool:
+        with self._read() as conn:
+            return bool(conn.execute(self.Q["held_back_events"]).fetchone()[0])
+
+    # -- reads: durable state -------------------------------------------------------------
+
+    def steps(self, job_id: int) -> dict[str, str | None]:
+        with self._read() as conn:
+            return dict(conn.execute(self.Q["steps_of_job"], (job_id,)).fetchall())
+
+    def get_awakeable(self, awakeable_id: str) -> Awakeable | None:
+        with self._read() as conn:
+            found = awakeables_from(conn.execute(self.Q["awakeable_by_id"], (awakeable_id,)))
+        return found[0] if found else None
+
+    def awakeables_of(self, job_id: int) -> list[Awakeable]:
+        with self._read() as conn:
+            return awakeables_from(conn.execute(self.Q["awakeables_of_job"], (job_id,)))
+
+    # -- reads: what maintenance sweeps ----------------------------------------------------
 
     def due_timers(self, now: float, limit: int) -> list[Job]:
-        with self._read() as conn:
-            return jobs_from(conn.execute(self.Q["due_timers"], {"now": now, "limit": limit}))
+        return self._sweep("due_timers", {"now": now, "limit": limit})
+
+    def expired_pauses(self, now: float, limit: int) -> list[Job]:
+        return self._sweep("expired_pauses", {"now": now, "limit": limit})
 
     def expired_leases(self, now: float, limit: int) -> list[Job]:
+        return self._sweep("expired_leases", {"now": now, "limit": limit})
+
+    def stranded_waiters(self, limit: int) -> list[Job]:
+        return self._sweep("stranded_waiters", {"limit": limit})
+
+    def unwakeable(self, limit: int) -> list[Job]:
+        return self._sweep("unwakeable", {"limit": limit})
+
+    def _sweep(self, query: str, params: dict[str, Any]) -> list[Job]:
         with self._read() as conn:
-            return jobs_from(conn.execute(self.Q["expired_leases"], {"now": now, "limit": limit}))
+            return jobs_from(conn.execute(self.Q[query], params))
 
     def next_timer_at(self) -> float | None:
         with self._read() as conn:
             row = conn.execute(self.Q["next_timer_at"]).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
-    def try_lead(self, role: str, holder: str, now: float, ttl: float) -> bool:
-        params = {"role": role, "holder": holder, "now": now, "ttl": ttl}
-        with self._tx() as conn:
+    # -- leadership ------------------------------------------------------------------------
+
+    def try_lead(self, term: Term, now: float) -> bool:
+        params = {"role": term.role, "holder": term.holder, "now": now, "ttl": term.ttl}
+        with self._write() as conn:
             return bool(conn.execute(self.Q["try_lead"], params).rowcount == 1)
+
+
+class SQLTransaction:
+    """Every write of one transaction, on one connection, at one time ``now``."""
+
+    def __init__(self, store: SQLStore, conn: Any, now: float) -> None:
+        self.store = store
+        self.Q = store.Q
+        self.conn = conn
+        self.now = now
+        self._wakes: set[Wake] = set()
+
+    def wakes(self) -> set[Wake]:
+        return self._wakes
+
+    def _appended(self, ready: bool = False) -> None:
+        self._wakes.add(Wake.EVENTS)
+        if ready:
+            self._wakes.add(Wake.READY)
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def insert_jobs(self, jobs: Sequence[NewJob], actor: str | None) -> list[Job]:
+        conn, now = self.conn, self.now
+        ids = self.store._insert_rows(conn, jobs, now)
+        new = [(job_id, job) for job_id, job in zip(ids, jobs, strict=True) if job_id is not None]
+        edges = [
+            (job_id, parent, DependencyKind.AFTER.value)
+            for job_id, job in new
+            for parent in job.after
+        ]
+        if edges:
+            conn.cursor().executemany(self.Q["add_dependency"], edges)
+        if new:
+            params = {
+                "ids": self.store._id_list([job_id for job_id, _ in new]),
+                "now": now,
+                "actor": actor,
+                "trigger": Trigger.ENQUEUED.value,
+            }
+            conn.execute(self.Q["insert_enqueued_events"], params)
+            self._appended(ready=any(job.state is State.READY for _, job in new))
+        if len(new) == len(jobs):
+            created = datetime_of(now)
+            return [new_job_record(job_id, job, created) for job_id, job in new]
+        existing = [
+            self._job_by_key(job.key) if job_id is None else job_id
+            for job_id, job in zip(ids, jobs, strict=True)
+        ]
+        found = jobs_from(conn.execute(self.Q["jobs_in"], (self.store._id_list(existing),)))
+        by_id = {job.id: job for job in found}
+        return [by_id[i] for i in existing]
+
+    def _job_by_key(self, key: str | None) -> int:
+        row = self.conn.execute(self.Q["job_by_key"], (key,)).fetchone()
+        assert row is not None, "a key that conflicted must exist"
+        return int(row[0])
+
+    def apply_moves(self, moves: Sequence[Move]) -> Applied:
+        """In rounds of distinct jobs (one UPDATE per round); a refused report
+        from a stale lease leaves a note instead of its event."""
+        if not moves:
+            return Applied([], frozenset())
+        conn, now = self.conn, self.now
+        won = [False] * len(moves)
+        awaited: set[int] = set()
+        index = {id(move): i for i, move in enumerate(moves)}
+        events = []
+        refusals = []
+        for round_ in rounds(moves):
+            params = {"moves": moves_json(round_), "now": now}
+            rows = conn.execute(self.Q["move_batch"], params).fetchall()
+            winners = {row[0] for row in rows}
+            awaited.update(row[0] for row in rows if row[1])
+            for move in round_:
+                ok = move.job_id in winners
+                won[index[id(move)]] = ok
+                if ok:
+                    events.append(move_event(move, now))
+                elif move.guard_token is not None:
+                    refusals.append(note_params(refusal_note(move), now))
+        if events:
+            conn.cursor().executemany(self.Q["insert_event"], events)
+        if refusals:
+            conn.cursor().executemany(self.Q["insert_note"], refusals)
+        if events or refusals:
+            ready = any(ok and m.to_state is State.READY for m, ok in zip(moves, won, strict=True))
+            self._appended(ready)
+        return Applied(won, frozenset(awaited))
+
+    def claim(self, request: ClaimRequest) -> list[Job]:
+        if request.limit <= 0:
+            return []
+        rows = jobs_from(self.store._claim(self.conn, request, self.now))
+        claimed = sorted(rows, key=lambda j: (-j.priority, j.id))
+        if claimed:
+            from_state, to_state = CLAIM
+            self.conn.cursor().executemany(
+                self.Q["insert_event"],
+                [
+                    (
+                        j.id,
+                        self.now,
+                        from_state.value,
+                        to_state.value,
+                        Trigger.CLAIMED.value,
+                        j.attempt,
+                        request.worker,
+                        None,
+                        None,
+                    )
+                    for j in claimed
+                ],
+            )
+            self._appended()
+        return claimed
+
+    def raise_request(self, job_id: int, request: Request, actor: str | None) -> bool:
+        query, trigger = {
+            Request.CANCEL: ("request_cancel", Trigger.CANCEL_REQUESTED),
+            Request.PAUSE: ("request_pause", Trigger.PAUSE_REQUESTED),
+        }[request]
+        if self.conn.execute(self.Q[query], {"job_id": job_id, "now": self.now}).rowcount != 1:
+            return False
+        self.append_notes([Note(job_id, trigger.value, None, actor, None)])
+        return True
+
+    def heartbeat(self, worker: str, job_ids: Sequence[int]) -> list[Held]:
+        params = {"worker": worker, "now": self.now, "ids": self.store._id_list(job_ids)}
+        return [held_from(row) for row in self.conn.execute(self.Q["heartbeat"], params)]
+
+    def lock_job(self, job_id: int) -> Job | None:
+        found = jobs_from(self.conn.execute(self.Q["lock_job"], (job_id,)))
+        return found[0] if found else None
+
+    def waiting_on(self, job_ids: Sequence[int]) -> list[Job]:
+        return jobs_from(self.conn.execute(self.Q["waiting_on"], (self.store._id_list(job_ids),)))
+
+    def awaited(self, job_id: int, kind: DependencyKind, *, share_lock: bool = False) -> list[Job]:
+        query = "awaited_locked" if share_lock else "dependencies_of"
+        return jobs_from(self.conn.execute(self.Q[query], (job_id, kind.value)))
+
+    def pause_queue(self, queue: str) -> bool:
+        return bool(self.conn.execute(self.Q["pause_queue"], (queue, self.now)).rowcount == 1)
+
+    def resume_queue(self, queue: str) -> bool:
+        resumed = bool(self.conn.execute(self.Q["resume_queue"], (queue,)).rowcount == 1)
+        self._wakes.add(Wake.READY)
+        return resumed
+
+    # -- the timeline ------------------------------------------------------------------------
+
+    def append_notes(self, notes: Sequence[Note]) -> None:
+        if not notes:
+            return
+        now = self.now
+        self.conn.cursor().executemany(self.Q["insert_note"], [note_params(n, now) for n in notes])
+        progress = [
+            {"job_id": n.job_id, "progress": n.progress_json}
+            for n in notes
+            if n.progress_json is not None
+        ]
+        if progress:
+            self.conn.cursor().executemany(self.Q["set_progress"], progress)
+        self._appended()
+
+    # -- durable state ----------------------------------------------------------------------
+
+    def save_step(self, lease: Lease, name: str, result_json: str | None) -> Held | None:
+        params = {
+            "job_id": lease.job_id,
+            "token": lease.token,
+            "name": name,
+            "now": self.now,
+            "result": result_json,
+        }
+        self.conn.execute(self.Q["save_step"], params)
+        row = self.conn.execute(
+            self.Q["held"], {"job_id": lease.job_id, "token": lease.token}
+        ).fetchone()
+        if row is None:
+            return None
+        note = Note(
+            lease.job_id, Trigger.STEP.value, lease.worker, None, json.dumps({"step": name})
+        )
+        self.append_notes([note])
+        return held_from(row)
+
+    def save_checkpoint(self, lease: Lease, data_json: str) -> Held | None:
+        params = {"job_id": lease.job_id, "token": lease.token, "data": data_json, "now": self.now}
+        row = self.conn.execute(self.Q["save_checkpoint"], params).fetchone()
+        if row is None:
+            return None
+        self.append_notes(
+            [Note(lease.job_id, Trigger.CHECKPOINT.value, lease.worker, None, data_json)]
+        )
+        return held_from(row)
+
+    def awakeable(self, job_id: int, name: str, new_id: str) -> Awakeable:
+        self.conn.execute(self.Q["create_awakeable"], (new_id, job_id, name, self.now))
+        return awakeables_from(self.conn.execute(self.Q["awakeable_by_name"], (job_id, name)))[0]
+
+    def get_awakeable(self, awakeable_id: str) -> Awakeable | None:
+        found = awakeables_from(self.conn.execute(self.Q["awakeable_by_id"], (awakeable_id,)))
+        return found[0] if found else None
+
+    def set_awakeable_timeout(self, awakeable_id: str, timeout_at: float) -> None:
+        self.conn.execute(self.Q["set_awakeable_timeout"], (timeout_at, awakeable_id))
+
+    def settle_awakeable(self, settlement: Settlement) -> bool:
+        params = {
+            "id": settlement.awakeable_id,
+            "state": settlement.state.value,
+            "value": settlement.value_json,
+            "reason": settlement.reason,
+            "now": self.now,
+        }
+        return bool(self.conn.execute(self.Q["settle_awakeable"], params).rowcount == 1)
+
+    def add_dependencies(self, job_id: int, on: Sequence[int], kind: DependencyKind) -> None:
+        edges = [(job_id, other, kind.value) for other in on]
+        if edges:
+            self.conn.cursor().executemany(self.Q["add_dependency"], edges)
+
+    def remove_dependencies(self, job_ids: Sequence[int], kind: DependencyKind) -> None:
+        if job_ids:
+            self.conn.execute(
+                self.Q["remove_dependencies"], (self.store._id_list(job_ids), kind.value)
+            )

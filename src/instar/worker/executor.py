@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from instar.context import Context
-from instar.jobs import JobDefinition
+from instar.registry import JobDefinition
 
 
 async def run_handler(

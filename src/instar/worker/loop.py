@@ -33,14 +33,26 @@ from typing import Any, TypeVar
 
 from instar.context import Context
 from instar.control import CancelNow, LeaseLost, PauseNow, Suspend
-from instar.engine import Engine, outcome_moves
+from instar.engine import (
+    Cancelled,
+    Engine,
+    Outcome,
+    Paused,
+    Raised,
+    Released,
+    Returned,
+    Suspended,
+    outcome_moves,
+)
 from instar.errors import Fatal, UnknownJob
-from instar.jobs import JobDefinition
-from instar.maintenance.service import Maintenance
+from instar.lifecycle import State
+from instar.maintenance.runner import Maintenance
 from instar.models import Job
 from instar.payload import DEFAULT_MAX_BYTES
+from instar.registry import JobDefinition
 from instar.retry import Retry
 from instar.store.contract import ClaimRequest, Move, Note
+from instar.vocabulary import Trigger
 from instar.worker.executor import run_handler
 
 log = logging.getLogger("instar.worker")
@@ -125,7 +137,7 @@ class Worker:
             asyncio.create_task(self._heartbeat_loop()),
             asyncio.create_task(self._maintenance_loop()),
         ]
-        marker = await self._call(self.engine.store.change_marker)
+        marker = await self._call(self.engine.read.change_marker)
         shutdown_deadline: float | None = None
         log.info("worker %s started (concurrency %d)", self.id, self.settings.concurrency)
         try:
@@ -220,7 +232,7 @@ class Worker:
                 if self._stopping:
                     break  # back to the loop, which watches the shutdown deadline
                 if free:
-                    latest = await self._call(self.engine.store.change_marker)
+                    latest = await self._call(self.engine.read.change_marker)
                     if latest != marker:
                         return latest
         self._wake.clear()
@@ -229,7 +241,13 @@ class Worker:
     # -- running one job ------------------------------------------------------------
 
     def _start(self, job: Job) -> None:
-        ctx = Context(job, self.id, self._report, self.engine)
+        ctx = Context(
+            job,
+            self.id,
+            self._report,
+            self.engine,
+            max_payload_bytes=self.settings.max_payload_bytes,
+        )
         run = _Run(job, ctx)
         self._running[job.id] = run
         run.task = asyncio.create_task(self._execute(run), name=f"instar-job-{job.id}")
@@ -238,44 +256,48 @@ class Worker:
         job = run.job
         definition = self.registry.get(job.name)
         if definition is None:
-            self._end_run(run, Retry(), error=_fatal(UnknownJob(job.name, list(self.registry))))
+            error = _fatal(UnknownJob(job.name, list(self.registry)))
+            self._end_run(run, Retry(), Raised(error))
             return
-        outcome: dict[str, Any] = {}
+        outcome: Outcome
         try:
-            outcome["result"] = await run_handler(definition, run.ctx, job.args, self._threads)
+            outcome = Returned(await run_handler(definition, run.ctx, job.args, self._threads))
         except asyncio.CancelledError:
             if not run.ctx.cancelled:
                 return  # released at shutdown: _release_all has reported it
+            outcome = Cancelled()
         except Suspend as suspension:
-            outcome["suspended"] = suspension
+            outcome = Suspended(
+                suspension.wake_at, suspension.detail, suspension.awaiting, suspension.joining
+            )
         except PauseNow:
-            outcome["paused"] = True
+            outcome = Paused()
         except CancelNow:
-            outcome["cancelled"] = True
+            outcome = Cancelled()
         except LeaseLost:
             log.warning("job %d: this worker lost its lease; dropping the run", job.id)
             self._running.pop(job.id, None)
             return
         except Exception as error:  # a failure of user code is an outcome, not a crash
-            outcome["error"] = error
+            outcome = Raised(error)
         if run.ctx.cancelled:
-            outcome = {"cancelled": True}
-        self._end_run(run, definition.options.retry, **outcome)
+            outcome = Cancelled()
+        self._end_run(run, definition.options.retry, outcome)
 
-    def _end_run(self, run: _Run, retry: Retry, **outcome: Any) -> None:
+    def _end_run(self, run: _Run, retry: Retry, outcome: Outcome) -> None:
         """Queue the move that ends a run, once: the first outcome wins."""
         if self._running.get(run.job.id) is not run:
             return
         del self._running[run.job.id]
-        self._queue_outcome(run.ctx.job, retry, **outcome)
+        self._queue_outcome(run.ctx.job, retry, outcome)
 
-    def _queue_outcome(self, job: Job, retry: Retry, **outcome: Any) -> None:
+    def _queue_outcome(self, job: Job, retry: Retry, outcome: Outcome) -> None:
         moves = outcome_moves(
             job,
+            outcome,
             retry=retry,
             now=self.engine.clock.now(),
             max_payload_bytes=self.settings.max_payload_bytes,
-            **outcome,
         )
         with self._outbox_lock:
             self._outbox_moves.extend(moves)
@@ -295,20 +317,20 @@ class Worker:
     def _release_all(self) -> None:
         """Shutdown grace is over: hand every unfinished job back to ready."""
         for run in list(self._running.values()):
-            self._end_run(run, Retry(), released=True)
+            self._end_run(run, Retry(), Released())
             if run.task is not None:
                 run.task.cancel()
 
     def _release_buffered(self) -> None:
         """Jobs claimed ahead but never started go back to ready, attempt uncounted."""
         while self._buffer:
-            self._queue_outcome(self._buffer.popleft(), Retry(), released=True)
+            self._queue_outcome(self._buffer.popleft(), Retry(), Released())
 
     def _cancel_requested(self, job_id: int) -> None:
         waiting = next((job for job in self._buffer if job.id == job_id), None)
         if waiting is not None:
             self._buffer.remove(waiting)
-            self._queue_outcome(waiting, Retry(), cancelled=True)
+            self._queue_outcome(waiting, Retry(), Cancelled())
             return
         run = self._running.get(job_id)
         if run is None or run.ctx.cancelled:
@@ -324,7 +346,7 @@ class Worker:
         """The handler ignored the cancel request for the whole grace period."""
         if self._running.get(run.job.id) is run:
             log.warning("job %d ignored its cancel request for the grace period", run.job.id)
-            self._end_run(run, Retry(), cancelled=True)
+            self._end_run(run, Retry(), Cancelled())
 
     # -- helpers running beside the loop --------------------------------------------
 
@@ -401,11 +423,11 @@ class Worker:
                 continue
             state = move.to_state.value
             self.report.by_state[state] = self.report.by_state.get(state, 0) + 1
-            if move.trigger == "completed":
+            if move.trigger == Trigger.COMPLETED:
                 self.report.completed += 1
-            elif move.trigger == "released":
+            elif move.trigger == Trigger.RELEASED:
                 self.report.released += 1
-            elif move.to_state.value == "failed":
+            elif move.to_state is State.FAILED:
                 self.report.failed += 1
 
     def _wake_threadsafe(self) -> None:

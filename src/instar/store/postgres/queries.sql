@@ -1,5 +1,7 @@
--- Named queries of the PostgreSQL store. {leased} and {terminal} are replaced,
--- when the file is loaded, by those kinds of states from the lifecycle table.
+-- Named queries of the PostgreSQL store. Placeholders are filled from the
+-- lifecycle table when the file is loaded: {leased}, {terminal} (every state of
+-- a kind), {claim_from}, {claim_to} (the claim's two ends), {state:NAME} (one
+-- checked state); {schema} and {channel} are identifiers filled in at run time.
 
 -- name: create_schema
 CREATE SCHEMA IF NOT EXISTS {schema}
@@ -47,10 +49,12 @@ WITH input AS (
 )
 SELECT id FROM inserted ORDER BY id
 
--- name: insert_events_enqueued
+-- name: insert_enqueued_events
+-- The first event of each new job, in one statement.
 INSERT INTO events (job_id, at, from_state, to_state, trigger, attempt, worker, actor, detail)
-SELECT id, %(now)s, NULL, state, 'enqueued', 0, NULL, %(actor)s, NULL
+SELECT id, %(now)s, NULL, state, %(trigger)s, 0, NULL, %(actor)s, NULL
 FROM jobs WHERE id = ANY(%(ids)s::bigint[])
+ORDER BY id
 
 -- name: job_by_key
 SELECT id FROM jobs WHERE key = %s
@@ -88,18 +92,78 @@ UPDATE jobs SET progress = %(progress)s WHERE id = %(job_id)s
 -- name: events_of_job
 SELECT * FROM events WHERE job_id = %s ORDER BY id
 
+-- name: events_since
+-- The feed, in commit order. Ids come from a sequence, so a transaction that
+-- began first may commit an event with a smaller id later: ordered by id alone,
+-- a reader would skip it. Each event carries the id of the transaction that
+-- wrote it (tx); the feed returns only events of transactions older than every
+-- transaction still running (the snapshot's xmin), ordered by (tx, id), and
+-- resumes after the (tx, id) of the event it was given. events_feed serves it.
+WITH start AS (
+    SELECT coalesce(
+        (SELECT tx FROM events WHERE id = %(after)s),
+        (SELECT min(tx) FROM events WHERE id > %(after)s),
+        '0'::xid8) AS tx
+)
+SELECT e.id, e.job_id, e.at, e.from_state, e.to_state, e.trigger, e.attempt,
+       e.worker, e.actor, e.detail
+FROM events AS e, start
+WHERE (e.tx, e.id) > (start.tx, %(after)s::bigint)
+  AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
+  AND (%(state)s::text IS NULL OR e.to_state = %(state)s::text)
+  AND (%(queue)s::text IS NULL AND %(name)s::text IS NULL
+       OR EXISTS (SELECT 1 FROM jobs AS j WHERE j.id = e.job_id
+                    AND (%(queue)s::text IS NULL OR j.queue = %(queue)s::text)
+                    AND (%(name)s::text IS NULL OR j.name = %(name)s::text)))
+ORDER BY e.tx, e.id
+LIMIT %(limit)s
+
+-- name: events_of_job_since
+-- The feed of one job, through events_job (job_id, id), in the same order.
+WITH start AS (
+    SELECT coalesce(
+        (SELECT tx FROM events WHERE id = %(after)s),
+        (SELECT min(tx) FROM events WHERE id > %(after)s),
+        '0'::xid8) AS tx
+)
+SELECT e.id, e.job_id, e.at, e.from_state, e.to_state, e.trigger, e.attempt,
+       e.worker, e.actor, e.detail
+FROM events AS e, start
+WHERE e.job_id = %(job_id)s
+  AND (e.tx, e.id) > (start.tx, %(after)s::bigint)
+  AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
+  AND (%(state)s::text IS NULL OR e.to_state = %(state)s::text)
+  AND (%(queue)s::text IS NULL AND %(name)s::text IS NULL
+       OR EXISTS (SELECT 1 FROM jobs AS j WHERE j.id = e.job_id
+                    AND (%(queue)s::text IS NULL OR j.queue = %(queue)s::text)
+                    AND (%(name)s::text IS NULL OR j.name = %(name)s::text)))
+ORDER BY e.tx, e.id
+LIMIT %(limit)s
+
+-- name: held_back_events
+-- Committed events the feed cannot return yet: an older transaction is open.
+SELECT EXISTS (SELECT 1 FROM events WHERE tx >= pg_snapshot_xmin(pg_current_snapshot()))
+
+-- name: last_event_id
+-- The last event the feed would return now.
+SELECT id FROM events
+WHERE tx < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY tx DESC, id DESC
+LIMIT 1
+
 -- name: move_batch
 -- Many moves in one statement; each element of %(moves)s is a JSON array in the
 -- order below. Compare-and-set on (id, state) plus the version or the lease
--- token the caller holds; RETURNING names the moves that won.
+-- token the caller holds; RETURNING names the moves that won, and whether other
+-- jobs wait on each (so the engine reads waiters only when there are some).
 UPDATE jobs
 SET state = m.to_state, version = jobs.version + 1, updated_at = %(now)s,
     attempt = m.attempt, max_attempts = m.max_attempts, run_at = m.run_at,
     next_retry_at = m.next_retry_at, worker = m.worker, lease_token = m.lease_token,
     lease_expires_at = m.lease_expires_at, result = m.result, error = m.error,
     wake_at = m.wake_at, pause_deadline = m.pause_deadline,
-    cancel_requested = CASE WHEN m.to_state = 'running' THEN false ELSE jobs.cancel_requested END,
-    pause_requested = CASE WHEN m.to_state = 'running' THEN false ELSE jobs.pause_requested END
+    cancel_requested = CASE WHEN m.to_state = {claim_to} THEN false ELSE jobs.cancel_requested END,
+    pause_requested = CASE WHEN m.to_state = {claim_to} THEN false ELSE jobs.pause_requested END
 FROM (
     SELECT (e ->> 0)::bigint AS job_id, e ->> 1 AS from_state, e ->> 2 AS to_state,
            (e ->> 3)::integer AS attempt, (e ->> 4)::integer AS max_attempts,
@@ -113,17 +177,17 @@ FROM (
 WHERE jobs.id = m.job_id AND jobs.state = m.from_state
   AND (m.version IS NULL OR jobs.version = m.version)
   AND (m.guard_token IS NULL OR jobs.lease_token = m.guard_token)
-RETURNING jobs.id
+RETURNING jobs.id, EXISTS (SELECT 1 FROM dependencies AS d WHERE d.depends_on = jobs.id)
 
 -- name: claim
 -- SKIP LOCKED lets many workers claim side by side without waiting on each other.
 UPDATE jobs
-SET state = 'running', attempt = attempt + 1, worker = %(worker)s,
+SET state = {claim_to}, attempt = attempt + 1, worker = %(worker)s,
     lease_token = md5(random()::text || clock_timestamp()::text || id::text),
     lease_expires_at = %(now)s + lease_seconds,
     cancel_requested = false, pause_requested = false, version = version + 1, updated_at = %(now)s
 WHERE id IN (SELECT id FROM jobs
-             WHERE state = 'ready'
+             WHERE state = {claim_from}
                AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
                AND queue NOT IN (SELECT queue FROM paused_queues)
              ORDER BY priority DESC, id
@@ -132,8 +196,9 @@ WHERE id IN (SELECT id FROM jobs
 RETURNING *
 
 -- name: notify
--- Wakes idle workers everywhere; delivered when the transaction commits.
-SELECT pg_notify('instar_jobs', '')
+-- Wakes listeners of this schema everywhere; delivered when the transaction
+-- commits. Payload: ready (jobs became ready) or events (events appended).
+SELECT pg_notify(%(channel)s, %(payload)s)
 
 -- name: request_cancel
 UPDATE jobs SET cancel_requested = true, updated_at = %(now)s
@@ -141,7 +206,7 @@ WHERE id = %(job_id)s AND state IN ({leased}) AND NOT cancel_requested
 
 -- name: request_pause
 UPDATE jobs SET pause_requested = true, updated_at = %(now)s
-WHERE id = %(job_id)s AND state = 'running' AND NOT pause_requested
+WHERE id = %(job_id)s AND state = {state:running} AND NOT pause_requested
 
 -- name: heartbeat
 -- One statement extends every lease the worker holds, however many.
@@ -187,32 +252,55 @@ UPDATE awakeables SET timeout_at = %s WHERE id = %s AND timeout_at IS NULL
 -- name: settle_awakeable
 UPDATE awakeables SET state = %(state)s, value = %(value)s, reason = %(reason)s,
                       resolved_at = %(now)s
-WHERE id = %(id)s AND state = 'pending'
+WHERE id = %(id)s AND state = {awakeable:pending}
 
 -- name: add_dependency
 INSERT INTO dependencies (job_id, depends_on, kind) VALUES (%s, %s, %s)
 ON CONFLICT DO NOTHING
 
 -- name: remove_dependencies
-DELETE FROM dependencies WHERE job_id = %s AND kind = %s
+DELETE FROM dependencies WHERE job_id = ANY(%s::bigint[]) AND kind = %s
 
 -- name: dependencies_of
 SELECT jobs.* FROM dependencies AS d JOIN jobs ON jobs.id = d.depends_on
 WHERE d.job_id = %s AND d.kind = %s
 ORDER BY jobs.id
 
+-- name: lock_job
+-- Lock order everywhere: the job first, then its awakeables.
+SELECT * FROM jobs WHERE id = %s FOR UPDATE
+
+-- name: awaited_locked
+-- FOR SHARE: a job ending now either commits first (and we see it ended) or
+-- waits for us (and then finds this waiter).
+SELECT jobs.* FROM dependencies AS d JOIN jobs ON jobs.id = d.depends_on
+WHERE d.job_id = %s AND d.kind = %s
+ORDER BY jobs.id
+FOR SHARE OF jobs
+
 -- name: waiting_on
 SELECT DISTINCT jobs.* FROM dependencies AS d JOIN jobs ON jobs.id = d.job_id
-WHERE d.depends_on = ANY(%s::bigint[]) AND jobs.state IN ('pending', 'suspended')
+WHERE d.depends_on = ANY(%s::bigint[]) AND jobs.state IN ({state:pending}, {state:suspended})
 
 -- name: stranded_waiters
 SELECT * FROM jobs
-WHERE state IN ('pending', 'suspended')
+WHERE state IN ({state:pending}, {state:suspended})
   AND EXISTS (SELECT 1 FROM dependencies AS d WHERE d.job_id = jobs.id)
   AND NOT EXISTS (
       SELECT 1 FROM dependencies AS d JOIN jobs AS p ON p.id = d.depends_on
       WHERE d.job_id = jobs.id AND p.state NOT IN ({terminal}))
-LIMIT %s
+LIMIT %(limit)s
+
+-- name: unwakeable
+-- Suspended jobs with nothing that could wake them: no timer, no pending
+-- awakeable, no child joined. The defence in depth behind one-transaction changes.
+SELECT * FROM jobs
+WHERE state = {state:suspended} AND wake_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM awakeables AS a
+                  WHERE a.job_id = jobs.id AND a.state = {awakeable:pending})
+  AND NOT EXISTS (SELECT 1 FROM dependencies AS d
+                  WHERE d.job_id = jobs.id AND d.kind = {dependency:join})
+LIMIT %(limit)s
 
 -- name: children_of
 SELECT * FROM jobs WHERE parent_id = %s ORDER BY id
@@ -230,22 +318,23 @@ SELECT queue, state, count(*) FROM jobs GROUP BY queue, state
 SELECT queue FROM paused_queues
 
 -- name: due_timers
-SELECT * FROM jobs WHERE state = 'scheduled' AND run_at <= %(now)s
+SELECT * FROM jobs WHERE state = {state:scheduled} AND run_at <= %(now)s
 UNION ALL
-SELECT * FROM jobs WHERE state = 'backing-off' AND next_retry_at <= %(now)s
+SELECT * FROM jobs WHERE state = {state:backing-off} AND next_retry_at <= %(now)s
 UNION ALL
-SELECT * FROM jobs WHERE state = 'suspended' AND wake_at <= %(now)s
-UNION ALL
-SELECT * FROM jobs WHERE state = 'paused' AND pause_deadline <= %(now)s
+SELECT * FROM jobs WHERE state = {state:suspended} AND wake_at <= %(now)s
 LIMIT %(limit)s
+
+-- name: expired_pauses
+SELECT * FROM jobs WHERE state = {state:paused} AND pause_deadline <= %(now)s LIMIT %(limit)s
 
 -- name: next_timer_at
 SELECT min(t) FROM (
-    SELECT min(run_at) AS t FROM jobs WHERE state = 'scheduled'
+    SELECT min(run_at) AS t FROM jobs WHERE state = {state:scheduled}
     UNION ALL
-    SELECT min(next_retry_at) FROM jobs WHERE state = 'backing-off'
+    SELECT min(next_retry_at) FROM jobs WHERE state = {state:backing-off}
     UNION ALL
-    SELECT min(wake_at) FROM jobs WHERE state = 'suspended'
+    SELECT min(wake_at) FROM jobs WHERE state = {state:suspended}
 ) AS timers
 
 -- name: expired_leases
@@ -264,4 +353,4 @@ SELECT current_setting('search_path')
 SELECT set_config('search_path', %s, true)
 
 -- name: listen
-LISTEN instar_jobs
+LISTEN {channel}

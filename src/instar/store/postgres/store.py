@@ -9,6 +9,7 @@ its own schema beside an application's tables (``?schema=instar``).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
@@ -19,21 +20,12 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import psycopg
+from psycopg import sql
 from psycopg_pool import ConnectionPool
 
 from instar.errors import ConfigurationError, DatabaseUnavailable
-from instar.lifecycle import State
-from instar.models import Job
-from instar.store.contract import (
-    ClaimRequest,
-    NewJob,
-)
-from instar.store.records import (
-    datetime_of,
-    jobs_from,
-    new_job_record,
-)
-from instar.store.sql_blocks import load_migrations, load_queries
+from instar.store.contract import ClaimRequest, NewJob, Wake
+from instar.store.sql_blocks import load_queries
 from instar.store.sql_store import SQLStore
 
 log = logging.getLogger("instar.postgres")
@@ -47,9 +39,11 @@ Q = load_queries("instar.store.postgres")
 class PostgresStore(SQLStore):
     supports_listen = True
     Q = Q
+    migrations_package = "instar.store.postgres.migrations"
 
     def __init__(self, url: str, *, pool_size: int = 4, connect_timeout: float = 10.0) -> None:
         self.conninfo, self.schema = _split_url(url)
+        self.channel = channel_of(self.schema)
         parts = urlsplit(self.conninfo)
         self._where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
         try:
@@ -75,7 +69,7 @@ class PostgresStore(SQLStore):
         )
         self._pool.open(wait=True, timeout=connect_timeout)
         self._marker = 0
-        self._listeners: list[Callable[[], None]] = []
+        self._listeners: list[Callable[[Wake], None]] = []
         self._closing = threading.Event()
         self._listening = threading.Event()
         self._listener = threading.Thread(target=self._listen, name="instar-listen", daemon=True)
@@ -86,7 +80,7 @@ class PostgresStore(SQLStore):
     # -- plumbing ---------------------------------------------------------------
 
     @contextmanager
-    def _tx(
+    def _write(
         self, connection: psycopg.Connection[Any] | None = None
     ) -> Iterator[psycopg.Connection[Any]]:
         """One transaction on a pooled connection, or the caller's own connection
@@ -110,6 +104,19 @@ class PostgresStore(SQLStore):
         with self._pool.connection() as conn:
             yield conn
 
+    @contextmanager
+    def _migration(self) -> Iterator[psycopg.Connection[Any]]:
+        """Several processes may start at once: one migrates, the others wait on
+        the advisory lock, then find it done."""
+        with psycopg.connect(self.conninfo, autocommit=False) as conn, conn.transaction():
+            conn.execute(Q["migration_lock"])
+            conn.execute(sql.SQL(Q["create_schema"]).format(schema=sql.Identifier(self.schema)))
+            conn.execute(Q["set_local_search_path"], (self.schema,))
+            yield conn
+
+    def _run_script(self, conn: psycopg.Connection[Any], script: str) -> None:
+        conn.execute(script)
+
     def _claim(self, conn: psycopg.Connection[Any], claim: ClaimRequest, now: float) -> Any:
         params = {
             "worker": claim.worker,
@@ -119,147 +126,113 @@ class PostgresStore(SQLStore):
         }
         return conn.execute(Q["claim"], params)
 
+    def _insert_rows(
+        self, conn: psycopg.Connection[Any], jobs: Sequence[NewJob], now: float
+    ) -> list[int | None]:
+        if len(jobs) > 1 and all(j.key is None for j in jobs):
+            columns = {
+                "name": [j.name for j in jobs],
+                "queue": [j.queue for j in jobs],
+                "state": [j.state.value for j in jobs],
+                "priority": [j.priority for j in jobs],
+                "max_attempts": [j.max_attempts for j in jobs],
+                "args": [j.args_json for j in jobs],
+                "run_at": [j.run_at for j in jobs],
+                "lease_seconds": [j.lease_seconds for j in jobs],
+                "pause_timeout": [j.pause_timeout for j in jobs],
+                "parent_id": [j.parent_id for j in jobs],
+                "now": now,
+            }
+            return [row[0] for row in conn.execute(Q["insert_jobs_bulk"], columns)]
+        ids: list[int | None] = []
+        for job in jobs:
+            row = conn.execute(
+                Q["insert_job"],
+                (
+                    job.name,
+                    job.queue,
+                    job.state.value,
+                    job.priority,
+                    job.max_attempts,
+                    job.args_json,
+                    job.key,
+                    job.run_at,
+                    job.lease_seconds,
+                    job.pause_timeout,
+                    job.parent_id,
+                    now,
+                    now,
+                ),
+            ).fetchone()
+            ids.append(None if row is None else row[0])
+        return ids
+
     def _id_list(self, ids: Sequence[int]) -> list[int]:
         return list(ids)
 
-    def _jobs_became_ready(self, conn: psycopg.Connection[Any]) -> None:
-        """NOTIFY is transactional: idle workers everywhere wake when this commits."""
-        conn.execute(Q["notify"])
+    def _before_commit(self, conn: psycopg.Connection[Any], wakes: set[Wake]) -> None:
+        """NOTIFY is transactional: listeners everywhere hear of it when this commits.
+        One notification per transaction; ``ready`` implies new events too."""
+        payload = Wake.READY.value if Wake.READY in wakes else Wake.EVENTS.value
+        conn.execute(Q["notify"], {"channel": self.channel, "payload": payload})
 
     def close(self) -> None:
         self._closing.set()
         try:
             with self._pool.connection() as conn:
-                conn.execute(Q["notify"])  # wakes the listening thread so it can end now
+                # Wakes the listening thread so it can end now.
+                conn.execute(Q["notify"], {"channel": self.channel, "payload": "close"})
         except psycopg.Error:
             pass  # the server is gone: the listener ends at its next timeout
         self._pool.close()
         self._listener.join(timeout=5)
 
-    def watch(self, listener: Callable[[], None]) -> None:
-        """Call ``listener`` (in the listening thread) when another process makes a job ready."""
+    def watch(self, listener: Callable[[Wake], None]) -> None:
+        """Call ``listener`` (in the listening thread) when any process commits events."""
         self._listeners = [*self._listeners, listener]
 
     def _listen(self) -> None:
         """LISTEN on a dedicated connection; reconnect with backoff when it drops."""
         delay = 0.1
+        listen = sql.SQL(Q["listen"]).format(channel=sql.Identifier(self.channel))
         while not self._closing.is_set():
             try:
                 with psycopg.connect(self.conninfo, autocommit=True) as conn:
-                    conn.execute(Q["listen"])
+                    conn.execute(listen)
                     self._listening.set()
                     delay = 0.1
                     while not self._closing.is_set():
-                        for _ in conn.notifies(timeout=0.5):
+                        for notice in conn.notifies(timeout=0.5):
                             if self._closing.is_set():
                                 return
-                            self._marker += 1
-                            for listener in self._listeners:
-                                listener()
+                            self._heard(notice.payload)
             except psycopg.Error as exc:
                 if self._closing.is_set():
                     return
                 log.warning("listening for new jobs failed (%s); retrying in %.1fs", exc, delay)
-                self._marker += 1  # wake pollers: something may have been missed
+                self._heard(Wake.READY.value)  # wake pollers: something may have been missed
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def migrate(self) -> int:
-        with psycopg.connect(self.conninfo, autocommit=False) as conn, conn.transaction():
-            conn.execute(Q["migration_lock"])
-            conn.execute(Q["create_schema"].replace("{schema}", self.schema))
-            conn.execute(Q["set_local_search_path"], (self.schema,))
-            conn.execute(Q["create_migrations_table"])
-            done = {row[0] for row in conn.execute(Q["applied_migrations"])}
-            version = max(done, default=0)
-            for number, name, sql in load_migrations("instar.store.postgres.migrations"):
-                if number in done:
-                    continue
-                conn.execute(sql)
-                conn.execute(Q["record_migration"], {"version": number, "name": name})
-                version = number
-        return version
-
-    # -- jobs -------------------------------------------------------------------
-
-    def insert_jobs(
-        self,
-        jobs: Sequence[NewJob],
-        now: float,
-        actor: str | None,
-        connection: Any = None,
-    ) -> list[Job]:
-        with self._tx(connection) as conn:
-            if len(jobs) > 1 and all(j.key is None for j in jobs):
-                columns = {
-                    "name": [j.name for j in jobs],
-                    "queue": [j.queue for j in jobs],
-                    "state": [j.state.value for j in jobs],
-                    "priority": [j.priority for j in jobs],
-                    "max_attempts": [j.max_attempts for j in jobs],
-                    "args": [j.args_json for j in jobs],
-                    "run_at": [j.run_at for j in jobs],
-                    "lease_seconds": [j.lease_seconds for j in jobs],
-                    "pause_timeout": [j.pause_timeout for j in jobs],
-                    "parent_id": [j.parent_id for j in jobs],
-                    "now": now,
-                }
-                ids = [row[0] for row in conn.execute(Q["insert_jobs_bulk"], columns)]
-                inserted = [True] * len(jobs)
-            else:
-                ids, inserted = [], []
-                for job in jobs:
-                    row = conn.execute(
-                        Q["insert_job"],
-                        (
-                            job.name,
-                            job.queue,
-                            job.state.value,
-                            job.priority,
-                            job.max_attempts,
-                            job.args_json,
-                            job.key,
-                            job.run_at,
-                            job.lease_seconds,
-                            job.pause_timeout,
-                            job.parent_id,
-                            now,
-                            now,
-                        ),
-                    ).fetchone()
-                    if row is not None:
-                        ids.append(row[0])
-                        inserted.append(True)
-                    else:
-                        existing = conn.execute(Q["job_by_key"], (job.key,)).fetchone()
-                        assert existing is not None
-                        ids.append(existing[0])
-                        inserted.append(False)
-            new_ids = [i for i, new in zip(ids, inserted, strict=True) if new]
-            edges = [
-                (job_id, parent, "after")
-                for job_id, job, new in zip(ids, jobs, inserted, strict=True)
-                if new
-                for parent in job.after
-            ]
-            with conn.cursor() as cursor:
-                if edges:
-                    cursor.executemany(Q["add_dependency"], edges)
-                cursor.execute(
-                    Q["insert_events_enqueued"], {"now": now, "actor": actor, "ids": new_ids}
-                )
-            if any(j.state is State.READY for j in jobs):
-                conn.execute(Q["notify"])
-            if all(inserted):
-                created = datetime_of(now)
-                return [new_job_record(i, j, created) for i, j in zip(ids, jobs, strict=True)]
-            found = jobs_from(conn.execute(Q["jobs_in"], (ids,)))
-        by_id = {job.id: job for job in found}
-        return [by_id[i] for i in ids]
+    def _heard(self, payload: str) -> None:
+        wake = Wake.READY if payload == Wake.READY.value else Wake.EVENTS
+        if wake is Wake.READY:
+            self._marker += 1
+        for listener in self._listeners:
+            listener(wake)
 
     def change_marker(self) -> int:
-        """Counts NOTIFYs received: changes when another process made a job ready."""
+        """Counts ready notifications: changes when another process made a job ready."""
         return self._marker
+
+
+def channel_of(schema: str) -> str:
+    """The NOTIFY channel of one schema: workers and feeds of other schemas in the
+    same database are not woken. Channel names stop at 63 bytes."""
+    channel = f"instar_{schema}"
+    if len(channel) <= 63:
+        return channel
+    return "instar_" + hashlib.sha256(schema.encode()).hexdigest()[:32]
 
 
 def _split_url(url: str) -> tuple[str, str]:

@@ -1,5 +1,6 @@
--- Named queries of the SQLite store. {leased} is replaced, when the file is
--- loaded, by the leased states of the lifecycle table.
+-- Named queries of the SQLite store. Placeholders are filled from the lifecycle
+-- table when the file is loaded: {leased}, {terminal} (every state of a kind),
+-- {claim_from}, {claim_to} (the claim's two ends), {state:NAME} (one checked state).
 
 -- name: pragmas
 -- WAL lets readers run beside the one writer; FULL keeps every commit on disk.
@@ -37,6 +38,13 @@ LIMIT :limit
 -- name: count_by_state
 SELECT state, count(*) FROM jobs GROUP BY state
 
+-- name: insert_enqueued_events
+-- The first event of each new job, in one statement.
+INSERT INTO events (job_id, at, from_state, to_state, trigger, attempt, worker, actor, detail)
+SELECT id, :now, NULL, state, :trigger, 0, NULL, :actor, NULL
+FROM jobs WHERE id IN (SELECT value FROM json_each(:ids))
+ORDER BY id
+
 -- name: insert_event
 INSERT INTO events (job_id, at, from_state, to_state, trigger, attempt, worker, actor, detail)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -50,18 +58,52 @@ FROM jobs WHERE id = :job_id
 -- name: events_of_job
 SELECT * FROM events WHERE job_id = ? ORDER BY id
 
+-- name: events_since
+-- The feed. One writer at a time assigns ids, so id order is commit order and
+-- the primary key serves the scan.
+SELECT e.* FROM events AS e
+WHERE e.id > :after
+  AND (:state IS NULL OR e.to_state = :state)
+  AND (:queue IS NULL AND :name IS NULL
+       OR EXISTS (SELECT 1 FROM jobs AS j WHERE j.id = e.job_id
+                    AND (:queue IS NULL OR j.queue = :queue)
+                    AND (:name IS NULL OR j.name = :name)))
+ORDER BY e.id
+LIMIT :limit
+
+-- name: events_of_job_since
+-- The feed of one job, through events_job (job_id, id).
+SELECT e.* FROM events AS e
+WHERE e.job_id = :job_id AND e.id > :after
+  AND (:state IS NULL OR e.to_state = :state)
+  AND (:queue IS NULL AND :name IS NULL
+       OR EXISTS (SELECT 1 FROM jobs AS j WHERE j.id = e.job_id
+                    AND (:queue IS NULL OR j.queue = :queue)
+                    AND (:name IS NULL OR j.name = :name)))
+ORDER BY e.id
+LIMIT :limit
+
+-- name: held_back_events
+-- One writer at a time hands out ids in commit order: nothing is ever held back.
+SELECT 0
+
+-- name: last_event_id
+SELECT max(id) FROM events
+
 -- name: move_batch
 -- Many moves in one statement: each row of :moves is a JSON array in the order
 -- below. Compare-and-set on (id, state) plus the version or the lease token the
--- caller holds; RETURNING names the moves that won. Job ids must be distinct.
+-- caller holds; RETURNING names the moves that won, and whether other jobs wait
+-- on each (so the engine reads waiters only when there are some). Job ids must
+-- be distinct.
 UPDATE jobs
 SET state = m.to_state, version = jobs.version + 1, updated_at = :now,
     attempt = m.attempt, max_attempts = m.max_attempts, run_at = m.run_at,
     next_retry_at = m.next_retry_at, worker = m.worker, lease_token = m.lease_token,
     lease_expires_at = m.lease_expires_at, result = m.result, error = m.error,
     wake_at = m.wake_at, pause_deadline = m.pause_deadline,
-    cancel_requested = CASE WHEN m.to_state = 'running' THEN 0 ELSE jobs.cancel_requested END,
-    pause_requested = CASE WHEN m.to_state = 'running' THEN 0 ELSE jobs.pause_requested END
+    cancel_requested = CASE WHEN m.to_state = {claim_to} THEN 0 ELSE jobs.cancel_requested END,
+    pause_requested = CASE WHEN m.to_state = {claim_to} THEN 0 ELSE jobs.pause_requested END
 FROM (
     SELECT value ->> 0 AS job_id, value ->> 1 AS from_state, value ->> 2 AS to_state,
            value ->> 3 AS attempt, value ->> 4 AS max_attempts, value ->> 5 AS run_at,
@@ -74,25 +116,25 @@ FROM (
 WHERE jobs.id = m.job_id AND jobs.state = m.from_state
   AND (m.version IS NULL OR jobs.version = m.version)
   AND (m.guard_token IS NULL OR jobs.lease_token = m.guard_token)
-RETURNING jobs.id
+RETURNING jobs.id, EXISTS (SELECT 1 FROM dependencies AS d WHERE d.depends_on = jobs.id)
 
 -- name: claim_any_queue
 -- One statement claims the whole batch; RETURNING order is not defined, so the caller sorts.
 UPDATE jobs
-SET state = 'running', attempt = attempt + 1, worker = :worker,
+SET state = {claim_to}, attempt = attempt + 1, worker = :worker,
     lease_token = lower(hex(randomblob(8))), lease_expires_at = :now + lease_seconds,
     cancel_requested = 0, pause_requested = 0, version = version + 1, updated_at = :now
-WHERE id IN (SELECT id FROM jobs WHERE state = 'ready'
+WHERE id IN (SELECT id FROM jobs WHERE state = {claim_from}
                AND queue NOT IN (SELECT queue FROM paused_queues)
              ORDER BY priority DESC, id LIMIT :limit)
 RETURNING *
 
 -- name: claim_from_queues
 UPDATE jobs
-SET state = 'running', attempt = attempt + 1, worker = :worker,
+SET state = {claim_to}, attempt = attempt + 1, worker = :worker,
     lease_token = lower(hex(randomblob(8))), lease_expires_at = :now + lease_seconds,
     cancel_requested = 0, pause_requested = 0, version = version + 1, updated_at = :now
-WHERE id IN (SELECT id FROM jobs WHERE state = 'ready'
+WHERE id IN (SELECT id FROM jobs WHERE state = {claim_from}
                AND queue IN (SELECT value FROM json_each(:queues))
                AND queue NOT IN (SELECT queue FROM paused_queues)
              ORDER BY priority DESC, id LIMIT :limit)
@@ -111,23 +153,24 @@ WHERE worker = :worker AND state IN ({leased})
 RETURNING id, state, cancel_requested, pause_requested
 
 -- name: due_timers
--- Every state that waits for a time, each through its own partial index.
-SELECT * FROM jobs WHERE state = 'scheduled' AND run_at <= :now
+-- Every state that waits for a time to run again, each through its own partial index.
+SELECT * FROM jobs WHERE state = {state:scheduled} AND run_at <= :now
 UNION ALL
-SELECT * FROM jobs WHERE state = 'backing-off' AND next_retry_at <= :now
+SELECT * FROM jobs WHERE state = {state:backing-off} AND next_retry_at <= :now
 UNION ALL
-SELECT * FROM jobs WHERE state = 'suspended' AND wake_at <= :now
-UNION ALL
-SELECT * FROM jobs WHERE state = 'paused' AND pause_deadline <= :now
+SELECT * FROM jobs WHERE state = {state:suspended} AND wake_at <= :now
 LIMIT :limit
+
+-- name: expired_pauses
+SELECT * FROM jobs WHERE state = {state:paused} AND pause_deadline <= :now LIMIT :limit
 
 -- name: next_timer_at
 SELECT min(t) FROM (
-    SELECT min(run_at) AS t FROM jobs WHERE state = 'scheduled'
+    SELECT min(run_at) AS t FROM jobs WHERE state = {state:scheduled}
     UNION ALL
-    SELECT min(next_retry_at) FROM jobs WHERE state = 'backing-off'
+    SELECT min(next_retry_at) FROM jobs WHERE state = {state:backing-off}
     UNION ALL
-    SELECT min(wake_at) FROM jobs WHERE state = 'suspended'
+    SELECT min(wake_at) FROM jobs WHERE state = {state:suspended}
 )
 
 -- name: expired_leases
@@ -150,14 +193,15 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 SELECT version FROM schema_migrations
 
 -- name: record_migration
-INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, (julianday('now') - 2440587.5) * 86400.0)
+INSERT INTO schema_migrations (version, name, applied_at)
+VALUES (:version, :name, (julianday('now') - 2440587.5) * 86400.0)
 
 -- name: set_progress
 UPDATE jobs SET progress = :progress WHERE id = :job_id
 
 -- name: request_pause
 UPDATE jobs SET pause_requested = 1, updated_at = :now
-WHERE id = :job_id AND state = 'running' AND pause_requested = 0
+WHERE id = :job_id AND state = {state:running} AND pause_requested = 0
 
 -- name: held
 SELECT id, state, cancel_requested, pause_requested FROM jobs
@@ -195,18 +239,28 @@ SELECT * FROM awakeables WHERE job_id = ? ORDER BY created_at, name
 UPDATE awakeables SET timeout_at = ? WHERE id = ? AND timeout_at IS NULL
 
 -- name: settle_awakeable
--- Settled once: the compare-and-set on 'pending' decides a resolve racing a timeout.
+-- Settled once: the compare-and-set on pending decides a resolve racing a timeout.
 UPDATE awakeables SET state = :state, value = :value, reason = :reason, resolved_at = :now
-WHERE id = :id AND state = 'pending'
+WHERE id = :id AND state = {awakeable:pending}
 
 -- name: add_dependency
 INSERT INTO dependencies (job_id, depends_on, kind) VALUES (?, ?, ?)
 ON CONFLICT DO NOTHING
 
 -- name: remove_dependencies
-DELETE FROM dependencies WHERE job_id = ? AND kind = ?
+DELETE FROM dependencies WHERE job_id IN (SELECT value FROM json_each(?)) AND kind = ?
 
 -- name: dependencies_of
+SELECT jobs.* FROM dependencies AS d JOIN jobs ON jobs.id = d.depends_on
+WHERE d.job_id = ? AND d.kind = ?
+ORDER BY jobs.id
+
+-- name: lock_job
+-- The transaction holds SQLite's one write lock already: a plain read.
+SELECT * FROM jobs WHERE id = ?
+
+-- name: awaited_locked
+-- The write lock is held already: the same read as dependencies_of.
 SELECT jobs.* FROM dependencies AS d JOIN jobs ON jobs.id = d.depends_on
 WHERE d.job_id = ? AND d.kind = ?
 ORDER BY jobs.id
@@ -214,18 +268,30 @@ ORDER BY jobs.id
 -- name: waiting_on
 SELECT DISTINCT jobs.* FROM dependencies AS d JOIN jobs ON jobs.id = d.job_id
 WHERE d.depends_on IN (SELECT value FROM json_each(?))
-  AND jobs.state IN ('pending', 'suspended')
+  AND jobs.state IN ({state:pending}, {state:suspended})
 
 -- name: stranded_waiters
 -- Waiters whose awaited jobs have all ended: normally settled at once, this
 -- sweep covers a process that died between the end and the settling.
 SELECT * FROM jobs
-WHERE state IN ('pending', 'suspended')
+WHERE state IN ({state:pending}, {state:suspended})
   AND EXISTS (SELECT 1 FROM dependencies AS d WHERE d.job_id = jobs.id)
   AND NOT EXISTS (
       SELECT 1 FROM dependencies AS d JOIN jobs AS p ON p.id = d.depends_on
       WHERE d.job_id = jobs.id AND p.state NOT IN ({terminal}))
-LIMIT ?
+LIMIT :limit
+
+-- name: unwakeable
+-- Suspended jobs with nothing that could wake them: no timer, no pending
+-- awakeable, no child joined. A crash between a change and its wake-up could
+-- once leave such a job; this sweep is the defence in depth.
+SELECT * FROM jobs
+WHERE state = {state:suspended} AND wake_at IS NULL
+  AND NOT EXISTS (SELECT 1 FROM awakeables AS a
+                  WHERE a.job_id = jobs.id AND a.state = {awakeable:pending})
+  AND NOT EXISTS (SELECT 1 FROM dependencies AS d
+                  WHERE d.job_id = jobs.id AND d.kind = {dependency:join})
+LIMIT :limit
 
 -- name: children_of
 SELECT * FROM jobs WHERE parent_id = ? ORDER BY id

@@ -3,8 +3,8 @@
 One connection per store, shared by the threads of one process behind a
 lock: SQLite admits one writer at a time anyway, and a single connection
 keeps ``PRAGMA data_version`` meaningful (it changes only when *another*
-connection commits, which is how idle workers in other processes notice
-new jobs).
+connection commits, which is how idle workers and event feeds in other
+processes notice new work).
 """
 
 from __future__ import annotations
@@ -18,17 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from instar.errors import ConfigurationError
-from instar.models import Job
-from instar.store.contract import (
-    ClaimRequest,
-    NewJob,
-)
-from instar.store.records import (
-    datetime_of,
-    jobs_from,
-    new_job_record,
-)
-from instar.store.sql_blocks import load_migrations, load_queries
+from instar.store.contract import ClaimRequest, NewJob, Wake
+from instar.store.sql_blocks import load_queries
 from instar.store.sql_store import SQLStore
 
 Q = load_queries("instar.store.sqlite")
@@ -39,6 +30,7 @@ SYNCHRONOUS_MODES = ("full", "normal", "extra", "off")
 class SQLiteStore(SQLStore):
     supports_listen = False
     Q = Q
+    migrations_package = "instar.store.sqlite.migrations"
 
     def __init__(self, path: str, *, synchronous: str = "full", busy_timeout: float = 30.0) -> None:
         if synchronous.lower() not in SYNCHRONOUS_MODES:
@@ -67,9 +59,14 @@ class SQLiteStore(SQLStore):
     # -- plumbing -------------------------------------------------------
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, connection: Any = None) -> Iterator[sqlite3.Connection]:
         """One write transaction; BEGIN IMMEDIATE takes the write lock up front
         so that two processes never deadlock upgrading a read lock."""
+        if connection is not None:
+            raise ConfigurationError(
+                "enqueueing inside your own transaction (connection=...) needs the "
+                "PostgreSQL backend"
+            )
         with self._lock:
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
@@ -86,6 +83,12 @@ class SQLiteStore(SQLStore):
         with self._lock:
             yield self._conn
 
+    _migration = _write
+
+    def _run_script(self, conn: sqlite3.Connection, sql: str) -> None:
+        for statement in _split_statements(sql):
+            conn.execute(statement)
+
     def _claim(self, conn: sqlite3.Connection, claim: ClaimRequest, now: float) -> sqlite3.Cursor:
         params: dict[str, Any] = {"worker": claim.worker, "now": now, "limit": claim.limit}
         if claim.queues is None:
@@ -93,47 +96,9 @@ class SQLiteStore(SQLStore):
         params["queues"] = json.dumps(list(claim.queues))
         return conn.execute(Q["claim_from_queues"], params)
 
-    def _id_list(self, ids: Sequence[int]) -> str:
-        return json.dumps(list(ids))
-
-    def _jobs_became_ready(self, conn: sqlite3.Connection) -> None:
-        """Nothing to send: idle workers in other processes see the commit through
-        ``PRAGMA data_version``, and those in this one through the engine."""
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
-
-    def migrate(self) -> int:
-        with self._tx() as conn:
-            conn.execute(Q["create_migrations_table"])
-            done = {row[0] for row in conn.execute(Q["applied_migrations"])}
-            version = max(done, default=0)
-            for number, name, sql in load_migrations("instar.store.sqlite.migrations"):
-                if number in done:
-                    continue
-                for statement in _split_statements(sql):
-                    conn.execute(statement)
-                conn.execute(Q["record_migration"], (number, name))
-                version = number
-        return version
-
-    # -- jobs -----------------------------------------------------------
-
-    def watch(self, listener: Callable[[], None]) -> None:
-        raise ConfigurationError(
-            "SQLite has no notifications; workers notice other processes' commits "
-            "through PRAGMA data_version (store.supports_listen is False)"
-        )
-
-    def insert_jobs(
-        self, jobs: Sequence[NewJob], now: float, actor: str | None, connection: Any = None
-    ) -> list[Job]:
-        if connection is not None:
-            raise ConfigurationError(
-                "enqueueing inside your own transaction (connection=...) needs the "
-                "PostgreSQL backend"
-            )
+    def _insert_rows(
+        self, conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float
+    ) -> list[int | None]:
         rows = [
             (
                 j.name,
@@ -152,55 +117,38 @@ class SQLiteStore(SQLStore):
             )
             for j in jobs
         ]
-        with self._tx() as conn:
-            if len(jobs) > 1 and all(j.key is None for j in jobs):
-                # No key can collide, so ids are consecutive under the write lock:
-                # one executemany instead of a statement per job.
-                first = conn.execute(Q["max_job_id"]).fetchone()[0] + 1
-                conn.executemany(Q["insert_job"], rows)
-                ids = list(range(first, first + len(rows)))
-                inserted = [True] * len(rows)
-            else:
-                ids, inserted = [], []
-                for row, job in zip(rows, jobs, strict=True):
-                    cursor = conn.execute(Q["insert_job"], row)
-                    if cursor.rowcount:
-                        ids.append(int(cursor.lastrowid or 0))
-                        inserted.append(True)
-                    else:
-                        existing = conn.execute(Q["job_by_key"], (job.key,)).fetchone()
-                        ids.append(existing[0])
-                        inserted.append(False)
-            conn.executemany(
-                Q["add_dependency"],
-                [
-                    (job_id, parent, "after")
-                    for job_id, job, new in zip(ids, jobs, inserted, strict=True)
-                    if new
-                    for parent in job.after
-                ],
-            )
-            conn.executemany(
-                Q["insert_event"],
-                [
-                    (job_id, now, None, job.state.value, "enqueued", 0, None, actor, None)
-                    for job_id, job, new in zip(ids, jobs, inserted, strict=True)
-                    if new
-                ],
-            )
-            if all(inserted):
-                created = datetime_of(now)
-                return [new_job_record(i, j, created) for i, j in zip(ids, jobs, strict=True)]
-            found = jobs_from(conn.execute(Q["jobs_in"], (json.dumps(ids),)))
-        by_id = {job.id: job for job in found}
-        return [by_id[i] for i in ids]
+        if len(jobs) > 1 and all(j.key is None for j in jobs):
+            # No key can collide, so ids are consecutive under the write lock:
+            # one executemany instead of a statement per job.
+            first = conn.execute(Q["max_job_id"]).fetchone()[0] + 1
+            conn.executemany(Q["insert_job"], rows)
+            return list(range(first, first + len(rows)))
+        ids: list[int | None] = []
+        for row in rows:
+            cursor = conn.execute(Q["insert_job"], row)
+            ids.append(int(cursor.lastrowid or 0) if cursor.rowcount else None)
+        return ids
+
+    def _id_list(self, ids: Sequence[int]) -> str:
+        return json.dumps(list(ids))
+
+    def _before_commit(self, conn: sqlite3.Connection, wakes: set[Wake]) -> None:
+        """Nothing to send: other processes see the commit through
+        ``PRAGMA data_version``, and this one through the engine."""
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def watch(self, listener: Callable[[Wake], None]) -> None:
+        raise ConfigurationError(
+            "SQLite has no notifications; other processes' commits show in "
+            "PRAGMA data_version (store.supports_listen is False)"
+        )
 
     def change_marker(self) -> int:
         with self._lock:
             return int(self._conn.execute(Q["data_version"]).fetchone()[0])
-
-
-# -- rows to records ------------------------------------------------------
 
 
 def _split_statements(script: str) -> list[str]:

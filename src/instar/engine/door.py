@@ -1,0 +1,215 @@
+"""The only writer of job state.
+
+Every write in Instar comes through ``Engine``: a worker's reports and
+claims, an operator's verbs (``instar.engine.verbs``), a handler's durable
+operations (through its context), maintenance's timers and rescues. Each
+call is one store transaction holding the whole logical change: the moves
+(each checked by ``plan_move`` against the lifecycle table before it gets
+here), their events, the bookkeeping they imply and the moves they set off
+(``instar.engine.waiting``). Listeners hear of it once it has committed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from instar.clock import Clock, SystemClock
+from instar.engine.moves import plan_move
+from instar.engine.reads import Reader
+from instar.engine.waiting import consequences, release, start_or_fail
+from instar.errors import InvalidTransition, SignalAlreadySettled
+from instar.lifecycle import ENTRY_STATES, State
+from instar.models import Awakeable, Job
+from instar.store.contract import (
+    ClaimRequest,
+    Held,
+    Lease,
+    Move,
+    NewJob,
+    Note,
+    Request,
+    Settlement,
+    Store,
+    Term,
+    Transaction,
+    Wake,
+)
+from instar.vocabulary import Trigger
+
+_CASCADE_LIMIT = 10_000  # rounds of consequences in one transaction: a chain this long is a bug
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """A worker's exchange: which reported moves won, and the jobs it claimed."""
+
+    applied: list[bool]
+    claimed: list[Job]
+
+
+class Engine:
+    """The door for every write; ``read`` is the read side."""
+
+    def __init__(self, store: Store, clock: Clock | None = None) -> None:
+        self.store = store
+        self.clock: Clock = clock or SystemClock()
+        self.read = Reader(store)
+        self._listeners: dict[Wake, list[Callable[[], None]]] = {w: [] for w in Wake}
+        if store.supports_listen:
+            store.watch(self._heard)
+
+    # -- wake-ups -------------------------------------------------------------
+
+    def subscribe(
+        self, listener: Callable[[], None], wake: Wake = Wake.READY
+    ) -> Callable[[], None]:
+        """Call ``listener`` (from any thread) after a commit, here or in another
+        process where the store can tell, that made jobs ready (``Wake.READY``)
+        or appended any event (``Wake.EVENTS``). Returns the undo."""
+        self._listeners[wake] = [*self._listeners[wake], listener]
+
+        def unsubscribe() -> None:
+            self._listeners[wake] = [f for f in self._listeners[wake] if f is not listener]
+
+        return unsubscribe
+
+    def _heard(self, wake: Wake) -> None:
+        self._tell({wake, Wake.EVENTS})
+
+    def _tell(self, wakes: set[Wake]) -> None:
+        for wake in wakes:
+            for listener in self._listeners[wake]:
+                listener()
+
+    @contextmanager
+    def _transaction(self, connection: Any = None) -> Iterator[Transaction]:
+        """One store transaction; listeners are told once it has committed."""
+        with self.store.transaction(self.clock.now(), connection) as tx:
+            yield tx
+            wakes = set(tx.wakes())
+        if connection is None:  # the caller's transaction has not committed yet
+            self._tell(wakes)
+
+    def _apply(self, tx: Transaction, moves: Sequence[Move]) -> list[bool]:
+        """Apply ``moves`` and everything they set off, round after round, in ``tx``."""
+        applied = tx.apply_moves(moves)
+        follow = consequences(tx, moves, applied)
+        for _ in range(_CASCADE_LIMIT):
+            if not follow:
+                return applied.won
+            then = tx.apply_moves(follow)
+            follow = consequences(tx, follow, then)
+        raise RuntimeError(f"moves kept setting off more moves for {_CASCADE_LIMIT} rounds")
+
+    # -- the writes ---------------------------------------------------------------
+
+    def apply(self, moves: Sequence[Move], notes: Sequence[Note] = ()) -> list[bool]:
+        """Apply planned moves (and notes) in one transaction; which moves won."""
+        if not moves and not notes:
+            return []
+        with self._transaction() as tx:
+            tx.append_notes(notes)
+            return self._apply(tx, moves)
+
+    def exchange(
+        self, finished: Sequence[Move], notes: Sequence[Note], claim: ClaimRequest | None
+    ) -> BatchResult:
+        """A worker's turn, in one transaction: its notes, the moves that end its
+        runs (and what they set off), then a claim of new jobs."""
+        with self._transaction() as tx:
+            tx.append_notes(notes)
+            applied = self._apply(tx, finished) if finished else []
+            claimed = tx.claim(claim) if claim is not None else []
+        return BatchResult(applied, claimed)
+
+    def enqueue(
+        self, jobs: Sequence[NewJob], actor: str | None = None, connection: Any = None
+    ) -> list[Job]:
+        """Create jobs, with their first events; a job whose dependencies have all
+        ended already moves on in the same transaction. Raises
+        ``InvalidTransition`` for a state no job starts in and ``JobNotFound`` for
+        an unknown dependency, before anything is written."""
+        for job in jobs:
+            if job.state not in ENTRY_STATES:
+                raise InvalidTransition(0, "(new)", job.state.value, "not a state a job starts in")
+        for parent in sorted({p for job in jobs for p in job.after}):
+            self.read.get(parent)
+        with self._transaction(connection) as tx:
+            created = tx.insert_jobs(jobs, actor)
+            follow = start_or_fail(tx, created)
+            if not follow:
+                return created
+            self._apply(tx, follow)
+            moved = {m.job_id for m in follow}
+            fresh = {job.id: tx.lock_job(job.id) for job in created if job.id in moved}
+        return [fresh.get(job.id) or job for job in created]
+
+    def release_waiters(self, waiters: Sequence[Job]) -> int:
+        """Settle jobs that wait on others (as dependants or joining parents)
+        whose awaited jobs may all have ended; how many moved."""
+        if not waiters:
+            return 0
+        with self._transaction() as tx:
+            moves = release(tx, waiters)
+            return sum(self._apply(tx, moves)) if moves else 0
+
+    def heartbeat(self, worker: str, job_ids: Sequence[int]) -> list[Held]:
+        with self._transaction() as tx:
+            return tx.heartbeat(worker, job_ids)
+
+    def request(self, job_id: int, request: Request, actor: str | None) -> bool:
+        """Flag a leased job for cancel (or pause); its worker acts on it."""
+        with self._transaction() as tx:
+            return tx.raise_request(job_id, request, actor)
+
+    def pause_queue(self, queue: str) -> bool:
+        with self._transaction() as tx:
+            return tx.pause_queue(queue)
+
+    def resume_queue(self, queue: str) -> bool:
+        with self._transaction() as tx:
+            return tx.resume_queue(queue)
+
+    def try_lead(self, role: str, holder: str, ttl: float) -> bool:
+        return self.store.try_lead(Term(role, holder, ttl), self.clock.now())
+
+    # -- durable execution: what a handler's context writes -------------------------
+
+    def save_step(self, lease: Lease, name: str, result_json: str | None) -> Held | None:
+        """Store a step's result while ``lease`` holds; None once it does not."""
+        with self._transaction() as tx:
+            return tx.save_step(lease, name, result_json)
+
+    def save_checkpoint(self, lease: Lease, data_json: str) -> Held | None:
+        with self._transaction() as tx:
+            return tx.save_checkpoint(lease, data_json)
+
+    def awakeable(self, job_id: int, name: str) -> Awakeable:
+        """The job's awakeable ``name``, created on first use."""
+        with self._transaction() as tx:
+            return tx.awakeable(job_id, name, uuid.uuid4().hex)
+
+    def set_signal_timeout(self, awakeable_id: str, timeout_at: float) -> None:
+        with self._transaction() as tx:
+            tx.set_awakeable_timeout(awakeable_id, timeout_at)
+
+    def settle_signal(self, settlement: Settlement, actor: str | None) -> Awakeable:
+        """Resolve or reject an awakeable once, and wake its job if it is suspended,
+        in one transaction. Raises ``AwakeableNotFound``, ``SignalAlreadySettled``."""
+        awakeable = self.read.awakeable(settlement.awakeable_id)
+        with self._transaction() as tx:
+            job = tx.lock_job(awakeable.job_id)  # the job first, then its awakeable
+            if not tx.settle_awakeable(settlement):
+                now = tx.get_awakeable(awakeable.id)
+                raise SignalAlreadySettled(awakeable.id, now.state if now else "gone")
+            if job is not None and job.state is State.SUSPENDED:
+                detail = {"signal": awakeable.name}
+                wake = plan_move(job, State.READY, Trigger.SIGNAL, actor=actor, detail=detail)
+                self._apply(tx, [wake])
+            settled = tx.get_awakeable(awakeable.id)
+        assert settled is not None
+        return settled

@@ -1,0 +1,101 @@
+"""Planning one move: the lifecycle table's check, then the job's new values.
+
+``plan_move`` is the one door every state change passes: it refuses what the
+table refuses (``InvalidTransition``) and describes the rest as a ``Move``
+for the store to compare-and-set.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from instar.errors import InvalidTransition
+from instar.lifecycle import State, can_transition, is_leased
+from instar.models import Job
+from instar.payload import encode
+from instar.store.contract import Move
+from instar.vocabulary import Trigger
+
+
+def _epoch(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def plan_move(
+    job: Job,
+    to_state: State,
+    trigger: Trigger,
+    *,
+    by_lease: bool = False,
+    actor: str | None = None,
+    detail: Any = None,
+    **changes: Any,
+) -> Move:
+    """Refuse what the table refuses, else describe the move with the job's new
+    values (unchanged unless given in ``changes``, a Move field each).
+
+    ``by_lease``: guarded by the job's lease token (a worker's report) rather
+    than its version (an operator or timer). Raises ``InvalidTransition``.
+    """
+    if not can_transition(job.state, to_state):
+        raise InvalidTransition(job.id, job.state.value, to_state.value)
+    values: dict[str, Any] = {
+        "attempt": job.attempt,
+        "max_attempts": job.max_attempts,
+        "run_at": _epoch(job.run_at),
+        "next_retry_at": _epoch(job.next_retry_at),
+        "worker": job.worker,
+        "lease_token": job.lease_token,
+        "lease_expires_at": _epoch(job.lease_expires_at),
+        "result_json": None if job.result is None else encode(job.result, what="result"),
+        "error_json": None if job.error is None else encode(job.error, what="error"),
+        "wake_at": _epoch(job.wake_at),
+        "pause_deadline": _epoch(job.pause_deadline),
+    }
+    if is_leased(job.state) and not is_leased(to_state):
+        values.update(lease_token=None, lease_expires_at=None)
+    # Timer columns belong to the state that set them.
+    if to_state is not State.SUSPENDED:
+        values["wake_at"] = None
+    if to_state is not State.PAUSED:
+        values["pause_deadline"] = None
+    values.update(changes)
+    return Move(
+        job_id=job.id,
+        from_state=job.state,
+        to_state=to_state,
+        trigger=trigger.value,
+        version=None if by_lease else job.version,
+        guard_token=job.lease_token if by_lease else None,
+        actor=actor,
+        detail_json=None if detail is None else encode(detail, what="event detail"),
+        **values,
+    )
+
+
+def error_record(error: BaseException) -> dict[str, Any]:
+    """What a failure leaves in the job and its event: type, message, traceback."""
+    return {
+        "type": type(error).__qualname__,
+        "message": str(error),
+        "traceback": "".join(traceback.format_exception(error)),
+    }
+
+
+def system_error(kind: str, message: str) -> dict[str, Any]:
+    """An error Instar records itself (a lost worker, a failed dependency): no traceback."""
+    return {"type": kind, "message": message, "traceback": ""}
+
+
+def moved(job: Job, move: Move) -> Job:
+    """The job as ``move`` leaves it, so that a second move can follow in the same batch."""
+    return replace(
+        job,
+        state=move.to_state,
+        version=job.version + 1,
+        lease_token=move.lease_token,
+        lease_expires_at=None,
+    )

@@ -1,0 +1,93 @@
+"""The read side: what callers may see of jobs, timelines and durable state.
+
+Reads never go through a transaction; each returns what was committed when it
+ran. Callers above the engine (the App, the CLI, the coming HTTP API) read
+through here, never through the store.
+"""
+
+from __future__ import annotations
+
+from instar.errors import AwakeableNotFound, JobNotFound
+from instar.lifecycle import State
+from instar.models import Awakeable, Event, Job, QueueStats
+from instar.store.contract import EventFilter, JobFilter, Store
+from instar.vocabulary import DependencyKind
+
+
+class Reader:
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def get(self, job_id: int) -> Job:
+        """The job; ``JobNotFound`` if no job has this id."""
+        job = self._store.get_job(job_id)
+        if job is None:
+            raise JobNotFound(job_id)
+        return job
+
+    def jobs(self, where: JobFilter) -> list[Job]:
+        """Jobs newest first."""
+        return self._store.list_jobs(where)
+
+    def history(self, job_id: int) -> list[Event]:
+        """The job's timeline, oldest first; ``JobNotFound`` for an unknown id."""
+        self.get(job_id)
+        return self._store.events(job_id)
+
+    def counts(self) -> dict[State, int]:
+        return self._store.count_by_state()
+
+    def queues(self) -> list[QueueStats]:
+        return self._store.queue_stats()
+
+    def awakeable(self, awakeable_id: str) -> Awakeable:
+        """The awakeable; ``AwakeableNotFound`` if no awakeable has this id."""
+        found = self._store.get_awakeable(awakeable_id)
+        if found is None:
+            raise AwakeableNotFound(awakeable_id)
+        return found
+
+    def awakeables(self, job_id: int) -> list[Awakeable]:
+        return self._store.awakeables_of(self.get(job_id).id)
+
+    def children(self, job_id: int) -> list[Job]:
+        return self._store.children_of(self.get(job_id).id)
+
+    def dependencies(self, job_id: int) -> list[Job]:
+        """The jobs ``job_id`` was enqueued ``after``."""
+        return self._store.dependencies_of(self.get(job_id).id, DependencyKind.AFTER)
+
+    def steps(self, job_id: int) -> dict[str, str | None]:
+        """A job's stored step results (JSON text), by step name."""
+        return self._store.steps(job_id)
+
+    def events_since(self, after_id: int, limit: int, where: EventFilter) -> list[Event]:
+        """The feed's next page: see ``Store.events_since``."""
+        return self._store.events_since(after_id, limit, where)
+
+    def last_event_id(self) -> int:
+        return self._store.last_event_id()
+
+    # -- what maintenance sweeps (each served by a partial index) -----------------
+
+    def due_timers(self, now: float, limit: int) -> list[Job]:
+        return self._store.due_timers(now, limit)
+
+    def expired_pauses(self, now: float, limit: int) -> list[Job]:
+        return self._store.expired_pauses(now, limit)
+
+    def expired_leases(self, now: float, limit: int) -> list[Job]:
+        return self._store.expired_leases(now, limit)
+
+    def stranded_waiters(self, limit: int) -> list[Job]:
+        return self._store.stranded_waiters(limit)
+
+    def unwakeable(self, limit: int) -> list[Job]:
+        return self._store.unwakeable(limit)
+
+    def next_timer_at(self) -> float | None:
+        return self._store.next_timer_at()
+
+    def change_marker(self) -> int:
+        """A number that changes when another process commits: see ``Store.change_marker``."""
+        return self._store.change_marker()

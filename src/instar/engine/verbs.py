@@ -1,0 +1,132 @@
+"""Operator verbs: cancel, retry, pause, resume, stop, resolve, reject.
+
+A verb reads the job, decides from its state what the lifecycle table allows
+(a move, or a request flag for the worker holding a leased job), and writes
+it through the engine's door. Losing a race to another writer is normal: the
+verb reads again and decides again (``_until_applied``), a bounded number of
+times. A verb the table refuses raises ``InvalidTransition`` and changes
+nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from instar.engine.door import Engine
+from instar.engine.moves import plan_move
+from instar.errors import InvalidTransition
+from instar.lifecycle import State, is_leased
+from instar.models import Awakeable, Job
+from instar.store.contract import Move, Request, Settlement
+from instar.vocabulary import AwakeableState, Trigger
+
+RACE_RETRIES = 20
+"""Reads and tries a verb makes before it gives up on a job that keeps changing."""
+
+Decision = Move | Request | None
+"""What a verb wants: a move, a flag for the job's worker, or nothing (done already)."""
+
+
+class Operator:
+    """The verbs people (and programs acting for them) use on jobs."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def cancel(self, job_id: int, actor: str | None) -> Job:
+        """Cancel at once, or, for a job a worker holds, ask that worker to stop."""
+
+        def decide(job: Job) -> Decision:
+            if is_leased(job.state):
+                return None if job.cancel_requested else Request.CANCEL
+            return plan_move(job, State.CANCELLED, Trigger.CANCELLED, actor=actor)
+
+        return self._until_applied(job_id, State.CANCELLED, actor, decide)
+
+    def retry(self, job_id: int, actor: str | None) -> Job:
+        """An operator's retry: a failed job runs again with a fresh attempt count."""
+
+        def decide(job: Job) -> Decision:
+            if job.state is not State.FAILED:
+                raise InvalidTransition(
+                    job_id, job.state.value, State.READY.value, "only a failed job can be retried"
+                )
+            return plan_move(
+                job,
+                State.READY,
+                Trigger.RETRIED,
+                actor=actor,
+                detail={"previous_attempts": job.attempt},
+                attempt=0,
+                next_retry_at=None,
+            )
+
+        return self._until_applied(job_id, State.READY, actor, decide)
+
+    def pause(self, job_id: int, actor: str | None) -> Job:
+        """Park a job for a person: at once if it is waiting, at its next
+        checkpoint if it is running."""
+        now = self.engine.clock.now
+
+        def decide(job: Job) -> Decision:
+            if job.state is State.RUNNING:
+                return None if job.pause_requested else Request.PAUSE
+            deadline = now() + job.pause_timeout
+            return plan_move(
+                job, State.PAUSED, Trigger.PAUSED, actor=actor, pause_deadline=deadline
+            )
+
+        return self._until_applied(job_id, State.PAUSED, actor, decide)
+
+    def resume(self, job_id: int, actor: str | None) -> Job:
+        """A paused job goes back to ready, or to scheduled if its start is still ahead."""
+        now = self.engine.clock.now
+
+        def decide(job: Job) -> Decision:
+            ahead = job.run_at is not None and job.run_at.timestamp() > now()
+            target = State.SCHEDULED if ahead and job.attempt == 0 else State.READY
+            if job.state is not State.PAUSED:
+                raise InvalidTransition(job_id, job.state.value, target.value, "it is not paused")
+            return plan_move(job, target, Trigger.RESUMED, actor=actor)
+
+        return self._until_applied(job_id, State.READY, actor, decide)
+
+    def stop(self, job_id: int, actor: str | None) -> Job:
+        """Ask a serving service job to shut down: serving -> stopping; its worker
+        sees it at the next heartbeat and the handler is told through ctx.stopping."""
+
+        def decide(job: Job) -> Decision:
+            return plan_move(job, State.STOPPING, Trigger.STOP_REQUESTED, actor=actor)
+
+        return self._until_applied(job_id, State.STOPPING, actor, decide)
+
+    def resolve(self, awakeable_id: str, value_json: str, actor: str | None) -> Awakeable:
+        """Answer an awakeable with a value (JSON text); its job wakes if suspended."""
+        settlement = Settlement(awakeable_id, AwakeableState.RESOLVED, value_json=value_json)
+        return self.engine.settle_signal(settlement, actor)
+
+    def reject(self, awakeable_id: str, reason: str, actor: str | None) -> Awakeable:
+        """Refuse an awakeable; its handler's ``await_signal`` raises SignalRejected."""
+        settlement = Settlement(awakeable_id, AwakeableState.REJECTED, reason=reason)
+        return self.engine.settle_signal(settlement, actor)
+
+    def _until_applied(
+        self,
+        job_id: int,
+        target: State,
+        actor: str | None,
+        decide: Callable[[Job], Decision],
+    ) -> Job:
+        """Read, decide, write; again if another writer got there first."""
+        for _ in range(RACE_RETRIES):
+            job = self.engine.read.get(job_id)
+            decision = decide(job)
+            if decision is None:
+                return job
+            if isinstance(decision, Request):
+                done = self.engine.request(job_id, decision, actor)
+            else:
+                done = self.engine.apply([decision]) == [True]
+            if done:
+                return self.engine.read.get(job_id)
+        raise InvalidTransition(job_id, job.state.value, target.value, "too much contention")

@@ -1,0 +1,138 @@
+"""A registered handler, what Instar learns about it, and the registry of them.
+
+A definition knows nothing of any App: it is the handler, its name and its
+options. The App binds definitions to itself (``resize.enqueue(...)``).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from instar.errors import ConfigurationError, PayloadError, UnknownJob
+from instar.retry import Retry
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """How jobs of one definition run. ``lease`` and ``timeout`` are seconds;
+    ``pause_timeout`` is how long a paused job waits for a person (24 h)."""
+
+    queue: str = "default"
+    lease: float = 30.0
+    timeout: float | None = None
+    retry: Retry = field(default_factory=Retry)
+    priority: int = 0
+    pause_timeout: float = 86400.0
+    service: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.queue:
+            raise ConfigurationError("a job's queue name must not be empty")
+        if self.lease <= 0:
+            raise ConfigurationError(f"lease must be positive seconds, got {self.lease}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ConfigurationError(
+                f"timeout must be positive seconds or None, got {self.timeout}"
+            )
+
+
+class JobDefinition:
+    """A handler registered under a name.
+
+    Handlers take their arguments as keywords. If the first parameter is named
+    ``ctx`` (or annotated ``instar.Context``) it receives the job's context.
+    """
+
+    def __init__(self, fn: Callable[..., Any], name: str, options: JobOptions) -> None:
+        self.fn = fn
+        self.name = name
+        self.options = options
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self._signature = inspect.signature(fn)
+        params = list(self._signature.parameters.values())
+        self.takes_context = bool(params) and (
+            params[0].name == "ctx" or _is_context_annotation(params[0].annotation)
+        )
+        self._arg_signature = self._signature.replace(
+            parameters=params[1:] if self.takes_context else params
+        )
+        self._accepted_names: set[frozenset[str]] = set()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the handler directly, in this process, with no job involved."""
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<JobDefinition {self.name} queue={self.options.queue}>"
+
+    def check_arguments(self, args: Mapping[str, Any]) -> None:
+        """Refuse arguments the handler could never accept, before anything is
+        stored (``PayloadError``).
+
+        Whether keywords bind depends only on their names, so a set of names
+        that bound once is remembered (bulk enqueues repeat the same names)."""
+        names = frozenset(args)
+        if names in self._accepted_names:
+            return
+        try:
+            self._arg_signature.bind(**args)
+        except TypeError as exc:
+            raise PayloadError(
+                f"arguments for job {self.name!r} do not match "
+                f"{self.name}{self._arg_signature}: {exc}"
+            ) from None
+        self._accepted_names.add(names)
+
+
+def _is_context_annotation(annotation: Any) -> bool:
+    """``instar.Context``, by name: this layer does not import the context."""
+    if isinstance(annotation, str):
+        return annotation in {"Context", "instar.Context", "instar.context.Context"}
+    return (
+        getattr(annotation, "__name__", None) == "Context"
+        and getattr(annotation, "__module__", None) == "instar.context"
+    )
+
+
+class Registry(Mapping[str, JobDefinition]):
+    """Definitions by name: what a worker can run and what an App can enqueue."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, JobDefinition] = {}
+
+    def __getitem__(self, name: str) -> JobDefinition:
+        return self._by_name[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_name)
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def add(self, definition: JobDefinition) -> None:
+        """Register ``definition``; ``ConfigurationError`` if its name is taken."""
+        if definition.name in self._by_name:
+            raise ConfigurationError(f"a job named {definition.name!r} is registered already")
+        self._by_name[definition.name] = definition
+
+    def update(self, definitions: Mapping[str, JobDefinition]) -> None:
+        """Register every definition of another registry (a worker that serves
+        handlers registered on another App)."""
+        for definition in definitions.values():
+            self.add(definition)
+
+    def find(self, job: JobDefinition | str) -> JobDefinition:
+        """A definition by its full name, or by its function's name when that is
+        unambiguous; ``UnknownJob`` otherwise."""
+        if isinstance(job, JobDefinition):
+            return job
+        found = self._by_name.get(job)
+        if found is not None:
+            return found
+        by_short_name = [d for d in self._by_name.values() if d.fn.__name__ == job]
+        if len(by_short_name) == 1:
+            return by_short_name[0]
+        raise UnknownJob(job, list(self._by_name))

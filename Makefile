@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CODE   := $(wildcard src tests bench)
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test test-fast lint typecheck unit bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ typecheck: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest -q
+
+# Test tiers, each a folder of tests/: unit (no database), store (the store
+# contract on both backends), engine (App, engine, maintenance), worker (workers,
+# processes, restarts), acceptance (the CLI as a subprocess, the demo).
+test-fast: $(STAMP)
+	$(BIN)/pytest -q tests/unit tests/store tests/engine
 
 test: lint typecheck unit
 

@@ -19,7 +19,7 @@ import instar
 from instar.lifecycle import State
 from tests.jobs_app import app as jobs_app
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextmanager

@@ -21,7 +21,7 @@ from instar.lifecycle import State
 from tests.conftest import POSTGRES
 from tests.jobs_app import app as jobs_app
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 JOBS = 5000
 
 # PostgreSQL only: the ``database`` fixture gives each test a schema of its own.

@@ -1,4 +1,4 @@
-"""The lifecycle table: its invariants, and every pair of states both ways."""
+"""The lifecycle table: its invariants, and every pair of states both ways through the engine."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from instar.lifecycle import (
     validate,
 )
 from instar.vocabulary import Trigger
-from tests.conftest import execute_raw
+from tests.factory import job_in
 
 
 def test_the_initial_state_is_never_entered_again() -> None:
@@ -72,18 +72,6 @@ def test_validator_refuses_reentering_the_initial_state() -> None:
         validate(replace(JOBS, transitions=broken))
 
 
-def _job_in(app: instar.App, state: State) -> instar.Job:
-    """Put a fresh job straight into ``state`` (test-only shortcut past the engine)."""
-
-    job = app.enqueue("tests.test_lifecycle.noop")
-    execute_raw(
-        app.database,
-        "UPDATE jobs SET state = ?, lease_token = ?, worker = ? WHERE id = ?",
-        (state.value, "token", "w", job.id),
-    )
-    return app.get(job.id)
-
-
 PAIRS = list(itertools.product(State, State))
 
 
@@ -91,11 +79,7 @@ PAIRS = list(itertools.product(State, State))
 def test_every_pair_of_states_is_allowed_or_refused_as_the_table_says(
     app: instar.App, from_state: State, to_state: State
 ) -> None:
-    @app.job(name="tests.test_lifecycle.noop")
-    def noop() -> None:
-        return None
-
-    job = _job_in(app, from_state)
+    job = job_in(app, from_state)
     before = app.history(job.id)
     if can_transition(from_state, to_state):
         move = plan_move(job, to_state, Trigger.RESUMED)

@@ -9,7 +9,7 @@ import pytest
 
 from instar.diagram import render
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
 def test_the_readme_lifecycle_diagram_is_drawn_from_the_table() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from instar.diagram import render
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def instar(*args: str, database: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -31,7 +31,7 @@ from instar.store.contract import Applied, ClaimRequest, Move
 from instar.store.sql_store import SQLTransaction
 from tests.conftest import running_worker
 from tests.jobs_app import app as jobs_app
-from tests.test_postgres_processes import runs_of, started, wait_until, worker_process
+from tests.worker.test_postgres_processes import runs_of, started, wait_until, worker_process
 
 JOBS = 300
 # While the server is down the worker keeps saying it is retrying: its listening

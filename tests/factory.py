@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable
 
 import instar
-from instar.engine import Paused, Raised, Returned, Suspended, outcome_moves, plan_move
+from instar.engine import Outcome, Raised, Returned, Suspended, outcome_moves, plan_move
 from instar.lifecycle import State
 from instar.registry import JobDefinition
 from instar.store.contract import ClaimRequest, Move
@@ -46,9 +46,7 @@ def _end(app: instar.App, job: instar.Job, moves: list[Move]) -> instar.Job:
     return app.get(job.id)
 
 
-def _ended_as(
-    outcome: Returned | Raised | Suspended | Paused,
-) -> Callable[[instar.App], instar.Job]:
+def _ended_as(outcome: Outcome) -> Callable[[instar.App], instar.Job]:
     def make(app: instar.App) -> instar.Job:
         job = _running(app)
         retry = _definition(app).options.retry

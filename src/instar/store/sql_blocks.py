@@ -50,7 +50,7 @@ _VOCABULARY: Mapping[str, Callable[[str], enum.StrEnum]] = {
 _RUNTIME = frozenset({"schema", "channel"})  # filled in when the statement runs
 
 
-def _fill(name: str, sql: str) -> str:
+def fill(name: str, sql: str) -> str:
     """Replace the lifecycle placeholders of one block; refuse any it does not know.
 
     ``{claim_from}``/``{claim_to}``: the two ends of the claim (``lifecycle.CLAIM``);
@@ -84,5 +84,5 @@ def load_queries(package: str) -> Mapping[str, str]:
     """A backend's ``queries.sql``, with the lifecycle's states filled in from
     the table: the SQL names states by kind or through a checked placeholder."""
     return MappingProxyType(
-        {name: _fill(name, sql) for name, sql in load_blocks(package, "queries.sql").items()}
+        {name: fill(name, sql) for name, sql in load_blocks(package, "queries.sql").items()}
     )

@@ -8,16 +8,18 @@ one sentence everywhere. Styles are Rich style strings.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from rich.console import RenderableType
 from rich.markup import escape
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
 from instar.lifecycle import State
-from instar.models import Event, Job
-from instar.vocabulary import Trigger
+from instar.models import Event, Job, Progress
+from instar.vocabulary import Actor, Trigger
 
 STATE_STYLES: dict[State, str] = {
     State.PENDING: "dim",
@@ -57,12 +59,37 @@ def _as_is(worker: str | None) -> str:
 
 
 def state_text(state: State) -> Text:
+    """A state's name in its colour."""
     return Text(state.value, style=STATE_STYLES[state])
+
+
+def state_counts(counts: Mapping[State, int]) -> Text:
+    """How many jobs are in each state, in lifecycle order, states with none left out."""
+    text = Text()
+    for state in State:
+        if counts.get(state):
+            text.append(f"{state.value} {counts[state]}  ", style=STATE_STYLES[state])
+    return text
+
+
+def progress_cells(progress: Progress | None, width: int = 10) -> tuple[RenderableType, str, str]:
+    """A job's progress as three cells: a bar, a percentage and the message (empty
+    when the job reported no progress, or none with a total)."""
+    if progress is None or not progress.total:
+        return "", "", ""
+    fraction = min(1.0, progress.current / progress.total)
+    bar = ProgressBar(total=1.0, completed=fraction, width=width)
+    return bar, f"{fraction:.0%}", progress.message or ""
 
 
 def is_note(event: Event) -> bool:
     """A note changes no state: progress, a phase, a step, a checkpoint."""
     return event.from_state == event.to_state
+
+
+def is_step(event: Event) -> bool:
+    """A ``step`` note: a durable step's function ran and its result was stored."""
+    return event.trigger == Trigger.STEP and isinstance(event.detail, dict)
 
 
 def moves_of(events: Sequence[Event]) -> list[State]:
@@ -71,11 +98,11 @@ def moves_of(events: Sequence[Event]) -> list[State]:
 
 
 def mover(event: Event, label: Labeller = _as_is) -> str:
-    """Who made a move: the actor who asked, maintenance, or the job's worker."""
+    """Who made a move: maintenance, the actor who asked, or the job's worker."""
+    if event.trigger in MAINTENANCE_TRIGGERS and event.actor in (None, Actor.SYSTEM):
+        return "maintenance"
     if event.actor:
         return event.actor
-    if event.trigger in MAINTENANCE_TRIGGERS:
-        return "maintenance"
     return f"worker {label(event.worker)}" if event.worker else ""
 
 

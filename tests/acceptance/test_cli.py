@@ -7,10 +7,19 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
+from click.testing import CliRunner, Result
 
+import instar.app as instar_app
+from instar.cli.main import cli
 from instar.diagram import render
+from instar.errors import InvalidTransition, JobNotFound
+from instar.store import open_store
+from instar.store.contract import Store
+from instar.store.sqlite.store import SQLiteStore
+from tests.jobs_app import app as jobs_app
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -180,8 +189,6 @@ def test_migrate_creates_the_schema(db: str) -> None:
 
 
 def test_every_command_has_help() -> None:
-    from instar.cli.main import cli
-
     for name in cli.commands:
         result = instar(name, "--help")
         assert result.returncode == 0
@@ -276,3 +283,81 @@ def test_a_worker_waits_for_an_unreachable_database_and_says_so() -> None:
     assert "cannot connect to PostgreSQL at 127.0.0.1:1/jobsdb" in stderr
     assert stderr.count("trying again") >= 2
     assert "Traceback" not in stderr
+
+
+def test_every_app_a_command_opens_is_closed_again(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each command runs in this process; every store its App opened, on success or on
+    error, must be closed by the time the command returns."""
+    opened: list[Store] = []
+    closed: list[SQLiteStore] = []
+    real_open, real_close = open_store, SQLiteStore.close
+
+    def counting_open(url: str) -> Store:
+        store = real_open(url)
+        opened.append(store)
+        return store
+
+    def counting_close(store: SQLiteStore) -> None:
+        closed.append(store)
+        real_close(store)
+
+    def no_hard_exit(code: int) -> NoReturn:
+        # The worker leaves with os._exit while a handler thread lingers; here that
+        # would end pytest itself.
+        raise SystemExit(code)
+
+    monkeypatch.setattr(instar_app, "open_store", counting_open)
+    monkeypatch.setattr(SQLiteStore, "close", counting_close)
+    monkeypatch.setattr(os, "_exit", no_hard_exit)
+    # --app binds the shared handlers' App to this test's database; undo that afterwards.
+    monkeypatch.setattr(jobs_app, "database", jobs_app.database)
+    monkeypatch.setenv("INSTAR_DATABASE", db)
+    monkeypatch.setenv("INSTAR_TEST_LOG", os.devnull)
+    runner = CliRunner()
+    tried: set[str] = set()
+
+    def run(*args: str, code: int = 0) -> Result:
+        tried.add(args[0])
+        before = len(opened)
+        result = runner.invoke(cli, list(args))
+        assert result.exit_code == code, (args, result.output, result.exception)
+        assert len(opened) > before, f"{args} opened no App; this test proves nothing for it"
+        left_open = [s for s in opened if not any(s is c for c in closed)]
+        assert not left_open, f"instar {' '.join(args)} left {len(left_open)} store(s) open"
+        return result
+
+    handlers = ("--app", "tests.jobs_app:app")
+    run("migrate")
+    run("enqueue", "record", *handlers, "--args", '{"n": 1}')
+    run("jobs")
+    run("jobs", "--json")
+    run("show", "1")
+    run("show", "999", code=JobNotFound.exit_code)
+    run("pause", "1")
+    run("resume", "1")
+    run("cancel", "1")
+    run("retry", "1", code=InvalidTransition.exit_code)
+    run("stop", "1", code=InvalidTransition.exit_code)
+    run("queues")
+    run("pause-queue", "default")
+    run("resume-queue", "default")
+    approval = json.loads(run("enqueue", "approval", *handlers, "--json").stdout)
+    run("worker", *handlers, "--burst")
+    [awakeable] = json.loads(run("show", str(approval["id"]), "--json").stdout)["awakeables"]
+    run("resolve", awakeable["id"], "--value", '{"by": "ops"}')
+    run("reject", awakeable["id"], "--reason", "late", code=InvalidTransition.exit_code)
+    run("queues", "--json")
+    assert tried == set(cli.commands) - {"lifecycle", "demo"}, "a command is not tried here"
+
+
+def test_an_errors_exit_code_comes_from_its_class(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = instar("show", "999", database=db)
+    assert result.returncode == JobNotFound.exit_code
+    assert "no job with id 999" in result.stderr
+
+    monkeypatch.setattr(JobNotFound, "exit_code", 42)
+    moved = CliRunner().invoke(cli, ["show", "999", "--database", db])
+    assert moved.exit_code == 42
+    assert "no job with id 999" in moved.stderr

@@ -1,9 +1,15 @@
-"""``instar demo``: it runs to the end, quickly, and leaves the story it tells in the database."""
+"""``instar demo``: it runs to the end, quickly, and leaves the story it tells in the database.
+
+The demo prints its story but checks nothing itself: every promise it makes
+(each job ends as told, the workers stop cleanly) is asserted here.
+"""
 
 from __future__ import annotations
 
 import io
 import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -15,7 +21,8 @@ import pytest
 from rich.console import Console
 
 import instar
-from instar import demo
+from instar.demo import handlers, processes, run_demo, story
+from instar.demo.story import APPROVAL, REGIONS, REPORT_PAGES
 from instar.lifecycle import State
 from instar.models import Progress
 
@@ -33,6 +40,22 @@ def _console() -> tuple[Console, io.StringIO]:
     return Console(file=out, width=120, color_system=None), out
 
 
+def _record_workers(monkeypatch: pytest.MonkeyPatch) -> list[processes.WorkerProcess]:
+    """Every worker the story starts, kept so a test can see how each ended."""
+    started: list[processes.WorkerProcess] = []
+    real_start = processes.start_worker
+
+    def start_worker(
+        label: str, queues: tuple[str, ...], database: str, folder: Path, concurrency: int
+    ) -> processes.WorkerProcess:
+        worker = real_start(label, queues, database, folder, concurrency)
+        started.append(worker)
+        return worker
+
+    monkeypatch.setattr(story, "start_worker", start_worker)
+    return started
+
+
 @pytest.fixture(autouse=True)
 def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The demo keeps its worker logs in a temporary folder: keep that inside tmp_path."""
@@ -40,21 +63,30 @@ def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.slow
-def test_the_demo_shows_every_ending_and_leaves_them_in_the_database(tmp_path: Path) -> None:
+def test_the_demo_shows_every_ending_and_leaves_them_in_the_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     database = f"sqlite:///{tmp_path / 'demo.db'}"
     console, out = _console()
+    started = _record_workers(monkeypatch)
 
     began = time.monotonic()
-    code = demo.run_demo(database, console)
+    code = run_demo(database, console)
     took = time.monotonic() - began
 
     text = out.getvalue()
     assert code == 0, text
     assert took < 30, f"the demo took {took:.1f}s"
+    assert "every job has ended; workers stopped with SIGTERM" in text
     assert "Jobs by final state" in text
     assert "Timeline of" in text
     assert "paused and resumed" in text
-    assert "✗" not in text
+    assert re.search(r"^Took \d+\.\ds\.$", text, re.MULTILINE), text
+    assert "demo failed" not in text
+
+    # SIGTERM is the graceful stop: every worker the demo did not kill exits with 0.
+    assert [(w.label, w.killed) for w in started] == [("A", False), ("B", True), ("C", False)]
+    assert [w.proc.returncode for w in started] == [0, -signal.SIGKILL, 0]
 
     with instar.App(database) as app:
 
@@ -69,6 +101,9 @@ def test_the_demo_shows_every_ending_and_leaves_them_in_the_database(tmp_path: P
         assert len(images) == 6
         assert {job.state for job in images} == {State.COMPLETED}
         assert all(job.progress is not None and job.progress.message for job in images)
+        for job in images:
+            reported = [e for e in app.history(job.id) if e.trigger == "progress"]
+            assert len(reported) > 1, "progress on the way, not only at the end"
 
         flaky = only("fetch_rates")
         assert (flaky.state, flaky.attempt) == (State.COMPLETED, 3)
@@ -77,6 +112,7 @@ def test_the_demo_shows_every_ending_and_leaves_them_in_the_database(tmp_path: P
         declined = only("charge_card")
         assert (declined.state, declined.attempt) == (State.FAILED, 1)
         assert declined.error is not None and declined.error["type"] == "Fatal"
+        assert moves(declined) == [State.READY, State.RUNNING, State.FAILED], "no retry"
 
         exhausted = only("sync_inventory")
         assert (exhausted.state, exhausted.attempt) == (State.FAILED, 2)
@@ -85,10 +121,16 @@ def test_the_demo_shows_every_ending_and_leaves_them_in_the_database(tmp_path: P
         delayed = only("send_reminder")
         assert delayed.state is State.COMPLETED
         assert moves(delayed)[:2] == [State.SCHEDULED, State.READY]
+        reminder = app.history(delayed.id)
+        first_run = next(e for e in reminder if e.to_state is State.RUNNING)
+        waited = (first_run.at - reminder[0].at).total_seconds()
+        assert waited >= 2.9, f"enqueued with a 3s delay, it ran after {waited:.2f}s"
 
         video = only("transcode_video")
         assert video.state is State.CANCELLED
         assert moves(video)[-2:] == [State.RUNNING, State.CANCELLED]
+        requested = [e for e in app.history(video.id) if e.trigger == "cancel-requested"]
+        assert [(e.from_state, e.actor) for e in requested] == [(State.RUNNING, "demo")]
 
         ingest = only("ingest_batch")
         assert (ingest.state, ingest.attempt) == (State.COMPLETED, 2)
@@ -121,14 +163,14 @@ def test_the_demo_shows_every_ending_and_leaves_them_in_the_database(tmp_path: P
         assert resumed.actor == "demo"
         assert (resumed.at - paused.at).total_seconds() >= 0.9
         steps = [e for e in timeline if e.trigger == "step"]
-        pages = [f"page-{n}" for n in range(1, demo.REPORT_PAGES + 1)]
+        pages = [f"page-{n}" for n in range(1, REPORT_PAGES + 1)]
         assert [e.detail["step"] for e in steps] == pages, "each page's step ran once, in order"
         before = [e for e in steps if e.id < paused.id]
-        assert 0 < len(before) < demo.REPORT_PAGES
+        assert 0 < len(before) < REPORT_PAGES
         assert isinstance(export.result, dict)
-        assert export.result["pages"] == demo.REPORT_PAGES
+        assert export.result["pages"] == REPORT_PAGES
         assert export.result["replayed"] == len(before), "the re-run replayed the stored steps"
-        assert export.checkpoint == {"pages_done": demo.REPORT_PAGES}
+        assert export.checkpoint == {"pages_done": REPORT_PAGES}
 
         # Pending until the export completed.
         mail = only("mail_report")
@@ -153,9 +195,9 @@ def test_the_demo_shows_every_ending_and_leaves_them_in_the_database(tmp_path: P
         assert (approval.name, approval.state, approval.value) == (
             "approval",
             "resolved",
-            demo.APPROVAL,
+            APPROVAL,
         )
-        assert refund.result == f"refunded 129.00 EUR, approved by {demo.APPROVAL['by']}"
+        assert refund.result == f"refunded 129.00 EUR, approved by {APPROVAL['by']}"
         woken = next(e for e in app.history(refund.id) if e.trigger == "signal")
         assert (woken.from_state, woken.to_state, woken.actor) == (
             State.SUSPENDED,
@@ -166,13 +208,14 @@ def test_the_demo_shows_every_ending_and_leaves_them_in_the_database(tmp_path: P
         # A parent joined its children, suspended meanwhile, and combined their results.
         catalog = only("build_catalog")
         children = app.children(catalog.id)
-        assert [c.args["region"] for c in children] == list(demo.REGIONS)
+        assert [c.args["region"] for c in children] == list(REGIONS)
         assert [(c.state, c.result) for c in children] == [
-            (State.COMPLETED, products) for products in demo.REGIONS.values()
+            (State.COMPLETED, products) for products in REGIONS.values()
         ]
         assert all(c.parent_id == catalog.id for c in children)
         assert catalog.state is State.COMPLETED
-        assert catalog.result == {"regions": 3, "prices": sum(demo.REGIONS.values())}
+        assert catalog.result == {"regions": 3, "prices": sum(REGIONS.values())}
+        assert catalog.result["prices"] == sum(c.result for c in children)
         assert moves(catalog) == [
             State.READY,
             State.RUNNING,
@@ -193,22 +236,12 @@ def test_the_demo_shows_every_ending_and_leaves_them_in_the_database(tmp_path: P
 def test_a_worker_that_cannot_start_fails_the_demo_without_leaving_processes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    started: list[demo.WorkerProcess] = []
-    real_start = demo.start_worker
-
-    def start_worker(
-        label: str, queues: tuple[str, ...], database: str, folder: Path, concurrency: int
-    ) -> demo.WorkerProcess:
-        worker = real_start(label, queues, database, folder, concurrency)
-        started.append(worker)
-        return worker
-
+    started = _record_workers(monkeypatch)
     broken = [sys.executable, "-c", "raise SystemExit(3)"]
-    monkeypatch.setattr(demo, "worker_command", lambda: broken)
-    monkeypatch.setattr(demo, "start_worker", start_worker)
+    monkeypatch.setattr(processes, "worker_command", lambda: broken)
     console, out = _console()
 
-    code = demo.run_demo(f"sqlite:///{tmp_path / 'demo.db'}", console)
+    code = run_demo(f"sqlite:///{tmp_path / 'demo.db'}", console)
 
     assert code == 1
     assert "worker A exited with code 3" in out.getvalue()
@@ -222,11 +255,11 @@ def test_the_live_view_fits_an_80_column_terminal(tmp_path: Path) -> None:
     done = subprocess.Popen([sys.executable, "-c", ""])
     done.wait()
     with instar.App(f"sqlite:///{tmp_path / 'demo.db'}") as client:
-        client.registry.update(demo.app.registry)
-        plan = demo.enqueue_jobs(client)
+        client.registry.update(handlers.app.registry)
+        plan = story.enqueue_jobs(client)
         log = (tmp_path / "worker.log").open("ab")
-        killed = demo.WorkerProcess("B", ("ingest",), done, log, killed=True)
-        tour = demo.Tour(client, client.database, tmp_path, narrow, plan, [killed])
+        killed = processes.WorkerProcess("B", ("ingest",), done, log, killed=True)
+        tour = story.Tour(client, client.database, tmp_path, narrow, plan, [killed])
         tour.refresh()  # it tells the enqueued jobs' first moves: leave those lines out
         out.seek(0)
         out.truncate()

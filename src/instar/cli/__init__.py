@@ -1,0 +1,1 @@
+"""The ``instar`` command line, one module per topic; ``instar.cli.main`` gathers them."""

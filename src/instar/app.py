@@ -67,7 +67,8 @@ class App:
 
     ``App()`` uses ``$INSTAR_DATABASE`` or ``./instar.db``; ``App(url)`` takes
     ``sqlite:///path.db`` or ``postgresql://...``. The database is opened (and
-    migrated) on first use.
+    migrated) on first use. ``read_only=True`` opens it for reading only:
+    nothing is created, migrated or written (see ``open_store``).
     """
 
     def __init__(
@@ -76,8 +77,10 @@ class App:
         *,
         max_payload_bytes: int = DEFAULT_MAX_BYTES,
         clock: Clock | None = None,
+        read_only: bool = False,
     ) -> None:
         self.database = database_url(database)
+        self.read_only = read_only
         self.max_payload_bytes = max_payload_bytes
         self.clock: Clock = clock or SystemClock()
         self.registry = Registry()
@@ -89,7 +92,8 @@ class App:
         if self._engine is None:
             with self._open_lock:
                 if self._engine is None:
-                    self._engine = Engine(open_store(self.database), self.clock)
+                    store = open_store(self.database, read_only=self.read_only)
+                    self._engine = Engine(store, self.clock)
         return self._engine
 
     @property

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import threading
 from collections.abc import Iterator
 
 import pytest
 
+from instar.errors import ConfigurationError
 from instar.lifecycle import State
 from instar.models import Job
 from instar.store import open_store
@@ -185,3 +188,22 @@ def test_next_timer_at_is_the_earliest_start_still_ahead(store: Store) -> None:
     assert store.next_timer_at() == pytest.approx(NOW + 60)
     assert store.due_timers(NOW + 59, 10) == []
     assert [j.name for j in store.due_timers(NOW + 60, 10)] == ["s"]
+
+
+def test_a_read_only_store_creates_nothing_and_needs_a_migrated_schema(database: str) -> None:
+    if database.startswith("sqlite:///"):
+        path = database.removeprefix("sqlite:///")
+        with pytest.raises(ConfigurationError, match="no database at"):
+            open_store(database, read_only=True)
+        assert not os.path.exists(path), "opening to read created the file"
+        sqlite3.connect(path).close()  # an empty file, not an Instar database
+    with pytest.raises(ConfigurationError, match="has no Instar schema"):
+        open_store(database, read_only=True)
+    open_store(database).close()
+    reader = open_store(database, read_only=True)
+    try:
+        assert reader.list_jobs(JobFilter()) == []
+        with pytest.raises(Exception, match=r"read.?only"):
+            insert(reader, [new_job()])
+    finally:
+        reader.close()

@@ -7,6 +7,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from instar.errors import ConfigurationError
 from instar.store.contract import Store
+from instar.store.urls import redact
 
 DEFAULT_DATABASE = "sqlite:///instar.db"
 
@@ -16,13 +17,17 @@ def database_url(url: str | None) -> str:
     return url or os.environ.get("INSTAR_DATABASE") or DEFAULT_DATABASE
 
 
-def open_store(url: str) -> Store:
+def open_store(url: str, *, read_only: bool = False) -> Store:
     """Open (and migrate) the store a URL names.
 
     ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db`` or a plain
     file path select SQLite; ``?synchronous=normal`` trades durability of the
     last commits on power loss for speed. ``postgresql://user@host:5432/db``
     selects PostgreSQL; ``?schema=instar`` keeps Instar's tables in that schema.
+
+    ``read_only``: open for reading only. Nothing is created or migrated: a
+    missing SQLite file or an Instar schema that is absent or older than this
+    version raises ``ConfigurationError`` saying so, and any write is refused.
     """
     if "://" not in url:
         url = "sqlite:///" + url
@@ -33,17 +38,19 @@ def open_store(url: str) -> Store:
         path = parts.path[1:] if parts.path.startswith("/") else parts.path
         if not path:
             raise ConfigurationError(
-                f"database URL {url!r} names no file; write sqlite:///path/to/jobs.db"
+                f"database URL {redact(url)!r} names no file; write sqlite:///path/to/jobs.db"
             )
         options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         unknown = set(options) - {"synchronous"}
         if unknown:
             raise ConfigurationError(
-                f"unknown SQLite option(s) {sorted(unknown)} in {url!r}; "
+                f"unknown SQLite option(s) {sorted(unknown)} in {redact(url)!r}; "
                 "the only one is synchronous"
             )
-        store = SQLiteStore(path, synchronous=options.get("synchronous", "full"))
-        store.migrate()
+        store = SQLiteStore(
+            path, synchronous=options.get("synchronous", "full"), read_only=read_only
+        )
+        _ready(store, read_only, redact(url))
         return store
     if parts.scheme in ("postgres", "postgresql"):
         try:
@@ -52,10 +59,24 @@ def open_store(url: str) -> Store:
             raise ConfigurationError(
                 "the PostgreSQL backend needs psycopg: pip install 'instar[postgres]'"
             ) from None
-        pg = PostgresStore(url)
-        pg.migrate()
+        pg = PostgresStore(url, read_only=read_only)
+        _ready(pg, read_only, redact(url))
         return pg
     raise ConfigurationError(
-        f"unsupported database URL {url!r}; use sqlite:///path/to/jobs.db "
+        f"unsupported database URL {redact(url)!r}; use sqlite:///path/to/jobs.db "
         "or postgresql://user@host:5432/db"
     )
+
+
+def _ready(store: Store, read_only: bool, where: str) -> None:
+    """Migrate a store opened for writing; check that one opened read-only needs nothing."""
+    if not read_only:
+        store.migrate()
+        return
+    have, want = store.schema_version()
+    if have < want:
+        store.close()
+        missing = "has no Instar schema" if have == 0 else f"has schema version {have} of {want}"
+        raise ConfigurationError(
+            f"the database at {where} {missing}; run `instar migrate --database ...` first"
+        )

@@ -372,6 +372,10 @@ class Store(JobReads, TimelineReads, DurableReads, SweepReads, Leadership, Proto
         """Bring the schema up to date; returns the schema version."""
         ...
 
+    def schema_version(self) -> tuple[int, int]:
+        """(the version the database has, 0 if none; the version this code wants)."""
+        ...
+
     def close(self) -> None: ...
 
     def transaction(

@@ -106,6 +106,14 @@ class SQLStore(ABC):
                 version = number
         return version
 
+    def schema_version(self) -> tuple[int, int]:
+        want = max((number for number, _, _ in load_migrations(self.migrations_package)), default=0)
+        with self._read() as conn:
+            if not conn.execute(self.Q["migrations_table_exists"]).fetchone()[0]:
+                return 0, want
+            row = conn.execute(self.Q["schema_version"]).fetchone()
+        return (0 if row is None or row[0] is None else int(row[0])), want
+
     # -- writes -------------------------------------------------------------------
 
     @contextmanager

@@ -14,6 +14,13 @@ SELECT pg_advisory_xact_lock(hashtext('instar-migrate'))
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version integer PRIMARY KEY, name text NOT NULL, applied_at double precision NOT NULL)
 
+-- name: migrations_table_exists
+-- In the schema search_path points at: Instar's own.
+SELECT to_regclass('schema_migrations') IS NOT NULL
+
+-- name: schema_version
+SELECT max(version) FROM schema_migrations
+
 -- name: applied_migrations
 SELECT version FROM schema_migrations
 

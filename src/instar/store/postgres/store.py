@@ -41,7 +41,14 @@ class PostgresStore(SQLStore):
     Q = Q
     migrations_package = "instar.store.postgres.migrations"
 
-    def __init__(self, url: str, *, pool_size: int = 4, connect_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 4,
+        connect_timeout: float = 10.0,
+        read_only: bool = False,
+    ) -> None:
         self.conninfo, self.schema = _split_url(url)
         self.channel = channel_of(self.schema)
         parts = urlsplit(self.conninfo)
@@ -59,7 +66,7 @@ class PostgresStore(SQLStore):
             self.conninfo,
             min_size=1,
             max_size=pool_size,
-            kwargs={"options": f"-c search_path={self.schema}"},
+            kwargs={"options": f"-c search_path={self.schema}{_READ_ONLY if read_only else ''}"},
             open=False,
             name="instar",
             reconnect_timeout=300,
@@ -224,6 +231,9 @@ class PostgresStore(SQLStore):
     def change_marker(self) -> int:
         """Counts ready notifications: changes when another process made a job ready."""
         return self._marker
+
+
+_READ_ONLY = " -c default_transaction_read_only=on"
 
 
 def channel_of(schema: str) -> str:

@@ -189,6 +189,12 @@ PRAGMA data_version
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)
 
+-- name: migrations_table_exists
+SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'
+
+-- name: schema_version
+SELECT max(version) FROM schema_migrations
+
 -- name: applied_migrations
 SELECT version FROM schema_migrations
 

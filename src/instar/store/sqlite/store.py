@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from instar.errors import ConfigurationError
 from instar.store.contract import ClaimRequest, NewJob, Wake
@@ -32,7 +33,14 @@ class SQLiteStore(SQLStore):
     Q = Q
     migrations_package = "instar.store.sqlite.migrations"
 
-    def __init__(self, path: str, *, synchronous: str = "full", busy_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        synchronous: str = "full",
+        busy_timeout: float = 30.0,
+        read_only: bool = False,
+    ) -> None:
         if synchronous.lower() not in SYNCHRONOUS_MODES:
             raise ConfigurationError(
                 f"synchronous={synchronous!r} is not a SQLite mode; use one of {SYNCHRONOUS_MODES}"
@@ -44,12 +52,22 @@ class SQLiteStore(SQLStore):
                 f"cannot open SQLite database {path!r}: folder {str(parent)!r} does not exist; "
                 "create it or pass another --database"
             )
+        if read_only and path != ":memory:" and not Path(path).is_file():
+            raise ConfigurationError(
+                f"no database at {path!r}; check the path (reading never creates one)"
+            )
+        target = f"file:{quote(str(Path(path).absolute()))}?mode=ro" if read_only else path
         try:
             self._conn = sqlite3.connect(
-                path, isolation_level=None, check_same_thread=False, timeout=busy_timeout
+                target,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=busy_timeout,
+                uri=read_only,
             )
-            self._conn.execute(Q["pragmas"])
-            self._conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+            if not read_only:
+                self._conn.execute(Q["pragmas"])
+                self._conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
         except sqlite3.DatabaseError as exc:
             raise ConfigurationError(
                 f"cannot open SQLite database {path!r}: {exc}; check the path and its permissions"

@@ -6,6 +6,9 @@ from instar.errors import (
     AwakeableNotFound,
     ChildFailed,
     ConfigurationError,
+    DatabaseCorrupt,
+    DatabaseTimeout,
+    DatabaseUnavailable,
     Fatal,
     InstarError,
     InvalidOption,
@@ -15,6 +18,8 @@ from instar.errors import (
     SignalAlreadySettled,
     SignalRejected,
     SignalTimeout,
+    StoreRefused,
+    TransactionConflict,
     UnknownJob,
 )
 from instar.lifecycle import State
@@ -32,6 +37,9 @@ __all__ = [
     "ChildFailed",
     "ConfigurationError",
     "Context",
+    "DatabaseCorrupt",
+    "DatabaseTimeout",
+    "DatabaseUnavailable",
     "DependencyKind",
     "Event",
     "Fatal",
@@ -49,6 +57,8 @@ __all__ = [
     "SignalRejected",
     "SignalTimeout",
     "State",
+    "StoreRefused",
+    "TransactionConflict",
     "Trigger",
     "UnknownJob",
 ]

@@ -13,6 +13,9 @@ implementation of every operation and no async twin to keep in step.
 from __future__ import annotations
 
 import asyncio
+import enum
+import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
@@ -34,11 +37,27 @@ from instar.registry import (
     new_jobs,
     start_time,
 )
+from instar.registry.limits import check_id, check_limit
 from instar.retry import Retry
-from instar.store import database_url, open_store
+from instar.store import DEFAULT_DATABASE, open_store
 from instar.store.contract import EventFilter, JobFilter
+from instar.store.urls import redact
 from instar.vocabulary import Actor
 from instar.worker.loop import Worker, WorkerReport, WorkerSettings
+
+log = logging.getLogger("instar.app")
+
+
+class DatabaseSource(enum.StrEnum):
+    """Where an App's database URL came from, strongest first: the command line's
+    ``--database``, a URL written in code (``App(url)``), ``$INSTAR_DATABASE``, the
+    default ``./instar.db``."""
+
+    COMMAND_LINE = "--database"
+    CODE = "written in code"
+    ENVIRONMENT = "$INSTAR_DATABASE"
+    DEFAULT = "the default"
+
 
 ENQUEUE_OPTIONS = frozenset({"delay", "run_at", "priority", "queue", "key", "after", "connection"})
 """Keywords of ``BoundJob.enqueue`` that are options, not the handler's arguments."""
@@ -69,6 +88,12 @@ class App:
     ``sqlite:///path.db`` or ``postgresql://...``. The database is opened (and
     migrated) on first use. ``read_only=True`` opens it for reading only:
     nothing is created, migrated or written (see ``open_store``).
+
+    One rule everywhere: a URL written in code wins over ``$INSTAR_DATABASE``
+    (which is only the default of ``App()``); when both are set and differ, a
+    warning on the ``instar.app`` logger says which is used. Only ``instar ...
+    --database`` on the command line overrides a URL written in code
+    (``use_database``). ``database_source`` says where the URL came from.
     """
 
     def __init__(
@@ -79,7 +104,20 @@ class App:
         clock: Clock | None = None,
         read_only: bool = False,
     ) -> None:
-        self.database = database_url(database)
+        environment = os.environ.get("INSTAR_DATABASE") or None
+        self.database_source: DatabaseSource
+        if database:
+            self.database, self.database_source = database, DatabaseSource.CODE
+            if environment is not None and environment != database:
+                log.warning(
+                    "App(%r) uses the database written in code; $INSTAR_DATABASE=%r is ignored",
+                    redact(database),
+                    redact(environment),
+                )
+        elif environment is not None:
+            self.database, self.database_source = environment, DatabaseSource.ENVIRONMENT
+        else:
+            self.database, self.database_source = DEFAULT_DATABASE, DatabaseSource.DEFAULT
         self.read_only = read_only
         self.max_payload_bytes = max_payload_bytes
         self.clock: Clock = clock or SystemClock()
@@ -106,9 +144,20 @@ class App:
         """The operator's verbs, written through the engine."""
         return Operator(self.engine)
 
+    def use_database(self, url: str, source: DatabaseSource = DatabaseSource.COMMAND_LINE) -> None:
+        """Work on ``url`` from now on (the command line's ``--database``); an open
+        database is closed first. Nothing is opened until first use."""
+        self.close()
+        self.database, self.database_source = url, source
+
     def migrate(self) -> int:
         """Create or upgrade the schema; returns its version (also done on first use)."""
         return self.engine.store.migrate()
+
+    def check(self) -> list[str]:
+        """Problems the database finds with its own files (SQLite reads every page:
+        seconds on a large file); [] when there are none."""
+        return self.engine.store.check()
 
     def close(self) -> None:
         if self._engine is not None:
@@ -250,7 +299,9 @@ class App:
             priority=priority,
             queue=queue,
             key=key,
-            after=tuple(p.id if isinstance(p, Job) else int(p) for p in after),
+            after=tuple(
+                p.id if isinstance(p, Job) else check_id(p, "an id in after") for p in after
+            ),
         )
 
     # -- reading ----------------------------------------------------------------
@@ -264,9 +315,16 @@ class App:
         queue: str | None = None,
         name: str | None = None,
         limit: int = 100,
+        before: int | None = None,
     ) -> list[Job]:
-        """Jobs newest first, filtered by any of state, queue and name."""
-        return self.reader.jobs(JobFilter(_state(state), queue, name, limit))
+        """Jobs newest first, filtered by any of state, queue and name; at most
+        ``limit`` (1 to 10,000). ``before``: only jobs with a smaller id, so passing
+        the last id of one page gives the next. ``InvalidOption`` for a bad state,
+        limit or id."""
+        before_id = None if before is None else check_id(before, "before")
+        return self.reader.jobs(
+            JobFilter(_state(state), queue, name, check_limit(limit), before_id)
+        )
 
     def history(self, job_id: int) -> list[Event]:
         """The job's timeline, oldest first."""

@@ -14,7 +14,10 @@ Every write goes through the engine, like every other write in Instar.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
+import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -24,10 +27,24 @@ from instar.engine import Engine, plan_move
 from instar.errors import ChildFailed, InvalidOption, SignalRejected, SignalTimeout
 from instar.lifecycle import State, is_terminal
 from instar.models import Awakeable, Job
-from instar.payload import DEFAULT_MAX_BYTES, decode, encode
+from instar.payload import (
+    DEFAULT_MAX_BYTES,
+    MAX_PROGRESS_MESSAGE,
+    cut,
+    decode,
+    encode,
+    safe_text,
+)
 from instar.registry import JobDefinition, Placement, new_jobs
 from instar.store.contract import Held, Lease, Move, Note
 from instar.vocabulary import AwakeableState, Trigger, job_actor
+
+PROGRESS_EVENT_INTERVAL = 5.0
+"""Seconds between two progress events of one run in the timeline (the job itself
+always shows the latest progress)."""
+
+MAX_NAME = 512
+"""Characters of a step's, signal's or phase's name kept."""
 
 
 class Context:
@@ -55,6 +72,7 @@ class Context:
         self._sleeps = 0
         self._spawns = 0
         self._signals_awaited: set[str] = set()
+        self._progress_noted_at = -math.inf
 
     # -- what the handler may read ------------------------------------------------
 
@@ -92,33 +110,73 @@ class Context:
     def progress(
         self, current: float, total: float | None = None, message: str | None = None
     ) -> None:
-        """Record how far the job is; shown by ``instar show`` and in the timeline."""
+        """Record how far the job is (``current`` of ``total``, finite numbers, and a
+        message cut to ``MAX_PROGRESS_MESSAGE`` characters). The job always shows
+        the latest; its timeline keeps one progress event every
+        ``PROGRESS_EVENT_INTERVAL`` seconds at most, and the last one
+        (``current >= total``). A pending pause or cancel request takes effect here."""
+        if message is not None:
+            message = cut(str(message), MAX_PROGRESS_MESSAGE)
         detail = {"current": current, "total": total, "message": message}
         text = encode(detail, what="progress")
-        note = Note(self.job.id, Trigger.PROGRESS, self.worker, None, text, progress_json=text)
+        now = time.monotonic()
+        finished = total is not None and current >= total
+        noted = finished or now - self._progress_noted_at >= PROGRESS_EVENT_INTERVAL
+        if noted:
+            self._progress_noted_at = now
+        note = Note(
+            self.job.id,
+            Trigger.PROGRESS,
+            self.worker,
+            None,
+            text,
+            progress_json=text,
+            in_timeline=noted,
+        )
         self._report(note)
         self._yield_if_asked()
 
     def phase(self, name: str) -> None:
         """Name the stage the handler is in (preparing, collecting ...): a timeline entry."""
-        detail = json.dumps({"phase": name})
+        detail = json.dumps({"phase": safe_text(name, MAX_NAME)})
         self._report(Note(self.job.id, Trigger.PHASE, self.worker, None, detail))
 
     # -- durable operations ---------------------------------------------------------
 
     def step(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``fn`` once for this job; its JSON result is stored and returned
-        again, without calling ``fn``, on every later run of the same job."""
+        again, without calling ``fn``, on every later run of the same job.
+
+        In an async handler ``fn`` may be a coroutine function: ``await
+        ctx.step(name, fn)`` (the same as ``step_async``)."""
+        if inspect.iscoroutinefunction(fn):
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                raise InvalidOption(
+                    f"step {name!r} runs a coroutine function in a `def` handler; "
+                    "make the handler `async def` and `await ctx.step(...)`"
+                ) from None
+            return self.step_async(name, fn, *args, **kwargs)
+        name = safe_text(name, MAX_NAME)
         stored = self._stored_steps()
         if name in stored:
             return decode(stored[name])
         self._yield_if_asked()
         result = fn(*args, **kwargs)
+        if inspect.isawaitable(result):
+            if asyncio.iscoroutine(result):
+                result.close()
+            raise InvalidOption(
+                f"step {name!r} returned an awaitable; give ctx.step the async function "
+                "itself and await it: `await ctx.step(name, fn)`"
+            )
         self._save_step(name, encode(result, what=f"the result of step {name!r}"))
         return result
 
     async def step_async(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``step`` for async handlers: ``fn`` may be a coroutine function."""
+        name = safe_text(name, MAX_NAME)
         stored = await asyncio.to_thread(self._stored_steps)
         if name in stored:
             return decode(stored[name])
@@ -140,7 +198,15 @@ class Context:
 
     def sleep(self, seconds: float) -> None:
         """A durable sleep: the job is suspended, frees its worker, and runs again
-        (from the top, steps replayed) once the time is up."""
+        (from the top, steps replayed) once the time is up. ``seconds``: a finite
+        number, at least 0 (``InvalidOption`` otherwise)."""
+        if (
+            isinstance(seconds, bool)
+            or not isinstance(seconds, int | float)
+            or not math.isfinite(seconds)
+            or seconds < 0
+        ):
+            raise InvalidOption(f"ctx.sleep takes a finite number of seconds >= 0, got {seconds!r}")
         self._sleeps += 1
         name = f"sleep#{self._sleeps}"
         stored = self._stored_steps()
@@ -164,6 +230,16 @@ class Context:
         """Wait for awakeable ``name`` to be resolved (returns its value) or rejected
         (raises SignalRejected); SignalTimeout after ``timeout`` seconds. The job
         is suspended meanwhile and holds no worker."""
+        name = safe_text(name, MAX_NAME)
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not math.isfinite(timeout)
+            or timeout < 0
+        ):
+            raise InvalidOption(
+                f"a signal's timeout is a finite number of seconds >= 0, got {timeout!r}"
+            )
         if name in self._signals_awaited:
             raise InvalidOption(
                 f"job {self.job.id} awaits signal {name!r} twice in one run; "
@@ -254,7 +330,7 @@ class Context:
         return self._steps
 
     def _awakeable(self, name: str) -> Awakeable:
-        return self._engine_().awakeable(self.job.id, name)
+        return self._engine_().awakeable(self.job.id, safe_text(name, MAX_NAME))
 
     def _engine_(self) -> Engine:
         if self._engine is None:

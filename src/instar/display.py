@@ -1,4 +1,5 @@
-"""How jobs and events look to a person: state colours and event narration.
+"""How jobs and events look to a person: state colours, event narration, times
+and durations, a job's fields and its timeline.
 
 The CLI's tables, the demo's live view and story, and (through the same
 words) the dashboard read this module, so a state has one colour and a move
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from rich.console import RenderableType
@@ -17,7 +19,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from instar.lifecycle import State
+from instar.lifecycle import State, is_terminal
 from instar.models import Event, Job, Progress
 from instar.vocabulary import Actor, Trigger
 
@@ -117,6 +119,8 @@ def explain(event: Event, label: Labeller = _as_is) -> str:
         return "" if detail is None else str(detail)
     if event.trigger == Trigger.STEP and "step" in detail:
         return str(detail["step"])
+    if event.trigger == Trigger.PHASE and "phase" in detail:
+        return f"phase {detail['phase']}"
     if "join" in detail:
         return "joins " + ", ".join(f"#{child}" for child in detail["join"])
     if "signal" in detail:
@@ -165,37 +169,164 @@ def current_phase(timeline: Sequence[Event]) -> str | None:
     return phase
 
 
-def timeline_table(events: Sequence[Event], title: str | None = None) -> Table:
-    """A whole timeline: id, time (UTC), from, to, trigger, attempt, worker, actor, detail."""
+def duration(seconds: float) -> str:
+    """A duration for people: ``0.08s``, ``12.3s``, ``4m 05s``, ``2h 03m``, ``3d 04h``."""
+    seconds = max(0.0, seconds)
+    if seconds < 10:
+        return f"{seconds:.2f}s"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours}h {minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours:02d}h"
+
+
+def moment(at: datetime, now: datetime | None = None) -> str:
+    """A time for people, in UTC to the millisecond; with ``now``, how far away it is
+    (``in 4m 10s``, ``3.20s ago``)."""
+    text = at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
+    if now is None:
+        return text
+    ahead = (at - now).total_seconds()
+    return f"{text} (in {duration(ahead)})" if ahead >= 0 else f"{text} ({duration(-ahead)} ago)"
+
+
+def field_value(value: Any, now: datetime | None = None) -> RenderableType:
+    """A job's field in a cell: states in their colour, times readable, ``-`` for none,
+    JSON for structures; text and renderables as they are."""
+    if isinstance(value, Text):
+        return value
+    if isinstance(value, State):
+        return state_text(value)
+    if isinstance(value, datetime):
+        return moment(value, now)
+    if isinstance(value, Progress):
+        total = "" if value.total is None else f"/{value.total:g}"
+        return f"{value.current:g}{total} {value.message or ''}".strip()
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return cell(value)
+
+
+def fields_table(fields: Mapping[str, Any], now: datetime | None = None) -> Table:
+    """Every field given, one per row: its name, then its value (wrapped, never cut)."""
+    table = Table.grid(padding=(0, 2))
+    table.add_column(no_wrap=True, style="bold")
+    table.add_column(overflow="fold")
+    for name, value in fields.items():
+        table.add_row(name, field_value(value, now))
+    return table
+
+
+def time_in_states(events: Sequence[Event], now: datetime) -> list[tuple[State, float]]:
+    """Seconds the job spent in each state it went through, in order of first entry;
+    the current state counts until ``now`` unless it is terminal."""
+    spent: dict[State, float] = {}
+    moves = [e for e in events if not is_note(e)]
+    for move, after in zip(moves, [*moves[1:], None], strict=True):
+        if after is None and is_terminal(move.to_state):
+            spent.setdefault(move.to_state, 0.0)
+            continue
+        until = now if after is None else after.at
+        spent[move.to_state] = spent.get(move.to_state, 0.0) + (until - move.at).total_seconds()
+    return list(spent.items())
+
+
+def timeline_table(
+    events: Sequence[Event], now: datetime | None = None, title: str | None = "timeline"
+) -> Table:
+    """A whole timeline that reads at 80 columns: time (UTC), the state entered (in
+    its colour; notes dim), the trigger, how long after the previous move, and who
+    did it with the detail (the only column that wraps; nothing else is ever cut)."""
+    days = {e.at.astimezone(UTC).date() for e in events}
+    stamp = "%m-%d %H:%M:%S.%f" if len(days) > 1 else "%H:%M:%S.%f"
+    if title is not None and days:
+        title = f"{title} ({min(days).isoformat()} UTC)"
     table = Table(
-        "event",
-        "at (UTC)",
-        "from",
-        "to",
-        "trigger",
-        "attempt",
-        "worker",
-        "actor",
-        "detail",
+        box=None,
+        pad_edge=False,
+        padding=(0, 1),
+        header_style="bold",
         title=title,
         title_justify="left",
+        title_style="bold",
     )
+    table.add_column("at", no_wrap=True)
+    table.add_column("state", no_wrap=True)
+    table.add_column("trigger", no_wrap=True)
+    table.add_column("after", no_wrap=True, justify="right")
+    table.add_column("by, detail", overflow="fold", ratio=1, min_width=12)
+    previous: Event | None = None
     for e in events:
-        detail = e.detail
-        if isinstance(detail, dict) and "traceback" in detail:
-            detail = {k: v for k, v in detail.items() if k != "traceback"}
+        note = is_note(e)
+        after = ""
+        if not note and previous is not None:
+            after = duration((e.at - previous.at).total_seconds())
+        if not note:
+            previous = e
         table.add_row(
-            str(e.id),
-            e.at.strftime("%H:%M:%S.%f")[:-3],
-            "" if e.from_state is None else e.from_state.value,
-            Text(e.to_state.value, style="dim" if is_note(e) else STATE_STYLES[e.to_state]),
-            e.trigger,
-            str(e.attempt),
-            e.worker or "",
-            e.actor or "",
-            "" if detail is None else json.dumps(detail),
+            e.at.astimezone(UTC).strftime(stamp)[:-3],
+            Text(e.to_state.value, style="dim" if note else STATE_STYLES[e.to_state]),
+            Text(e.trigger, style="dim" if note else ""),
+            after,
+            _by_and_detail(e),
         )
+    if now is not None and events:
+        spent = time_in_states(events, now)
+        summary = Text("time in each state: ", style="dim")
+        for index, (state, seconds) in enumerate(spent):
+            if index:
+                summary.append(" · ", style="dim")
+            summary.append(state.value, style=STATE_STYLES[state])
+            if not (is_terminal(state) and index == len(spent) - 1):
+                summary.append(f" {duration(seconds)}")
+        table.caption = summary
+        table.caption_justify = "left"
     return table
+
+
+def _by_and_detail(event: Event) -> str:
+    """Who made the move, then what it says. A claim names its worker and attempt;
+    the moves and notes of that run are the same worker's, so they name none."""
+    who = mover(event)
+    if event.trigger == Trigger.CLAIMED:
+        who = f"attempt {event.attempt} · {who}" if who else f"attempt {event.attempt}"
+    elif who.startswith("worker ") and event.trigger not in MAINTENANCE_TRIGGERS:
+        who = ""
+    why = explain(event)
+    if not why and isinstance(event.detail, dict):
+        rest = {k: v for k, v in event.detail.items() if k != "traceback"}
+        why = json.dumps(rest, ensure_ascii=False) if rest else ""
+    return " · ".join(part for part in (who, why) if part)
+
+
+TRACEBACK_LINES = 12
+"""Lines of an error's traceback ``instar show`` prints (``--json`` has it all)."""
+
+
+def error_fields(error: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A job's error as fields for people: ``error`` (type: message), the ``traceback``'s
+    last lines as text, and any other keys as they are."""
+    if error is None:
+        return {"error": None}
+    fields: dict[str, Any] = {"error": f"{error.get('type', 'error')}: {error.get('message', '')}"}
+    trace = error.get("traceback")
+    if isinstance(trace, str):
+        lines = trace.rstrip("\n").splitlines()
+        if len(lines) > TRACEBACK_LINES:
+            cut = len(lines) - TRACEBACK_LINES
+            earlier = f"[{cut} earlier line{'s' if cut > 1 else ''}: instar show --json has all]"
+            lines = [earlier, *lines[-TRACEBACK_LINES:]]
+        fields["traceback"] = Text("\n".join(lines), style="dim")
+    for key, value in error.items():
+        if key not in ("type", "message", "traceback"):
+            fields[f"error {key}"] = value
+    return fields
 
 
 def cell(value: Any) -> str:

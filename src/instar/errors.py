@@ -6,7 +6,11 @@
     ├── UnknownJob             no handler is registered under this name
     ├── PayloadError           arguments or results that are not JSON, or too large
     ├── ConfigurationError     a bad database URL, option or app reference
-    │   └── DatabaseUnavailable    the database server cannot be reached (yet)
+    │   ├── DatabaseUnavailable    the database server cannot be reached (yet), or is busy
+    │   └── DatabaseCorrupt        the database file is damaged
+    ├── StoreRefused           the database refused the data of one write
+    ├── TransactionConflict    a serialization failure or deadlock: retry the transaction
+    ├── DatabaseTimeout        a lock_timeout or statement_timeout fired
     ├── InvalidOption          an enqueue option that makes no sense (naive run_at ...)
     ├── AwakeableNotFound      no awakeable has this id
     ├── SignalAlreadySettled   the awakeable was resolved, rejected or timed out already
@@ -18,7 +22,10 @@
 Each error names the offending value and the way out. Each class also carries
 how the shells report it, in one place: ``exit_code`` (the CLI's exit status),
 ``http_status`` (the HTTP API's status) and ``code`` (a stable name a client
-can switch on). A subclass inherits them unless it says otherwise.
+can switch on); and ``retriable``: whether a handler that raises it (or lets
+it through) may succeed by running again. The retry policy reads that flag, so
+whether an error is worth a retry is decided where the error is defined. A
+subclass inherits them unless it says otherwise.
 """
 
 from __future__ import annotations
@@ -32,20 +39,31 @@ class InstarError(Exception):
     exit_code: ClassVar[int] = 1
     http_status: ClassVar[int] = 500
     code: ClassVar[str] = "error"
+    retriable: ClassVar[bool] = True
 
 
 class InvalidTransition(InstarError):
     exit_code = 3
     http_status = 409
     code = "invalid_transition"
+    retriable = False
 
-    def __init__(self, job_id: int, from_state: str, to_state: str, reason: str = "") -> None:
+    def __init__(
+        self,
+        job_id: int,
+        from_state: str,
+        to_state: str,
+        reason: str = "",
+        *,
+        message: str | None = None,
+    ) -> None:
         self.job_id = job_id
         self.from_state = from_state
         self.to_state = to_state
         why = f": {reason}" if reason else ""
         super().__init__(
-            f"job {job_id} cannot move from {from_state!r} to {to_state!r}{why}; "
+            message
+            or f"job {job_id} cannot move from {from_state!r} to {to_state!r}{why}; "
             "see `instar lifecycle` for the allowed moves"
         )
 
@@ -64,6 +82,7 @@ class UnknownJob(InstarError):
     exit_code = 5
     http_status = 422
     code = "unknown_job_name"
+    retriable = False
 
     def __init__(self, name: str, known: list[str]) -> None:
         self.name = name
@@ -81,6 +100,7 @@ class PayloadError(InstarError):
     exit_code = 6
     http_status = 422
     code = "invalid_payload"
+    retriable = False
 
 
 class ConfigurationError(InstarError):
@@ -99,12 +119,48 @@ class DatabaseUnavailable(ConfigurationError):
     code = "unavailable"
 
 
+class DatabaseCorrupt(ConfigurationError):
+    """The database file is damaged (SQLite: malformed, or not a database at all)."""
+
+    code = "database_corrupt"
+    retriable = False
+
+
+class StoreRefused(InstarError):
+    """The database refused the data of one write (text it cannot store, a number out
+    of range): the write is at fault, not the database. Nothing of it was kept."""
+
+    exit_code = 6
+    http_status = 422
+    code = "store_refused"
+    retriable = False
+
+
+class TransactionConflict(InstarError):
+    """PostgreSQL could not serialize the transaction, or broke a deadlock with it
+    (SQLSTATE 40001, 40P01): nothing of it was kept; run the whole transaction again."""
+
+    exit_code = 3
+    http_status = 409
+    code = "transaction_conflict"
+
+
+class DatabaseTimeout(InstarError):
+    """The database gave up waiting: a ``lock_timeout`` or ``statement_timeout`` fired
+    (SQLSTATE 55P03, 57014). Nothing of the statement was kept."""
+
+    exit_code = 7
+    http_status = 503
+    code = "database_timeout"
+
+
 class InvalidOption(InstarError, ValueError):
     """An option whose value cannot be used, such as a run_at without a time zone."""
 
     exit_code = 2
     http_status = 400
     code = "invalid_option"
+    retriable = False
 
 
 class AwakeableNotFound(InstarError):
@@ -133,6 +189,8 @@ class SignalAlreadySettled(InstarError):
 
 
 class SignalRejected(InstarError):
+    retriable = False  # the awakeable stays rejected: a re-run would raise it again
+
     def __init__(self, name: str, reason: str | None) -> None:
         self.name = name
         self.reason = reason
@@ -140,18 +198,27 @@ class SignalRejected(InstarError):
 
 
 class SignalTimeout(InstarError):
+    retriable = False  # the awakeable stays timed out: a re-run would raise it again
+
     def __init__(self, name: str) -> None:
         self.name = name
         super().__init__(f"signal {name!r} did not arrive before its timeout")
 
 
 class ChildFailed(InstarError):
+    retriable = False  # the child stays failed: a re-run would join it again and fail again
+
     def __init__(self, child_id: int, state: str, error: object) -> None:
         self.child_id = child_id
         self.state = state
         self.error = error
-        super().__init__(f"child job {child_id} ended {state}: {error}")
+        what = ""
+        if isinstance(error, dict):
+            what = f": {error.get('type', 'error')}: {error.get('message', '')}".rstrip(": ")
+        super().__init__(f"child job {child_id} ended {state}{what}")
 
 
 class Fatal(InstarError):
     """Raise this in a handler to fail the job at once, without retrying."""
+
+    retriable = False

@@ -87,19 +87,25 @@ TRANSITIONS: Mapping[State, frozenset[State]] = {
 }
 
 MEANINGS: Mapping[State, str] = {
-    S.PENDING: "created; waiting for its dependencies to finish",
+    S.PENDING: "created; waits until every job it was enqueued after has completed",
     S.SCHEDULED: "waiting for its start time (run_at)",
     S.READY: "eligible; waiting for a free worker",
     S.RUNNING: "a worker holds its lease and runs the handler",
-    S.SUSPENDED: "awaits a signal, a durable sleep or a child job; holds no worker",
+    S.SUSPENDED: "awaits a signal, a durable sleep or its child jobs; holds no worker",
     S.BACKING_OFF: "the last attempt failed with a retriable error; waits for next_retry_at",
-    S.PAUSED: "needs a person: paused on request, or retries exhausted; holds no worker",
+    S.PAUSED: (
+        "needs a person: paused on request, or its retries ran out under "
+        "on_exhausted='pause'; holds no worker; cancelled after its pause_timeout"
+    ),
     S.ORPHANED: "its worker's lease expired (worker lost)",
     S.SERVING: "a service job is up and keeps its lease by heartbeat",
     S.STOPPING: "a service job is shutting down gracefully",
     S.COMPLETED: "the handler returned; result is stored",
-    S.FAILED: "non-retriable error, retries exhausted, or a dependency failed",
-    S.CANCELLED: "cancelled on request or by pause timeout",
+    S.FAILED: (
+        "a non-retriable error, retries exhausted, its worker lost on every attempt, "
+        "or a dependency failed; an operator may retry it"
+    ),
+    S.CANCELLED: "cancelled on request, or paused longer than its pause_timeout",
 }
 
 INITIAL: State = S.PENDING

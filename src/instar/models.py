@@ -47,6 +47,9 @@ class Job:
     pause_deadline: datetime | None = None
     pause_timeout: float = 86400.0
     parent_id: int | None = None
+    rerun: bool = False
+    """The last run ended without using up its attempt (paused, suspended,
+    released): the next run continues that attempt instead of counting a new one."""
 
 
 @dataclass(frozen=True, slots=True)

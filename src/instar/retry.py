@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 from typing import Literal
 
-from instar.errors import ConfigurationError, Fatal
+from instar.errors import ConfigurationError
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,12 @@ class Retry:
             )
 
     def is_retriable(self, error: BaseException) -> bool:
-        return not isinstance(error, (Fatal, *self.fatal))
+        """False for the types listed in ``fatal``, and for any error whose class says
+        a re-run cannot succeed (``retriable = False``: ``Fatal``, a rejected or
+        timed-out signal, a failed child, a result that is not JSON ...)."""
+        if isinstance(error, self.fatal):
+            return False
+        return bool(getattr(type(error), "retriable", True))
 
     def delay(self, attempt: int, rng: random.Random | None = None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""

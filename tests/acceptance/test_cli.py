@@ -7,15 +7,17 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import pytest
 from click.testing import CliRunner, Result
 
 import instar.app as instar_app
+from instar.app import App
 from instar.cli.main import cli
 from instar.diagram import render
 from instar.errors import InvalidTransition, JobNotFound
+from instar.retry import Retry
 from instar.store import open_store
 from instar.store.contract import Store
 from instar.store.sqlite.store import SQLiteStore
@@ -40,7 +42,11 @@ def instar(*args: str, database: str | None = None) -> subprocess.CompletedProce
 
 @pytest.fixture
 def db(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'cli.db'}"
+    """A migrated SQLite database (read-only commands never create one)."""
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    with instar_app.App(url) as app:
+        app.migrate()
+    return url
 
 
 def test_enqueue_run_and_show_a_job(db: str) -> None:
@@ -120,9 +126,10 @@ def test_cancel_and_retry_from_the_command_line(db: str) -> None:
     assert cancelled.returncode == 0 and "cancelled" in cancelled.stdout
     again = instar("cancel", str(made["id"]), database=db)
     assert again.returncode == 3
-    assert "cannot move from 'cancelled' to 'cancelled'" in again.stderr
+    assert again.stderr == "error: job 1 is already cancelled\n"
     refused = instar("retry", str(made["id"]), database=db)
-    assert refused.returncode == 3 and "only a failed job" in refused.stderr
+    assert refused.returncode == 3
+    assert "job 1 is cancelled; only a failed job can be retried" in refused.stderr
 
 
 @pytest.mark.parametrize(
@@ -294,8 +301,8 @@ def test_every_app_a_command_opens_is_closed_again(
     closed: list[SQLiteStore] = []
     real_open, real_close = open_store, SQLiteStore.close
 
-    def counting_open(url: str) -> Store:
-        store = real_open(url)
+    def counting_open(url: str, **options: Any) -> Store:
+        store = real_open(url, **options)
         opened.append(store)
         return store
 
@@ -313,6 +320,7 @@ def test_every_app_a_command_opens_is_closed_again(
     monkeypatch.setattr(os, "_exit", no_hard_exit)
     # --app binds the shared handlers' App to this test's database; undo that afterwards.
     monkeypatch.setattr(jobs_app, "database", jobs_app.database)
+    monkeypatch.setattr(jobs_app, "database_source", jobs_app.database_source)
     monkeypatch.setenv("INSTAR_DATABASE", db)
     monkeypatch.setenv("INSTAR_TEST_LOG", os.devnull)
     runner = CliRunner()
@@ -361,3 +369,36 @@ def test_an_errors_exit_code_comes_from_its_class(db: str, monkeypatch: pytest.M
     moved = CliRunner().invoke(cli, ["show", "999", "--database", db])
     assert moved.exit_code == 42
     assert "no job with id 999" in moved.stderr
+
+
+def test_migrate_reports_a_damaged_database_instead_of_up_to_date(db: str) -> None:
+    path = Path(db.removeprefix("sqlite:///"))
+    with App(db) as app:
+        app.registry.update(jobs_app.registry)
+        app.enqueue_many("record", [{"n": n} for n in range(2000)])
+    data = bytearray(path.read_bytes())
+    page = 4096
+    middle = len(data) // page // 2
+    for n in range(middle, middle + 3):  # scribble over three pages in the middle
+        data[page * n + 100 : page * n + 200] = b"\xff" * 100
+    path.write_bytes(bytes(data))
+    migrated = instar("migrate", database=db)
+    assert migrated.returncode == 7, migrated.stdout + migrated.stderr
+    assert "is damaged" in migrated.stderr and "up to date" not in migrated.stdout
+    assert migrated.stderr.count("\n") == 1
+
+
+def test_a_job_name_or_error_that_is_not_utf8_prints_escaped(db: str, tmp_path: Path) -> None:
+    with App(db) as app:
+
+        @app.job(name="tests.listing", retry=Retry(max_attempts=1))
+        def listing() -> None:
+            raise FileNotFoundError("missing caf\udce9.txt")
+
+        job = listing.enqueue()
+        app.run_worker(burst=True)
+    shown = instar("show", str(job.id), database=db)
+    assert shown.returncode == 0, shown.stderr
+    assert "caf\\udce9" in shown.stdout.replace("\n", "")
+    as_json = json.loads(instar("show", str(job.id), "--json", database=db).stdout)
+    assert as_json["job"]["error"]["message"] == "missing caf\udce9.txt"

@@ -134,10 +134,12 @@ def test_steps_run_once_across_a_pause_at_a_checkpoint_and_a_resume(app: instar.
         go_on.set()
         paused = app.wait(job.id, timeout=10)
         assert paused.state is S.PAUSED
-        assert paused.attempt == 0, "a pause does not use up an attempt"
+        # A pause does not use up an attempt: the job shows the attempt it ran,
+        # and its next run continues that attempt.
+        assert (paused.attempt, paused.rerun, paused.worker) == (1, True, None)
         app.resume(job.id)
         done = app.wait(job.id, timeout=10)
-    assert done.state is S.COMPLETED
+    assert (done.state, done.attempt) == (S.COMPLETED, 1)
     assert done.result == {"total": 42, "seen": {"fetched": 41}}
     assert effects == ["fetch", "add"], "no step ran twice"
     assert path(app, job.id) == [S.READY, S.RUNNING, S.PAUSED, S.READY, S.RUNNING, S.COMPLETED]
@@ -173,7 +175,9 @@ def test_resuming_a_job_whose_start_is_still_ahead_schedules_it(
     job = work.enqueue(delay=60)
     frozen_app.pause(job.id)
     assert frozen_app.resume(job.id).state is S.SCHEDULED
-    with pytest.raises(instar.InvalidTransition, match="it is not paused"):
+    with pytest.raises(
+        instar.InvalidTransition, match="not paused; only a paused job can be resumed"
+    ):
         frozen_app.resume(job.id)
 
 
@@ -222,7 +226,7 @@ def test_a_durable_sleep_suspends_the_job_and_wakes_it_when_due(
     app.run_worker(burst=True)
     suspended = app.get(job.id)
     assert suspended.state is S.SUSPENDED
-    assert (suspended.worker, suspended.attempt) == (suspended.worker, 0)
+    assert (suspended.worker, suspended.attempt, suspended.rerun) == (None, 1, True)
     assert suspended.wake_at is not None
     assert suspended.wake_at.timestamp() == pytest.approx(clock.now() + 3600)
     clock.advance(3599)
@@ -340,8 +344,11 @@ def test_awaiting_one_signal_name_twice_in_a_run_is_a_clear_error(app: instar.Ap
 
 
 def test_a_parent_spawns_children_once_and_joins_their_results(app: instar.App) -> None:
+    joined = threading.Event()
+
     @app.job
     def square(n: int) -> int:
+        assert joined.wait(10), "the parent never suspended in its join"
         return n * n
 
     @app.job
@@ -351,6 +358,11 @@ def test_a_parent_spawns_children_once_and_joins_their_results(app: instar.App) 
 
     job = parent.enqueue()
     with running_worker(app):
+        # Children finish only once the parent waits for them, whatever the timing.
+        deadline = time.monotonic() + 10
+        while app.get(job.id).state is not S.SUSPENDED and time.monotonic() < deadline:
+            time.sleep(0.01)
+        joined.set()
         done = app.wait(job.id, timeout=10)
     assert (done.state, done.result) == (S.COMPLETED, 14)
     children = app.children(job.id)

@@ -142,3 +142,52 @@ def test_several_processes_migrating_a_new_schema_at_once_all_succeed(schema: st
         t.join()
     assert errors == []
     assert len(set(versions)) == 1 and versions[0] >= 1
+
+
+def test_a_serialization_failure_in_the_callers_transaction_is_reported_as_itself(
+    app: instar.App, schema: str
+) -> None:
+    """A keyed enqueue in a REPEATABLE READ transaction, after another process
+    committed the same key: the caller hears of the conflict (not of an aborted
+    transaction), and their transaction is as it was before the call."""
+    with psycopg.connect(POSTGRES) as conn:
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        conn.execute(f"SELECT count(*) FROM {schema}.jobs").fetchone()  # the snapshot is taken
+        other = app.enqueue("add", {"a": 1, "b": 1}, key="order-7")  # another process commits
+        with pytest.raises(instar.TransactionConflict, match="could not serialize"):
+            app.enqueue("add", {"a": 1, "b": 1}, key="order-7", connection=conn)
+        assert conn.execute("SELECT 1").fetchone() == (1,), "the caller's transaction still works"
+        conn.rollback()
+    assert [job.id for job in app.jobs()] == [other.id]
+
+
+def test_a_lock_timeout_in_the_callers_transaction_is_reported_as_itself(
+    app: instar.App, schema: str
+) -> None:
+    with psycopg.connect(POSTGRES) as holder, psycopg.connect(POSTGRES) as conn:
+        app.enqueue("add", {"a": 0, "b": 0})  # the schema exists
+        holder.execute(f"SET search_path TO {schema}")
+        app.enqueue("add", {"a": 1, "b": 1}, key="order-8", connection=holder)  # not committed
+        conn.execute("SET lock_timeout = '200ms'")
+        with pytest.raises(instar.DatabaseTimeout, match="gave up waiting"):
+            app.enqueue("add", {"a": 1, "b": 1}, key="order-8", connection=conn)
+        assert conn.execute("SELECT 1").fetchone() == (1,), "the caller's transaction still works"
+        conn.rollback()
+        holder.commit()
+    assert [job.key for job in app.jobs()] == ["order-8", None]
+
+
+def test_an_enqueue_on_an_idle_connection_joins_the_transaction_it_starts(
+    app: instar.App,
+) -> None:
+    with psycopg.connect(POSTGRES) as conn:
+        before = conn.info.transaction_status
+        job = app.enqueue("add", {"a": 1, "b": 2}, connection=conn)
+        after = conn.info.transaction_status
+        assert (before, after) == (
+            psycopg.pq.TransactionStatus.IDLE,
+            psycopg.pq.TransactionStatus.INTRANS,
+        )
+        conn.rollback()
+    with pytest.raises(instar.JobNotFound):
+        app.get(job.id)

@@ -62,3 +62,36 @@ def test_a_second_process_sees_the_schema_it_migrated_concurrently(path: str) ->
     assert first.migrate() == second.migrate()
     first.close()
     second.close()
+
+
+def test_a_file_that_is_not_a_database_is_one_clear_error(path: str) -> None:
+    Path(path).write_bytes(b"these are my holiday notes, not a database\n" * 200)
+    with pytest.raises(instar.DatabaseCorrupt, match=r"is damaged.*restore it from a backup"):
+        instar.App(f"sqlite:///{path}").jobs()
+
+
+def test_a_damaged_page_is_found_by_the_check_and_named_by_every_read(path: str) -> None:
+    with instar.App(f"sqlite:///{path}") as app:
+
+        @app.job
+        def work(n: int) -> int:
+            return n
+
+        app.enqueue_many(work, [{"n": n} for n in range(2000)])
+    checkpoint = sqlite3.connect(path)
+    checkpoint.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the main file
+    checkpoint.close()
+    data = bytearray(Path(path).read_bytes())
+    page = 4096
+    middle = len(data) // page // 2
+    for n in range(middle, middle + 3):  # scribble over three pages in the middle
+        data[page * n + 100 : page * n + 200] = b"\xff" * 100
+    Path(path).write_bytes(bytes(data))
+    store = SQLiteStore(path)
+    assert store.check() != [], "the check finds the damage"
+    store.close()
+    with (
+        pytest.raises(instar.DatabaseCorrupt, match="is damaged"),
+        instar.App(f"sqlite:///{path}") as app,
+    ):
+        app.jobs(limit=5000)

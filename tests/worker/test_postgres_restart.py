@@ -164,7 +164,7 @@ def _completed(client: instar.App) -> int:
     """Completed jobs, or -1 while the server (or this client's pooled connection) is down."""
     try:
         return client.counts().get(State.COMPLETED, 0)
-    except psycopg.Error:
+    except instar.DatabaseUnavailable:
         return -1
 
 

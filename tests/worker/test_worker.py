@@ -329,7 +329,8 @@ def test_stopping_releases_unfinished_jobs_to_ready_without_counting_the_attempt
     with running_worker(app, shutdown_grace=0.1):
         assert started.wait(10)
     released = app.get(job.id)
-    assert (released.state, released.attempt, released.worker) == (S.READY, 0, released.worker)
+    assert (released.state, released.attempt, released.rerun) == (S.READY, 1, True)
+    assert released.worker is None, "a job handed back names no worker"
     assert app.history(job.id)[-1].trigger == "released"
 
 

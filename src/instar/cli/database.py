@@ -8,18 +8,41 @@ from typing import cast
 
 import click
 
-from instar.cli.common import database_option, opened_app, out, reports_errors
+from instar.cli.common import (
+    database_option,
+    json_option,
+    opened_app,
+    out,
+    print_json,
+    printable,
+    reports_errors,
+)
 from instar.diagram import Format, render
+from instar.errors import DatabaseCorrupt
+from instar.lifecycle import ENTRY_STATES, JOBS
+from instar.store.urls import redact
 
 
 @click.command()
 @database_option
+@json_option
 @reports_errors
-def migrate(database: str | None) -> None:
+def migrate(database: str | None, as_json: bool) -> None:
     """Create or upgrade the schema (also done on first use)."""
     with opened_app(database) as app:
         version = app.migrate()
-    out.print(f"schema of {app.database} is up to date (version {version})")
+        problems = app.check()
+    shown = printable(redact(app.database))
+    if problems:
+        raise DatabaseCorrupt(
+            f"the database {shown} is damaged: {printable(problems[0])}"
+            + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "")
+            + "; restore it from a backup, or move it away to start with a new database"
+        )
+    if as_json:
+        print_json({"database": shown, "schema_version": version})
+    else:
+        out.print(f"schema of {shown} is up to date (version {version})")
 
 
 @click.command()
@@ -30,13 +53,36 @@ def migrate(database: str | None) -> None:
     default="table",
     show_default=True,
 )
-def lifecycle(fmt: str) -> None:
+@json_option
+def lifecycle(fmt: str, as_json: bool) -> None:
     """Draw the job lifecycle from its one table."""
+    if as_json:
+        print_json(
+            {
+                "states": [
+                    {
+                        "state": state.value,
+                        "kind": JOBS.kinds[state],
+                        "meaning": JOBS.meanings[state],
+                        "entry": state in ENTRY_STATES,
+                        "final": state in JOBS.final,
+                        "moves_to": [target.value for target in JOBS.targets(state)],
+                    }
+                    for state in JOBS.states
+                ]
+            }
+        )
+        return
     click.echo(render(cast(Format, fmt)))
 
 
 @click.command()
-@database_option
+@click.option(
+    "--database",
+    default=None,
+    help="Run the tour on this database (default: a fresh SQLite file of its own; "
+    "$INSTAR_DATABASE is not used).",
+)
 @reports_errors
 def demo(database: str | None) -> None:
     """Tour the lifecycle on a fresh database: retries, a cancel, a lost worker, a pause

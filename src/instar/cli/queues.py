@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
+from instar.app import App
 from instar.cli.common import (
     database_option,
     json_option,
@@ -14,8 +15,10 @@ from instar.cli.common import (
     reports_errors,
 )
 from instar.display import state_text
+from instar.errors import InvalidOption
 from instar.lifecycle import State
 from instar.models import QueueStats
+from instar.registry.limits import check_name
 from instar.schemas import QueueShape
 
 
@@ -25,44 +28,86 @@ from instar.schemas import QueueShape
 @reports_errors
 def queues(database: str | None, as_json: bool) -> None:
     """Every queue: counts by state, and whether it is paused."""
-    with opened_app(database) as app:
+    with opened_app(database, read_only=True) as app:
         stats = app.queues()
     if as_json:
         print_json([QueueShape.of(q).as_json() for q in stats])
-    else:
+    elif stats:
         out.print(_queues_table(stats))
+    else:
+        out.print("no queues yet: no job has been enqueued")
+
+
+new_option = click.option(
+    "--new", is_flag=True, help="The queue has had no job yet: act on it all the same."
+)
 
 
 @click.command("pause-queue")
 @click.argument("queue")
 @database_option
+@new_option
+@json_option
 @reports_errors
-def pause_queue(queue: str, database: str | None) -> None:
+def pause_queue(queue: str, database: str | None, new: bool, as_json: bool) -> None:
     """Claim nothing more from QUEUE until it is resumed (running jobs go on)."""
+    check_name(queue, "queue")
     with opened_app(database) as app:
-        app.pause_queue(queue)
-    out.print(f"queue {queue} paused")
+        _known(app, queue, new)
+        changed = app.pause_queue(queue)
+        stats = _stats(app, queue)
+    if as_json:
+        print_json(QueueShape.of(stats).as_json())
+    else:
+        out.print(f"queue {queue} paused" if changed else f"queue {queue} was paused already")
 
 
 @click.command("resume-queue")
 @click.argument("queue")
 @database_option
+@new_option
+@json_option
 @reports_errors
-def resume_queue(queue: str, database: str | None) -> None:
+def resume_queue(queue: str, database: str | None, new: bool, as_json: bool) -> None:
     """Let workers claim from QUEUE again."""
+    check_name(queue, "queue")
     with opened_app(database) as app:
-        app.resume_queue(queue)
-    out.print(f"queue {queue} resumed")
+        _known(app, queue, new)
+        changed = app.resume_queue(queue)
+        stats = _stats(app, queue)
+    if as_json:
+        print_json(QueueShape.of(stats).as_json())
+    else:
+        out.print(f"queue {queue} resumed" if changed else f"queue {queue} was not paused")
 
 
 COMMANDS: tuple[click.Command, ...] = (queues, pause_queue, resume_queue)
+
+
+def _known(app: App, queue: str, new: bool) -> None:
+    """Refuse a queue no job has ever been on (a typo, most likely) unless ``new``."""
+    if new:
+        return
+    known = [q.queue for q in app.queues()]
+    if queue not in known:
+        names = ", ".join(known) if known else "none yet"
+        raise InvalidOption(
+            f"no job has been on queue {queue!r} (known queues: {names}); "
+            "check the name, or pass --new for a queue that has had no job yet"
+        )
+
+
+def _stats(app: App, queue: str) -> QueueStats:
+    """The queue as it is now (with no counts if no job has been on it)."""
+    found = next((q for q in app.queues() if q.queue == queue), None)
+    return found if found is not None else QueueStats(queue, False, {})
 
 
 def _queues_table(stats: list[QueueStats]) -> Table:
     """One row per queue, one column per state that any queue holds, headed in its colour
     (``instar.display`` has no queue table)."""
     states = [state for state in State if any(state in q.counts for q in stats)]
-    table = Table("queue", "paused")
+    table = Table("queue", "paused", box=None, pad_edge=False, header_style="bold")
     for state in states:
         table.add_column(state_text(state))
     for q in stats:

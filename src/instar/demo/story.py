@@ -36,6 +36,7 @@ from instar.demo.processes import (
 from instar.display import describe, is_note, is_step
 from instar.lifecycle import State, is_terminal
 from instar.models import Job
+from instar.store.urls import redact
 
 DEADLINE = 45.0
 """Seconds after which the demo gives up: it normally takes about five."""
@@ -380,11 +381,13 @@ class Tour:
 
 
 def run_demo(database: str | None, console: Console) -> int:
-    """Run the tour; return 0 once every job has ended, 1 if the tour could not go
-    as planned (``DemoError``), 130 if interrupted."""
+    """Run the tour on ``database`` (None: a fresh SQLite file of its own, never
+    ``$INSTAR_DATABASE``); return 0 once every job has ended, 1 if the tour could
+    not go as planned (``DemoError``), 130 if interrupted."""
     folder = Path(tempfile.mkdtemp(prefix="instar-demo-"))
     url = database or f"sqlite:///{folder / 'demo.db'}"
-    console.print(f"[bold]Instar demo[/] on {escape(url)}  (worker logs in {escape(str(folder))})")
+    shown = escape(redact(url))
+    console.print(f"[bold]Instar demo[/] on {shown}  (worker logs in {escape(str(folder))})")
     with interrupt_on_sigterm(), instar.App(url) as client, worker_pool() as workers:
         client.registry.update(app.registry)
         started = time.time()
@@ -420,8 +423,8 @@ def run_demo(database: str | None, console: Console) -> int:
             )
         )
         console.print(
-            f"\nExplore it: [bold]instar jobs --database {escape(url)}[/]  ·  "
-            f"[bold]instar show {plan.paused} --database {escape(url)}[/]"
+            f"\nExplore it: [bold]instar jobs --database {shown}[/]  ·  "
+            f"[bold]instar show {plan.paused} --database {shown}[/]"
         )
         console.print(f"Took {tour.elapsed():.1f}s.")
         return 0

@@ -20,6 +20,7 @@ from instar.engine.outcomes import (
     Returned,
     Suspended,
     outcome_moves,
+    refused_report_moves,
 )
 from instar.engine.reads import Reader
 from instar.engine.verbs import Operator
@@ -39,4 +40,5 @@ __all__ = [
     "error_record",
     "outcome_moves",
     "plan_move",
+    "refused_report_moves",
 ]

@@ -13,11 +13,15 @@ from datetime import datetime
 from typing import Any
 
 from instar.errors import InvalidTransition
-from instar.lifecycle import State, can_transition, is_leased
+from instar.lifecycle import KINDS, Kind, State, can_transition, is_leased
 from instar.models import Job
-from instar.payload import encode
+from instar.payload import MAX_ERROR_MESSAGE, MAX_TRACEBACK, cut, encode
 from instar.store.contract import Move
 from instar.vocabulary import Trigger
+
+_HELD_BY_NOBODY = frozenset({Kind.INITIAL, Kind.TIMER, Kind.CLAIMABLE, Kind.WAITING, Kind.PARKED})
+"""Kinds of state in which no worker holds the job (leased, transient and terminal
+states keep the worker that held it last)."""
 
 
 def _epoch(value: datetime | None) -> float | None:
@@ -54,14 +58,23 @@ def plan_move(
         "error_json": None if job.error is None else encode(job.error, what="error"),
         "wake_at": _epoch(job.wake_at),
         "pause_deadline": _epoch(job.pause_deadline),
+        "rerun": job.rerun,
     }
     if is_leased(job.state) and not is_leased(to_state):
         values.update(lease_token=None, lease_expires_at=None)
+    if KINDS[to_state] in _HELD_BY_NOBODY:
+        values["worker"] = None  # no worker holds it now: show none
     # Timer columns belong to the state that set them.
     if to_state is not State.SUSPENDED:
         values["wake_at"] = None
     if to_state is not State.PAUSED:
         values["pause_deadline"] = None
+    if to_state is not State.BACKING_OFF:
+        values["next_retry_at"] = None
+    if to_state is State.COMPLETED:
+        values["error_json"] = None  # earlier attempts' errors stay in the timeline
+    # Progress belongs to a run: a job waiting for its next one shows none.
+    values["clear_progress"] = to_state is State.READY
     values.update(changes)
     return Move(
         job_id=job.id,
@@ -71,18 +84,39 @@ def plan_move(
         version=None if by_lease else job.version,
         guard_token=job.lease_token if by_lease else None,
         actor=actor,
+        reporter=job.worker if by_lease else None,
         detail_json=None if detail is None else encode(detail, what="event detail"),
         **values,
     )
 
 
 def error_record(error: BaseException) -> dict[str, Any]:
-    """What a failure leaves in the job and its event: type, message, traceback."""
+    """What a failure leaves in the job and its event: type, message, traceback.
+
+    Never raises, whatever the exception: one whose ``__str__`` raises is named
+    by its type; a message over ``MAX_ERROR_MESSAGE`` characters or a traceback
+    over ``MAX_TRACEBACK`` is cut, with a marker saying so (the traceback keeps
+    its end, where the error was raised)."""
     return {
         "type": type(error).__qualname__,
-        "message": str(error),
-        "traceback": "".join(traceback.format_exception(error)),
+        "message": cut(_message(error), MAX_ERROR_MESSAGE),
+        "traceback": cut(_traceback(error), MAX_TRACEBACK, keep="end"),
     }
+
+
+def _message(error: BaseException) -> str:
+    try:
+        return str(error)
+    except Exception as exc:
+        return f"<the message of this {type(error).__qualname__} could not be read: {exc!r}>"
+
+
+def _traceback(error: BaseException) -> str:
+    try:
+        return "".join(traceback.format_exception(error))
+    except Exception:
+        lines = traceback.format_tb(error.__traceback__)
+        return "".join(lines) + f"{type(error).__qualname__}: <unreadable message>\n"
 
 
 def system_error(kind: str, message: str) -> dict[str, Any]:

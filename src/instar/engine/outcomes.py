@@ -8,13 +8,14 @@ fails the type check) and plans the moves, guarded by the run's lease token.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Any, assert_never
 
-from instar.engine.moves import error_record, moved, plan_move
+from instar.engine.moves import error_record, moved, plan_move, system_error
 from instar.lifecycle import State, can_transition
 from instar.models import Job
-from instar.payload import encode
+from instar.payload import cut, encode
 from instar.retry import Retry
 from instar.store.contract import Move
 from instar.vocabulary import Trigger
@@ -101,6 +102,38 @@ def outcome_moves(
             assert_never(outcome)
 
 
+def refused_report_moves(moves: Sequence[Move], error: Exception) -> list[Move]:
+    """What to write instead of a run's report the database refused: the job
+    fails (no retry: the same report would be refused again), its error saying
+    why. Empty when the table allows no failure from the state the job is in."""
+    first = moves[0]
+    if not can_transition(first.from_state, State.FAILED):
+        return []
+    record = system_error(
+        "ReportRefused",
+        cut(f"the worker could not store this job's report ({first.trigger}): {error}", 4096),
+    )
+    record_json = json.dumps(record)
+    return [
+        replace(
+            first,
+            to_state=State.FAILED,
+            trigger=Trigger.FAILED.value,
+            result_json=None,
+            error_json=record_json,
+            detail_json=record_json,
+            next_retry_at=None,
+            wake_at=None,
+            pause_deadline=None,
+            rerun=False,
+            clear_progress=False,
+            awaiting=None,
+            joining=(),
+            timing_out=(),
+        )
+    ]
+
+
 def _completion_moves(job: Job, result_json: str) -> list[Move]:
     moves = []
     if job.state is State.SERVING:
@@ -144,7 +177,6 @@ def _failure_moves(job: Job, error: BaseException, retry: Retry, now: float) -> 
 
 
 def _uncounted(job: Job, to_state: State, trigger: Trigger, **changes: Any) -> Move:
-    """A run that ended without trying the work to its end does not use up an attempt."""
-    return plan_move(
-        job, to_state, trigger, by_lease=True, attempt=max(0, job.attempt - 1), **changes
-    )
+    """A run that ended without trying the work to its end does not use up an attempt:
+    the job keeps showing the attempt it ran, and its next run continues it."""
+    return plan_move(job, to_state, trigger, by_lease=True, rerun=True, **changes)

@@ -19,7 +19,10 @@ class Reader:
         self._store = store
 
     def get(self, job_id: int) -> Job:
-        """The job; ``JobNotFound`` if no job has this id."""
+        """The job; ``JobNotFound`` if no job has this id (ids are whole numbers
+        from 1 to 2**63 - 1 on both backends)."""
+        if isinstance(job_id, bool) or not isinstance(job_id, int) or not 0 < job_id < 2**63:
+            raise JobNotFound(job_id)
         job = self._store.get_job(job_id)
         if job is None:
             raise JobNotFound(job_id)

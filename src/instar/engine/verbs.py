@@ -10,13 +10,14 @@ nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from instar.engine.door import Engine
 from instar.engine.moves import plan_move
 from instar.errors import InvalidTransition
-from instar.lifecycle import State, is_leased
+from instar.lifecycle import State, can_transition, is_leased, is_terminal, sources_of
 from instar.models import Awakeable, Job
+from instar.payload import safe_text
 from instar.store.contract import Move, Request, Settlement
 from instar.vocabulary import AwakeableState, Trigger
 
@@ -37,6 +38,7 @@ class Operator:
         """Cancel at once, or, for a job a worker holds, ask that worker to stop."""
 
         def decide(job: Job) -> Decision:
+            _allowed("cancel", job, State.CANCELLED)
             if is_leased(job.state):
                 return None if job.cancel_requested else Request.CANCEL
             return plan_move(job, State.CANCELLED, Trigger.CANCELLED, actor=actor)
@@ -48,9 +50,7 @@ class Operator:
 
         def decide(job: Job) -> Decision:
             if job.state is not State.FAILED:
-                raise InvalidTransition(
-                    job_id, job.state.value, State.READY.value, "only a failed job can be retried"
-                )
+                raise _refused("retry", job, State.READY, {State.FAILED})
             return plan_move(
                 job,
                 State.READY,
@@ -58,6 +58,7 @@ class Operator:
                 actor=actor,
                 detail={"previous_attempts": job.attempt},
                 attempt=0,
+                rerun=False,
                 next_retry_at=None,
             )
 
@@ -69,6 +70,7 @@ class Operator:
         now = self.engine.clock.now
 
         def decide(job: Job) -> Decision:
+            _allowed("pause", job, State.PAUSED)
             if job.state is State.RUNNING:
                 return None if job.pause_requested else Request.PAUSE
             deadline = now() + job.pause_timeout
@@ -83,10 +85,10 @@ class Operator:
         now = self.engine.clock.now
 
         def decide(job: Job) -> Decision:
+            if job.state is not State.PAUSED:
+                raise _refused("resume", job, State.READY, {State.PAUSED})
             ahead = job.run_at is not None and job.run_at.timestamp() > now()
             target = State.SCHEDULED if ahead and job.attempt == 0 else State.READY
-            if job.state is not State.PAUSED:
-                raise InvalidTransition(job_id, job.state.value, target.value, "it is not paused")
             return plan_move(job, target, Trigger.RESUMED, actor=actor)
 
         return self._until_applied(job_id, State.READY, actor, decide)
@@ -96,6 +98,7 @@ class Operator:
         sees it at the next heartbeat and the handler is told through ctx.stopping."""
 
         def decide(job: Job) -> Decision:
+            _allowed("stop", job, State.STOPPING)
             return plan_move(job, State.STOPPING, Trigger.STOP_REQUESTED, actor=actor)
 
         return self._until_applied(job_id, State.STOPPING, actor, decide)
@@ -107,7 +110,7 @@ class Operator:
 
     def reject(self, awakeable_id: str, reason: str, actor: str | None) -> Awakeable:
         """Refuse an awakeable; its handler's ``await_signal`` raises SignalRejected."""
-        settlement = Settlement(awakeable_id, AwakeableState.REJECTED, reason=reason)
+        settlement = Settlement(awakeable_id, AwakeableState.REJECTED, reason=safe_text(reason))
         return self.engine.settle_signal(settlement, actor)
 
     def _until_applied(
@@ -130,3 +133,35 @@ class Operator:
             if done:
                 return self.engine.read.get(job_id)
         raise InvalidTransition(job_id, job.state.value, target.value, "too much contention")
+
+
+def _allowed(verb: str, job: Job, target: State) -> None:
+    """Refuse ``verb`` in words when the table allows no move from the job's state
+    to ``target`` (the states it applies to come from the table too)."""
+    if not can_transition(job.state, target):
+        raise _refused(verb, job, target, sources_of(target))
+
+
+def _refused(
+    verb: str, job: Job, target: State, applies_to: Collection[State]
+) -> InvalidTransition:
+    """``job 12 is already cancelled``; ``job 12 has already completed; only a job
+    that has not ended can be cancelled``; ``stop applies only to a job that is
+    serving (job 12 is ready)``."""
+    state = job.state.value
+    if job.state is target and verb in ("cancel", "pause", "stop"):
+        message = f"job {job.id} is already {state}"
+    elif verb == "retry":
+        message = f"job {job.id} is {state}; only a failed job can be retried"
+    elif verb == "resume":
+        message = f"job {job.id} is {state}, not paused; only a paused job can be resumed"
+    elif is_terminal(job.state) and verb == "cancel":
+        message = (
+            f"job {job.id} has already {state}; only a job that has not ended can be cancelled"
+        )
+    else:
+        names = [s.value for s in State if s in applies_to]
+        which = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+        noun = "a service job" if verb == "stop" else "a job"
+        message = f"{verb} applies only to {noun} that is {which} (job {job.id} is {state})"
+    return InvalidTransition(job.id, state, target.value, message=message)

@@ -7,11 +7,14 @@ options. The App binds definitions to itself (``resize.enqueue(...)``).
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from instar.errors import ConfigurationError, PayloadError, UnknownJob
+from instar.errors import ConfigurationError, InvalidOption, PayloadError, UnknownJob
+from instar.registry.arguments import ArgumentTypes, argument_types
+from instar.registry.limits import MAX_NAME_BYTES, check_name, check_priority
 from instar.retry import Retry
 
 
@@ -29,14 +32,27 @@ class JobOptions:
     service: bool = False
 
     def __post_init__(self) -> None:
-        if not self.queue:
-            raise ConfigurationError("a job's queue name must not be empty")
-        if self.lease <= 0:
-            raise ConfigurationError(f"lease must be positive seconds, got {self.lease}")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ConfigurationError(
-                f"timeout must be positive seconds or None, got {self.timeout}"
-            )
+        """Raises ``ConfigurationError`` for a queue name, priority or duration outside
+        the limits (``instar.registry.limits``)."""
+        check_name(self.queue, "queue", for_code=True)
+        check_priority(self.priority, for_code=True)
+        _check_seconds("lease", self.lease)
+        if self.timeout is not None:
+            _check_seconds("timeout", self.timeout)
+        _check_seconds("pause_timeout", self.pause_timeout)
+
+
+def _check_seconds(what: str, value: object) -> None:
+    """A duration in a definition: a positive, finite number of seconds."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
+        raise ConfigurationError(
+            f"{what} must be a positive, finite number of seconds, got {value!r}"
+        )
 
 
 class JobDefinition:
@@ -48,7 +64,7 @@ class JobDefinition:
 
     def __init__(self, fn: Callable[..., Any], name: str, options: JobOptions) -> None:
         self.fn = fn
-        self.name = name
+        self.name = check_name(name, "job name", for_code=True)
         self.options = options
         self.is_async = inspect.iscoroutinefunction(fn)
         self._signature = inspect.signature(fn)
@@ -60,6 +76,8 @@ class JobDefinition:
             parameters=params[1:] if self.takes_context else params
         )
         self._accepted_names: set[frozenset[str]] = set()
+        self._types: ArgumentTypes | None = None
+        self._types_built = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the handler directly, in this process, with no job involved."""
@@ -70,7 +88,14 @@ class JobDefinition:
 
     def check_arguments(self, args: Mapping[str, Any]) -> None:
         """Refuse arguments the handler could never accept, before anything is
-        stored (``PayloadError``).
+        stored (``PayloadError``): names that do not bind to its parameters
+        (``check_names``), and values that do not fit their annotations
+        (``check_types``)."""
+        self.check_names(args)
+        self.check_types(args)
+
+    def check_names(self, args: Mapping[str, Any]) -> None:
+        """``PayloadError`` unless the keywords bind to the handler's parameters.
 
         Whether keywords bind depends only on their names, so a set of names
         that bound once is remembered (bulk enqueues repeat the same names)."""
@@ -85,6 +110,17 @@ class JobDefinition:
                 f"{self.name}{self._arg_signature}: {exc}"
             ) from None
         self._accepted_names.add(names)
+
+    def check_types(self, args: Mapping[str, Any]) -> None:
+        """``PayloadError`` naming each argument whose value does not fit its
+        annotation (``instar.registry.arguments``); free for a handler without
+        annotations. Changes nothing."""
+        if not self._types_built:
+            params = list(self._arg_signature.parameters.values())
+            self._types = argument_types(self.fn, params)
+            self._types_built = True
+        if self._types is not None:
+            self._types.check(args, self.name)
 
 
 def _is_context_annotation(annotation: Any) -> bool:
@@ -129,10 +165,14 @@ class Registry(Mapping[str, JobDefinition]):
         unambiguous; ``UnknownJob`` otherwise."""
         if isinstance(job, JobDefinition):
             return job
+        if not isinstance(job, str):
+            raise InvalidOption(f"a job is named by a str, got {type(job).__name__}")
         found = self._by_name.get(job)
         if found is not None:
             return found
         by_short_name = [d for d in self._by_name.values() if d.fn.__name__ == job]
         if len(by_short_name) == 1:
             return by_short_name[0]
+        if len(job.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
+            raise UnknownJob(job[:40] + "…", list(self._by_name))
         raise UnknownJob(job, list(self._by_name))

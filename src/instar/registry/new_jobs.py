@@ -12,6 +12,15 @@ from instar.errors import InvalidOption
 from instar.lifecycle import State
 from instar.payload import encode
 from instar.registry.definitions import JobDefinition
+from instar.registry.limits import (
+    check_delay,
+    check_id,
+    check_key,
+    check_name,
+    check_priority,
+    check_run_at,
+    check_start,
+)
 from instar.store.contract import NewJob
 
 
@@ -32,23 +41,17 @@ class Placement:
 
 
 def start_time(delay: float | None, run_at: datetime | None, now: float) -> float | None:
-    """Epoch seconds to start at, or None to start now. ``InvalidOption`` for a
-    negative delay, both given, or a run_at that is not an aware datetime."""
+    """Epoch seconds to start at, or None to start now. ``InvalidOption`` for both
+    given, a delay that is not a finite number of seconds from 0 to ``MAX_DELAY``
+    (a bool, a str, NaN, infinity), or a run_at that is not an aware datetime at
+    most ``MAX_DELAY`` ahead (see ``instar.registry.limits``)."""
     if delay is not None and run_at is not None:
         raise InvalidOption("give delay or run_at, not both")
     if delay is not None:
-        if delay < 0:
-            raise InvalidOption(f"delay must not be negative, got {delay}")
-        return now + delay if delay > 0 else None
+        seconds = check_delay(delay)
+        return now + seconds if seconds > 0 else None
     if run_at is not None:
-        if not isinstance(run_at, datetime):
-            raise InvalidOption(f"run_at must be a datetime, got {type(run_at).__name__}")
-        if run_at.tzinfo is None or run_at.utcoffset() is None:
-            raise InvalidOption(
-                f"run_at {run_at.isoformat()} has no time zone; pass an aware datetime, "
-                "e.g. datetime.now(timezone.utc) + timedelta(minutes=5)"
-            )
-        start = run_at.timestamp()
+        start = check_run_at(run_at, now)
         return start if start > now else None
     return None
 
@@ -62,18 +65,25 @@ def new_jobs(
 ) -> list[NewJob]:
     """Check and encode jobs of one kind; what they share is worked out once.
 
-    Raises ``InvalidOption`` (arguments not a mapping, an empty queue name) and
-    ``PayloadError`` (arguments the handler cannot take, not JSON, too large)."""
+    Raises ``InvalidOption`` (arguments not a mapping; a queue, key, priority,
+    start or ``after`` id outside the limits of ``instar.registry.limits``) and
+    ``PayloadError`` (arguments the handler cannot take, values that do not fit
+    its annotations, not JSON, too large)."""
     options = definition.options
-    if placement.queue is not None and not placement.queue:
-        raise InvalidOption("queue must be a non-empty name")
+    queue = options.queue if placement.queue is None else check_name(placement.queue, "queue")
+    priority = options.priority if placement.priority is None else placement.priority
+    priority = check_priority(priority)
+    key = None if placement.key is None else check_key(placement.key)
+    start = check_start(placement.start)
+    for job_id in placement.after:
+        check_id(job_id, "a job id in after")
+    if placement.parent_id is not None:
+        check_id(placement.parent_id, "parent id")
     state = State.READY
     if placement.after:
         state = State.PENDING
-    elif placement.start is not None:
+    elif start is not None:
         state = State.SCHEDULED
-    priority = options.priority if placement.priority is None else int(placement.priority)
-    queue = placement.queue or options.queue
     what = f"arguments of job {definition.name!r}"
     specs = []
     for args in many_args:
@@ -81,8 +91,10 @@ def new_jobs(
             raise InvalidOption(
                 f"job arguments must be a mapping of names to values, got {type(args).__name__}"
             )
-        definition.check_arguments(args)
+        definition.check_names(args)
         args_dict = dict(args)
+        args_json = encode(args_dict, what=what, max_bytes=max_payload_bytes)
+        definition.check_types(args_dict)
         specs.append(
             NewJob(
                 name=definition.name,
@@ -91,9 +103,9 @@ def new_jobs(
                 priority=priority,
                 max_attempts=options.retry.max_attempts,
                 args=args_dict,
-                args_json=encode(args_dict, what=what, max_bytes=max_payload_bytes),
-                key=placement.key,
-                run_at=placement.start,
+                args_json=args_json,
+                key=key,
+                run_at=start,
                 lease_seconds=options.lease,
                 pause_timeout=options.pause_timeout,
                 after=placement.after,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from urllib.parse import parse_qs, urlsplit
 
 from instar.errors import ConfigurationError
@@ -10,11 +9,6 @@ from instar.store.contract import Store
 from instar.store.urls import redact
 
 DEFAULT_DATABASE = "sqlite:///instar.db"
-
-
-def database_url(url: str | None) -> str:
-    """The URL to use: the one given, else $INSTAR_DATABASE, else ./instar.db."""
-    return url or os.environ.get("INSTAR_DATABASE") or DEFAULT_DATABASE
 
 
 def open_store(url: str, *, read_only: bool = False) -> Store:

@@ -57,8 +57,10 @@ class Move:
     operators and timers, ``guard_token`` for the worker holding the lease
     (so a zombie worker's report is refused). The other fields are the job's
     new values; the engine computes them, the store only writes them.
-    The last three are bookkeeping the engine does in the same transaction
-    when the move wins, not columns: ``awaiting`` and ``joining`` say what a
+    ``reporter`` is the worker that reported the move (named in its event), or
+    None for a move an operator or maintenance made. The last three are
+    bookkeeping the engine does in the same transaction when the move wins, not
+    columns: ``awaiting`` and ``joining`` say what a
     move into suspended waits for (an awakeable's id, children's ids);
     ``timing_out`` names awakeables a timer's wake-up settles as timed out.
     """
@@ -78,9 +80,12 @@ class Move:
     max_attempts: int
     wake_at: float | None = None
     pause_deadline: float | None = None
+    rerun: bool = False
+    clear_progress: bool = False
     version: int | None = None
     guard_token: str | None = None
     actor: str | None = None
+    reporter: str | None = None
     detail_json: str | None = None
     awaiting: str | None = None
     joining: tuple[int, ...] = ()
@@ -89,7 +94,10 @@ class Move:
 
 @dataclass(slots=True)
 class Note:
-    """A timeline entry that changes no state: progress, a phase, a refusal."""
+    """A timeline entry that changes no state: progress, a phase, a refusal.
+    ``progress_json`` also sets the job's progress; a note with ``in_timeline``
+    false only does that (progress is kept on the job, in the timeline at a
+    bounded rate)."""
 
     job_id: int
     trigger: str
@@ -97,6 +105,7 @@ class Note:
     actor: str | None
     detail_json: str | None
     progress_json: str | None = None
+    in_timeline: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +126,14 @@ class ClaimRequest:
 
 @dataclass(frozen=True, slots=True)
 class JobFilter:
+    """Which jobs to list, newest first: any of state, queue and name; at most
+    ``limit``; with ``before_id``, only older jobs (the next page)."""
+
     state: State | None = None
     queue: str | None = None
     name: str | None = None
     limit: int = 100
+    before_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,6 +383,10 @@ class Store(JobReads, TimelineReads, DurableReads, SweepReads, Leadership, Proto
 
     def migrate(self) -> int:
         """Bring the schema up to date; returns the schema version."""
+        ...
+
+    def check(self) -> list[str]:
+        """Problems with the database's own files (SQLite: a damaged page); [] if none."""
         ...
 
     def schema_version(self) -> tuple[int, int]:

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from instar.clock import to_datetime
 from instar.lifecycle import State
 from instar.models import Awakeable, Event, Job, Progress
-from instar.payload import decode
+from instar.payload import decode, safe_text
 from instar.store.contract import Held, Move, NewJob, Note
 from instar.vocabulary import AwakeableState, Trigger
 
@@ -63,13 +63,18 @@ def moves_json(moves: Sequence[Move]) -> str:
                 m.guard_token,
                 m.wake_at,
                 m.pause_deadline,
+                m.rerun,
+                m.clear_progress,
             )
             for m in moves
-        ]
+        ],
+        allow_nan=False,
     )
 
 
 def move_event(move: Move, now: float) -> tuple[Any, ...]:
+    """The event of a move, naming the worker that reported it (None for a move an
+    operator or maintenance made)."""
     return (
         move.job_id,
         now,
@@ -77,10 +82,14 @@ def move_event(move: Move, now: float) -> tuple[Any, ...]:
         move.to_state.value,
         move.trigger,
         move.attempt,
-        move.worker,
-        move.actor,
+        move.reporter,
+        _text(move.actor),
         move.detail_json,
     )
+
+
+def _text(value: str | None) -> str | None:
+    return None if value is None else safe_text(value)
 
 
 def refusal_note(move: Move) -> Note:
@@ -88,7 +97,7 @@ def refusal_note(move: Move) -> Note:
     detail = json.dumps(
         {"trigger": move.trigger, "refused": move.to_state.value, "reason": "stale lease token"}
     )
-    return Note(move.job_id, Trigger.REFUSED.value, move.worker, move.actor, detail)
+    return Note(move.job_id, Trigger.REFUSED.value, move.reporter, move.actor, detail)
 
 
 def note_params(note: Note, now: float) -> dict[str, Any]:
@@ -97,7 +106,7 @@ def note_params(note: Note, now: float) -> dict[str, Any]:
         "now": now,
         "trigger": note.trigger,
         "worker": note.worker,
-        "actor": note.actor,
+        "actor": _text(note.actor),
         "detail": note.detail_json,
     }
 
@@ -136,13 +145,13 @@ def jobs_from(cursor: Cursor) -> list[Job]:
     (i_id, i_name, i_queue, i_state, i_priority, i_attempt, i_max, i_args, i_result, i_error,
      i_key, i_run_at, i_retry_at, i_created, i_updated, i_worker, i_token, i_expires,
      i_lease, i_cancel, i_progress, i_version, i_checkpoint, i_pause, i_wake, i_deadline,
-     i_pause_timeout, i_parent) = (
+     i_pause_timeout, i_parent, i_rerun) = (
         at[c] for c in (
             "id", "name", "queue", "state", "priority", "attempt", "max_attempts", "args",
             "result", "error", "key", "run_at", "next_retry_at", "created_at", "updated_at",
             "worker", "lease_token", "lease_expires_at", "lease_seconds", "cancel_requested",
             "progress", "version", "checkpoint", "pause_requested", "wake_at",
-            "pause_deadline", "pause_timeout", "parent_id",
+            "pause_deadline", "pause_timeout", "parent_id", "rerun",
         )
     )  # fmt: skip
     jobs = []
@@ -178,6 +187,7 @@ def jobs_from(cursor: Cursor) -> list[Job]:
                 pause_deadline=to_datetime(row[i_deadline]),
                 pause_timeout=row[i_pause_timeout],
                 parent_id=row[i_parent],
+                rerun=bool(row[i_rerun]),
             )
         )
     return jobs

@@ -18,6 +18,7 @@ from typing import Any
 
 from instar.lifecycle import CLAIM, State
 from instar.models import Awakeable, Event, Job, QueueStats
+from instar.payload import safe_text
 from instar.store.contract import (
     Applied,
     ClaimRequest,
@@ -137,6 +138,7 @@ class SQLStore(ABC):
             "queue": where.queue,
             "name": where.name,
             "limit": where.limit,
+            "before": where.before_id,
         }
         with self._read() as conn:
             return jobs_from(conn.execute(self.Q["list_jobs"], params))
@@ -275,7 +277,7 @@ class SQLTransaction:
             params = {
                 "ids": self.store._id_list([job_id for job_id, _ in new]),
                 "now": now,
-                "actor": actor,
+                "actor": None if actor is None else safe_text(actor),
                 "trigger": Trigger.ENQUEUED.value,
             }
             conn.execute(self.Q["insert_enqueued_events"], params)
@@ -394,7 +396,10 @@ class SQLTransaction:
         if not notes:
             return
         now = self.now
-        self.conn.cursor().executemany(self.Q["insert_note"], [note_params(n, now) for n in notes])
+        events = [note_params(n, now) for n in notes if n.in_timeline]
+        if events:
+            self.conn.cursor().executemany(self.Q["insert_note"], events)
+            self._appended()
         progress = [
             {"job_id": n.job_id, "progress": n.progress_json}
             for n in notes
@@ -402,7 +407,6 @@ class SQLTransaction:
         ]
         if progress:
             self.conn.cursor().executemany(self.Q["set_progress"], progress)
-        self._appended()
 
     # -- durable state ----------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ On SIGINT/SIGTERM the worker stops claiming, lets running jobs finish within
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -43,8 +44,9 @@ from instar.engine import (
     Returned,
     Suspended,
     outcome_moves,
+    refused_report_moves,
 )
-from instar.errors import Fatal, UnknownJob
+from instar.errors import Fatal, StoreRefused, UnknownJob
 from instar.lifecycle import State
 from instar.maintenance.runner import Maintenance
 from instar.models import Job
@@ -81,6 +83,12 @@ class WorkerReport:
     released: int = 0
     refused: int = 0
     by_state: dict[str, int] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.completed} completed, {self.failed} failed, "
+            f"{self.released} released, {self.refused} refused"
+        )
 
 
 @dataclass
@@ -159,6 +167,13 @@ class Worker:
                     claim = ClaimRequest(self.id, wanted, self.settings.queues) if wanted else None
                     try:
                         batch = await self._call(self.engine.exchange, moves, notes, claim)
+                    except StoreRefused as refused:
+                        # One report the database cannot store must not hold back the rest.
+                        log.warning(
+                            "a batch was refused (%s); writing its reports one by one", refused
+                        )
+                        await self._call(self._write_one_by_one, moves, notes)
+                        continue
                     except Exception:
                         await self._retry_later(moves, notes)
                         continue
@@ -198,6 +213,51 @@ class Worker:
             self._outbox_moves[:0] = moves
             self._outbox_notes[:0] = notes
         await asyncio.sleep(delay)
+
+    def _write_one_by_one(self, moves: list[Move], notes: list[Note]) -> None:
+        """Write a refused batch's reports one job at a time. A job whose report the
+        database refuses ends failed with an error saying so; a refused note is
+        dropped with a log line; reports that meet a database failure go back to
+        the outbox for the next batch."""
+        retry_moves: list[Move] = []
+        retry_notes: list[Note] = []
+        for group in _by_job(moves):
+            try:
+                self._count_reports(group, self.engine.apply(group))
+            except StoreRefused as refused:
+                self._fail_refused(group, refused)
+            except Exception:
+                retry_moves += group
+        for note in notes:
+            try:
+                self.engine.apply([], [note])
+            except StoreRefused as refused:
+                log.warning(
+                    "job %d: a %s note was refused (%s); dropped",
+                    note.job_id,
+                    note.trigger,
+                    refused,
+                )
+            except Exception:
+                retry_notes.append(note)
+        if retry_moves or retry_notes:
+            with self._outbox_lock:
+                self._outbox_moves[:0] = retry_moves
+                self._outbox_notes[:0] = retry_notes
+
+    def _fail_refused(self, group: list[Move], refused: StoreRefused) -> None:
+        fallback = refused_report_moves(group, refused)
+        log.error(
+            "job %d: its report (%s) could not be stored: %s",
+            group[0].job_id,
+            group[0].trigger,
+            refused,
+        )
+        try:
+            self._count_reports(fallback, self.engine.apply(fallback))
+        except Exception as exc:
+            # Its lease runs out and maintenance takes it back.
+            log.error("job %d: even its failure could not be stored: %s", group[0].job_id, exc)
 
     def _claims_wanted(self) -> int:
         """Free slots, plus as many again while the queue has a backlog: jobs
@@ -251,6 +311,23 @@ class Worker:
         run = _Run(job, ctx)
         self._running[job.id] = run
         run.task = asyncio.create_task(self._execute(run), name=f"instar-job-{job.id}")
+        run.task.add_done_callback(functools.partial(self._finished, run))
+
+    def _finished(self, run: _Run, task: asyncio.Task[None]) -> None:
+        """A run's task ended. If it ended by an error of Instar's own (an outcome it
+        could not even plan), the job still ends, failed, and the error is logged:
+        nothing is left running unseen, no exception goes unretrieved."""
+        if task.cancelled() or task.exception() is None:
+            return
+        error = task.exception()
+        assert error is not None
+        log.error("job %d: the worker could not end its run: %r", run.job.id, error)
+        if self._running.get(run.job.id) is run:
+            try:
+                self._end_run(run, Retry(max_attempts=1), Raised(_fatal(error)))
+            except Exception as exc:
+                log.error("job %d: left to its lease: %r", run.job.id, exc)
+                self._running.pop(run.job.id, None)
 
     async def _execute(self, run: _Run) -> None:
         job = run.job
@@ -468,8 +545,20 @@ class Worker:
         self.stop()
 
 
-def _fatal(error: Exception) -> Exception:
+def _by_job(moves: Sequence[Move]) -> list[list[Move]]:
+    """Moves grouped by job, in order: one job's moves stand or fall together."""
+    groups: dict[int, list[Move]] = {}
+    for move in moves:
+        groups.setdefault(move.job_id, []).append(move)
+    return list(groups.values())
+
+
+def _fatal(error: BaseException) -> Exception:
     """Wrap an error that no retry can fix (an unregistered job name)."""
-    fatal = Fatal(str(error))
+    try:
+        message = str(error)
+    except Exception:
+        message = f"<an unreadable {type(error).__qualname__}>"
+    fatal = Fatal(message)
     fatal.__cause__ = error
     return fatal

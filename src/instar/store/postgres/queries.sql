@@ -77,6 +77,7 @@ SELECT * FROM jobs
 WHERE (%(state)s::text IS NULL OR state = %(state)s::text)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
   AND (%(name)s::text IS NULL OR name = %(name)s::text)
+  AND (%(before)s::bigint IS NULL OR id < %(before)s::bigint)
 ORDER BY id DESC
 LIMIT %(limit)s
 
@@ -168,7 +169,8 @@ SET state = m.to_state, version = jobs.version + 1, updated_at = %(now)s,
     attempt = m.attempt, max_attempts = m.max_attempts, run_at = m.run_at,
     next_retry_at = m.next_retry_at, worker = m.worker, lease_token = m.lease_token,
     lease_expires_at = m.lease_expires_at, result = m.result, error = m.error,
-    wake_at = m.wake_at, pause_deadline = m.pause_deadline,
+    wake_at = m.wake_at, pause_deadline = m.pause_deadline, rerun = m.rerun,
+    progress = CASE WHEN m.clear_progress THEN NULL ELSE jobs.progress END,
     cancel_requested = CASE WHEN m.to_state = {claim_to} THEN false ELSE jobs.cancel_requested END,
     pause_requested = CASE WHEN m.to_state = {claim_to} THEN false ELSE jobs.pause_requested END
 FROM (
@@ -178,7 +180,8 @@ FROM (
            e ->> 7 AS worker, e ->> 8 AS lease_token,
            (e ->> 9)::double precision AS lease_expires_at, e ->> 10 AS result, e ->> 11 AS error,
            (e ->> 12)::integer AS version, e ->> 13 AS guard_token,
-           (e ->> 14)::double precision AS wake_at, (e ->> 15)::double precision AS pause_deadline
+           (e ->> 14)::double precision AS wake_at, (e ->> 15)::double precision AS pause_deadline,
+           (e ->> 16)::boolean AS rerun, (e ->> 17)::boolean AS clear_progress
     FROM jsonb_array_elements(%(moves)s::jsonb) AS e
 ) AS m
 WHERE jobs.id = m.job_id AND jobs.state = m.from_state
@@ -189,7 +192,8 @@ RETURNING jobs.id, EXISTS (SELECT 1 FROM dependencies AS d WHERE d.depends_on = 
 -- name: claim
 -- SKIP LOCKED lets many workers claim side by side without waiting on each other.
 UPDATE jobs
-SET state = {claim_to}, attempt = attempt + 1, worker = %(worker)s,
+SET state = {claim_to}, attempt = attempt + CASE WHEN rerun THEN 0 ELSE 1 END, rerun = false,
+    worker = %(worker)s,
     lease_token = md5(random()::text || clock_timestamp()::text || id::text),
     lease_expires_at = %(now)s + lease_seconds,
     cancel_requested = false, pause_requested = false, version = version + 1, updated_at = %(now)s

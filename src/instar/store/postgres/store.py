@@ -20,13 +20,23 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import psycopg
+import psycopg_pool
 from psycopg import sql
+from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool
 
-from instar.errors import ConfigurationError, DatabaseUnavailable
+from instar.errors import (
+    ConfigurationError,
+    DatabaseTimeout,
+    DatabaseUnavailable,
+    InstarError,
+    StoreRefused,
+    TransactionConflict,
+)
 from instar.store.contract import ClaimRequest, NewJob, Wake
 from instar.store.sql_blocks import load_queries
 from instar.store.sql_store import SQLStore
+from instar.store.urls import redact
 
 log = logging.getLogger("instar.postgres")
 
@@ -91,25 +101,68 @@ class PostgresStore(SQLStore):
         self, connection: psycopg.Connection[Any] | None = None
     ) -> Iterator[psycopg.Connection[Any]]:
         """One transaction on a pooled connection, or the caller's own connection
-        (transactional enqueue: it commits or rolls back with the caller's work)."""
-        if connection is not None:
-            # Our tables are in our schema: point the caller's search_path there for
-            # these statements only, then give it back unchanged.
+        (transactional enqueue: it commits or rolls back with the caller's work).
+        Driver errors come out as Instar's (``_translate``)."""
+        try:
+            if connection is not None:
+                with self._inside(connection) as conn:
+                    yield conn
+                return
+            with self._pool.connection() as conn:
+                yield conn
+        except Exception as exc:
+            raise self._translate(exc) from exc
+
+    @contextmanager
+    def _inside(self, connection: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
+        """Our statements inside the caller's transaction, under a savepoint: if one
+        fails, the caller's transaction is left as it was before the call (not
+        aborted), and the first error is the one raised. Our tables are in our
+        schema: the caller's search_path points there until the savepoint ends."""
+        if not connection.autocommit and (
+            connection.info.transaction_status is TransactionStatus.IDLE
+        ):
+            # Start the caller's transaction as any statement of theirs would, so that
+            # the savepoint below joins it instead of committing on its own.
+            connection.execute(Q["current_search_path"])
+        with connection.transaction():
             previous = connection.execute(Q["current_search_path"]).fetchone()
             connection.execute(Q["set_local_search_path"], (self.schema,))
-            try:
-                yield connection
-            finally:
-                restore = previous[0] if previous else ""
-                connection.execute(Q["set_local_search_path"], (restore,))
-            return
-        with self._pool.connection() as conn:
-            yield conn
+            yield connection
+            restore = previous[0] if previous else ""
+            connection.execute(Q["set_local_search_path"], (restore,))
 
     @contextmanager
     def _read(self) -> Iterator[psycopg.Connection[Any]]:
-        with self._pool.connection() as conn:
-            yield conn
+        try:
+            with self._pool.connection() as conn:
+                yield conn
+        except Exception as exc:
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: Exception) -> Exception:
+        """A driver error as the Instar error that says what it means for the caller;
+        anything else unchanged."""
+        if isinstance(exc, InstarError):
+            return exc
+        why = _first_line(exc)
+        if isinstance(exc, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected):
+            return TransactionConflict(
+                f"PostgreSQL could not serialize this transaction ({why}); nothing of it "
+                "was kept: run the whole transaction again"
+            )
+        if isinstance(exc, psycopg.errors.LockNotAvailable | psycopg.errors.QueryCanceled):
+            return DatabaseTimeout(
+                f"PostgreSQL gave up waiting ({why}): a lock_timeout or statement_timeout "
+                "fired; nothing of the statement was kept"
+            )
+        if isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
+            return ConfigurationError(f"the database at {self._where} was opened read-only")
+        if isinstance(exc, psycopg.OperationalError | psycopg_pool.PoolTimeout):
+            return DatabaseUnavailable(f"PostgreSQL at {self._where} is unavailable: {why}")
+        if isinstance(exc, psycopg.DataError | psycopg.IntegrityError | UnicodeError | ValueError):
+            return StoreRefused(f"PostgreSQL refused the data of a write: {why}")
+        return exc
 
     @contextmanager
     def _migration(self) -> Iterator[psycopg.Connection[Any]]:
@@ -120,6 +173,10 @@ class PostgresStore(SQLStore):
             conn.execute(sql.SQL(Q["create_schema"]).format(schema=sql.Identifier(self.schema)))
             conn.execute(Q["set_local_search_path"], (self.schema,))
             yield conn
+
+    def check(self) -> list[str]:
+        """PostgreSQL checks its own pages; nothing for Instar to add."""
+        return []
 
     def _run_script(self, conn: psycopg.Connection[Any], script: str) -> None:
         conn.execute(script)
@@ -236,6 +293,11 @@ class PostgresStore(SQLStore):
 _READ_ONLY = " -c default_transaction_read_only=on"
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def channel_of(schema: str) -> str:
     """The NOTIFY channel of one schema: workers and feeds of other schemas in the
     same database are not woken. Channel names stop at 63 bytes."""
@@ -252,7 +314,7 @@ def _split_url(url: str) -> tuple[str, str]:
     schema = query.pop("schema", "public")
     if not _IDENTIFIER.match(schema):
         raise ConfigurationError(
-            f"schema {schema!r} in {url!r} is not a plain lower-case identifier; "
+            f"schema {schema!r} in {redact(url)!r} is not a plain lower-case identifier; "
             "use letters, digits and underscores"
         )
     scheme = "postgresql"

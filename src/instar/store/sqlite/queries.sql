@@ -32,6 +32,7 @@ SELECT * FROM jobs
 WHERE (:state IS NULL OR state = :state)
   AND (:queue IS NULL OR queue = :queue)
   AND (:name IS NULL OR name = :name)
+  AND (:before IS NULL OR id < :before)
 ORDER BY id DESC
 LIMIT :limit
 
@@ -101,7 +102,8 @@ SET state = m.to_state, version = jobs.version + 1, updated_at = :now,
     attempt = m.attempt, max_attempts = m.max_attempts, run_at = m.run_at,
     next_retry_at = m.next_retry_at, worker = m.worker, lease_token = m.lease_token,
     lease_expires_at = m.lease_expires_at, result = m.result, error = m.error,
-    wake_at = m.wake_at, pause_deadline = m.pause_deadline,
+    wake_at = m.wake_at, pause_deadline = m.pause_deadline, rerun = m.rerun,
+    progress = CASE WHEN m.clear_progress THEN NULL ELSE jobs.progress END,
     cancel_requested = CASE WHEN m.to_state = {claim_to} THEN 0 ELSE jobs.cancel_requested END,
     pause_requested = CASE WHEN m.to_state = {claim_to} THEN 0 ELSE jobs.pause_requested END
 FROM (
@@ -110,7 +112,8 @@ FROM (
            value ->> 6 AS next_retry_at, value ->> 7 AS worker, value ->> 8 AS lease_token,
            value ->> 9 AS lease_expires_at, value ->> 10 AS result, value ->> 11 AS error,
            value ->> 12 AS version, value ->> 13 AS guard_token,
-           value ->> 14 AS wake_at, value ->> 15 AS pause_deadline
+           value ->> 14 AS wake_at, value ->> 15 AS pause_deadline,
+           value ->> 16 AS rerun, value ->> 17 AS clear_progress
     FROM json_each(:moves)
 ) AS m
 WHERE jobs.id = m.job_id AND jobs.state = m.from_state
@@ -121,7 +124,7 @@ RETURNING jobs.id, EXISTS (SELECT 1 FROM dependencies AS d WHERE d.depends_on = 
 -- name: claim_any_queue
 -- One statement claims the whole batch; RETURNING order is not defined, so the caller sorts.
 UPDATE jobs
-SET state = {claim_to}, attempt = attempt + 1, worker = :worker,
+SET state = {claim_to}, attempt = attempt + 1 - rerun, rerun = 0, worker = :worker,
     lease_token = lower(hex(randomblob(8))), lease_expires_at = :now + lease_seconds,
     cancel_requested = 0, pause_requested = 0, version = version + 1, updated_at = :now
 WHERE id IN (SELECT id FROM jobs WHERE state = {claim_from}
@@ -131,7 +134,7 @@ RETURNING *
 
 -- name: claim_from_queues
 UPDATE jobs
-SET state = {claim_to}, attempt = attempt + 1, worker = :worker,
+SET state = {claim_to}, attempt = attempt + 1 - rerun, rerun = 0, worker = :worker,
     lease_token = lower(hex(randomblob(8))), lease_expires_at = :now + lease_seconds,
     cancel_requested = 0, pause_requested = 0, version = version + 1, updated_at = :now
 WHERE id IN (SELECT id FROM jobs WHERE state = {claim_from}
@@ -181,6 +184,10 @@ SELECT * FROM jobs WHERE state IN ({leased}) AND lease_expires_at < :now LIMIT :
 INSERT INTO leaders (role, holder, expires_at) VALUES (:role, :holder, :now + :ttl)
 ON CONFLICT (role) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
 WHERE leaders.holder = excluded.holder OR leaders.expires_at < :now
+
+-- name: quick_check
+-- Reads every page (seconds on a large file): run by `instar migrate`, not on open.
+PRAGMA quick_check(20)
 
 -- name: data_version
 PRAGMA data_version

@@ -9,6 +9,7 @@ processes notice new work).
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 import threading
@@ -18,7 +19,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from instar.errors import ConfigurationError
+from instar.errors import (
+    ConfigurationError,
+    DatabaseCorrupt,
+    DatabaseUnavailable,
+    InstarError,
+    StoreRefused,
+)
 from instar.store.contract import ClaimRequest, NewJob, Wake
 from instar.store.sql_blocks import load_queries
 from instar.store.sql_store import SQLStore
@@ -26,6 +33,8 @@ from instar.store.sql_store import SQLStore
 Q = load_queries("instar.store.sqlite")
 
 SYNCHRONOUS_MODES = ("full", "normal", "extra", "off")
+
+_TEXT = functools.partial(str, encoding="utf-8", errors="surrogateescape")
 
 
 class SQLiteStore(SQLStore):
@@ -65,14 +74,32 @@ class SQLiteStore(SQLStore):
                 timeout=busy_timeout,
                 uri=read_only,
             )
+            # Text another writer stored as invalid UTF-8 still reads back (the bad
+            # bytes as lone surrogates, which Instar escapes wherever it shows them).
+            self._conn.text_factory = _TEXT
             if not read_only:
                 self._conn.execute(Q["pragmas"])
                 self._conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
         except sqlite3.DatabaseError as exc:
+            translated = self._translate(exc)
+            if isinstance(translated, InstarError):
+                raise translated from None
             raise ConfigurationError(
                 f"cannot open SQLite database {path!r}: {exc}; check the path and its permissions"
             ) from None
         self._lock = threading.RLock()
+
+    def check(self) -> list[str]:
+        """SQLite's own quick check of every page: the problems it finds (none: [])."""
+        try:
+            with self._read() as conn:
+                found = [row[0] for row in conn.execute(Q["quick_check"])]
+        except DatabaseCorrupt as damaged:  # too damaged for the check to run
+            return [str(damaged)]
+        if found == ["ok"]:
+            return []
+        lines = [line for row in found for line in str(row).splitlines()]
+        return [line for line in lines if not line.startswith("***")] or lines
 
     # -- plumbing -------------------------------------------------------
 
@@ -87,19 +114,57 @@ class SQLiteStore(SQLStore):
             )
         with self._lock:
             conn = self._conn
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except Exception as exc:
+                raise self._translate(exc) from exc
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
         """Reads share the one connection (autocommit: each statement sees the latest commit)."""
         with self._lock:
-            yield self._conn
+            try:
+                yield self._conn
+            except Exception as exc:
+                raise self._translate(exc) from exc
+
+    def _translate(self, exc: Exception) -> Exception:
+        """A driver error as the Instar error that says what it means for the caller;
+        anything else unchanged."""
+        if isinstance(exc, InstarError):
+            return exc
+        why = str(exc).strip() or type(exc).__name__
+        if isinstance(exc, sqlite3.DatabaseError) and (
+            "malformed" in why or "not a database" in why
+        ):
+            return DatabaseCorrupt(
+                f"the SQLite file {self.path!r} is damaged ({why}); restore it from a "
+                "backup, or move it away to start with a new database"
+            )
+        if isinstance(exc, sqlite3.OperationalError) and "readonly" in why:
+            return ConfigurationError(f"the database {self.path!r} is read-only here ({why})")
+        if isinstance(exc, sqlite3.OperationalError) and (
+            "locked" in why or "busy" in why or "disk" in why or "unable to open" in why
+        ):
+            return DatabaseUnavailable(f"the SQLite file {self.path!r} is unavailable: {why}")
+        if isinstance(
+            exc,
+            sqlite3.DataError
+            | sqlite3.IntegrityError
+            | sqlite3.InterfaceError
+            | UnicodeError
+            | OverflowError
+            | ValueError,
+        ) or (isinstance(exc, sqlite3.OperationalError) and "JSON" in why):
+            return StoreRefused(f"SQLite refused the data of a write: {why}")
+        return exc
 
     _migration = _write
 

@@ -1,0 +1,129 @@
+"""The README says what the code does."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+import instar
+from instar.diagram import render
+from instar.vocabulary import Actor, AwakeableState, DependencyKind, Trigger
+from tests.conftest import POSTGRES, _postgres_or_skip
+
+ROOT = Path(__file__).resolve().parents[2]
+README = (ROOT / "README.md").read_text()
+PYPROJECT = (ROOT / "pyproject.toml").read_text()
+
+
+def test_the_readme_lifecycle_diagram_is_drawn_from_the_table() -> None:
+    block = re.search(r"```mermaid\n(.*?)```", README, re.S)
+    assert block is not None
+    assert block.group(1).strip() == render("mermaid").strip()
+
+
+def python_blocks() -> dict[str, str]:
+    """Every ```python block of the README, by the heading of its section."""
+    blocks: dict[str, str] = {}
+    heading = ""
+    for part in re.split(r"^(## .*)$", README, flags=re.M):
+        if part.startswith("## "):
+            heading = part[3:].strip()
+            continue
+        for n, code in enumerate(re.findall(r"```python\n(.*?)```", part, re.S)):
+            blocks[heading if n == 0 else f"{heading} #{n + 1}"] = code
+    return blocks
+
+
+BLOCKS = python_blocks()
+RUN_HERE = {"A first job", "Durable execution", "Following what happens",
+            "PostgreSQL: many workers on many machines"}  # fmt: skip
+
+
+def run(code: str, namespace: dict[str, Any]) -> dict[str, Any]:
+    namespace.setdefault("__name__", "readme")
+    exec(compile(code, "README.md", "exec"), namespace)
+    return namespace
+
+
+def test_every_python_block_of_the_readme_is_run_by_a_test() -> None:
+    assert set(BLOCKS) == RUN_HERE
+
+
+def test_the_first_job_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    done = run(BLOCKS["A first job"], {})
+    app, job = done["app"], done["job"]
+    assert app.get(job.id).result == {"path": "a.png", "width": 100}
+    app.close()
+
+
+def test_the_durable_execution_example_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    done = run(BLOCKS["Durable execution"], {})
+    app = done["app"]
+    published = done["publish"].enqueue(url="https://example.com/a")
+    approval = done["approve"].enqueue(amount=5)
+    app.run_worker(burst=True)
+    assert app.get(done["report"].id).result == "report built"
+    assert app.get(done["a"].id).result == 3
+    assert app.get(done["b"].id).result == 0 + 1 + 4
+    assert app.get(published.id).result == "uploaded https://example.com/a"
+    assert app.get(approval.id).state.value == "suspended"  # its 60 s sleep
+    app.close()
+
+
+def test_following_events_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    first = run(BLOCKS["A first job"], {})
+    code = BLOCKS["Following what happens"].replace("timeout=60", "timeout=0.2")
+    assert code != BLOCKS["Following what happens"]
+    run(code, {"app": first["app"]})
+    first["app"].close()
+
+
+def test_enqueueing_inside_your_own_transaction_runs() -> None:
+    _postgres_or_skip()
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    url = f"{POSTGRES}?options=-csearch_path%3D{schema}"
+    with instar.App(f"{POSTGRES}?schema={schema}") as app:
+
+        @app.job
+        def ship(order_id: int) -> int:
+            return order_id
+
+        app.migrate()
+        with psycopg.connect(POSTGRES, autocommit=True) as admin:
+            admin.execute(f"CREATE TABLE {schema}.orders (id integer)")
+        try:
+            run(BLOCKS["PostgreSQL: many workers on many machines"], {
+                "psycopg": psycopg, "url": url, "ship": ship
+            })  # fmt: skip
+            app.run_worker(burst=True)
+            assert [(j.name.rsplit(".", 1)[-1], j.result) for j in app.jobs()] == [("ship", 42)]
+        finally:
+            with psycopg.connect(POSTGRES, autocommit=True) as admin:
+                admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+@pytest.mark.parametrize("names", [Trigger, Actor, AwakeableState, DependencyKind])
+def test_the_readme_lists_every_name_of_the_timelines_vocabulary(names: type[Trigger]) -> None:
+    for member in names:
+        assert f"| `{member.value}` | {member.meaning} |" in README, member
+
+
+def test_the_readme_draws_the_layers_import_linter_checks() -> None:
+    contract = tomllib.loads(PYPROJECT)["tool"]["importlinter"]["contracts"][0]
+    assert contract["type"] == "layers"
+    drawn = re.search(r"## Architecture\n.*?```\n(.*?)```", README, re.S)
+    assert drawn is not None
+    firsts = [line.split()[0] for line in drawn.group(1).splitlines() if line[:1].strip()]
+    layers = [layer.split()[0].removeprefix("instar.") for layer in contract["layers"]]
+    assert firsts[: len(layers) - 1] == layers[:-1]

@@ -322,9 +322,22 @@ class _Formatter(logging.Formatter):
     """Level names in lower case (``warning: ...``), and nothing a terminal cannot print."""
 
     def format(self, record: logging.LogRecord) -> str:
-        record = logging.makeLogRecord(record.__dict__)
-        record.levelname = record.levelname.lower()
-        return printable(super().format(record))
+        """One line per line of the message, each with the record's prefix (a worker
+        logs a batch of per-job lines as one record)."""
+        lines = record.getMessage().split("\n")
+        first = logging.makeLogRecord(
+            {
+                **record.__dict__,
+                "msg": lines[0],
+                "args": None,
+                "levelname": record.levelname.lower(),
+            }
+        )
+        head = super().format(first)
+        if len(lines) == 1:
+            return printable(head)
+        prefix = head[: head.index(lines[0])] if lines[0] else head
+        return printable("\n".join([head, *(prefix + line for line in lines[1:])]))
 
 
 class _StderrHandler(logging.Handler):

@@ -10,7 +10,6 @@ import os
 import sys
 import threading
 import time
-from datetime import datetime
 
 import click
 
@@ -25,12 +24,8 @@ from instar.cli.common import (
     reports_errors,
     setup_logging,
 )
-from instar.display import duration
-from instar.errors import ConfigurationError, DatabaseUnavailable, InstarError, InvalidOption
-from instar.lifecycle import State, is_leased
-from instar.models import Event
+from instar.errors import ConfigurationError, DatabaseUnavailable, InvalidOption
 from instar.store.urls import redact
-from instar.vocabulary import Trigger
 
 log = logging.getLogger("instar.worker")
 
@@ -87,12 +82,7 @@ def worker(
         runner = app.worker(
             queues or None, concurrency=concurrency, burst=burst, shutdown_grace=shutdown_grace
         )
-        job_log = None if quiet else JobLog(app, runner.id)
-        try:
-            report = asyncio.run(runner.run())
-        finally:
-            if job_log is not None:
-                job_log.close()
+        report = asyncio.run(runner.run())
     if as_json:
         print_json(
             {
@@ -118,107 +108,6 @@ def worker(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
-
-
-class JobLog:
-    """One log line as each job this worker claims starts, and one as its run ends,
-    read from the event feed in a thread of its own (the worker is not slowed, and
-    the lines say what the timeline recorded). Costs one read of the job per claim,
-    for its name; ``--quiet`` turns it off."""
-
-    FOLLOW_SLICE = 0.5
-    """Seconds each follow of the feed lasts before the thread checks for the end."""
-
-    def __init__(self, app: App, worker_id: str) -> None:
-        self.app = app
-        self.worker_id = worker_id
-        self.cursor = app.last_event_id()
-        self.runs: dict[int, tuple[str, datetime, int]] = {}  # job id: name, start, attempts
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._follow, name="instar-job-log", daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        """Log what the worker's last batch recorded, then stop following."""
-        self._stop.set()
-        self._thread.join(timeout=5 * self.FOLLOW_SLICE)
-
-    def _follow(self) -> None:
-        try:
-            while not self._stop.is_set():
-                self._read(follow=True)
-            self._read(follow=False)
-        except InstarError as exc:  # the worker itself reports database trouble
-            log.warning("per-job log lines stopped: %s", exc)
-
-    def _read(self, *, follow: bool) -> None:
-        timeout = self.FOLLOW_SLICE if follow else None
-        for event in self.app.events(after=self.cursor, follow=follow, timeout=timeout):
-            self.cursor = event.id
-            self.tell(event)
-            if follow and self._stop.is_set():
-                return
-
-    def tell(self, event: Event) -> None:
-        """The line ``event`` calls for, if it starts or ends a run of this worker."""
-        if event.trigger == Trigger.CLAIMED and event.worker == self.worker_id:
-            try:
-                job = self.app.get(event.job_id)
-            except InstarError:
-                return
-            self.runs[event.job_id] = (job.name, event.at, job.max_attempts)
-            log.info(
-                "job %d %s started (attempt %d/%d)",
-                event.job_id,
-                job.name,
-                event.attempt,
-                job.max_attempts,
-            )
-            return
-        run = self.runs.get(event.job_id)
-        if run is None or event.from_state is None or event.from_state == event.to_state:
-            return
-        if not is_leased(event.from_state) or is_leased(event.to_state):
-            if event.to_state is State.SERVING:
-                log.info("job %d %s is serving", event.job_id, run[0])
-            return
-        name, started, attempts = run
-        del self.runs[event.job_id]
-        took = duration((event.at - started).total_seconds())
-        level, words = _run_end(event, took, attempts)
-        log.log(level, "job %d %s %s", event.job_id, name, words)
-
-
-def _run_end(event: Event, took: str, attempts: int) -> tuple[int, str]:
-    """How a run ended, in words, and the level to log it at."""
-    detail = event.detail if isinstance(event.detail, dict) else {}
-    error = ""
-    if "message" in detail:
-        message = " ".join(str(detail["message"]).split())
-        if len(message) > 200:
-            message = message[:199] + "…"
-        error = f": {detail.get('type', 'error')}: {message}"
-    attempt = f"attempt {event.attempt}/{attempts}"
-    match event.to_state:
-        case State.COMPLETED:
-            return logging.INFO, f"completed in {took}"
-        case State.BACKING_OFF:
-            return logging.WARNING, f"failed after {took} ({attempt}), will retry{error}"
-        case State.FAILED:
-            return logging.ERROR, f"failed after {took} ({attempt}){error}"
-        case State.SUSPENDED:
-            return logging.INFO, f"suspended after {took} (its worker is freed)"
-        case State.PAUSED:
-            why = " (retries exhausted)" if event.trigger == Trigger.RETRIES_EXHAUSTED else ""
-            return logging.WARNING if why else logging.INFO, f"paused after {took}{why}{error}"
-        case State.CANCELLED:
-            return logging.INFO, f"cancelled after {took}"
-        case State.READY:
-            return logging.INFO, f"released after {took} (attempt not counted)"
-        case State.ORPHANED:
-            return logging.WARNING, f"lost its lease after {took}"
-        case _:
-            return logging.INFO, f"{event.to_state.value} after {took}"
 
 
 def _wait_for_database(app: App) -> None:

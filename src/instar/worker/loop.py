@@ -56,6 +56,7 @@ from instar.retry import Retry
 from instar.store.contract import ClaimRequest, Move, Note
 from instar.vocabulary import Trigger
 from instar.worker.executor import run_handler
+from instar.worker.job_log import JobLog
 
 log = logging.getLogger("instar.worker")
 
@@ -132,6 +133,7 @@ class Worker:
             self.settings.concurrency, thread_name_prefix="instar-job"
         )
         self._maintenance = Maintenance(engine, self.id)
+        self._job_log = JobLog()
 
     # -- the loop -------------------------------------------------------------
 
@@ -160,6 +162,7 @@ class Worker:
                     if not self._running:
                         break
                 self._start_buffered()
+                self._job_log.flush()
                 wanted = self._claims_wanted()
                 moves, notes = self._take_outbox()
                 if moves or notes or wanted:
@@ -191,6 +194,7 @@ class Worker:
                     continue
                 marker = await self._idle(marker, free=wanted > 0)
             await self._flush()
+            self._job_log.flush()
         finally:
             unsubscribe()
             self._remove_signal_handlers()
@@ -310,6 +314,7 @@ class Worker:
         )
         run = _Run(job, ctx)
         self._running[job.id] = run
+        self._job_log.started(job)
         run.task = asyncio.create_task(self._execute(run), name=f"instar-job-{job.id}")
         run.task.add_done_callback(functools.partial(self._finished, run))
 
@@ -498,6 +503,7 @@ class Worker:
                     move.trigger,
                 )
                 continue
+            self._job_log.moved(move)
             state = move.to_state.value
             self.report.by_state[state] = self.report.by_state.get(state, 0) + 1
             if move.trigger == Trigger.COMPLETED:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -30,6 +31,14 @@ def sleepy(ctx: instar.Context, seconds: float) -> str:
     _log(f"start {ctx.job_id} attempt {ctx.attempt} pid {os.getpid()}")
     if ctx.attempt == 1:
         time.sleep(seconds)
+    return f"done on attempt {ctx.attempt}"
+
+
+@app.job(name="sleepy_async", lease=1.0, queue="fragile")
+async def sleepy_async(ctx: instar.Context, seconds: float) -> str:
+    _log(f"start {ctx.job_id} attempt {ctx.attempt} pid {os.getpid()}")
+    if ctx.attempt == 1:
+        await asyncio.sleep(seconds)
     return f"done on attempt {ctx.attempt}"
 
 

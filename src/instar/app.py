@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, overload
 
-from instar.clock import Clock, SystemClock
+from instar.clock import Clock, DatabaseClock
 from instar.engine import Engine, Operator, Reader
 from instar.engine.feed import EventFeed
 from instar.errors import InvalidOption
@@ -120,7 +120,7 @@ class App:
             self.database, self.database_source = DEFAULT_DATABASE, DatabaseSource.DEFAULT
         self.read_only = read_only
         self.max_payload_bytes = max_payload_bytes
-        self.clock: Clock = clock or SystemClock()
+        self.clock: Clock = clock or DatabaseClock()
         self.registry = Registry()
         self._engine: Engine | None = None
         self._open_lock = threading.Lock()

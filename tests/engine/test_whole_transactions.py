@@ -300,11 +300,17 @@ def test_a_signal_timing_out_and_its_job_waking_happen_together(
     app.run_worker(burst=True)
     clock.advance(31)
     maintenance = Maintenance(app.engine, "m")
-    with failing_once(monkeypatch, "settle_awakeable"):
-        assert maintenance.run_once()["timers"] == 0  # the pass failed whole
-        assert app.get(job.id).state is S.SUSPENDED
-        assert app.awakeables(job.id)[0].state == "pending"
-        assert maintenance.run_once()["timers"] == 1
+    real = SQLTransaction.settle_awakeable
+
+    def broken(tx: SQLTransaction, settlement: Any) -> bool:
+        raise InjectedFault("settle_awakeable failed")
+
+    monkeypatch.setattr(SQLTransaction, "settle_awakeable", broken)
+    assert maintenance.run_once()["timers"] == 0  # the wake-up failed with its timing out
+    assert app.get(job.id).state is S.SUSPENDED
+    assert app.awakeables(job.id)[0].state == "pending"
+    monkeypatch.setattr(SQLTransaction, "settle_awakeable", real)
+    assert maintenance.run_once()["timers"] == 1
     assert app.awakeables(job.id)[0].state == "timed-out"
     app.run_worker(burst=True)
     assert app.get(job.id).result == "too late"

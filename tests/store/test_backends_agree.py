@@ -34,6 +34,7 @@ POSTGRES_ONLY = {
     "claim": "one claim with an optional queue array",
     "notify": "wake-ups through NOTIFY",
     "listen": "wake-ups through LISTEN",
+    "database_time": "the server's clock (SQLite's is this machine's)",
 }
 COLUMNS_ONLY_ON = {
     ("postgresql", "events", "tx"): "the transaction that wrote an event: the feed's order",

@@ -45,9 +45,11 @@ def _plan(path: str, query: str, params: dict[str, object]) -> str:
 
 
 def test_claiming_reads_only_the_ready_index(path: str) -> None:
-    plan = _plan(path, Q["claim_any_queue"], {"worker": "w", "now": 0.0, "limit": 10})
-    assert "jobs_ready" in plan
-    assert "SCAN jobs" not in plan.replace("SCAN jobs USING INDEX jobs_ready", "")
+    for names in (None, '["a", "b"]'):
+        params = {"worker": "w", "now": 0.0, "limit": 10, "names": names}
+        plan = _plan(path, Q["claim_any_queue"], params)
+        assert "jobs_ready" in plan
+        assert "SCAN jobs" not in plan.replace("SCAN jobs USING INDEX jobs_ready", "")
 
 
 def test_timers_and_rescue_read_only_their_partial_indexes(path: str) -> None:

@@ -17,6 +17,7 @@ import pytest
 
 import instar
 from instar.lifecycle import State
+from instar.maintenance.runner import Maintenance
 from tests.jobs_app import app as jobs_app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,11 +118,11 @@ def test_a_job_of_a_worker_killed_mid_job_is_rerun_elsewhere_after_its_lease_exp
 
 
 @pytest.mark.slow
-def test_sigterm_lets_a_worker_process_release_its_job_and_exit(
+def test_sigterm_releases_an_async_job_after_the_grace_and_exits(
     client: instar.App, database: str, tmp_path: Path
 ) -> None:
     log = tmp_path / "runs.log"
-    job = client.enqueue("sleepy", {"seconds": 60})
+    job = client.enqueue("sleepy_async", {"seconds": 60})
     with worker_process(database, log, "--queue", "fragile", "--shutdown-grace", "0.2") as proc:
         _wait_until(lambda: client.get(job.id).state is State.RUNNING)
         proc.send_signal(signal.SIGTERM)
@@ -130,3 +131,33 @@ def test_sigterm_lets_a_worker_process_release_its_job_and_exit(
     # Released uncounted: it shows the attempt it ran, and its next run continues it.
     assert (released.state, released.attempt, released.rerun) == (State.READY, 1, True)
     assert client.history(job.id)[-1].trigger == "released"
+
+
+@pytest.mark.slow
+def test_sigterm_waits_for_a_def_handler_and_a_second_signal_leaves_its_job_to_its_lease(
+    client: instar.App, database: str, tmp_path: Path
+) -> None:
+    """A def handler cannot be stopped: its job must not go back to ready while it
+    can still act (another worker would run it a second time)."""
+    log = tmp_path / "runs.log"
+    job = client.enqueue("sleepy", {"seconds": 60})
+    with worker_process(database, log, "--queue", "fragile", "--shutdown-grace", "0.2") as proc:
+        _wait_until(lambda: client.get(job.id).state is State.RUNNING)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(2.5)  # the grace, and more than two of its one-second leases
+        assert proc.poll() is None, "the worker waits for its def handler"
+        held = client.get(job.id)
+        assert held.state is State.RUNNING, "its lease is kept alive while the handler runs"
+        assert [e.trigger for e in client.history(job.id)][-1] == "claimed", "not released"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    assert client.get(job.id).state is State.RUNNING, "left to its lease, not released"
+    maintenance = Maintenance(client.engine, "rescuer")
+
+    def rescued() -> bool:  # once its lease (one second) has run out
+        maintenance.run_once()
+        return client.get(job.id).state is State.READY
+
+    _wait_until(rescued)
+    moves = [e.to_state for e in client.history(job.id) if e.from_state != e.to_state]
+    assert moves[-2:] == [State.ORPHANED, State.READY]

@@ -177,19 +177,29 @@ def test_a_handler_past_its_timeout_counts_as_a_failed_attempt(app: instar.App) 
     assert done.error is not None and "timeout of 0.05s" in done.error["message"]
 
 
-def test_a_job_whose_handler_is_not_registered_fails_with_a_clear_error(database: str) -> None:
+def test_a_job_whose_handler_a_worker_lacks_waits_for_a_worker_that_has_it(
+    database: str,
+) -> None:
+    """A rolling deploy: an old worker must not fail jobs that only new workers know."""
     with instar.App(database) as producer:
 
         @producer.job(name="mystery")
-        def mystery() -> None:
-            return None
+        def mystery() -> str:
+            return "solved"
 
         job = mystery.enqueue()
-    with instar.App(database) as consumer:
-        consumer.run_worker(burst=True)
-        done = consumer.get(job.id)
-    assert done.state is S.FAILED
-    assert done.error is not None and "no job named 'mystery'" in done.error["message"]
+        with instar.App(database) as old_worker:
+
+            @old_worker.job(name="something_else")
+            def something_else() -> None:
+                return None
+
+            old_worker.run_worker(burst=True)
+            waiting = old_worker.get(job.id)
+            assert (waiting.state, waiting.attempt) == (S.READY, 0), "left for another worker"
+            assert [e.trigger for e in old_worker.history(job.id)] == ["enqueued"]
+        producer.run_worker(burst=True)
+        assert producer.get(job.id).result == "solved"
 
 
 def test_an_operator_retry_runs_a_failed_job_again(app: instar.App) -> None:

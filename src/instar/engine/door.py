@@ -14,10 +14,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from instar.clock import Clock, SystemClock
+from instar.clock import Clock, DatabaseClock
 from instar.engine.moves import plan_move
 from instar.engine.reads import Reader
 from instar.engine.waiting import consequences, release, start_or_fail
@@ -31,12 +31,14 @@ from instar.store.contract import (
     Move,
     NewJob,
     Note,
+    Recheck,
     Request,
     Settlement,
     Store,
     Term,
     Transaction,
     Wake,
+    WorkerInfo,
 )
 from instar.vocabulary import Trigger
 
@@ -45,10 +47,12 @@ _CASCADE_LIMIT = 10_000  # rounds of consequences in one transaction: a chain th
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
-    """A worker's exchange: which reported moves won, and the jobs it claimed."""
+    """A worker's exchange: which reported moves won, the jobs it claimed, and what
+    changed for the jobs it had claimed ahead."""
 
     applied: list[bool]
     claimed: list[Job]
+    rechecked: list[Recheck] = field(default_factory=list)
 
 
 class Engine:
@@ -56,7 +60,9 @@ class Engine:
 
     def __init__(self, store: Store, clock: Clock | None = None) -> None:
         self.store = store
-        self.clock: Clock = clock or SystemClock()
+        self.clock: Clock = clock or DatabaseClock()
+        if isinstance(self.clock, DatabaseClock):
+            self.clock.attach(store.database_time)
         self.read = Reader(store)
         self._listeners: dict[Wake, list[Callable[[], None]]] = {w: [] for w in Wake}
         if store.supports_listen:
@@ -116,15 +122,21 @@ class Engine:
             return self._apply(tx, moves)
 
     def exchange(
-        self, finished: Sequence[Move], notes: Sequence[Note], claim: ClaimRequest | None
+        self,
+        finished: Sequence[Move],
+        notes: Sequence[Note],
+        claim: ClaimRequest | None,
+        recheck: Sequence[int] = (),
     ) -> BatchResult:
         """A worker's turn, in one transaction: its notes, the moves that end its
-        runs (and what they set off), then a claim of new jobs."""
+        runs (and what they set off), what changed for the jobs it claimed ahead
+        (``recheck``: their ids), then a claim of new jobs."""
         with self._transaction() as tx:
             tx.append_notes(notes)
             applied = self._apply(tx, finished) if finished else []
+            rechecked = tx.recheck(claim.worker, recheck) if claim and recheck else []
             claimed = tx.claim(claim) if claim is not None else []
-        return BatchResult(applied, claimed)
+        return BatchResult(applied, claimed, rechecked)
 
     def enqueue(
         self, jobs: Sequence[NewJob], actor: str | None = None, connection: Any = None
@@ -176,6 +188,24 @@ class Engine:
 
     def try_lead(self, role: str, holder: str, ttl: float) -> bool:
         return self.store.try_lead(Term(role, holder, ttl), self.clock.now())
+
+    def resign(self, role: str, holder: str) -> None:
+        self.store.resign(Term(role, holder, 0.0))
+
+    # -- workers -----------------------------------------------------------------------
+
+    def register_worker(self, worker: WorkerInfo) -> None:
+        with self._transaction() as tx:
+            tx.register_worker(worker)
+
+    def unregister_worker(self, worker_id: str) -> None:
+        with self._transaction() as tx:
+            tx.unregister_worker(worker_id)
+
+    def forget_workers(self, unseen_for: float) -> int:
+        """Drop workers not heard of for ``unseen_for`` seconds."""
+        with self._transaction() as tx:
+            return tx.forget_workers(tx.now - unseen_for)
 
     # -- durable execution: what a handler's context writes -------------------------
 

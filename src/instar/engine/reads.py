@@ -10,7 +10,7 @@ from __future__ import annotations
 from instar.errors import AwakeableNotFound, JobNotFound
 from instar.lifecycle import State
 from instar.models import Awakeable, Event, Job, QueueStats
-from instar.store.contract import EventFilter, JobFilter, Store
+from instar.store.contract import EventFilter, JobFilter, Store, WorkerInfo
 from instar.vocabulary import DependencyKind
 
 
@@ -90,6 +90,10 @@ class Reader:
 
     def next_timer_at(self) -> float | None:
         return self._store.next_timer_at()
+
+    def live_workers(self, seen_within: float) -> list[WorkerInfo]:
+        """Workers heard of in the last ``seen_within`` seconds (of the database's time)."""
+        return self._store.live_workers(self._store.database_time() - seen_within)
 
     def change_marker(self) -> int:
         """A number that changes when another process commits: see ``Store.change_marker``."""

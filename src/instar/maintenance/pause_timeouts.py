@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from instar.engine import Engine, plan_move
 from instar.lifecycle import State
-from instar.maintenance.settings import SweepSettings
+from instar.maintenance.settings import SweepSettings, apply_each, plan_each
+from instar.models import Job
+from instar.store.contract import Move
 from instar.vocabulary import Actor, Trigger
 
 
@@ -18,8 +20,8 @@ class PauseTimeouts:
     def run_once(self) -> int:
         now = self.engine.clock.now()
         expired = self.engine.read.expired_pauses(now, self.settings.batch)
-        moves = [
-            plan_move(job, State.CANCELLED, Trigger.PAUSE_TIMEOUT, actor=Actor.SYSTEM)
-            for job in expired
-        ]
-        return sum(self.engine.apply(moves))
+
+        def plan(job: Job) -> list[Move]:
+            return [plan_move(job, State.CANCELLED, Trigger.PAUSE_TIMEOUT, actor=Actor.SYSTEM)]
+
+        return apply_each(self.name, self.engine, plan_each(self.name, expired, plan))

@@ -69,6 +69,13 @@ class Maintenance:
                 )
         return MaintenanceReport(moved)
 
+    def resign(self) -> None:
+        """Give up the leadership now (a clean stop), so another worker takes it
+        at once instead of when the term runs out."""
+        if self._lead_until:
+            self._lead_until = 0.0
+            self.engine.resign(ROLE, self.holder)
+
     def run_if_leader(self) -> MaintenanceReport | None:
         """Renew leadership when half its term is spent; run a pass if we lead."""
         now = self.engine.clock.now()

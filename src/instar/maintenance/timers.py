@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from instar.engine import Engine, plan_move
 from instar.lifecycle import State
-from instar.maintenance.settings import SweepSettings
+from instar.maintenance.settings import SweepSettings, apply_each, plan_each
+from instar.models import Job
 from instar.store.contract import Move
 from instar.vocabulary import Actor, AwakeableState, Trigger
 
@@ -24,19 +25,19 @@ class Timers:
 
     def run_once(self) -> int:
         now = self.engine.clock.now()
-        moves: list[Move] = []
-        for job in self.engine.read.due_timers(now, self.settings.batch):
-            if job.state is State.SUSPENDED:
-                late = tuple(
-                    a.id
-                    for a in self.engine.read.awakeables(job.id)
-                    if a.state is AwakeableState.PENDING
-                    and a.timeout_at is not None
-                    and a.timeout_at.timestamp() <= now
-                )
-                moves.append(
-                    plan_move(job, State.READY, Trigger.WOKE, actor=Actor.SYSTEM, timing_out=late)
-                )
-            else:
-                moves.append(plan_move(job, State.READY, Trigger.DUE, actor=Actor.SYSTEM))
-        return sum(self.engine.apply(moves))
+
+        def plan(job: Job) -> list[Move]:
+            if job.state is not State.SUSPENDED:
+                return [plan_move(job, State.READY, Trigger.DUE, actor=Actor.SYSTEM)]
+            late = tuple(
+                a.id
+                for a in self.engine.read.awakeables(job.id)
+                if a.state is AwakeableState.PENDING
+                and a.timeout_at is not None
+                and a.timeout_at.timestamp() <= now
+            )
+            wake = plan_move(job, State.READY, Trigger.WOKE, actor=Actor.SYSTEM, timing_out=late)
+            return [wake]
+
+        due = self.engine.read.due_timers(now, self.settings.batch)
+        return apply_each(self.name, self.engine, plan_each(self.name, due, plan))

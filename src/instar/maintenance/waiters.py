@@ -12,8 +12,11 @@ from __future__ import annotations
 import logging
 
 from instar.engine import Engine, plan_move
+from instar.errors import DatabaseUnavailable
 from instar.lifecycle import State
-from instar.maintenance.settings import SweepSettings
+from instar.maintenance.settings import SweepSettings, apply_each, plan_each
+from instar.models import Job
+from instar.store.contract import Move
 from instar.vocabulary import Actor, Trigger
 
 log = logging.getLogger("instar.maintenance")
@@ -27,15 +30,23 @@ class Waiters:
         self.settings = settings or SweepSettings()
 
     def run_once(self) -> int:
-        released = self.engine.release_waiters(
-            self.engine.read.stranded_waiters(self.settings.batch)
-        )
+        released = 0
+        for waiter in self.engine.read.stranded_waiters(self.settings.batch):
+            try:
+                released += self.engine.release_waiters([waiter])
+            except DatabaseUnavailable:
+                raise
+            except Exception as exc:
+                log.warning("%s: skipped job %d: %s", self.name, waiter.id, exc)
         detail = {"reason": "suspended with no timer, no pending signal and no child to wait for"}
-        wakes = [
-            plan_move(job, State.READY, Trigger.STRANDED, actor=Actor.SYSTEM, detail=detail)
-            for job in self.engine.read.unwakeable(self.settings.batch)
-        ]
-        woken = sum(self.engine.apply(wakes))
+
+        def plan(job: Job) -> list[Move]:
+            return [
+                plan_move(job, State.READY, Trigger.STRANDED, actor=Actor.SYSTEM, detail=detail)
+            ]
+
+        stranded = self.engine.read.unwakeable(self.settings.batch)
+        woken = apply_each(self.name, self.engine, plan_each(self.name, stranded, plan))
         if woken:
             log.warning("woke %d suspended job(s) that nothing could wake", woken)
         return released + woken

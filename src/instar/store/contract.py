@@ -119,9 +119,14 @@ class Applied:
 
 @dataclass(frozen=True, slots=True)
 class ClaimRequest:
+    """Claim up to ``limit`` ready jobs for ``worker``: from ``queues`` (None: any)
+    and only of the job names in ``names`` (None: any), the handlers the worker
+    has. A job no claimer has a handler for stays ready for one that has."""
+
     worker: str
     limit: int
     queues: Sequence[str] | None
+    names: Sequence[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +160,33 @@ class Held:
     state: State
     cancel_requested: bool
     pause_requested: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Recheck:
+    """What a job claimed ahead (not started yet) must honour before it starts:
+    a cancel or pause asked for since, or its queue paused since; ``held`` is
+    False when its worker no longer holds it."""
+
+    job_id: int
+    held: bool
+    cancel_requested: bool
+    pause_requested: bool
+    queue_paused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A worker as others see it: where it runs, what it can run, when last heard of."""
+
+    id: str
+    host: str
+    pid: int
+    concurrency: int
+    queues: tuple[str, ...] | None
+    handlers: tuple[str, ...]
+    started_at: float = 0.0
+    seen_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,8 +258,22 @@ class JobWrites(Protocol):
         ...
 
     def heartbeat(self, worker: str, job_ids: Sequence[int]) -> list[Held]:
-        """Extend, in one statement, the leases ``worker`` holds on ``job_ids``;
-        returns what each asks of its worker."""
+        """Extend, in one statement, the leases ``worker`` holds on ``job_ids``
+        (and note that the worker was seen); returns what each asks of its worker."""
+        ...
+
+    def recheck(self, worker: str, job_ids: Sequence[int]) -> list[Recheck]:
+        """What changed, since their claim, for jobs ``worker`` claimed ahead."""
+        ...
+
+    def register_worker(self, worker: WorkerInfo) -> None:
+        """Say that ``worker`` runs (or runs still), with what it can run."""
+        ...
+
+    def unregister_worker(self, worker_id: str) -> None: ...
+
+    def forget_workers(self, unseen_since: float) -> int:
+        """Drop workers not heard of since ``unseen_since``; how many."""
         ...
 
     def lock_job(self, job_id: int) -> Job | None:
@@ -375,8 +421,19 @@ class Leadership(Protocol):
         """Take or renew the leadership of ``term.role`` for ``term.ttl`` seconds."""
         ...
 
+    def resign(self, term: Term) -> None:
+        """Give up the leadership of ``term.role`` if ``term.holder`` holds it, so that
+        another process takes it at once instead of when its term runs out."""
+        ...
 
-class Store(JobReads, TimelineReads, DurableReads, SweepReads, Leadership, Protocol):
+
+class WorkerReads(Protocol):
+    def live_workers(self, seen_since: float) -> list[WorkerInfo]:
+        """Workers heard of (a heartbeat, a start) since ``seen_since``."""
+        ...
+
+
+class Store(JobReads, TimelineReads, DurableReads, SweepReads, WorkerReads, Leadership, Protocol):
     """A durable home for jobs and their timelines."""
 
     supports_listen: bool
@@ -410,4 +467,9 @@ class Store(JobReads, TimelineReads, DurableReads, SweepReads, Leadership, Proto
 
     def change_marker(self) -> int:
         """A number that changes when another process commits (cheap to read)."""
+        ...
+
+    def database_time(self) -> float:
+        """The database's clock, epoch seconds: the one clock leases and timers are
+        judged by (SQLite: this machine's)."""
         ...

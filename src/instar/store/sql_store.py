@@ -29,10 +29,12 @@ from instar.store.contract import (
     Move,
     NewJob,
     Note,
+    Recheck,
     Request,
     Settlement,
     Term,
     Wake,
+    WorkerInfo,
 )
 from instar.store.records import (
     awakeables_from,
@@ -241,6 +243,29 @@ class SQLStore(ABC):
         with self._write() as conn:
             return bool(conn.execute(self.Q["try_lead"], params).rowcount == 1)
 
+    def resign(self, term: Term) -> None:
+        with self._write() as conn:
+            conn.execute(self.Q["resign"], {"role": term.role, "holder": term.holder})
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def live_workers(self, seen_since: float) -> list[WorkerInfo]:
+        with self._read() as conn:
+            rows = conn.execute(self.Q["live_workers"], {"since": seen_since}).fetchall()
+        return [
+            WorkerInfo(
+                id=row[0],
+                host=row[1],
+                pid=row[2],
+                concurrency=row[3],
+                queues=None if row[4] is None else tuple(json.loads(row[4])),
+                handlers=tuple(json.loads(row[5])),
+                started_at=row[6],
+                seen_at=row[7],
+            )
+            for row in rows
+        ]
+
 
 class SQLTransaction:
     """Every write of one transaction, on one connection, at one time ``now``."""
@@ -368,8 +393,39 @@ class SQLTransaction:
         return True
 
     def heartbeat(self, worker: str, job_ids: Sequence[int]) -> list[Held]:
+        self.conn.execute(self.Q["worker_seen"], {"id": worker, "now": self.now})
+        if not job_ids:
+            return []
         params = {"worker": worker, "now": self.now, "ids": self.store._id_list(job_ids)}
         return [held_from(row) for row in self.conn.execute(self.Q["heartbeat"], params)]
+
+    def recheck(self, worker: str, job_ids: Sequence[int]) -> list[Recheck]:
+        if not job_ids:
+            return []
+        params = {"worker": worker, "ids": self.store._id_list(job_ids)}
+        return [
+            Recheck(row[0], bool(row[1]), bool(row[2]), bool(row[3]), bool(row[4]))
+            for row in self.conn.execute(self.Q["recheck"], params)
+        ]
+
+    def register_worker(self, worker: WorkerInfo) -> None:
+        params = {
+            "id": worker.id,
+            "host": safe_text(worker.host, 255),
+            "pid": worker.pid,
+            "concurrency": worker.concurrency,
+            "queues": None if worker.queues is None else json.dumps(list(worker.queues)),
+            "handlers": json.dumps(list(worker.handlers)),
+            "now": self.now,
+        }
+        self.conn.execute(self.Q["register_worker"], params)
+
+    def unregister_worker(self, worker_id: str) -> None:
+        self.conn.execute(self.Q["unregister_worker"], {"id": worker_id})
+
+    def forget_workers(self, unseen_since: float) -> int:
+        cursor = self.conn.execute(self.Q["forget_workers"], {"since": unseen_since})
+        return int(cursor.rowcount)
 
     def lock_job(self, job_id: int) -> Job | None:
         found = jobs_from(self.conn.execute(self.Q["lock_job"], (job_id,)))

@@ -2,16 +2,28 @@
 
 One loop, read top to bottom in ``run``:
 
-1. hand the finished runs and queued progress to the engine and claim as
-   many ready jobs as there are free slots, all in one transaction;
-2. start each claimed job as a task (sync handlers go to a thread pool);
+1. in one transaction: write the finished runs and queued progress, learn
+   what changed for the jobs claimed ahead (a cancel, a pause, a paused
+   queue), and claim as many ready jobs as there are free slots (plus some
+   ahead while a backlog lasts), of the names this worker has handlers for;
+2. start claimed jobs while there are free slots: async handlers as tasks,
+   sync ones in a thread pool; a job claimed ahead that could not start
+   within ``claim_ahead_wait`` goes back to ready for an idle worker;
 3. wait until a job finishes, a job is enqueued in this process, another
-   process commits (SQLite's ``data_version``), or the poll interval passes.
+   process commits, or the poll interval passes.
 
-Beside it run the heartbeat (one statement extends every lease this worker
-holds and brings back cancel requests) and maintenance (timers, rescue).
+A slot is free only when no handler occupies it: a ``def`` handler that ran
+past its timeout keeps its thread, and its slot counts as lost until it
+returns. Beside the loop, a thread of its own keeps every lease alive
+(``heartbeat``), and the maintenance services run while this worker leads.
+
 On SIGINT/SIGTERM the worker stops claiming, lets running jobs finish within
-``shutdown_grace``, and hands the rest back to ``ready``.
+``shutdown_grace``, then cancels the ``async def`` ones (their jobs go back to
+ready); a ``def`` handler cannot be stopped, so its job stays this worker's,
+its lease kept alive, until it returns. A second signal ends the worker at
+once: jobs whose handlers still run are left to their leases (rescued when
+they run out, once the process is gone). A clean stop gives up the
+maintenance leadership at once.
 """
 
 from __future__ import annotations
@@ -46,21 +58,26 @@ from instar.engine import (
     outcome_moves,
     refused_report_moves,
 )
-from instar.errors import Fatal, StoreRefused, UnknownJob
+from instar.errors import Fatal, StoreRefused
 from instar.lifecycle import State
 from instar.maintenance.runner import Maintenance
 from instar.models import Job
 from instar.payload import DEFAULT_MAX_BYTES
 from instar.registry import JobDefinition
 from instar.retry import Retry
-from instar.store.contract import ClaimRequest, Move, Note
+from instar.store.contract import ClaimRequest, Held, Move, Note, Recheck, WorkerInfo
 from instar.vocabulary import Trigger
 from instar.worker.executor import run_handler
+from instar.worker.heartbeat import Heartbeat
 from instar.worker.job_log import JobLog
+from instar.worker.outbox import Outbox
 
 log = logging.getLogger("instar.worker")
 
 T = TypeVar("T")
+
+PREFETCH_PAUSE = 5.0
+"""Seconds a worker claims no job ahead after one it claimed ahead had to go back."""
 
 
 @dataclass
@@ -73,6 +90,8 @@ class WorkerSettings:
     maintenance_interval: float = 0.2
     shutdown_grace: float = 10.0
     cancel_grace: float = 10.0
+    claim_ahead_wait: float = 1.0
+    """Seconds a job claimed ahead may wait for a slot before it goes back to ready."""
     handle_signals: bool = True
     max_payload_bytes: int = DEFAULT_MAX_BYTES
 
@@ -83,19 +102,27 @@ class WorkerReport:
     failed: int = 0
     released: int = 0
     refused: int = 0
+    overruns: int = 0
+    """``def`` handlers that ran on past their timeout (their slot lost meanwhile)."""
+    slots_lost: int = 0
+    """Slots held, now, by such handlers."""
     by_state: dict[str, int] = field(default_factory=dict)
 
     def __str__(self) -> str:
-        return (
+        text = (
             f"{self.completed} completed, {self.failed} failed, "
             f"{self.released} released, {self.refused} refused"
         )
+        if self.overruns:
+            text += f", {self.overruns} ran past their timeout"
+        return text
 
 
 @dataclass
 class _Run:
     job: Job
     ctx: Context
+    definition: JobDefinition
     task: asyncio.Task[None] | None = None
 
 
@@ -118,13 +145,14 @@ class Worker:
         self.id = new_worker_id()
         self.report = WorkerReport()
         self._running: dict[int, _Run] = {}
-        self._buffer: deque[Job] = deque()  # claimed ahead, not started yet
+        self._buffer: deque[tuple[Job, float]] = deque()  # claimed ahead, with when
         self._backlog = False
+        self._prefetch_after = 0.0
         self._failures = 0  # consecutive batches the database refused
-        self._outbox_moves: list[Move] = []
-        self._outbox_notes: list[Note] = []
-        self._outbox_lock = threading.Lock()
+        self._outbox = Outbox()
         self._stopping = False
+        self._abandoned = False
+        self._waiting_said = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._wake: asyncio.Event | None = None
@@ -134,6 +162,7 @@ class Worker:
         )
         self._maintenance = Maintenance(engine, self.id)
         self._job_log = JobLog()
+        self._heartbeat = Heartbeat(engine, self._info(), self._held, self._heard)
 
     # -- the loop -------------------------------------------------------------
 
@@ -143,33 +172,31 @@ class Worker:
         self._wake = asyncio.Event()
         unsubscribe = self.engine.subscribe(self._wake_threadsafe)
         self._install_signal_handlers()
-        helpers = [
-            asyncio.create_task(self._heartbeat_loop()),
-            asyncio.create_task(self._maintenance_loop()),
-        ]
+        await self._call(self._heartbeat.start)
+        maintenance = asyncio.create_task(self._maintenance_loop())
         marker = await self._call(self.engine.read.change_marker)
         shutdown_deadline: float | None = None
         log.info("worker %s started (concurrency %d)", self.id, self.settings.concurrency)
         try:
-            while True:
+            while not self._abandoned:
                 if self._stopping:
                     self._release_buffered()
                     shutdown_deadline = (
                         shutdown_deadline or time.monotonic() + self.settings.shutdown_grace
                     )
                     if self._running and time.monotonic() >= shutdown_deadline:
-                        self._release_all()
+                        self._stop_what_can_stop()
                     if not self._running:
                         break
-                self._start_buffered()
+                self._release_stale_buffered()
                 self._job_log.flush()
                 wanted = self._claims_wanted()
-                moves, notes = self._take_outbox()
-                if moves or notes or wanted:
-                    # Tasks started above run while this exchange is in the database thread.
-                    claim = ClaimRequest(self.id, wanted, self.settings.queues) if wanted else None
+                moves, notes = self._outbox.take()
+                recheck = [job.id for job, _ in self._buffer]
+                if moves or notes or wanted or (recheck and self._free_slots()):
+                    claim = self._claim_request(wanted)
                     try:
-                        batch = await self._call(self.engine.exchange, moves, notes, claim)
+                        batch = await self._call(self.engine.exchange, moves, notes, claim, recheck)
                     except StoreRefused as refused:
                         # One report the database cannot store must not hold back the rest.
                         log.warning(
@@ -182,29 +209,127 @@ class Worker:
                         continue
                     self._failures = 0
                     self._count_reports(moves, batch.applied)
-                    self._buffer.extend(batch.claimed)
+                    self._honour(batch.rechecked)
+                    now = time.monotonic()
+                    self._buffer.extend((job, now) for job in batch.claimed)
+                    if batch.claimed:
+                        self._heartbeat.nudge()
                     self._backlog = bool(wanted) and len(batch.claimed) == wanted
+                    self._start_buffered()
                     if batch.claimed or moves or notes:
                         continue
-                if self._outbox_has_items():
+                if self._outbox:
                     continue
                 if self.settings.burst and not self._running and not self._stopping:
                     if not (await self._call(self._maintenance.run_once)).changed:
                         break
                     continue
                 marker = await self._idle(marker, free=wanted > 0)
-            await self._flush()
+            if not self._abandoned:
+                await self._flush()
             self._job_log.flush()
         finally:
             unsubscribe()
             self._remove_signal_handlers()
-            for helper in helpers:
-                helper.cancel()
-            await asyncio.gather(*helpers, return_exceptions=True)
+            maintenance.cancel()
+            await asyncio.gather(maintenance, return_exceptions=True)
+            await self._call(self._give_back)
             self._threads.shutdown(wait=False, cancel_futures=True)
             self._db.shutdown(wait=True)
         log.info("worker %s stopped: %s", self.id, self.report)
         return self.report
+
+    def _claim_request(self, wanted: int) -> ClaimRequest:
+        """Up to ``wanted`` jobs (0: only a recheck), of the names this worker runs."""
+        return ClaimRequest(self.id, wanted, self.settings.queues, names=list(self.registry))
+
+    def _free_slots(self) -> int:
+        """Slots no handler occupies: a ``def`` handler past its timeout keeps its slot."""
+        return self.settings.concurrency - len(self._running) - self.report.slots_lost
+
+    def _claims_wanted(self) -> int:
+        """Free slots, plus as many again while the queue has a backlog: jobs
+        claimed ahead wait in the buffer, so the next batch runs while this
+        one's results are being committed. No claiming ahead for a while after
+        a job claimed ahead had to go back (it would only come back again)."""
+        if self._stopping:
+            return 0
+        free = self._free_slots() - len(self._buffer)
+        ahead = self._backlog and time.monotonic() >= self._prefetch_after
+        prefetch = self.settings.concurrency if ahead else 0
+        return max(0, free + prefetch)
+
+    def _start_buffered(self) -> None:
+        while self._buffer and self._free_slots() > 0:
+            job, _ = self._buffer.popleft()
+            self._start(job)
+
+    def _honour(self, rechecked: Sequence[Recheck]) -> None:
+        """Jobs claimed ahead whose cancel, pause or queue pause came after their
+        claim do not start: they end as asked, or go back to ready."""
+        halted = {r.job_id: r for r in rechecked if not r.held or _asked(r)}
+        if not halted:
+            return
+        kept: deque[tuple[Job, float]] = deque()
+        for job, claimed_at in self._buffer:
+            check = halted.get(job.id)
+            if check is None:
+                kept.append((job, claimed_at))
+            elif not check.held:
+                log.warning("job %d: claimed ahead, but this worker no longer holds it", job.id)
+            elif check.cancel_requested:
+                self._queue_outcome(job, Retry(), Cancelled())
+            elif check.pause_requested:
+                self._queue_outcome(job, Retry(), Paused())
+            else:
+                self._queue_outcome(job, Retry(), Released())
+        self._buffer = kept
+
+    def _release_stale_buffered(self) -> None:
+        """A job claimed ahead that found no slot within ``claim_ahead_wait`` goes
+        back to ready, where an idle worker can take it."""
+        if not self._buffer:
+            return
+        limit = time.monotonic() - self.settings.claim_ahead_wait
+        while self._buffer and self._buffer[0][1] < limit:
+            job, _ = self._buffer.popleft()
+            self._queue_outcome(job, Retry(), Released())
+            self._prefetch_after = time.monotonic() + PREFETCH_PAUSE
+
+    def _claim_ahead_expired(self) -> bool:
+        wait = self.settings.claim_ahead_wait
+        return bool(self._buffer) and time.monotonic() >= self._buffer[0][1] + wait
+
+    def stop(self) -> None:
+        """Stop claiming; let running jobs finish within the shutdown grace."""
+        self._stopping = True
+        self._wake_threadsafe()
+
+    def abandon(self) -> None:
+        """Stop at once: jobs whose handlers still run stay this worker's until
+        their leases run out (after this process is gone)."""
+        self._abandoned = True
+        self.stop()
+
+    async def _idle(self, marker: int, *, free: bool) -> int:
+        """Sleep until there may be work: a wake-up, another process's commit, or
+        the fallback poll (a wake-up that was missed costs at most that long)."""
+        assert self._wake is not None
+        give_up = time.monotonic() + self.settings.fallback_poll_interval
+        while not self._wake.is_set():
+            if free and time.monotonic() >= give_up:
+                return marker
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
+            except TimeoutError:
+                if self._stopping or self._claim_ahead_expired():
+                    break  # back to the loop: the shutdown deadline, the claim-ahead wait
+                if free:
+                    latest = await self._call(self.engine.read.change_marker)
+                    if latest != marker:
+                        return latest
+        self._wake.clear()
+        return marker
 
     async def _retry_later(self, moves: list[Move], notes: list[Note]) -> None:
         """The database refused a batch (locked past the busy timeout, disk full,
@@ -213,9 +338,7 @@ class Worker:
         delay = min(5.0, 0.05 * 2**self._failures)
         error = sys.exc_info()[1]
         log.warning("writing a batch failed (%s); trying again in %.2fs", error, delay)
-        with self._outbox_lock:
-            self._outbox_moves[:0] = moves
-            self._outbox_notes[:0] = notes
+        self._outbox.put_back(moves, notes)
         await asyncio.sleep(delay)
 
     def _write_one_by_one(self, moves: list[Move], notes: list[Note]) -> None:
@@ -245,9 +368,7 @@ class Worker:
             except Exception:
                 retry_notes.append(note)
         if retry_moves or retry_notes:
-            with self._outbox_lock:
-                self._outbox_moves[:0] = retry_moves
-                self._outbox_notes[:0] = retry_notes
+            self._outbox.put_back(retry_moves, retry_notes)
 
     def _fail_refused(self, group: list[Move], refused: StoreRefused) -> None:
         fallback = refused_report_moves(group, refused)
@@ -263,48 +384,15 @@ class Worker:
             # Its lease runs out and maintenance takes it back.
             log.error("job %d: even its failure could not be stored: %s", group[0].job_id, exc)
 
-    def _claims_wanted(self) -> int:
-        """Free slots, plus as many again while the queue has a backlog: jobs
-        claimed ahead wait in the buffer, so the next batch runs while this
-        one's results are being committed."""
-        if self._stopping:
-            return 0
-        held = len(self._running) + len(self._buffer)
-        prefetch = self.settings.concurrency if self._backlog else 0
-        return max(0, self.settings.concurrency + prefetch - held)
-
-    def _start_buffered(self) -> None:
-        while self._buffer and len(self._running) < self.settings.concurrency:
-            self._start(self._buffer.popleft())
-
-    def stop(self) -> None:
-        """Stop claiming; let running jobs finish within the shutdown grace."""
-        self._stopping = True
-        self._wake_threadsafe()
-
-    async def _idle(self, marker: int, *, free: bool) -> int:
-        """Sleep until there may be work: a wake-up, another process's commit, or
-        the fallback poll (a wake-up that was missed costs at most that long)."""
-        assert self._wake is not None
-        give_up = time.monotonic() + self.settings.fallback_poll_interval
-        while not self._wake.is_set():
-            if free and time.monotonic() >= give_up:
-                return marker
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.settings.poll_interval)
-            except TimeoutError:
-                if self._stopping:
-                    break  # back to the loop, which watches the shutdown deadline
-                if free:
-                    latest = await self._call(self.engine.read.change_marker)
-                    if latest != marker:
-                        return latest
-        self._wake.clear()
-        return marker
-
     # -- running one job ------------------------------------------------------------
 
     def _start(self, job: Job) -> None:
+        definition = self.registry.get(job.name)
+        if definition is None:
+            # Claims ask only for this worker's names: the registry changed under it.
+            log.warning("job %d: no handler for %r here; handing it back", job.id, job.name)
+            self._queue_outcome(job, Retry(), Released())
+            return
         ctx = Context(
             job,
             self.id,
@@ -312,7 +400,7 @@ class Worker:
             self.engine,
             max_payload_bytes=self.settings.max_payload_bytes,
         )
-        run = _Run(job, ctx)
+        run = _Run(job, ctx, definition)
         self._running[job.id] = run
         self._job_log.started(job)
         run.task = asyncio.create_task(self._execute(run), name=f"instar-job-{job.id}")
@@ -335,18 +423,15 @@ class Worker:
                 self._running.pop(run.job.id, None)
 
     async def _execute(self, run: _Run) -> None:
-        job = run.job
-        definition = self.registry.get(job.name)
-        if definition is None:
-            error = _fatal(UnknownJob(job.name, list(self.registry)))
-            self._end_run(run, Retry(), Raised(error))
-            return
+        job, definition = run.job, run.definition
+        overrun = functools.partial(self._overran, run)
         outcome: Outcome
         try:
-            outcome = Returned(await run_handler(definition, run.ctx, job.args, self._threads))
+            result = await run_handler(definition, run.ctx, job.args, self._threads, overrun)
+            outcome = Returned(result)
         except asyncio.CancelledError:
             if not run.ctx.cancelled:
-                return  # released at shutdown: _release_all has reported it
+                return  # released at shutdown: _stop_what_can_stop has reported it
             outcome = Cancelled()
         except Suspend as suspension:
             outcome = Suspended(
@@ -362,9 +447,35 @@ class Worker:
             return
         except Exception as error:  # a failure of user code is an outcome, not a crash
             outcome = Raised(error)
+        except BaseException as error:  # sys.exit() in a handler ends its job, not the worker
+            outcome = Raised(_fatal(error))
         if run.ctx.cancelled:
             outcome = Cancelled()
         self._end_run(run, definition.options.retry, outcome)
+
+    def _overran(self, run: _Run, thread: asyncio.Future[Any]) -> None:
+        """A ``def`` handler ran past its timeout: its attempt fails now, but its
+        thread runs on. Its slot counts as lost until the thread ends."""
+        self.report.overruns += 1
+        self.report.slots_lost += 1
+        began = time.monotonic()
+        log.warning(
+            "job %d: its def handler runs on past its timeout; its slot is lost until it "
+            "returns (%d lost)",
+            run.job.id,
+            self.report.slots_lost,
+        )
+
+        def back(_: asyncio.Future[Any]) -> None:
+            self.report.slots_lost -= 1
+            log.warning(
+                "job %d: its def handler returned %.1fs after its timeout; slot back",
+                run.job.id,
+                time.monotonic() - began,
+            )
+            self._wake_threadsafe()
+
+        thread.add_done_callback(back)
 
     def _end_run(self, run: _Run, retry: Retry, outcome: Outcome) -> None:
         """Queue the move that ends a run, once: the first outcome wins."""
@@ -381,45 +492,56 @@ class Worker:
             now=self.engine.clock.now(),
             max_payload_bytes=self.settings.max_payload_bytes,
         )
-        with self._outbox_lock:
-            self._outbox_moves.extend(moves)
+        self._outbox.add(moves=moves)
         self._wake_threadsafe()
 
     def _report(self, entry: Note | Move) -> None:
         """Called from handlers, in any thread: queue a note (or a service's move
-        to serving) for the next batch; entries that arrive while a batch is
-        being written share the next one."""
-        with self._outbox_lock:
-            if isinstance(entry, Move):
-                self._outbox_moves.append(entry)
-            else:
-                self._outbox_notes.append(entry)
+        to serving) for the next batch."""
+        if isinstance(entry, Move):
+            self._outbox.add(moves=[entry])
+        else:
+            self._outbox.add(notes=[entry])
         self._wake_threadsafe()
 
-    def _release_all(self) -> None:
-        """Shutdown grace is over: hand every unfinished job back to ready."""
+    def _stop_what_can_stop(self) -> None:
+        """The shutdown grace is over: ``async def`` handlers are cancelled and their
+        jobs go back to ready. A ``def`` handler cannot be stopped: its job stays
+        this worker's (lease kept alive) until it returns."""
+        waiting = 0
         for run in list(self._running.values()):
+            if not run.definition.is_async:
+                waiting += 1
+                continue
             self._end_run(run, Retry(), Released())
             if run.task is not None:
                 run.task.cancel()
+        if waiting and not self._waiting_said:
+            self._waiting_said = True
+            log.warning(
+                "waiting for %d def handler(s) that cannot be interrupted; their jobs stay "
+                "this worker's until they return (signal again to exit now: their jobs "
+                "come back once their leases run out)",
+                waiting,
+            )
 
     def _release_buffered(self) -> None:
         """Jobs claimed ahead but never started go back to ready, attempt uncounted."""
         while self._buffer:
-            self._queue_outcome(self._buffer.popleft(), Retry(), Released())
+            job, _ = self._buffer.popleft()
+            self._queue_outcome(job, Retry(), Released())
 
     def _cancel_requested(self, job_id: int) -> None:
-        waiting = next((job for job in self._buffer if job.id == job_id), None)
+        waiting = next((entry for entry in self._buffer if entry[0].id == job_id), None)
         if waiting is not None:
             self._buffer.remove(waiting)
-            self._queue_outcome(waiting, Retry(), Cancelled())
+            self._queue_outcome(waiting[0], Retry(), Cancelled())
             return
         run = self._running.get(job_id)
         if run is None or run.ctx.cancelled:
             return
         run.ctx.request_cancel()
-        definition = self.registry.get(run.job.name)
-        if run.task is not None and definition is not None and definition.is_async:
+        if run.task is not None and run.definition.is_async:
             run.task.cancel()
         assert self._loop is not None
         self._loop.call_later(self.settings.cancel_grace, self._force_cancel, run)
@@ -430,34 +552,44 @@ class Worker:
             log.warning("job %d ignored its cancel request for the grace period", run.job.id)
             self._end_run(run, Retry(), Cancelled())
 
-    # -- helpers running beside the loop --------------------------------------------
+    # -- beside the loop -------------------------------------------------------------
 
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._heartbeat_interval())
-            if not self._running and not self._buffer:
-                continue
-            try:
-                ids = [*self._running, *(job.id for job in self._buffer)]
-                held = await self._call(self.engine.heartbeat, self.id, ids)
-            except Exception as exc:
-                log.warning("heartbeat failed (%s); will try again", exc)
-                continue
-            for job in held:
-                if job.cancel_requested:
-                    self._cancel_requested(job.job_id)
-                    continue
-                run = self._running.get(job.job_id)
-                if run is not None:
-                    run.ctx.set_state(job.state)
-                    if job.pause_requested:
-                        run.ctx.request_pause()
+    def _info(self) -> WorkerInfo:
+        queues = None if self.settings.queues is None else tuple(self.settings.queues)
+        return WorkerInfo(
+            id=self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            concurrency=self.settings.concurrency,
+            queues=queues,
+            handlers=tuple(self.registry),
+        )
 
-    def _heartbeat_interval(self) -> float:
-        """A third of the shortest lease held, and at most a second so cancels arrive quickly."""
-        leases = [run.job.lease_seconds for run in self._running.values()]
-        leases += [job.lease_seconds for job in self._buffer]
-        return min([1.0, *(lease / 3 for lease in leases)])
+    def _held(self) -> list[tuple[int, float]]:
+        """(job id, lease seconds) of every job this worker holds: its handlers that
+        really run, and its jobs claimed ahead. Called from the heartbeat's thread:
+        a dict's ``copy`` and a deque's ``list`` are atomic under the GIL."""
+        running = self._running.copy()
+        buffered = list(self._buffer)
+        held = [(job_id, run.job.lease_seconds) for job_id, run in running.items()]
+        return held + [(job.id, job.lease_seconds) for job, _ in buffered]
+
+    def _heard(self, news: list[Held]) -> None:
+        """From the heartbeat's thread: hand what it learned to the loop."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._act_on, news)
+
+    def _act_on(self, news: list[Held]) -> None:
+        for job in news:
+            if job.cancel_requested:
+                self._cancel_requested(job.job_id)
+                continue
+            run = self._running.get(job.job_id)
+            if run is not None:
+                run.ctx.set_state(job.state)
+                if job.pause_requested:
+                    run.ctx.request_pause()
 
     async def _maintenance_loop(self) -> None:
         while True:
@@ -470,6 +602,20 @@ class Worker:
                     self._wake_threadsafe()
             await asyncio.sleep(self.settings.maintenance_interval)
 
+    def _give_back(self) -> None:
+        """On the way out: stop the heartbeat, give up the maintenance leadership,
+        and say this worker is gone, so that others take over at once."""
+        self._heartbeat.stop()
+        for step in (self._maintenance.resign, self._unregister):
+            try:
+                step()
+            except Exception as exc:
+                log.warning("could not %s on the way out: %s", step.__name__.strip("_"), exc)
+
+    def _unregister(self) -> None:
+        if not self._abandoned:
+            self.engine.unregister_worker(self.id)
+
     # -- plumbing -----------------------------------------------------------------
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
@@ -477,18 +623,8 @@ class Worker:
         assert self._loop is not None
         return await self._loop.run_in_executor(self._db, fn, *args)
 
-    def _take_outbox(self) -> tuple[list[Move], list[Note]]:
-        with self._outbox_lock:
-            moves, self._outbox_moves = self._outbox_moves, []
-            notes, self._outbox_notes = self._outbox_notes, []
-        return moves, notes
-
-    def _outbox_has_items(self) -> bool:
-        with self._outbox_lock:
-            return bool(self._outbox_moves or self._outbox_notes)
-
     async def _flush(self) -> None:
-        moves, notes = self._take_outbox()
+        moves, notes = self._outbox.take()
         if moves or notes:
             batch = await self._call(self.engine.exchange, moves, notes, None)
             self._count_reports(moves, batch.applied)
@@ -540,15 +676,20 @@ class Worker:
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if self._stopping:
-            log.warning("second %s: releasing running jobs now", sig.name)
-            self._release_all()
-        else:
-            log.warning(
-                "%s: finishing running jobs (up to %.0fs), claiming no more",
-                sig.name,
-                self.settings.shutdown_grace,
-            )
+            log.warning("second %s: stopping now", sig.name)
+            self._stop_what_can_stop()
+            self.abandon()
+            return
+        log.warning(
+            "%s: finishing running jobs (up to %.0fs), claiming no more",
+            sig.name,
+            self.settings.shutdown_grace,
+        )
         self.stop()
+
+
+def _asked(check: Recheck) -> bool:
+    return check.cancel_requested or check.pause_requested or check.queue_paused
 
 
 def _by_job(moves: Sequence[Move]) -> list[list[Move]]:
@@ -560,11 +701,12 @@ def _by_job(moves: Sequence[Move]) -> list[list[Move]]:
 
 
 def _fatal(error: BaseException) -> Exception:
-    """Wrap an error that no retry can fix (an unregistered job name)."""
+    """Wrap an error that no retry can fix (``sys.exit`` in a handler, an error
+    the worker met ending a run)."""
     try:
         message = str(error)
     except Exception:
         message = f"<an unreadable {type(error).__qualname__}>"
-    fatal = Fatal(message)
+    fatal = Fatal(f"{type(error).__qualname__}: {message}" if message else type(error).__qualname__)
     fatal.__cause__ = error
     return fatal

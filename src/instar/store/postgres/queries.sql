@@ -200,6 +200,7 @@ SET state = {claim_to}, attempt = attempt + CASE WHEN rerun THEN 0 ELSE 1 END, r
 WHERE id IN (SELECT id FROM jobs
              WHERE state = {claim_from}
                AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+               AND (%(names)s::text[] IS NULL OR name = ANY(%(names)s::text[]))
                AND queue NOT IN (SELECT queue FROM paused_queues)
              ORDER BY priority DESC, id
              LIMIT %(limit)s
@@ -351,10 +352,41 @@ SELECT min(t) FROM (
 -- name: expired_leases
 SELECT * FROM jobs WHERE state IN ({leased}) AND lease_expires_at < %(now)s LIMIT %(limit)s
 
+-- name: resign
+DELETE FROM leaders WHERE role = %(role)s AND holder = %(holder)s
+
+-- name: worker_seen
+UPDATE workers SET seen_at = %(now)s WHERE id = %(id)s
+
+-- name: register_worker
+INSERT INTO workers (id, host, pid, concurrency, queues, handlers, started_at, seen_at)
+VALUES (%(id)s, %(host)s, %(pid)s, %(concurrency)s, %(queues)s, %(handlers)s, %(now)s, %(now)s)
+ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at, handlers = excluded.handlers
+
+-- name: unregister_worker
+DELETE FROM workers WHERE id = %(id)s
+
+-- name: forget_workers
+DELETE FROM workers WHERE seen_at < %(since)s
+
+-- name: live_workers
+SELECT id, host, pid, concurrency, queues, handlers, started_at, seen_at
+FROM workers WHERE seen_at >= %(since)s ORDER BY started_at, id
+
+-- name: recheck
+-- Claimed ahead, not started yet: what an operator asked since the claim.
+SELECT id, worker = %(worker)s AND state IN ({leased}), cancel_requested, pause_requested,
+       queue IN (SELECT queue FROM paused_queues)
+FROM jobs WHERE id = ANY(%(ids)s::bigint[])
+
 -- name: try_lead
 INSERT INTO leaders (role, holder, expires_at) VALUES (%(role)s, %(holder)s, %(now)s + %(ttl)s)
 ON CONFLICT (role) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
 WHERE leaders.holder = excluded.holder OR leaders.expires_at < %(now)s
+
+-- name: database_time
+-- The clock leases, start times and timers are judged by.
+SELECT extract(epoch FROM clock_timestamp())::double precision
 
 -- name: current_search_path
 SELECT current_setting('search_path')

@@ -187,6 +187,7 @@ class PostgresStore(SQLStore):
             "now": now,
             "limit": claim.limit,
             "queues": None if claim.queues is None else list(claim.queues),
+            "names": None if claim.names is None else list(claim.names),
         }
         return conn.execute(Q["claim"], params)
 
@@ -284,6 +285,12 @@ class PostgresStore(SQLStore):
             self._marker += 1
         for listener in self._listeners:
             listener(wake)
+
+    def database_time(self) -> float:
+        with self._read() as conn:
+            row = conn.execute(Q["database_time"]).fetchone()
+        assert row is not None
+        return float(row[0])
 
     def change_marker(self) -> int:
         """Counts ready notifications: changes when another process made a job ready."""

@@ -129,6 +129,7 @@ SET state = {claim_to}, attempt = attempt + 1 - rerun, rerun = 0, worker = :work
     cancel_requested = 0, pause_requested = 0, version = version + 1, updated_at = :now
 WHERE id IN (SELECT id FROM jobs WHERE state = {claim_from}
                AND queue NOT IN (SELECT queue FROM paused_queues)
+               AND (:names IS NULL OR name IN (SELECT value FROM json_each(:names)))
              ORDER BY priority DESC, id LIMIT :limit)
 RETURNING *
 
@@ -140,6 +141,7 @@ SET state = {claim_to}, attempt = attempt + 1 - rerun, rerun = 0, worker = :work
 WHERE id IN (SELECT id FROM jobs WHERE state = {claim_from}
                AND queue IN (SELECT value FROM json_each(:queues))
                AND queue NOT IN (SELECT queue FROM paused_queues)
+               AND (:names IS NULL OR name IN (SELECT value FROM json_each(:names)))
              ORDER BY priority DESC, id LIMIT :limit)
 RETURNING *
 
@@ -178,6 +180,33 @@ SELECT min(t) FROM (
 
 -- name: expired_leases
 SELECT * FROM jobs WHERE state IN ({leased}) AND lease_expires_at < :now LIMIT :limit
+
+-- name: resign
+DELETE FROM leaders WHERE role = :role AND holder = :holder
+
+-- name: worker_seen
+UPDATE workers SET seen_at = :now WHERE id = :id
+
+-- name: register_worker
+INSERT INTO workers (id, host, pid, concurrency, queues, handlers, started_at, seen_at)
+VALUES (:id, :host, :pid, :concurrency, :queues, :handlers, :now, :now)
+ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at, handlers = excluded.handlers
+
+-- name: unregister_worker
+DELETE FROM workers WHERE id = :id
+
+-- name: forget_workers
+DELETE FROM workers WHERE seen_at < :since
+
+-- name: live_workers
+SELECT id, host, pid, concurrency, queues, handlers, started_at, seen_at
+FROM workers WHERE seen_at >= :since ORDER BY started_at, id
+
+-- name: recheck
+-- Claimed ahead, not started yet: what an operator asked since the claim.
+SELECT id, worker = :worker AND state IN ({leased}), cancel_requested, pause_requested,
+       queue IN (SELECT queue FROM paused_queues)
+FROM jobs WHERE id IN (SELECT value FROM json_each(:ids))
 
 -- name: try_lead
 -- Take the role if it is free or expired, or renew it if we hold it.

@@ -13,6 +13,7 @@ import functools
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -173,7 +174,12 @@ class SQLiteStore(SQLStore):
             conn.execute(statement)
 
     def _claim(self, conn: sqlite3.Connection, claim: ClaimRequest, now: float) -> sqlite3.Cursor:
-        params: dict[str, Any] = {"worker": claim.worker, "now": now, "limit": claim.limit}
+        params: dict[str, Any] = {
+            "worker": claim.worker,
+            "now": now,
+            "limit": claim.limit,
+            "names": None if claim.names is None else json.dumps(list(claim.names)),
+        }
         if claim.queues is None:
             return conn.execute(Q["claim_any_queue"], params)
         params["queues"] = json.dumps(list(claim.queues))
@@ -228,6 +234,10 @@ class SQLiteStore(SQLStore):
             "SQLite has no notifications; other processes' commits show in "
             "PRAGMA data_version (store.supports_listen is False)"
         )
+
+    def database_time(self) -> float:
+        """SQLite lives on this machine: its clock is this machine's."""
+        return time.time()
 
     def change_marker(self) -> int:
         with self._lock:

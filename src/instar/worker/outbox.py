@@ -1,0 +1,40 @@
+"""What a worker has to report, queued from any thread until its next batch."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from instar.store.contract import Move, Note
+
+
+class Outbox:
+    """Moves (runs that ended, a service that is up) and notes (progress, phases),
+    written with the worker's next batch; reports that arrive while a batch is
+    being written share the one after."""
+
+    def __init__(self) -> None:
+        self._moves: list[Move] = []
+        self._notes: list[Note] = []
+        self._lock = threading.Lock()
+
+    def add(self, moves: Sequence[Move] = (), notes: Sequence[Note] = ()) -> None:
+        with self._lock:
+            self._moves.extend(moves)
+            self._notes.extend(notes)
+
+    def put_back(self, moves: Sequence[Move], notes: Sequence[Note]) -> None:
+        """Reports a batch could not write, ahead of anything queued since."""
+        with self._lock:
+            self._moves[:0] = moves
+            self._notes[:0] = notes
+
+    def take(self) -> tuple[list[Move], list[Note]]:
+        with self._lock:
+            moves, self._moves = self._moves, []
+            notes, self._notes = self._notes, []
+        return moves, notes
+
+    def __bool__(self) -> bool:
+        with self._lock:
+            return bool(self._moves or self._notes)

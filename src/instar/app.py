@@ -16,10 +16,12 @@ import asyncio
 import enum
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any, overload
 
 from instar.clock import Clock, DatabaseClock
@@ -40,7 +42,7 @@ from instar.registry import (
 from instar.registry.limits import check_id, check_limit
 from instar.retry import Retry
 from instar.store import DEFAULT_DATABASE, open_store
-from instar.store.contract import EventFilter, JobFilter
+from instar.store.contract import EventFilter, JobFilter, WorkerInfo
 from instar.store.urls import redact
 from instar.vocabulary import Actor
 from instar.worker.loop import Worker, WorkerReport, WorkerSettings
@@ -211,7 +213,7 @@ class App:
         )
 
         def register(handler: Callable[..., Any]) -> BoundJob:
-            job_name = name or f"{handler.__module__}.{handler.__qualname__}"
+            job_name = name or f"{_module_name(handler.__module__)}.{handler.__qualname__}"
             bound = BoundJob(self, JobDefinition(handler, job_name, options))
             self.registry.add(bound)
             return bound
@@ -346,6 +348,11 @@ class App:
     def dependencies(self, job_id: int) -> list[Job]:
         return self.reader.dependencies(job_id)
 
+    def live_workers(self, seen_within: float = 30.0) -> list[WorkerInfo]:
+        """Workers heard of in the last ``seen_within`` seconds, with the handlers
+        each has: a job whose name none of them has waits for one that has."""
+        return self.reader.live_workers(seen_within)
+
     def last_event_id(self) -> int:
         """The id of the latest event: ``events(after=app.last_event_id(), follow=True)``
         follows what happens from now on."""
@@ -476,6 +483,20 @@ class App:
     ) -> WorkerReport:
         """Run a worker in this thread until stopped (or, with burst, until idle)."""
         return asyncio.run(self.worker(queues, concurrency, burst, **settings).run())
+
+
+def _module_name(module: str) -> str:
+    """A handler's module as an importer sees it: a script run as ``python shop.py``
+    defines its handlers in ``__main__``, but a worker started with ``--app
+    shop:app`` imports them from ``shop``; both must name the job ``shop.ship``."""
+    if module != "__main__":
+        return module
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name and spec.name != "__main__":
+        return str(spec.name)  # python -m package.module
+    path = getattr(main, "__file__", None)
+    return Path(path).stem if path else module
 
 
 def _settled_state(state: State) -> bool:

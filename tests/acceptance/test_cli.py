@@ -402,3 +402,17 @@ def test_a_job_name_or_error_that_is_not_utf8_prints_escaped(db: str, tmp_path: 
     assert "caf\\udce9" in shown.stdout.replace("\n", "")
     as_json = json.loads(instar("show", str(job.id), "--json", database=db).stdout)
     assert as_json["job"]["error"]["message"] == "missing caf\udce9.txt"
+
+
+def test_show_and_jobs_say_when_no_live_worker_has_a_jobs_handler(db: str) -> None:
+    made = instar(
+        "enqueue", "record", "--app", "tests.jobs_app:app", "--args", '{"n": 1}', database=db
+    )
+    assert made.returncode == 0, made.stderr
+    shown = instar("show", "1", database=db)
+    assert "no live worker has a handler for record" in shown.stdout.replace("\n", " ")
+    listed = instar("jobs", "--name", "record", database=db)
+    assert "no live worker has a handler for: record" in listed.stdout
+    ran = instar("worker", "--app", "tests.jobs_app:app", "--burst", database=db)
+    assert ran.returncode == 0, ran.stderr
+    assert "no live worker" not in instar("show", "1", database=db).stdout

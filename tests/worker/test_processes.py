@@ -118,6 +118,26 @@ def test_a_job_of_a_worker_killed_mid_job_is_rerun_elsewhere_after_its_lease_exp
 
 
 @pytest.mark.slow
+def test_live_workers_keep_every_job_whatever_the_lease(
+    client: instar.App, database: str, tmp_path: Path
+) -> None:
+    """Six jobs of three seconds on one-second leases, over three worker processes:
+    the heartbeat keeps every lease, so each job runs once and none is orphaned."""
+    log = tmp_path / "runs.log"
+    with (
+        worker_process(database, log, "--queue", "leased", "--concurrency", "2"),
+        worker_process(database, log, "--queue", "leased", "--concurrency", "2"),
+        worker_process(database, log, "--queue", "leased", "--concurrency", "2"),
+    ):
+        jobs = client.enqueue_many("record_leased", [{"n": n, "seconds": 3} for n in range(6)])
+        _wait_until(lambda: client.counts().get(State.COMPLETED, 0) == 6, timeout=30)
+    runs = Counter(int(line.split()[0]) for line in log.read_text().splitlines())
+    assert runs == Counter(range(6)), "each job ran once"
+    for job in jobs:
+        assert State.ORPHANED not in [e.to_state for e in client.history(job.id)]
+
+
+@pytest.mark.slow
 def test_sigterm_releases_an_async_job_after_the_grace_and_exits(
     client: instar.App, database: str, tmp_path: Path
 ) -> None:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import click
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -21,6 +22,7 @@ from instar.cli.common import (
     opened_app,
     out,
     print_json,
+    printable,
     read_json,
     reports_errors,
 )
@@ -32,7 +34,7 @@ from instar.display import (
     timeline_table,
 )
 from instar.errors import ConfigurationError, InvalidOption
-from instar.lifecycle import State
+from instar.lifecycle import State, is_leased, is_terminal
 from instar.models import Job
 from instar.registry.limits import MAX_LIST, check_limit
 from instar.schemas import AwakeableShape, EventShape, JobBriefShape, JobShape
@@ -136,6 +138,7 @@ def jobs(
         )
         found = fetched[:limit]
         total = None if as_json else _total(app, state, queue, name)
+        known = {h for w in app.live_workers() for h in w.handlers} if not as_json else set()
     if as_json:
         print_json([JobShape.of(job).as_json() for job in found])
         return
@@ -144,6 +147,16 @@ def jobs(
     more = len(fetched) > limit or len(found) == MAX_LIST
     filters = {"state": state, "queue": queue, "name": name}
     out.print(_page_line(found, total, before, filters if more else None))
+    orphans = sorted(
+        {
+            job.name
+            for job in found
+            if not is_terminal(job.state) and not is_leased(job.state) and job.name not in known
+        }
+    )
+    if orphans:
+        names = ", ".join(escape(printable(n)) for n in orphans)
+        out.print(f"[yellow]no live worker has a handler for: {names}[/]")
 
 
 @click.command()
@@ -160,10 +173,13 @@ def show(job_id: int, database: str | None, as_json: bool) -> None:
         children = app.children(job_id)
         dependencies = app.dependencies(job_id)
         now = datetime.fromtimestamp(app.clock.now(), UTC)
+        runners = [w.id for w in app.live_workers() if job.name in w.handlers]
+    waits_for_a_worker = not is_terminal(job.state) and not is_leased(job.state)
     if as_json:
         print_json(
             {
                 "job": JobShape.of(job).as_json(),
+                "live_workers_with_its_handler": runners,
                 "phase": current_phase(timeline),
                 "awakeables": [AwakeableShape.of(a).as_json() for a in awakeables],
                 "children": [JobBriefShape.of(c).as_json() for c in children],
@@ -185,6 +201,11 @@ def show(job_id: int, database: str | None, as_json: bool) -> None:
     out.print(fields_table(fields, now))
     out.print()
     out.print(timeline_table(timeline, now))
+    if waits_for_a_worker and not runners:
+        out.print(
+            f"[yellow]no live worker has a handler for {escape(printable(job.name))}[/]: it waits "
+            "until one runs (instar worker --app module:app)"
+        )
 
 
 def _verb(

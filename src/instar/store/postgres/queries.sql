@@ -76,7 +76,8 @@ SELECT * FROM jobs WHERE id = ANY(%s::bigint[])
 SELECT * FROM jobs
 WHERE (%(state)s::text IS NULL OR state = %(state)s::text)
   AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
-  AND (%(name)s::text IS NULL OR name = %(name)s::text)
+  AND (%(name)s::text IS NULL OR name = %(name)s::text
+       OR right(name, length(%(name)s::text) + 1) = '.' || %(name)s::text)
   AND (%(before)s::bigint IS NULL OR id < %(before)s::bigint)
 ORDER BY id DESC
 LIMIT %(limit)s

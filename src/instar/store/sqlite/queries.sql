@@ -27,11 +27,12 @@ SELECT * FROM jobs WHERE id = ?
 SELECT * FROM jobs WHERE id IN (SELECT value FROM json_each(?))
 
 -- name: list_jobs
--- Newest first; each filter is optional.
+-- Newest first; each filter is optional. A name matches the full name or its
+-- last part ("resize" finds "app.tasks.resize"), as everywhere else.
 SELECT * FROM jobs
 WHERE (:state IS NULL OR state = :state)
   AND (:queue IS NULL OR queue = :queue)
-  AND (:name IS NULL OR name = :name)
+  AND (:name IS NULL OR name = :name OR substr(name, -length(:name) - 1) = '.' || :name)
   AND (:before IS NULL OR id < :before)
 ORDER BY id DESC
 LIMIT :limit

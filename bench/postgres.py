@@ -103,7 +103,13 @@ def claim_plan(conn: psycopg.Connection[Any], limit: int) -> str:
         sql = Q["claim"]
     except (ImportError, KeyError):
         return "plan unknown"
-    params = {"worker": "bench-plan", "now": time.time(), "limit": limit, "queues": None}
+    params = {
+        "worker": "bench-plan",
+        "now": time.time(),
+        "limit": limit,
+        "queues": None,
+        "names": None,
+    }
     plan = "\n".join(str(row[0]) for row in conn.execute(f"EXPLAIN {sql}".encode(), params))
     joins = [j for j in ("Hash Semi Join", "Hash Join", "Nested Loop") if j in plan]
     if "Seq Scan on jobs" in plan:

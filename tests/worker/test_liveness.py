@@ -411,3 +411,16 @@ def test_sys_exit_in_a_handler_fails_its_job_and_the_worker_goes_on(app: instar.
             assert (failed.state, failed.attempt) == (S.FAILED, 1)
             assert failed.error is not None and "SystemExit" in failed.error["message"]
         assert app.wait(after.enqueue().id, timeout=10).result == "still working"
+
+
+def test_maintenance_forgets_workers_unheard_of_for_a_day(
+    frozen_app: instar.App, clock: FrozenClock
+) -> None:
+    app = frozen_app
+    app.engine.register_worker(
+        instar.store.contract.WorkerInfo("gone", "host", 1, 4, None, ("work",))
+    )
+    assert [w.id for w in app.reader.live_workers(60)] == ["gone"]
+    clock.advance(lease_rescue.FORGET_AFTER + 1)
+    Maintenance(app.engine, "m").run_once()
+    assert app.reader.live_workers(10 * lease_rescue.FORGET_AFTER) == []

@@ -23,6 +23,9 @@ from instar.vocabulary import Actor, Trigger
 
 log = logging.getLogger("instar.maintenance")
 
+FORGET_AFTER = 86400.0
+"""Seconds after its last heartbeat that a worker is dropped from the workers table."""
+
 
 class LeaseRescue:
     name = "lease_rescue"
@@ -37,6 +40,7 @@ class LeaseRescue:
         rescued = apply_each(self.name, self.engine, plan_each(self.name, expired, _rescue))
         if rescued:
             log.warning("re-queued or failed %d job(s) whose worker was lost", rescued)
+        self.engine.forget_workers(FORGET_AFTER)
         return rescued
 
 

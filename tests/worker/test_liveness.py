@@ -23,6 +23,7 @@ from instar.lifecycle import State
 from instar.maintenance import lease_rescue
 from instar.maintenance.runner import Maintenance
 from instar.store.contract import Term
+from instar.worker.loop import RECHECKED_LATELY
 from tests.conftest import running_worker
 from tests.factory import job_in
 
@@ -323,6 +324,7 @@ def test_a_job_claimed_ahead_honours_a_queue_pause_that_came_after_its_claim(
     with running_worker(app, concurrency=1) as worker:
         assert first_runs.wait(10)
         wait_until(lambda: len(worker._buffer) > 0, what="a job claimed ahead")
+        time.sleep(2 * RECHECKED_LATELY)  # asked after its last check: it must be honoured
         app.pause_queue("line")
         go_on.set()
         assert app.wait(jobs[0].id, timeout=10).state is S.COMPLETED
@@ -351,6 +353,7 @@ def test_a_job_claimed_ahead_is_cancelled_without_running(app: instar.App) -> No
     with running_worker(app, concurrency=1) as worker:
         assert first_runs.wait(10)
         wait_until(lambda: len(worker._buffer) > 0, what="a job claimed ahead")
+        time.sleep(2 * RECHECKED_LATELY)
         assert app.cancel(jobs[1].id).cancel_requested
         go_on.set()
         assert app.wait(jobs[1].id, timeout=10).state is S.CANCELLED

@@ -79,6 +79,13 @@ T = TypeVar("T")
 PREFETCH_PAUSE = 5.0
 """Seconds a worker claims no job ahead after one it claimed ahead had to go back."""
 
+MAX_CLAIM = 500
+"""Jobs one batch claims at most."""
+
+RECHECKED_LATELY = 0.1
+"""Seconds after a batch rechecked the jobs claimed ahead during which a slot that
+frees starts the next of them at once, without waiting for the next batch."""
+
 
 @dataclass
 class WorkerSettings:
@@ -148,6 +155,8 @@ class Worker:
         self._buffer: deque[tuple[Job, float]] = deque()  # claimed ahead, with when
         self._backlog = False
         self._prefetch_after = 0.0
+        self._pace = Pace()
+        self._rechecked_at = -1.0
         self._failures = 0  # consecutive batches the database refused
         self._outbox = Outbox()
         self._stopping = False
@@ -210,6 +219,7 @@ class Worker:
                     self._failures = 0
                     self._count_reports(moves, batch.applied)
                     self._honour(batch.rechecked)
+                    self._rechecked_at = time.monotonic()
                     now = time.monotonic()
                     self._buffer.extend((job, now) for job in batch.claimed)
                     if batch.claimed:
@@ -248,16 +258,19 @@ class Worker:
         return self.settings.concurrency - len(self._running) - self.report.slots_lost
 
     def _claims_wanted(self) -> int:
-        """Free slots, plus as many again while the queue has a backlog: jobs
-        claimed ahead wait in the buffer, so the next batch runs while this
-        one's results are being committed. No claiming ahead for a while after
-        a job claimed ahead had to go back (it would only come back again)."""
+        """Free slots, plus, while the queue has a backlog, as many jobs ahead as
+        this worker starts in half its ``claim_ahead_wait`` at its current pace:
+        the batch grows with the pace, not with the number of slots, and a job
+        claimed ahead is one that will start soon. No claiming ahead for a while
+        after a job claimed ahead had to go back (it would only come back again)."""
         if self._stopping:
             return 0
-        free = self._free_slots() - len(self._buffer)
-        ahead = self._backlog and time.monotonic() >= self._prefetch_after
-        prefetch = self.settings.concurrency if ahead else 0
-        return max(0, free + prefetch)
+        ahead = 0
+        if self._backlog and time.monotonic() >= self._prefetch_after:
+            soon = self._pace.per_second() * self.settings.claim_ahead_wait / 2
+            ahead = max(self.settings.concurrency, int(soon))
+        wanted = self._free_slots() + ahead - len(self._buffer)
+        return max(0, min(wanted, MAX_CLAIM))
 
     def _start_buffered(self) -> None:
         while self._buffer and self._free_slots() > 0:
@@ -402,6 +415,7 @@ class Worker:
         )
         run = _Run(job, ctx, definition)
         self._running[job.id] = run
+        self._pace.started()
         self._job_log.started(job)
         run.task = asyncio.create_task(self._execute(run), name=f"instar-job-{job.id}")
         run.task.add_done_callback(functools.partial(self._finished, run))
@@ -478,11 +492,19 @@ class Worker:
         thread.add_done_callback(back)
 
     def _end_run(self, run: _Run, retry: Retry, outcome: Outcome) -> None:
-        """Queue the move that ends a run, once: the first outcome wins."""
+        """Queue the move that ends a run, once: the first outcome wins. The slot it
+        frees takes the next job claimed ahead at once, if a batch rechecked those
+        lately (else the loop's next batch rechecks them first)."""
         if self._running.get(run.job.id) is not run:
             return
         del self._running[run.job.id]
         self._queue_outcome(run.ctx.job, retry, outcome)
+        if (
+            self._buffer
+            and not self._stopping
+            and time.monotonic() - self._rechecked_at < RECHECKED_LATELY
+        ):
+            self._start_buffered()
 
     def _queue_outcome(self, job: Job, retry: Retry, outcome: Outcome) -> None:
         moves = outcome_moves(
@@ -686,6 +708,32 @@ class Worker:
             self.settings.shutdown_grace,
         )
         self.stop()
+
+
+class Pace:
+    """How many jobs this worker starts per second, lately (an average over about
+    the last second, updated as jobs start)."""
+
+    WINDOW = 1.0
+
+    def __init__(self) -> None:
+        self._rate = 0.0
+        self._count = 0
+        self._since = time.monotonic()
+
+    def started(self) -> None:
+        self._count += 1
+        now = time.monotonic()
+        if now - self._since >= self.WINDOW / 4:
+            fresh = self._count / (now - self._since)
+            self._rate = fresh if self._rate == 0.0 else 0.5 * self._rate + 0.5 * fresh
+            self._count = 0
+            self._since = now
+
+    def per_second(self) -> float:
+        if time.monotonic() - self._since > self.WINDOW:
+            return 0.0  # nothing started lately: no pace to go by
+        return self._rate
 
 
 def _asked(check: Recheck) -> bool:

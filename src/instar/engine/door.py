@@ -92,9 +92,9 @@ class Engine:
                 listener()
 
     @contextmanager
-    def _transaction(self, connection: Any = None) -> Iterator[Transaction]:
+    def _transaction(self, connection: Any = None, pipeline: bool = False) -> Iterator[Transaction]:
         """One store transaction; listeners are told once it has committed."""
-        with self.store.transaction(self.clock.now(), connection) as tx:
+        with self.store.transaction(self.clock.now(), connection, pipeline=pipeline) as tx:
             yield tx
             wakes = set(tx.wakes())
         if connection is None:  # the caller's transaction has not committed yet
@@ -131,7 +131,7 @@ class Engine:
         """A worker's turn, in one transaction: its notes, the moves that end its
         runs (and what they set off), what changed for the jobs it claimed ahead
         (``recheck``: their ids), then a claim of new jobs."""
-        with self._transaction() as tx:
+        with self._transaction(pipeline=True) as tx:
             tx.append_notes(notes)
             applied = self._apply(tx, finished) if finished else []
             rechecked = tx.recheck(claim.worker, recheck) if claim and recheck else []

@@ -263,7 +263,8 @@ class JobWrites(Protocol):
         ...
 
     def recheck(self, worker: str, job_ids: Sequence[int]) -> list[Recheck]:
-        """What changed, since their claim, for jobs ``worker`` claimed ahead."""
+        """Jobs ``worker`` claimed ahead that must not start as they are: asked to
+        cancel or pause, their queue paused, or no longer held (usually none)."""
         ...
 
     def register_worker(self, worker: WorkerInfo) -> None:
@@ -453,11 +454,13 @@ class Store(JobReads, TimelineReads, DurableReads, SweepReads, WorkerReads, Lead
     def close(self) -> None: ...
 
     def transaction(
-        self, now: float, connection: Any = None
+        self, now: float, connection: Any = None, *, pipeline: bool = False
     ) -> AbstractContextManager[Transaction]:
         """One write transaction at time ``now``. With ``connection`` (a driver
         connection of the caller's, PostgreSQL only) it joins the caller's
-        open transaction and commits or rolls back with it."""
+        open transaction and commits or rolls back with it. ``pipeline``: send
+        statements whose results are not read without waiting for each (the
+        worker's batches; PostgreSQL's pipeline mode, nothing on SQLite)."""
         ...
 
     def watch(self, listener: Callable[[Wake], None]) -> None:

@@ -16,16 +16,17 @@ from instar.lifecycle import State
 from instar.models import Awakeable, Event, Job, Progress
 from instar.payload import decode, safe_text
 from instar.store.contract import Held, Move, NewJob, Note
-from instar.vocabulary import AwakeableState, Trigger
+from instar.vocabulary import AwakeableState
 
 
 class Cursor(Protocol):
-    """What both drivers' cursors offer: a description and rows to iterate."""
+    """What both drivers' cursors offer: the rows, then their description (read
+    after the rows: in psycopg's pipeline mode it is known only once they came)."""
 
     @property
     def description(self) -> Any: ...
 
-    def __iter__(self) -> Any: ...
+    def fetchall(self) -> Any: ...
 
 
 def rounds(moves: Sequence[Move]) -> list[list[Move]]:
@@ -43,7 +44,8 @@ def rounds(moves: Sequence[Move]) -> list[list[Move]]:
 
 
 def moves_json(moves: Sequence[Move]) -> str:
-    """The moves as JSON arrays, in the column order ``move_batch`` reads."""
+    """The moves as JSON arrays, in the column order ``move_batch`` reads (0-17)
+    and then what their events need (18-21: trigger, reporter, actor, detail)."""
     return json.dumps(
         [
             (
@@ -65,6 +67,10 @@ def moves_json(moves: Sequence[Move]) -> str:
                 m.pause_deadline,
                 m.rerun,
                 m.clear_progress,
+                m.trigger,
+                m.reporter,
+                _text(m.actor),
+                m.detail_json,
             )
             for m in moves
         ],
@@ -72,32 +78,8 @@ def moves_json(moves: Sequence[Move]) -> str:
     )
 
 
-def move_event(move: Move, now: float) -> tuple[Any, ...]:
-    """The event of a move, naming the worker that reported it (None for a move an
-    operator or maintenance made)."""
-    return (
-        move.job_id,
-        now,
-        move.from_state.value,
-        move.to_state.value,
-        move.trigger,
-        move.attempt,
-        move.reporter,
-        _text(move.actor),
-        move.detail_json,
-    )
-
-
 def _text(value: str | None) -> str | None:
     return None if value is None else safe_text(value)
-
-
-def refusal_note(move: Move) -> Note:
-    """A report from a worker whose lease token is stale: kept in the timeline, not applied."""
-    detail = json.dumps(
-        {"trigger": move.trigger, "refused": move.to_state.value, "reason": "stale lease token"}
-    )
-    return Note(move.job_id, Trigger.REFUSED.value, move.reporter, move.actor, detail)
 
 
 def note_params(note: Note, now: float) -> dict[str, Any]:
@@ -141,6 +123,7 @@ def new_job_record(job_id: int, new: NewJob, created: datetime) -> Job:
 
 def jobs_from(cursor: Cursor) -> list[Job]:
     """Rows of ``SELECT *``/``RETURNING *`` as Jobs; columns found by name once per query."""
+    rows = cursor.fetchall()
     at = {d[0]: i for i, d in enumerate(cursor.description)}
     (i_id, i_name, i_queue, i_state, i_priority, i_attempt, i_max, i_args, i_result, i_error,
      i_key, i_run_at, i_retry_at, i_created, i_updated, i_worker, i_token, i_expires,
@@ -155,7 +138,7 @@ def jobs_from(cursor: Cursor) -> list[Job]:
         )
     )  # fmt: skip
     jobs = []
-    for row in cursor:
+    for row in rows:
         progress = row[i_progress]
         jobs.append(
             Job(
@@ -198,6 +181,7 @@ def held_from(row: tuple[Any, ...]) -> Held:
 
 
 def awakeables_from(cursor: Cursor) -> list[Awakeable]:
+    rows = cursor.fetchall()
     at = {d[0]: i for i, d in enumerate(cursor.description)}
     return [
         Awakeable(
@@ -211,7 +195,7 @@ def awakeables_from(cursor: Cursor) -> list[Awakeable]:
             created_at=datetime_of(row[at["created_at"]]),
             resolved_at=to_datetime(row[at["resolved_at"]]),
         )
-        for row in cursor
+        for row in rows
     ]
 
 
@@ -220,6 +204,7 @@ def datetime_of(epoch: float) -> datetime:
 
 
 def events_from(cursor: Cursor) -> list[Event]:
+    rows = cursor.fetchall()
     at = {d[0]: i for i, d in enumerate(cursor.description)}
     return [
         Event(
@@ -234,5 +219,5 @@ def events_from(cursor: Cursor) -> list[Event]:
             actor=row[at["actor"]],
             detail=decode(row[at["detail"]]),
         )
-        for row in cursor
+        for row in rows
     ]

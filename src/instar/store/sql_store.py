@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-from instar.lifecycle import CLAIM, State
+from instar.lifecycle import State
 from instar.models import Awakeable, Event, Job, QueueStats
 from instar.payload import safe_text
 from instar.store.contract import (
@@ -42,11 +42,9 @@ from instar.store.records import (
     events_from,
     held_from,
     jobs_from,
-    move_event,
     moves_json,
     new_job_record,
     note_params,
-    refusal_note,
     rounds,
 )
 from instar.store.sql_blocks import load_migrations
@@ -63,7 +61,7 @@ class SQLStore(ABC):
     # -- what a backend supplies -------------------------------------------------
 
     @abstractmethod
-    def _write(self, connection: Any = None) -> AbstractContextManager[Any]:
+    def _write(self, connection: Any = None, pipeline: bool = False) -> AbstractContextManager[Any]:
         """A connection inside one write transaction, committed on success."""
 
     @abstractmethod
@@ -120,8 +118,10 @@ class SQLStore(ABC):
     # -- writes -------------------------------------------------------------------
 
     @contextmanager
-    def transaction(self, now: float, connection: Any = None) -> Iterator[SQLTransaction]:
-        with self._write(connection) as conn:
+    def transaction(
+        self, now: float, connection: Any = None, *, pipeline: bool = False
+    ) -> Iterator[SQLTransaction]:
+        with self._write(connection, pipeline) as conn:
             tx = SQLTransaction(self, conn, now)
             yield tx
             if tx.wakes():
@@ -332,27 +332,23 @@ class SQLTransaction:
         won = [False] * len(moves)
         awaited: set[int] = set()
         index = {id(move): i for i, move in enumerate(moves)}
-        events = []
-        refusals = []
         for round_ in rounds(moves):
-            params = {"moves": moves_json(round_), "now": now}
+            # One UPDATE per round; the events of the moves that won, and the notes
+            # of reports refused for a stale lease, set-based from the same JSON.
+            params = {"moves": moves_json(round_), "now": now, "refused": Trigger.REFUSED.value}
             rows = conn.execute(self.Q["move_batch"], params).fetchall()
-            winners = {row[0] for row in rows}
+            winners = [row[0] for row in rows]
             awaited.update(row[0] for row in rows if row[1])
+            params["won"] = self.store._id_list(winners)
+            if winners:
+                conn.execute(self.Q["insert_move_events"], params)
+            if len(winners) < len(round_) and any(m.guard_token for m in round_):
+                conn.execute(self.Q["insert_refusals"], params)
+            taken = set(winners)
             for move in round_:
-                ok = move.job_id in winners
-                won[index[id(move)]] = ok
-                if ok:
-                    events.append(move_event(move, now))
-                elif move.guard_token is not None:
-                    refusals.append(note_params(refusal_note(move), now))
-        if events:
-            conn.cursor().executemany(self.Q["insert_event"], events)
-        if refusals:
-            conn.cursor().executemany(self.Q["insert_note"], refusals)
-        if events or refusals:
-            ready = any(ok and m.to_state is State.READY for m, ok in zip(moves, won, strict=True))
-            self._appended(ready)
+                won[index[id(move)]] = move.job_id in taken
+        ready = any(ok and m.to_state is State.READY for m, ok in zip(moves, won, strict=True))
+        self._appended(ready)
         return Applied(won, frozenset(awaited))
 
     def claim(self, request: ClaimRequest) -> list[Job]:
@@ -361,24 +357,12 @@ class SQLTransaction:
         rows = jobs_from(self.store._claim(self.conn, request, self.now))
         claimed = sorted(rows, key=lambda j: (-j.priority, j.id))
         if claimed:
-            from_state, to_state = CLAIM
-            self.conn.cursor().executemany(
-                self.Q["insert_event"],
-                [
-                    (
-                        j.id,
-                        self.now,
-                        from_state.value,
-                        to_state.value,
-                        Trigger.CLAIMED.value,
-                        j.attempt,
-                        request.worker,
-                        None,
-                        None,
-                    )
-                    for j in claimed
-                ],
-            )
+            params = {
+                "ids": self.store._id_list([j.id for j in claimed]),
+                "now": self.now,
+                "trigger": Trigger.CLAIMED.value,
+            }
+            self.conn.execute(self.Q["insert_claim_events"], params)
             self._appended()
         return claimed
 

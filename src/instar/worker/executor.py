@@ -1,65 +1,84 @@
-"""Runs one handler call: async handlers as tasks, sync ones in a thread pool.
+"""Runs one handler call and says how it ended, as an outcome.
 
-A handler's timeout counts from the moment the handler starts, not from the
-moment its call was queued. An ``async def`` handler that runs past it is
-cancelled. A ``def`` handler cannot be stopped from outside its thread: the
-attempt fails at the timeout, but the thread runs on until the function
-returns; ``on_overrun`` is told, with the thread's future, so that the worker
-counts that thread's slot as lost until it ends.
+``async def`` handlers run as tasks on the worker's event loop, under their
+timeout (seconds from the handler's start; past it the handler is cancelled).
+``def`` handlers run in a thread of the worker's pool, called directly there
+(no asyncio hop per job): the worker arms their timeout when they start, and
+a ``def`` handler cannot be stopped from outside its thread, so one that runs
+past its timeout keeps its thread until it returns.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from instar.context import Context
+from instar.control import CancelNow, LeaseLost, PauseNow, Suspend
+from instar.engine import Cancelled, Outcome, Paused, Raised, Returned, Suspended
+from instar.errors import Fatal
 from instar.registry import JobDefinition
 
 
-async def run_handler(
-    definition: JobDefinition,
-    ctx: Context,
-    args: dict[str, Any],
-    threads: ThreadPoolExecutor,
-    on_overrun: Callable[[asyncio.Future[Any]], None],
-) -> Any:
-    """Call the handler with the job's arguments, under its timeout (seconds, from
-    the handler's start). Raises what the handler raises, or ``TimeoutError``."""
+def outcome_of(error: BaseException) -> Outcome | None:
+    """How a run that raised ``error`` ends; None when the worker lost the job's
+    lease (its report would be refused: the run is dropped)."""
+    match error:
+        case Suspend():
+            return Suspended(error.wake_at, error.detail, error.awaiting, error.joining)
+        case PauseNow():
+            return Paused()
+        case CancelNow():
+            return Cancelled()
+        case LeaseLost():
+            return None
+        case Exception():  # a failure of user code is an outcome, not a crash
+            return Raised(error)
+        case _:  # sys.exit() in a handler ends its job, not the worker
+            return Raised(fatal(error))
+
+
+def call_sync(definition: JobDefinition, ctx: Context, args: dict[str, Any]) -> Outcome | None:
+    """Call a ``def`` handler in this (pool) thread; never raises."""
     call_args = (ctx,) if definition.takes_context else ()
-    timeout = definition.options.timeout
-    if definition.is_async:
-        work = definition.fn(*call_args, **args)
-        if timeout is None:
-            return await work
-        try:
-            return await asyncio.wait_for(work, timeout)
-        except TimeoutError:
-            raise _past(ctx, definition, timeout) from None
-    loop = asyncio.get_running_loop()
-    started: asyncio.Future[None] = loop.create_future()
-
-    def call() -> Any:
-        loop.call_soon_threadsafe(_set, started)
-        return definition.fn(*call_args, **args)
-
-    running = loop.run_in_executor(threads, call)
-    if timeout is None:
-        return await running
-    await started
     try:
-        return await asyncio.wait_for(asyncio.shield(running), timeout)
-    except TimeoutError:
-        on_overrun(running)
-        raise _past(ctx, definition, timeout) from None
+        return Returned(definition.fn(*call_args, **args))
+    except BaseException as error:
+        return outcome_of(error)
 
 
-def _set(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+async def call_async(
+    definition: JobDefinition, ctx: Context, args: dict[str, Any]
+) -> Outcome | None:
+    """Await an ``async def`` handler under its timeout. Raises ``CancelledError``
+    when the worker cancels the run; otherwise never raises."""
+    call_args = (ctx,) if definition.takes_context else ()
+    limit = asyncio.timeout(definition.options.timeout)
+    try:
+        async with limit:
+            return Returned(await definition.fn(*call_args, **args))
+    except asyncio.CancelledError:
+        raise
+    except TimeoutError as error:
+        return Raised(past_timeout(ctx, definition)) if limit.expired() else outcome_of(error)
+    except BaseException as error:
+        return outcome_of(error)
 
 
-def _past(ctx: Context, definition: JobDefinition, timeout: float) -> TimeoutError:
+def past_timeout(ctx: Context, definition: JobDefinition) -> TimeoutError:
+    timeout = definition.options.timeout
     return TimeoutError(f"job {ctx.job_id} ({definition.name}) ran past its timeout of {timeout}s")
+
+
+def fatal(error: BaseException) -> Exception:
+    """Wrap an error that no retry can fix (``sys.exit`` in a handler, an error
+    the worker met ending a run)."""
+    try:
+        message = str(error)
+    except Exception:
+        message = f"<an unreadable {type(error).__qualname__}>"
+    wrapped = Fatal(
+        f"{type(error).__qualname__}: {message}" if message else type(error).__qualname__
+    )
+    wrapped.__cause__ = error
+    return wrapped

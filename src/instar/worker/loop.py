@@ -45,7 +45,6 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from instar.context import Context
-from instar.control import CancelNow, LeaseLost, PauseNow, Suspend
 from instar.engine import (
     Cancelled,
     Engine,
@@ -53,12 +52,10 @@ from instar.engine import (
     Paused,
     Raised,
     Released,
-    Returned,
-    Suspended,
     outcome_moves,
     refused_report_moves,
 )
-from instar.errors import Fatal, StoreRefused
+from instar.errors import StoreRefused
 from instar.lifecycle import State
 from instar.maintenance.runner import Maintenance
 from instar.models import Job
@@ -67,7 +64,7 @@ from instar.registry import JobDefinition
 from instar.retry import Retry
 from instar.store.contract import ClaimRequest, Held, Move, Note, Recheck, WorkerInfo
 from instar.vocabulary import Trigger
-from instar.worker.executor import run_handler
+from instar.worker.executor import call_async, call_sync, fatal, past_timeout
 from instar.worker.heartbeat import Heartbeat
 from instar.worker.job_log import JobLog
 from instar.worker.outbox import Outbox
@@ -130,7 +127,10 @@ class _Run:
     job: Job
     ctx: Context
     definition: JobDefinition
-    task: asyncio.Task[None] | None = None
+    task: asyncio.Task[None] | None = None  # an async def handler's
+    timer: asyncio.TimerHandle | None = None  # a def handler's timeout
+    overran: bool = False  # a def handler past its timeout, still in its thread
+    began: float = 0.0
 
 
 def new_worker_id() -> str:
@@ -166,6 +166,8 @@ class Worker:
         self._loop_thread = 0
         self._wake: asyncio.Event | None = None
         self._db = ThreadPoolExecutor(1, thread_name_prefix="instar-db")
+        # Maintenance sweeps on a thread of their own: never in the way of a batch.
+        self._sweeper = ThreadPoolExecutor(1, thread_name_prefix="instar-maintenance")
         self._threads = ThreadPoolExecutor(
             self.settings.concurrency, thread_name_prefix="instar-job"
         )
@@ -185,6 +187,7 @@ class Worker:
         maintenance = asyncio.create_task(self._maintenance_loop())
         marker = await self._call(self.engine.read.change_marker)
         shutdown_deadline: float | None = None
+        quiet_passes = 0
         log.info("worker %s started (concurrency %d)", self.id, self.settings.concurrency)
         try:
             while not self._abandoned:
@@ -227,12 +230,19 @@ class Worker:
                     self._backlog = bool(wanted) and len(batch.claimed) == wanted
                     self._start_buffered()
                     if batch.claimed or moves or notes:
+                        quiet_passes = 0
                         continue
                 if self._outbox:
                     continue
                 if self.settings.burst and not self._running and not self._stopping:
-                    if not (await self._call(self._maintenance.run_once)).changed:
-                        break
+                    # Exit once a maintenance pass moved nothing and a claim made
+                    # after it found nothing (the background pass may move jobs too).
+                    if (await self._call(self._maintenance.run_once)).changed:
+                        quiet_passes = 0
+                    else:
+                        quiet_passes += 1
+                        if quiet_passes > 1:
+                            break
                     continue
                 marker = await self._idle(marker, free=wanted > 0)
             if not self._abandoned:
@@ -245,6 +255,7 @@ class Worker:
             await asyncio.gather(maintenance, return_exceptions=True)
             await self._call(self._give_back)
             self._threads.shutdown(wait=False, cancel_futures=True)
+            self._sweeper.shutdown(wait=True)
             self._db.shutdown(wait=True)
         log.info("worker %s stopped: %s", self.id, self.report)
         return self.report
@@ -417,8 +428,11 @@ class Worker:
         self._running[job.id] = run
         self._pace.started()
         self._job_log.started(job)
-        run.task = asyncio.create_task(self._execute(run), name=f"instar-job-{job.id}")
-        run.task.add_done_callback(functools.partial(self._finished, run))
+        if definition.is_async:
+            run.task = asyncio.create_task(self._execute(run), name=f"instar-job-{job.id}")
+            run.task.add_done_callback(functools.partial(self._finished, run))
+        else:
+            self._threads.submit(self._run_in_thread, run)
 
     def _finished(self, run: _Run, task: asyncio.Task[None]) -> None:
         """A run's task ended. If it ended by an error of Instar's own (an outcome it
@@ -431,65 +445,76 @@ class Worker:
         log.error("job %d: the worker could not end its run: %r", run.job.id, error)
         if self._running.get(run.job.id) is run:
             try:
-                self._end_run(run, Retry(max_attempts=1), Raised(_fatal(error)))
+                self._end_run(run, Retry(max_attempts=1), Raised(fatal(error)))
             except Exception as exc:
                 log.error("job %d: left to its lease: %r", run.job.id, exc)
                 self._running.pop(run.job.id, None)
 
     async def _execute(self, run: _Run) -> None:
-        job, definition = run.job, run.definition
-        overrun = functools.partial(self._overran, run)
-        outcome: Outcome
+        """An ``async def`` handler's run, as a task on the loop."""
         try:
-            result = await run_handler(definition, run.ctx, job.args, self._threads, overrun)
-            outcome = Returned(result)
+            outcome = await call_async(run.definition, run.ctx, run.job.args)
         except asyncio.CancelledError:
             if not run.ctx.cancelled:
                 return  # released at shutdown: _stop_what_can_stop has reported it
             outcome = Cancelled()
-        except Suspend as suspension:
-            outcome = Suspended(
-                suspension.wake_at, suspension.detail, suspension.awaiting, suspension.joining
-            )
-        except PauseNow:
-            outcome = Paused()
-        except CancelNow:
-            outcome = Cancelled()
-        except LeaseLost:
-            log.warning("job %d: this worker lost its lease; dropping the run", job.id)
-            self._running.pop(job.id, None)
-            return
-        except Exception as error:  # a failure of user code is an outcome, not a crash
-            outcome = Raised(error)
-        except BaseException as error:  # sys.exit() in a handler ends its job, not the worker
-            outcome = Raised(_fatal(error))
-        if run.ctx.cancelled:
-            outcome = Cancelled()
-        self._end_run(run, definition.options.retry, outcome)
+        self._ended(run, outcome)
 
-    def _overran(self, run: _Run, thread: asyncio.Future[Any]) -> None:
+    def _run_in_thread(self, run: _Run) -> None:
+        """A ``def`` handler's run, in a pool thread; its end goes back to the loop."""
+        loop = self._loop
+        assert loop is not None
+        if run.definition.options.timeout is not None:
+            loop.call_soon_threadsafe(self._arm_timeout, run)
+        outcome = call_sync(run.definition, run.ctx, run.job.args)
+        loop.call_soon_threadsafe(self._thread_done, run, outcome)
+
+    def _arm_timeout(self, run: _Run) -> None:
+        timeout = run.definition.options.timeout
+        if timeout is not None and self._running.get(run.job.id) is run:
+            run.began = time.monotonic()
+            run.timer = self._loop_().call_later(timeout, self._past_timeout, run)
+
+    def _past_timeout(self, run: _Run) -> None:
         """A ``def`` handler ran past its timeout: its attempt fails now, but its
         thread runs on. Its slot counts as lost until the thread ends."""
+        if self._running.get(run.job.id) is not run:
+            return
+        run.overran = True
         self.report.overruns += 1
         self.report.slots_lost += 1
-        began = time.monotonic()
         log.warning(
             "job %d: its def handler runs on past its timeout; its slot is lost until it "
             "returns (%d lost)",
             run.job.id,
             self.report.slots_lost,
         )
+        self._ended(run, Raised(past_timeout(run.ctx, run.definition)))
 
-        def back(_: asyncio.Future[Any]) -> None:
+    def _thread_done(self, run: _Run, outcome: Outcome | None) -> None:
+        if run.timer is not None:
+            run.timer.cancel()
+        if run.overran:
             self.report.slots_lost -= 1
             log.warning(
                 "job %d: its def handler returned %.1fs after its timeout; slot back",
                 run.job.id,
-                time.monotonic() - began,
+                time.monotonic() - run.began - (run.definition.options.timeout or 0.0),
             )
             self._wake_threadsafe()
+            self._start_when_rechecked()
+            return
+        self._ended(run, outcome)
 
-        thread.add_done_callback(back)
+    def _ended(self, run: _Run, outcome: Outcome | None) -> None:
+        if outcome is None:
+            log.warning("job %d: this worker lost its lease; dropping the run", run.job.id)
+            if self._running.get(run.job.id) is run:
+                del self._running[run.job.id]
+            return
+        if run.ctx.cancelled:
+            outcome = Cancelled()
+        self._end_run(run, run.definition.options.retry, outcome)
 
     def _end_run(self, run: _Run, retry: Retry, outcome: Outcome) -> None:
         """Queue the move that ends a run, once: the first outcome wins. The slot it
@@ -499,6 +524,9 @@ class Worker:
             return
         del self._running[run.job.id]
         self._queue_outcome(run.ctx.job, retry, outcome)
+        self._start_when_rechecked()
+
+    def _start_when_rechecked(self) -> None:
         if (
             self._buffer
             and not self._stopping
@@ -616,7 +644,10 @@ class Worker:
     async def _maintenance_loop(self) -> None:
         while True:
             try:
-                report = await self._call(self._maintenance.run_if_leader)
+                assert self._loop is not None
+                report = await self._loop.run_in_executor(
+                    self._sweeper, self._maintenance.run_if_leader
+                )
             except Exception as exc:
                 log.warning("maintenance pass failed (%s); will try again", exc)
             else:
@@ -639,6 +670,10 @@ class Worker:
             self.engine.unregister_worker(self.id)
 
     # -- plumbing -----------------------------------------------------------------
+
+    def _loop_(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None
+        return self._loop
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a store call on the worker's one database thread."""
@@ -746,15 +781,3 @@ def _by_job(moves: Sequence[Move]) -> list[list[Move]]:
     for move in moves:
         groups.setdefault(move.job_id, []).append(move)
     return list(groups.values())
-
-
-def _fatal(error: BaseException) -> Exception:
-    """Wrap an error that no retry can fix (``sys.exit`` in a handler, an error
-    the worker met ending a run)."""
-    try:
-        message = str(error)
-    except Exception:
-        message = f"<an unreadable {type(error).__qualname__}>"
-    fatal = Fatal(f"{type(error).__qualname__}: {message}" if message else type(error).__qualname__)
-    fatal.__cause__ = error
-    return fatal

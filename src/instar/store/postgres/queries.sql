@@ -85,9 +85,34 @@ LIMIT %(limit)s
 -- name: count_by_state
 SELECT state, count(*) FROM jobs GROUP BY state
 
--- name: insert_event
+-- name: insert_move_events
+-- The events of the moves that won (won), from the same JSON as move_batch
+-- (columns 18-21: trigger, reporter, actor, detail), in the moves' order.
 INSERT INTO events (job_id, at, from_state, to_state, trigger, attempt, worker, actor, detail)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
+SELECT (e ->> 0)::bigint, %(now)s, e ->> 1, e ->> 2, e ->> 18, (e ->> 3)::integer,
+       e ->> 19, e ->> 20, e ->> 21
+FROM jsonb_array_elements(%(moves)s::jsonb) WITH ORDINALITY AS t(e, n)
+WHERE (e ->> 0)::bigint = ANY(%(won)s::bigint[])
+ORDER BY n
+
+-- name: insert_refusals
+-- A report from a worker whose lease token is stale (the move did not win and
+-- carried a token): a note in the timeline, never applied.
+INSERT INTO events (job_id, at, from_state, to_state, trigger, attempt, worker, actor, detail)
+SELECT j.id, %(now)s, j.state, j.state, %(refused)s, j.attempt, t.e ->> 19, t.e ->> 20,
+       json_build_object('trigger', t.e ->> 18, 'refused', t.e ->> 2,
+                         'reason', 'stale lease token')::text
+FROM jsonb_array_elements(%(moves)s::jsonb) WITH ORDINALITY AS t(e, n)
+JOIN jobs AS j ON j.id = (t.e ->> 0)::bigint
+WHERE t.e ->> 13 IS NOT NULL AND NOT (j.id = ANY(%(won)s::bigint[]))
+ORDER BY t.n
+
+-- name: insert_claim_events
+-- The claim's events, in the order the claim took the jobs.
+INSERT INTO events (job_id, at, from_state, to_state, trigger, attempt, worker, actor, detail)
+SELECT id, %(now)s, {claim_from}, {claim_to}, %(trigger)s, attempt, worker, NULL, NULL
+FROM jobs WHERE id = ANY(%(ids)s::bigint[])
+ORDER BY priority DESC, id
 
 -- name: insert_note
 -- A note repeats the job's current state as both ends: it changes nothing.
@@ -375,10 +400,13 @@ SELECT id, host, pid, concurrency, queues, handlers, started_at, seen_at
 FROM workers WHERE seen_at >= %(since)s ORDER BY started_at, id
 
 -- name: recheck
--- Claimed ahead, not started yet: what an operator asked since the claim.
-SELECT id, worker = %(worker)s AND state IN ({leased}), cancel_requested, pause_requested,
-       queue IN (SELECT queue FROM paused_queues)
-FROM jobs WHERE id = ANY(%(ids)s::bigint[])
+-- Claimed ahead, not started yet: those an operator asked something of since the
+-- claim, or that this worker no longer holds (usually none).
+SELECT id, held, cancel_requested, pause_requested, queue_paused FROM (
+    SELECT id, worker = %(worker)s AND state IN ({leased}) AS held, cancel_requested,
+           pause_requested, queue IN (SELECT queue FROM paused_queues) AS queue_paused
+    FROM jobs WHERE id = ANY(%(ids)s::bigint[])) AS checked
+WHERE NOT held OR cancel_requested OR pause_requested OR queue_paused
 
 -- name: try_lead
 INSERT INTO leaders (role, holder, expires_at) VALUES (%(role)s, %(holder)s, %(now)s + %(ttl)s)

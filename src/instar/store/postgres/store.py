@@ -98,18 +98,25 @@ class PostgresStore(SQLStore):
 
     @contextmanager
     def _write(
-        self, connection: psycopg.Connection[Any] | None = None
+        self, connection: psycopg.Connection[Any] | None = None, pipeline: bool = False
     ) -> Iterator[psycopg.Connection[Any]]:
         """One transaction on a pooled connection, or the caller's own connection
         (transactional enqueue: it commits or rolls back with the caller's work).
-        Driver errors come out as Instar's (``_translate``)."""
+        With ``pipeline``, statements are sent without waiting for each: the
+        transaction costs a round trip per result read, plus one for the rest and
+        the commit. Driver errors come out as Instar's (``_translate``)."""
         try:
             if connection is not None:
                 with self._inside(connection) as conn:
                     yield conn
                 return
             with self._pool.connection() as conn:
-                yield conn
+                if not pipeline:
+                    yield conn
+                    return
+                with conn.pipeline():
+                    yield conn
+                    conn.commit()
         except Exception as exc:
             raise self._translate(exc) from exc
 

@@ -47,9 +47,34 @@ SELECT id, :now, NULL, state, :trigger, 0, NULL, :actor, NULL
 FROM jobs WHERE id IN (SELECT value FROM json_each(:ids))
 ORDER BY id
 
--- name: insert_event
+-- name: insert_move_events
+-- The events of the moves that won (:won), from the same JSON as move_batch
+-- (columns 18-21: trigger, reporter, actor, detail), in the moves' order.
 INSERT INTO events (job_id, at, from_state, to_state, trigger, attempt, worker, actor, detail)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+SELECT value ->> 0, :now, value ->> 1, value ->> 2, value ->> 18, value ->> 3,
+       value ->> 19, value ->> 20, value ->> 21
+FROM json_each(:moves)
+WHERE value ->> 0 IN (SELECT value FROM json_each(:won))
+ORDER BY key
+
+-- name: insert_refusals
+-- A report from a worker whose lease token is stale (the move did not win and
+-- carried a token): a note in the timeline, never applied.
+INSERT INTO events (job_id, at, from_state, to_state, trigger, attempt, worker, actor, detail)
+SELECT j.id, :now, j.state, j.state, :refused, j.attempt, m.value ->> 19, m.value ->> 20,
+       json_object('trigger', m.value ->> 18, 'refused', m.value ->> 2,
+                   'reason', 'stale lease token')
+FROM json_each(:moves) AS m JOIN jobs AS j ON j.id = m.value ->> 0
+WHERE m.value ->> 13 IS NOT NULL
+  AND m.value ->> 0 NOT IN (SELECT value FROM json_each(:won))
+ORDER BY m.key
+
+-- name: insert_claim_events
+-- The claim's events, in the order the claim took the jobs.
+INSERT INTO events (job_id, at, from_state, to_state, trigger, attempt, worker, actor, detail)
+SELECT id, :now, {claim_from}, {claim_to}, :trigger, attempt, worker, NULL, NULL
+FROM jobs WHERE id IN (SELECT value FROM json_each(:ids))
+ORDER BY priority DESC, id
 
 -- name: insert_note
 -- A note repeats the job's current state as both ends: it changes nothing.
@@ -204,10 +229,13 @@ SELECT id, host, pid, concurrency, queues, handlers, started_at, seen_at
 FROM workers WHERE seen_at >= :since ORDER BY started_at, id
 
 -- name: recheck
--- Claimed ahead, not started yet: what an operator asked since the claim.
-SELECT id, worker = :worker AND state IN ({leased}), cancel_requested, pause_requested,
-       queue IN (SELECT queue FROM paused_queues)
-FROM jobs WHERE id IN (SELECT value FROM json_each(:ids))
+-- Claimed ahead, not started yet: those an operator asked something of since the
+-- claim, or that this worker no longer holds (usually none).
+SELECT id, held, cancel_requested, pause_requested, queue_paused FROM (
+    SELECT id, worker = :worker AND state IN ({leased}) AS held, cancel_requested,
+           pause_requested, queue IN (SELECT queue FROM paused_queues) AS queue_paused
+    FROM jobs WHERE id IN (SELECT value FROM json_each(:ids)))
+WHERE NOT held OR cancel_requested OR pause_requested OR queue_paused
 
 -- name: try_lead
 -- Take the role if it is free or expired, or renew it if we hold it.

@@ -105,7 +105,9 @@ class SQLiteStore(SQLStore):
     # -- plumbing -------------------------------------------------------
 
     @contextmanager
-    def _write(self, connection: Any = None) -> Iterator[sqlite3.Connection]:
+    def _write(
+        self, connection: Any = None, pipeline: bool = False
+    ) -> Iterator[sqlite3.Connection]:
         """One write transaction; BEGIN IMMEDIATE takes the write lock up front
         so that two processes never deadlock upgrading a read lock."""
         if connection is not None:

@@ -35,6 +35,7 @@ POSTGRES_ONLY = {
     "notify": "wake-ups through NOTIFY",
     "listen": "wake-ups through LISTEN",
     "database_time": "the server's clock (SQLite's is this machine's)",
+    "enqueue_one": "one statement, one round trip (SQLite enqueues in-process)",
 }
 COLUMNS_ONLY_ON = {
     ("postgresql", "events", "tx"): "the transaction that wrote an event: the feed's order",

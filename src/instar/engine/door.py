@@ -150,6 +150,13 @@ class Engine:
                 raise InvalidTransition(0, "(new)", job.state.value, "not a state a job starts in")
         for parent in sorted({p for job in jobs for p in job.after}):
             self.read.get(parent)
+        if len(jobs) == 1 and not jobs[0].after and connection is None:
+            one = self.store.enqueue_one(jobs[0], actor, self.clock.now())
+            if one is not None:
+                ready = one.state is State.READY
+                self._tell({Wake.EVENTS, Wake.READY} if ready else {Wake.EVENTS})
+                return [one]
+            # Its key exists: the transaction below returns the job that has it.
         with self._transaction(connection) as tx:
             created = tx.insert_jobs(jobs, actor)
             follow = start_or_fail(tx, created)

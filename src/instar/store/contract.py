@@ -463,6 +463,12 @@ class Store(JobReads, TimelineReads, DurableReads, SweepReads, WorkerReads, Lead
         worker's batches; PostgreSQL's pipeline mode, nothing on SQLite)."""
         ...
 
+    def enqueue_one(self, job: NewJob, actor: str | None, now: float) -> Job | None:
+        """Insert one job that waits for no other (ready or scheduled), its first
+        event and the wake-up, as one atomic write (PostgreSQL: one statement, one
+        round trip); None when its key exists already (nothing is written)."""
+        ...
+
     def watch(self, listener: Callable[[Wake], None]) -> None:
         """Where ``supports_listen``: call ``listener`` whenever another process
         commits events (``Wake.READY`` when jobs became ready)."""

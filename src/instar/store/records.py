@@ -138,6 +138,19 @@ def jobs_from(cursor: Cursor) -> list[Job]:
         )
     )  # fmt: skip
     jobs = []
+    # Rows of one batch share their times (claimed at one moment, enqueued together):
+    # each distinct epoch becomes a datetime once.
+    seen: dict[float, datetime] = {}
+
+    def at_time(epoch: float) -> datetime:
+        found = seen.get(epoch)
+        if found is None:
+            found = seen[epoch] = datetime.fromtimestamp(epoch, UTC)
+        return found
+
+    def when(epoch: float | None) -> datetime | None:
+        return None if epoch is None else at_time(epoch)
+
     for row in rows:
         progress = row[i_progress]
         jobs.append(
@@ -153,21 +166,21 @@ def jobs_from(cursor: Cursor) -> list[Job]:
                 result=decode(row[i_result]),
                 error=decode(row[i_error]),
                 key=row[i_key],
-                run_at=to_datetime(row[i_run_at]),
-                next_retry_at=to_datetime(row[i_retry_at]),
-                created_at=datetime_of(row[i_created]),
-                updated_at=datetime_of(row[i_updated]),
+                run_at=when(row[i_run_at]),
+                next_retry_at=when(row[i_retry_at]),
+                created_at=at_time(row[i_created]),
+                updated_at=at_time(row[i_updated]),
                 worker=row[i_worker],
                 progress=None if progress is None else Progress(**json.loads(progress)),
                 lease_seconds=row[i_lease],
-                lease_expires_at=to_datetime(row[i_expires]),
+                lease_expires_at=when(row[i_expires]),
                 cancel_requested=bool(row[i_cancel]),
                 version=row[i_version],
                 lease_token=row[i_token],
                 checkpoint=decode(row[i_checkpoint]),
                 pause_requested=bool(row[i_pause]),
-                wake_at=to_datetime(row[i_wake]),
-                pause_deadline=to_datetime(row[i_deadline]),
+                wake_at=when(row[i_wake]),
+                pause_deadline=when(row[i_deadline]),
                 pause_timeout=row[i_pause_timeout],
                 parent_id=row[i_parent],
                 rerun=bool(row[i_rerun]),

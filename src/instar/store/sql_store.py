@@ -127,6 +127,15 @@ class SQLStore(ABC):
             if tx.wakes():
                 self._before_commit(conn, tx.wakes())
 
+    def enqueue_one(self, job: NewJob, actor: str | None, now: float) -> Job | None:
+        """A job with a key goes the general way (None), which returns the job that
+        has the key if one does."""
+        if job.key is not None:
+            return None
+        with self.transaction(now) as tx:
+            [created] = tx.insert_jobs([job], actor)
+        return created
+
     # -- reads: jobs ------------------------------------------------------------------
 
     def get_job(self, job_id: int) -> Job | None:

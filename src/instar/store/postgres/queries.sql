@@ -36,6 +36,22 @@ VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING
 RETURNING id
 
+-- name: enqueue_one
+-- One job, its first event and the wake-up in one statement (run in autocommit:
+-- one round trip). No row when the key exists already: nothing is written.
+WITH job AS (
+    INSERT INTO jobs (name, queue, state, priority, max_attempts, args, key, run_at,
+                      lease_seconds, pause_timeout, parent_id, created_at, updated_at)
+    VALUES (%(name)s, %(queue)s, %(state)s, %(priority)s, %(max_attempts)s, %(args)s, %(key)s,
+            %(run_at)s, %(lease_seconds)s, %(pause_timeout)s, %(parent_id)s, %(now)s, %(now)s)
+    ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING
+    RETURNING id, state
+), event AS (
+    INSERT INTO events (job_id, at, from_state, to_state, trigger, attempt, worker, actor, detail)
+    SELECT id, %(now)s, NULL, state, %(trigger)s, 0, NULL, %(actor)s, NULL FROM job
+)
+SELECT id, pg_notify(%(channel)s, %(payload)s) FROM job
+
 -- name: insert_jobs_bulk
 -- Many jobs in one statement; WITH ORDINALITY keeps RETURNING in the caller's order.
 WITH input AS (

@@ -33,10 +33,15 @@ from instar.errors import (
     StoreRefused,
     TransactionConflict,
 )
+from instar.lifecycle import State
+from instar.models import Job
+from instar.payload import safe_text
 from instar.store.contract import ClaimRequest, NewJob, Wake
+from instar.store.records import datetime_of, new_job_record
 from instar.store.sql_blocks import load_queries
 from instar.store.sql_store import SQLStore
 from instar.store.urls import redact
+from instar.vocabulary import Trigger
 
 log = logging.getLogger("instar.postgres")
 
@@ -292,6 +297,40 @@ class PostgresStore(SQLStore):
             self._marker += 1
         for listener in self._listeners:
             listener(wake)
+
+    def enqueue_one(self, job: NewJob, actor: str | None, now: float) -> Job | None:
+        """One statement in autocommit: the job, its first event and the NOTIFY
+        commit together, in one round trip."""
+        params = {
+            "name": job.name,
+            "queue": job.queue,
+            "state": job.state.value,
+            "priority": job.priority,
+            "max_attempts": job.max_attempts,
+            "args": job.args_json,
+            "key": job.key,
+            "run_at": job.run_at,
+            "lease_seconds": job.lease_seconds,
+            "pause_timeout": job.pause_timeout,
+            "parent_id": job.parent_id,
+            "now": now,
+            "actor": None if actor is None else safe_text(actor),
+            "trigger": Trigger.ENQUEUED.value,
+            "channel": self.channel,
+            "payload": (Wake.READY if job.state is State.READY else Wake.EVENTS).value,
+        }
+        try:
+            with self._pool.connection() as conn:
+                conn.autocommit = True
+                try:
+                    row = conn.execute(Q["enqueue_one"], params).fetchone()
+                finally:
+                    conn.autocommit = False
+        except Exception as exc:
+            raise self._translate(exc) from exc
+        if row is None:
+            return None
+        return new_job_record(int(row[0]), job, datetime_of(now))
 
     def database_time(self) -> float:
         with self._read() as conn:

@@ -1,15 +1,20 @@
-"""What the SQLite and the PostgreSQL measurements share: sizes, worker
-processes, reading their timelines, and the result table.
+"""What the SQLite and the PostgreSQL measurements share: sizes, processes,
+Instar's workers and their timelines, the pickup latency, and the result table.
 
 Timelines are read with plain SQL through a ``Query`` (one parameterless
 statement in, rows out), so the same code serves ``sqlite3`` and ``psycopg``.
+Every queue (Instar, pgqueuer, huey) is started as its user starts it, as a
+separate process with its default settings, and timed from the moment that
+process is started.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import signal
 import sqlite3
+import statistics
 import subprocess
 import sys
 import time
@@ -17,19 +22,21 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from rich.console import Console
 from rich.table import Table
 
 from bench.noop_app import make_app
+from bench.system import CpuMeter, CpuSplit
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 APP_REF = "bench.noop_app:app"
 
 # Wide enough for the detail column when the output is a file or a pipe.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 170)
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 progress = Console(stderr=True, highlight=False)
 
 # A parameterless statement in, its rows out: how timelines are read on either backend.
@@ -45,59 +52,75 @@ class BenchError(Exception):
 class Sizes:
     """How much work each measurement does; ``--quick`` picks the small set."""
 
+    quick: bool
     raw_rows: int
     raw_seconds: float
     enqueue_jobs: int
     bulk_total: int
     bulk_chunk: int
-    process_jobs: int
+    process_jobs: int  # queued before each processing run (every queue gets the same)
+    rounds: int  # processing runs of each kind, interleaved with the peer's
+    bare_batch: int  # jobs per claim in the bare loop
     pickup_jobs: int
-    pickup_gap: float
-    concurrency: int
+    pickup_gap: float  # mean seconds between two enqueues (jittered +-50%)
+    workers: int  # worker processes side by side, in the several-processes figure
     worker_timeout: float
-    workers: int  # worker processes side by side, in the second processing figure
     claim_batches: int
     claim_limit: int
-    finished_rows: int  # completed jobs in the table for the claiming comparison
+    finished_postgres: int  # completed jobs in the table for the claiming comparison
+    finished_sqlite: int
+    memory_from: int  # RSS of one worker sampled at these two jobs
+    memory_to: int
 
 
 FULL = Sizes(
+    quick=False,
     raw_rows=3_000,
     raw_seconds=2.0,
     enqueue_jobs=3_000,
     bulk_total=50_000,
     bulk_chunk=10_000,
-    process_jobs=10_000,
+    process_jobs=20_000,
+    rounds=3,
+    bare_batch=100,
     pickup_jobs=200,
     pickup_gap=0.020,
-    concurrency=100,
-    worker_timeout=300.0,
     workers=4,
+    worker_timeout=600.0,
     claim_batches=50,
     claim_limit=100,
-    finished_rows=1_000_000,
+    finished_postgres=10_000_000,
+    finished_sqlite=1_000_000,
+    memory_from=10_000,
+    memory_to=1_000_000,
 )
 QUICK = Sizes(
+    quick=True,
     raw_rows=500,
     raw_seconds=0.5,
     enqueue_jobs=500,
     bulk_total=10_000,
     bulk_chunk=5_000,
-    process_jobs=2_000,
-    pickup_jobs=50,
+    process_jobs=5_000,
+    rounds=1,
+    bare_batch=100,
+    pickup_jobs=100,
     pickup_gap=0.020,
-    concurrency=100,
-    worker_timeout=120.0,
     workers=4,
+    worker_timeout=120.0,
     claim_batches=20,
     claim_limit=100,
-    finished_rows=100_000,
+    finished_postgres=200_000,
+    finished_sqlite=100_000,
+    memory_from=2_000,
+    memory_to=10_000,
 )
 
 
 @dataclass(frozen=True)
 class Row:
-    """One line of a result table, already formatted."""
+    """One line of a result table, already formatted. ``met`` is None for a
+    figure with no target, or one whose target could not be judged."""
 
     figure: str
     value: str
@@ -109,18 +132,51 @@ class Row:
 
 @dataclass(frozen=True)
 class Processing:
-    """Burst workers draining a full queue."""
+    """Worker processes draining a full queue."""
 
+    label: str
     jobs: int
     processes: int
-    first_claim_seconds: float  # first worker process start -> first 'running' event
-    wall_seconds: float  # first worker process start -> last 'completed' event
-    exit_seconds: float  # first worker process start -> the last process exits
-    steady_rate: float  # completions/s between the 10% and 90% completed events
+    first_claim_seconds: float  # first worker process start -> first job taken
+    wall_seconds: float  # first worker process start -> last job completed
+    exit_seconds: float | None  # first worker process start -> the last process exits
+    steady_rate: float | None  # completions/s between the 10% and 90% completions
+    cpu: CpuSplit
 
     @property
     def wall_rate(self) -> float:
         return self.jobs / self.wall_seconds
+
+    def detail(self) -> str:
+        procs = f"{self.processes} processes" if self.processes > 1 else "1 process"
+        exit_part = "" if self.exit_seconds is None else f", exit at {self.exit_seconds:.2f} s"
+        return (
+            f"{self.jobs:,} jobs in {self.wall_seconds:.2f} s from process start "
+            f"(first job at {self.first_claim_seconds:.2f} s{exit_part}); {procs}"
+        )
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Seconds from just before each enqueue call to the handler's start."""
+
+    seconds: list[float]
+    exit_code: int | None
+
+    @property
+    def p50_ms(self) -> float:
+        return percentile(self.seconds, 50) * 1000
+
+    @property
+    def p99_ms(self) -> float:
+        return percentile(self.seconds, 99) * 1000
+
+    def detail(self, gap: float) -> str:
+        return (
+            f"{len(self.seconds)} jobs ~{gap * 1000:.0f} ms apart, enqueue call -> handler start; "
+            f"mean {statistics.fmean(self.seconds) * 1000:.1f} ms, "
+            f"max {max(self.seconds) * 1000:.1f} ms; exit on SIGTERM: {self.exit_code}"
+        )
 
 
 # -- helpers -------------------------------------------------------------------
@@ -141,41 +197,137 @@ def rate(value: float) -> str:
     return f"{value:,.0f} /s"
 
 
-def percentile(values: list[float], p: float) -> float:
+def percentile(values: Sequence[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
-def worker_command(url: str, concurrency: int, *, burst: bool) -> list[str]:
-    """``instar worker`` as a user runs it; ``python -c`` if the CLI is not installed."""
-    cli = Path(sys.executable).parent / "instar"
-    if cli.exists():
-        command = [str(cli), "worker", "--app", APP_REF, "--database", url]
-        command += ["--concurrency", str(concurrency)]
-        return [*command, "--burst"] if burst else command
-    code = (
-        "import logging, sys; logging.basicConfig(level=logging.INFO);"
-        "from bench.noop_app import app; app.database = sys.argv[1];"
-        "app.run_worker(concurrency=int(sys.argv[2]), burst=sys.argv[3] == '1')"
-    )
-    return [sys.executable, "-c", code, url, str(concurrency), "1" if burst else "0"]
+def median_run(runs: Sequence[Processing]) -> Processing:
+    """The run with the median wall rate (the lower middle one of an even count)."""
+    ordered = sorted(runs, key=lambda r: r.wall_rate)
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def runs_note(runs: Sequence[Processing]) -> str:
+    if len(runs) < 2:
+        return "1 run"
+    rates = ", ".join(f"{r.wall_rate:,.0f}" for r in runs)
+    return f"median of {len(runs)} runs ({rates} /s)"
+
+
+def attempt(rows: list[Row], what: str, measure: Callable[[], T]) -> T | None:
+    """``measure()``, or None after a row saying why it failed: one measurement
+    that fails (a worker that dies, Instar changing under the bench) leaves the
+    others to run. Ctrl-C still ends the run."""
+    try:
+        return measure()
+    except Exception as error:  # reported in the table; the run goes on
+        first = str(error).strip().splitlines()
+        reason = f"{type(error).__name__}: {first[0] if first else ''}"
+        progress.print(f"[red]{what} failed:[/] {error}", markup=True, highlight=False)
+        rows.append(Row(what, "failed", "-", "-", None, reason[:300]))
+        return None
+
+
+def judged(
+    figure: str,
+    shown: str,
+    value: float,
+    base: float | None,
+    against: str,
+    target: str,
+    need: float | None,
+    detail: str,
+    *,
+    at_most: bool = False,
+) -> Row:
+    """A row whose ratio is ``value / base``, met when it is at least (or at most)
+    ``need``; not judged when the base could not be measured."""
+    if base is None or base <= 0:
+        note = f"{detail}; {against}: not measured"
+        return Row(figure, shown, f"? x {against}", target, None, note)
+    r = value / base
+    met = None if need is None else (r <= need if at_most else r >= need)
+    return Row(figure, shown, f"{r:.2f}x {against}", target, met, detail)
+
+
+def pickup_offsets(jobs: int, gap: float) -> list[float]:
+    """When to enqueue each job, from the first: gaps drawn +-50% around ``gap``
+    (a fixed seed, so every run and every queue gets the same schedule), so that
+    no polling period lines up with the enqueues."""
+    draw = random.Random(15)
+    offsets, at = [], 0.0
+    for _ in range(jobs):
+        offsets.append(at)
+        at += gap * draw.uniform(0.5, 1.5)
+    return offsets
+
+
+def read_stamps(path: Path) -> list[tuple[float, float]]:
+    """``<sent> <started>`` lines a stamping handler wrote, in the order written."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    pairs = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            pairs.append((float(parts[0]), float(parts[1])))
+    return pairs
+
+
+def code_note() -> str:
+    """The Instar measured: what ``run.py`` snapshot at the start, else the checkout."""
+    note = os.environ.get("INSTAR_BENCH_CODE")
+    if note:
+        return note
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return "?"
+    return f"git {head or '?'}{' + local changes' if dirty else ''}"
+
+
+# -- processes -----------------------------------------------------------------
+
+
+def bench_env(**extra: str) -> dict[str, str]:
+    """The environment of every process the bench starts: the repository on the
+    path (for ``bench.*``), plus ``extra``."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    env.update(extra)
+    return env
+
+
+def tool(name: str) -> Path | None:
+    """A console script of this environment (``instar``, ``pgq``, ``huey_consumer``)."""
+    path = Path(sys.executable).parent / name
+    return path if path.exists() else None
+
+
+def instar_worker_command(url: str, *, burst: bool) -> list[str]:
+    """``instar worker`` as a user runs it: the default concurrency, no --quiet."""
+    cli = tool("instar")
+    command = [str(cli)] if cli else [sys.executable, "-m", "instar.cli.main"]
+    command += ["worker", "--app", APP_REF, "--database", url]
+    return [*command, "--burst"] if burst else command
 
 
 @contextmanager
-def worker_process(
-    url: str, concurrency: int, log_path: Path, *, burst: bool
+def started(
+    command: list[str], log_path: Path, env: dict[str, str]
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A worker subprocess that is always stopped: SIGTERM, then SIGKILL if it lingers."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
-    with log_path.open("wb") as log:
+    """A subprocess that is always stopped: SIGTERM, then SIGKILL if it lingers."""
+    with log_path.open("ab") as log:
         proc = subprocess.Popen(
-            worker_command(url, concurrency, burst=burst),
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+            command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
         )
     try:
         yield proc
@@ -198,8 +350,8 @@ def log_tail(path: Path, lines: int = 15) -> str:
     try:
         text = path.read_text(errors="replace")
     except OSError:
-        return "(no worker log)"
-    return "\n".join(text.splitlines()[-lines:]) or "(worker log is empty)"
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:]) or "(the log is empty)"
 
 
 def wait_for(
@@ -208,18 +360,72 @@ def wait_for(
     what: str,
     proc: subprocess.Popen[bytes],
     log: Path,
+    poll: float = 0.005,
 ) -> None:
-    """Poll ``condition`` until true; fail early if the worker died."""
+    """Poll ``condition`` until true; fail early if the process died."""
     deadline = time.monotonic() + timeout
     while not condition():
         if proc.poll() is not None:
-            raise BenchError(f"worker exited ({proc.returncode}) while {what}:\n{log_tail(log)}")
+            raise BenchError(f"process exited ({proc.returncode}) while {what}:\n{log_tail(log)}")
         if time.monotonic() > deadline:
             raise BenchError(f"timed out after {timeout:.0f}s {what}:\n{log_tail(log)}")
-        time.sleep(0.01)
+        time.sleep(poll)
 
 
-def bulk_enqueue(url: str, total: int, chunk: int, name: str = "noop") -> float:
+@dataclass(frozen=True)
+class Timed:
+    """When a group of processes started and exited (``time.time()``) and the CPU they took."""
+
+    start: float
+    exited: float
+    cpu: CpuSplit
+    logs: list[Path]
+
+
+def run_to_exit(
+    commands: list[list[str]],
+    logs: list[Path],
+    env: dict[str, str],
+    timeout: float,
+    label: str,
+    *,
+    server_cpu: bool,
+) -> Timed:
+    """Start ``commands`` together and wait until every one has exited, with status 0."""
+    with ExitStack() as stack:
+        meter = CpuMeter(server=server_cpu)
+        start = time.time()
+        procs = [
+            stack.enter_context(started(command, log, env))
+            for command, log in zip(commands, logs, strict=True)
+        ]
+        deadline = time.monotonic() + timeout
+        for proc, log in zip(procs, logs, strict=True):
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                raise BenchError(
+                    f"{label}: still running after {timeout:.0f}s:\n{log_tail(log)}"
+                ) from None
+            if proc.returncode != 0:
+                raise BenchError(f"{label}: exited {proc.returncode}:\n{log_tail(log)}")
+        exited = time.time()
+    return Timed(start, exited, meter.stop(), logs)
+
+
+def completion_stats(times: Sequence[float], start: float) -> tuple[float, float | None]:
+    """(last completion - start, completions/s between the 10% and 90% ones)."""
+    n = len(times)
+    low, high = round(0.1 * (n - 1)), round(0.9 * (n - 1))
+    span = times[high] - times[low]
+    steady = (high - low) / span if span > 0 else None
+    return times[-1] - start, steady
+
+
+# -- Instar --------------------------------------------------------------------
+
+
+def bulk_enqueue(url: str, total: int, chunk: int, name: str = "noop_sync") -> float:
     """``app.enqueue_many`` in chunks: one transaction per chunk; jobs/s."""
     with make_app(url) as app:
         app.engine  # open and migrate outside the timing  # noqa: B018
@@ -237,142 +443,259 @@ def enqueue_one_by_one(url: str, jobs: int) -> float:
     """``defn.enqueue()`` in a loop: one transaction per job, as a web request would."""
     with make_app(url) as app:
         app.engine  # noqa: B018
-        defn = app.definition("noop")
+        defn = app.definition("noop_sync")
         start = time.perf_counter()
         for _ in range(jobs):
             defn.enqueue()
         return jobs / (time.perf_counter() - start)
 
 
-# -- worker measurements, on either backend ----------------------------------------
-
-
-def drain(
-    url: str, query: Query, tmp: Path, label: str, sizes: Sizes, processes: int = 1
+def instar_drain(
+    url: str,
+    query: Query,
+    tmp: Path,
+    label: str,
+    sizes: Sizes,
+    processes: int = 1,
+    *,
+    server_cpu: bool = False,
 ) -> Processing:
-    """Time ``processes`` burst workers, started together, draining the queued jobs.
+    """Time ``processes`` burst workers (``instar worker --burst``, default
+    concurrency), started together, draining the jobs already queued.
 
-    The jobs must already be queued (all of them ``noop`` or ``noop_sync``);
-    ``query`` reads the events the workers wrote.
+    ``query`` reads the events the workers wrote: the wall time runs from the
+    first process start to the last ``completed`` event.
     """
     n = int(query("SELECT count(*) FROM jobs WHERE state = 'ready'")[0][0])
     logs = [tmp / f"{label}-{i}.log" for i in range(processes)]
-    with ExitStack() as stack:
-        start = time.time()
-        procs = [
-            stack.enter_context(worker_process(url, sizes.concurrency, log, burst=True))
-            for log in logs
-        ]
-        deadline = time.monotonic() + sizes.worker_timeout
-        for proc, log in zip(procs, logs, strict=True):
-            try:
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                raise BenchError(
-                    f"burst worker ({label}) still running after {sizes.worker_timeout:.0f}s:\n"
-                    f"{log_tail(log)}"
-                ) from None
-            if proc.returncode != 0:
-                raise BenchError(
-                    f"burst worker ({label}) exited {proc.returncode}:\n{log_tail(log)}"
-                )
-        exited = time.time()
-    since = f"at >= {start!r}"  # earlier events, if any, are not this run's
+    commands = [instar_worker_command(url, burst=True) for _ in logs]
+    timed = run_to_exit(
+        commands, logs, bench_env(), sizes.worker_timeout, f"instar {label}", server_cpu=server_cpu
+    )
+    since = f"at >= {timed.start!r}"  # earlier events, if any, are not this run's
     completed = f"SELECT at FROM events WHERE to_state = 'completed' AND {since} ORDER BY at"
     times = [float(at) for (at,) in query(completed)]
-    first_claim = query(f"SELECT min(at) FROM events WHERE to_state = 'running' AND {since}")[0][0]
-    first_claim_at = start if first_claim is None else float(first_claim)
+    first = query(f"SELECT min(at) FROM events WHERE to_state = 'running' AND {since}")[0][0]
     if len(times) != n:
         raise BenchError(f"{label}: {len(times)} of {n} jobs completed:\n{log_tail(logs[0])}")
-    low, high = round(0.1 * (n - 1)), round(0.9 * (n - 1))
-    span = times[high] - times[low]
-    steady = (high - low) / span if span > 0 else float("inf")
+    wall, steady = completion_stats(times, timed.start)
+    first_at = timed.start if first is None else float(first)
     return Processing(
-        n, processes, first_claim_at - start, times[-1] - start, exited - start, steady
+        label,
+        n,
+        processes,
+        first_at - timed.start,
+        wall,
+        timed.exited - timed.start,
+        steady,
+        timed.cpu,
     )
 
 
-def pickup_latency(
-    url: str, query: Query, tmp: Path, sizes: Sizes
-) -> tuple[list[float], int | None]:
-    """Enqueue from this process to an idle worker in another; seconds to each claim.
-
-    Latency is the claim event's time (the ``running`` event the worker writes)
-    minus ``time.time()`` just before the enqueue call, so it includes the
-    enqueue's own commit. Returns the latencies and the worker's exit code
-    after SIGTERM.
-    """
-    log = tmp / "pickup.log"
+def instar_pickup(url: str, tmp: Path, sizes: Sizes, label: str) -> Latency:
+    """Enqueue from this process, one job at a time, to an idle ``instar worker``
+    in another; the ``stamp`` handler records when it starts."""
+    stamps = tmp / f"{label}-stamps.txt"
+    log = tmp / f"{label}.log"
     with make_app(url) as app:
         app.engine  # migrate before the worker starts  # noqa: B018
-        defn = app.definition("noop")
-        with worker_process(url, sizes.concurrency, log, burst=False) as proc:
-
-            def started() -> bool:
-                # The CLI logs "worker ... started"; its maintenance loop also
-                # takes leadership at once. Either means the loop is running.
-                if b" started" in log.read_bytes():
-                    return True
-                try:
-                    return bool(query("SELECT count(*) FROM leaders")[0][0])
-                except DB_ERRORS:
-                    return False
-
-            wait_for(started, 60, "waiting for the worker to start", proc, log)
-            time.sleep(0.5)  # past its first exchange and into the idle wait
-            before: dict[int, float] = {}
+        defn = app.definition("stamp")
+        env = bench_env(INSTAR_BENCH_STAMPS=str(stamps))
+        with started(instar_worker_command(url, burst=False), log, env) as proc:
+            # A first job, then a pause: the worker is up, past its first turns and idle.
+            defn.enqueue(sent=time.time())
+            wait_for(lambda: len(read_stamps(stamps)) >= 1, 60, "starting", proc, log)
+            time.sleep(0.5)
             first = time.monotonic()
-            for i in range(sizes.pickup_jobs):
-                sleep_until(first + i * sizes.pickup_gap)
-                stamp = time.time()
-                before[defn.enqueue().id] = stamp
-
-            def all_done() -> bool:
-                done = query("SELECT count(*) FROM jobs WHERE state = 'completed'")[0][0]
-                return int(done) >= len(before)
-
-            wait_for(all_done, 60, "waiting for the jobs to complete", proc, log)
-            claimed = {
-                int(job_id): float(at)
-                for job_id, at in query("SELECT job_id, at FROM events WHERE to_state = 'running'")
-            }
+            for offset in pickup_offsets(sizes.pickup_jobs, sizes.pickup_gap):
+                sleep_until(first + offset)
+                defn.enqueue(sent=time.time())
+            total = sizes.pickup_jobs + 1
+            wait_for(lambda: len(read_stamps(stamps)) >= total, 60, "running", proc, log)
             stop_process(proc)
             code = proc.returncode
-    missing = set(before) - set(claimed)
-    if missing:
-        raise BenchError(f"{len(missing)} job(s) have no claim event")
-    return [claimed[job_id] - stamp for job_id, stamp in before.items()], code
+    pairs = read_stamps(stamps)[1:]
+    return Latency([started_at - sent for sent, started_at in pairs], code)
 
 
-def latency_detail(latencies: list[float], sizes: Sizes, code: int | None) -> str:
-    return (
-        f"{len(latencies)} jobs {sizes.pickup_gap * 1000:.0f} ms apart; "
-        f"mean {sum(latencies) / len(latencies) * 1000:.1f} ms, "
-        f"max {max(latencies) * 1000:.1f} ms; worker exit on SIGTERM: {code}"
+# -- claiming beside finished jobs -------------------------------------------------
+
+
+# The claim batches leave their jobs running under a worker that never was;
+# finish them as a worker would have, so they join the finished rows.
+FINISH_CLAIMED = """
+UPDATE jobs SET state = 'completed', result = 'null', lease_token = NULL,
+                lease_expires_at = NULL, version = version + 1
+WHERE state = 'running'
+"""
+
+
+@dataclass(frozen=True)
+class Claims:
+    """Claiming batches of ready jobs through the engine, one transaction each."""
+
+    batch_ms: list[float]
+    limit: int
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.batch_ms)
+
+    @property
+    def claims_per_second(self) -> float:
+        return self.limit / (self.median_ms / 1000)
+
+    def detail(self) -> str:
+        return (
+            f"median of {len(self.batch_ms)} claims of {self.limit} "
+            f"({self.median_ms:.2f} ms; p90 {percentile(self.batch_ms, 90):.2f} ms)"
+        )
+
+
+def claim_batches(urls: Sequence[str], sizes: Sizes) -> list[Claims] | str:
+    """Claims of ``claim_limit`` jobs through Instar's engine (the call a worker's
+    turn makes) in each database of ``urls``, taking turns claim by claim so that
+    a change in the machine's load touches them all alike; the jobs must be
+    queued. Instar's internals move while it is being made faster: when this call
+    no longer fits, the reason is returned instead (the processing figure beside
+    it still judges the target)."""
+    warmup = 2  # first claims: connection, prepared statements, caches
+    try:
+        from instar.store.contract import ClaimRequest
+
+        with ExitStack() as stack:
+            apps = [stack.enter_context(make_app(url)) for url in urls]
+            timings: list[list[float]] = [[] for _ in urls]
+            for i in range(warmup + sizes.claim_batches):
+                for app, times in zip(apps, timings, strict=True):
+                    request = ClaimRequest("bench-claimer", sizes.claim_limit, None)
+                    start = time.perf_counter()
+                    batch = app.engine.exchange([], [], request)
+                    elapsed = time.perf_counter() - start
+                    if len(batch.claimed) != sizes.claim_limit:
+                        raise BenchError(f"a claim took {len(batch.claimed)} jobs")
+                    if i >= warmup:
+                        times.append(elapsed * 1000)
+    except (ImportError, AttributeError, TypeError) as error:
+        return f"not measured: the engine's claim call changed ({type(error).__name__}: {error})"
+    return [Claims(times, sizes.claim_limit) for times in timings]
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A table with no finished jobs beside one with ``rows`` of them: claims
+    taken in turns, then one burst worker draining ``process_jobs`` in each."""
+
+    rows: int
+    insert_seconds: float
+    claims: list[Claims] | str  # [no finished jobs, rows finished jobs]
+    plans: tuple[str, str]
+    drains: tuple[list[Processing], list[Processing]]  # runs taking turns: without, with
+
+
+def finished_rows(found: Finished, commit_ms: float | None) -> list[Row]:
+    """The claiming rows and the processing row of a ``Finished`` comparison."""
+    n = found.rows
+    empty_plan, full_plan = (f"; {plan}" if plan else "" for plan in found.plans)
+    rows: list[Row] = []
+    if isinstance(found.claims, str):
+        rows.append(
+            Row(f"claim, {n:,} finished", "-", "-", ">= 0.90x 0 finished", None, found.claims)
+        )
+    else:
+        empty, full = found.claims
+        rows.append(
+            Row(
+                f"claim {empty.limit} (engine call), 0 finished",
+                f"{empty.claims_per_second:,.0f} claims/s",
+                f"{empty.median_ms / commit_ms:.1f} commits" if commit_ms else "-",
+                "-",
+                None,
+                empty.detail() + empty_plan,
+            )
+        )
+        rows.append(
+            judged(
+                f"claim {full.limit} (engine call), {n:,} finished",
+                f"{full.claims_per_second:,.0f} claims/s",
+                full.claims_per_second,
+                empty.claims_per_second,
+                "0 finished",
+                ">= 0.90x 0 finished",
+                0.9,
+                f"{full.detail()}; claims taken in turns with the table without; the finished "
+                f"rows took {found.insert_seconds:.1f} s (one INSERT ... SELECT, jobs table "
+                f"only){full_plan}",
+            )
+        )
+    nones, manys = found.drains
+    none, many = median_run(nones), median_run(manys)
+    rows.append(
+        judged(
+            f"processing, def no-op, 1 process, {n:,} finished: wall",
+            rate(many.wall_rate),
+            many.wall_rate,
+            none.wall_rate,
+            "0 finished",
+            ">= 0.90x 0 finished",
+            0.9,
+            f"{runs_note(manys)}; {many.detail()}; runs taking turns with the table "
+            f"without ({runs_note(nones)}: {rate(none.wall_rate)})",
+        )
     )
-
-
-def processing_detail(result: Processing, sizes: Sizes) -> str:
-    procs = f"{result.processes} processes" if result.processes > 1 else "1 process"
-    return (
-        f"{result.jobs:,} jobs in {result.wall_seconds:.2f} s from process start; "
-        f"first claim at {result.first_claim_seconds:.2f} s, "
-        f"exit at {result.exit_seconds:.2f} s; {procs}, concurrency {sizes.concurrency} each"
-    )
+    return rows
 
 
 # -- the table ---------------------------------------------------------------------
 
 
 def render(title: str, caption: str, rows: list[Row]) -> Table:
-    table = Table(title=title, caption=caption)
+    table = Table(title=title, caption=caption, caption_justify="left")
     table.add_column("figure")
     table.add_column("value", justify="right")
-    table.add_column("x raw", justify="right")
+    table.add_column("ratio (judged by)", justify="right")
     table.add_column("target", justify="right")
     table.add_column("met", justify="center")
     table.add_column("detail")
     for row in rows:
-        met = "" if row.met is None else ("[green]yes[/]" if row.met else "[red]NO[/]")
+        if row.met is None:
+            met = "" if row.target == "-" else "[yellow]n/a[/]"
+        else:
+            met = "[green]yes[/]" if row.met else "[red]NO[/]"
         table.add_row(row.figure, row.value, row.ratio, row.target, met, row.detail)
+    return table
+
+
+def cpu_table(title: str, runs: Sequence[Processing]) -> Table:
+    """How the CPU split between the workers, the server and the rest, per run:
+    CPU seconds (and the share of ``cores x wall``) from the first process start
+    until the last one exited."""
+    caption = (
+        "CPU seconds (share of cores x wall) from the first process start until the last "
+        "exited. workers: the worker processes, exact (getrusage of the reaped children); "
+        "postgres: every postgres process on this machine, its background processes and "
+        "its other clients' sessions included; other: the rest of the machine (this bench "
+        "process, anything else running)."
+    )
+    table = Table(title=title, caption=caption, caption_justify="left")
+    table.add_column("run")
+    for name in ("wall", "jobs/s", "workers", "postgres", "other", "idle"):
+        table.add_column(name, justify="right")
+    table.add_column("CPU ms per job: workers + postgres", justify="right")
+    for run in runs:
+        cpu = run.cpu
+        server = "?" if cpu.server is None else cpu.share(cpu.server)
+        per_job = f"{cpu.workers / run.jobs * 1000:.2f} + " + (
+            "?" if cpu.server is None else f"{cpu.server / run.jobs * 1000:.2f}"
+        )
+        table.add_row(
+            run.label,
+            f"{cpu.wall:.1f} s",
+            f"{run.wall_rate:,.0f}",
+            cpu.share(cpu.workers),
+            server,
+            cpu.share(cpu.other),
+            cpu.share(cpu.idle),
+            per_job,
+        )
     return table

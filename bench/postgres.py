@@ -1,124 +1,88 @@
-"""Instar on PostgreSQL, each figure beside what one plain psycopg connection
-manages on the same server in the same run (autocommit single-row INSERTs).
+"""Instar on PostgreSQL, beside what one plain psycopg connection manages on the
+same server in the same run (autocommit single-row INSERTs), the bare
+claim/complete/event loop, and pgqueuer.
 
-Every measurement runs in a fresh schema (``?schema=bench_<pid>_<what>``),
+Every measurement runs in a fresh schema (``?schema=bench_<pid>_<what>``;
+pgqueuer's objects go there through its own ``PGQUEUER_SCHEMA`` setting),
 dropped with ``DROP SCHEMA ... CASCADE`` as soon as it is done; whatever is
 left when the run fails or is interrupted is dropped by ``drop_schemas``.
+
+The server shares the machine's cores with the workers: every processing run
+records the CPU seconds of the worker processes and of the PostgreSQL server
+processes, printed as a second table.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import re
 import signal
 import statistics
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 
+from bench import peers
+from bench.bare import Bare, bare_postgres
 from bench.harness import (
-    BenchError,
+    FINISH_CLAIMED,
+    Finished,
+    Latency,
     Processing,
     Query,
     Row,
     Sizes,
+    attempt,
     bulk_enqueue,
-    drain,
+    claim_batches,
+    code_note,
     enqueue_one_by_one,
-    latency_detail,
+    finished_rows,
+    instar_drain,
+    instar_pickup,
+    judged,
     load_note,
-    percentile,
-    pickup_latency,
-    processing_detail,
+    median_run,
     progress,
     rate,
+    runs_note,
 )
 from bench.noop_app import make_app
-from instar.store.contract import ClaimRequest
 
-# Old finished jobs, as the engine leaves them, in one statement.
+# Old finished jobs, as the engine leaves them, in one statement (server side).
 INSERT_FINISHED = """
 INSERT INTO jobs (name, queue, state, priority, attempt, max_attempts, args, result,
                   created_at, updated_at, lease_seconds, version)
-SELECT 'noop', 'default', 'completed', 0, 1, 3, '{}', 'null',
-       %(now)s - 86400 + g * 0.01, %(now)s - 86400 + g * 0.01 + 0.05, 30, 2
+SELECT 'noop_sync', 'default', 'completed', 0, 1, 3, '{}', 'null',
+       %(now)s - 86400 + g * 0.001, %(now)s - 86400 + g * 0.001 + 0.05, 30, 2
 FROM generate_series(1, %(rows)s) AS g
 """
-
-# The claim batches leave their jobs running under a worker that never was;
-# finish them as a worker would have, so they join the finished rows.
-FINISH_CLAIMED = """
-UPDATE jobs SET state = 'completed', result = 'null', lease_token = NULL,
-                lease_expires_at = NULL, version = version + 1
-WHERE state = 'running'
-"""
-
-
-@dataclass(frozen=True)
-class Claims:
-    """``commit_batch`` claiming batches of ready jobs, one transaction each."""
-
-    batch_ms: list[float]
-    limit: int
-
-    @property
-    def median_ms(self) -> float:
-        return statistics.median(self.batch_ms)
-
-    @property
-    def claims_per_second(self) -> float:
-        return len(self.batch_ms) * self.limit / (sum(self.batch_ms) / 1000)
-
-    def detail(self) -> str:
-        return (
-            f"median of {len(self.batch_ms)} batches of {self.limit}; "
-            f"p90 {percentile(self.batch_ms, 90):.2f} ms, max {max(self.batch_ms):.2f} ms; "
-            f"{self.claims_per_second:,.0f} claims/s"
-        )
-
-
-@dataclass(frozen=True)
-class FinishedRows:
-    """Claiming, and processing, on a schema holding ``rows`` completed jobs."""
-
-    rows: int
-    insert_seconds: float
-    claims: Claims
-    plan: str  # how PostgreSQL runs the claim statement on that table
-    drained: Processing | None  # a burst worker's run there, when rows > 0
 
 
 def claim_plan(conn: psycopg.Connection[Any], limit: int) -> str:
     """How the store's claim statement is planned here (EXPLAIN, not run): a
-    scan of the whole jobs table, or one primary-key lookup per claimed job."""
+    scan of the whole jobs table, or lookups through an index."""
     try:
         from instar.store.postgres.store import Q
 
         sql = Q["claim"]
-    except (ImportError, KeyError):
-        return "plan unknown"
-    params = {
-        "worker": "bench-plan",
-        "now": time.time(),
-        "limit": limit,
-        "queues": None,
-        "names": None,
-    }
-    plan = "\n".join(str(row[0]) for row in conn.execute(f"EXPLAIN {sql}".encode(), params))
-    joins = [j for j in ("Hash Semi Join", "Hash Join", "Nested Loop") if j in plan]
+        params = {"worker": "bench-plan", "now": time.time(), "limit": limit}
+        params |= {"queues": None, "names": None}
+        plan = "\n".join(str(row[0]) for row in conn.execute(f"EXPLAIN {sql}".encode(), params))
+    except (ImportError, KeyError, psycopg.Error):
+        return "claim plan unknown"
     if "Seq Scan on jobs" in plan:
-        scan = "a seq scan of jobs"
-    elif "jobs_pkey" in plan:
-        scan = "jobs_pkey lookups"
-    else:
-        scan = "?"
-    return f"claim plan: {joins[0] if joins else '?'} over {scan}"
+        return "claim plan: a seq scan of jobs"
+    words = plan.replace("(", " ").replace(")", " ").split()
+    indexes = sorted({w for w in words if re.fullmatch(r"jobs_[a-z_]+", w)})
+    return f"claim plan: {', '.join(indexes) or '?'}"
 
 
 def _reader(conn: psycopg.Connection[Any]) -> Query:
@@ -141,8 +105,10 @@ class PostgresBench:
         self.created: list[str] = []  # not dropped yet
         self.server: dict[str, str] = {}
         self.load_at_start = os.getloadavg()[0]
-        where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
-        self.where = where
+        self.where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path or '/'}"
+        # The server's CPU is read from /proc: only when it runs on this machine.
+        self.local = (parts.hostname or "localhost") in ("localhost", "127.0.0.1", "::1")
+        self.cpu_runs: list[Processing] = []
 
     # -- schemas -------------------------------------------------------------------
 
@@ -159,9 +125,9 @@ class PostgresBench:
         )
 
     @contextmanager
-    def schema(self, what: str) -> Iterator[tuple[str, psycopg.Connection[Any]]]:
-        """A fresh schema's Instar URL and a plain autocommit connection into it;
-        the schema is dropped afterwards, whatever happens."""
+    def schema(self, what: str) -> Iterator[tuple[str, str, psycopg.Connection[Any]]]:
+        """A fresh schema: its name, its Instar URL and a plain autocommit
+        connection into it; the schema is dropped afterwards, whatever happens."""
         name = self.prefix + what
         self.created.append(name)
         try:
@@ -169,7 +135,7 @@ class PostgresBench:
                 admin.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE".encode())
                 admin.execute(f"CREATE SCHEMA {name}".encode())
             with self.connect(name) as conn:
-                yield self.url(name), conn
+                yield name, self.url(name), conn
         finally:
             self._drop(name)
 
@@ -201,7 +167,7 @@ class PostgresBench:
     def raw_limit(self) -> tuple[float, int]:
         """One psycopg connection, autocommit, one single-row INSERT per commit: rows/s."""
         sizes = self.sizes
-        with self.schema("raw") as (_, conn):
+        with self.schema("raw") as (_, _, conn):
             conn.execute(
                 b"CREATE TABLE t (id bigserial PRIMARY KEY, name text, args text, "
                 b"at double precision)"
@@ -215,212 +181,415 @@ class PostgresBench:
             elapsed = time.perf_counter() - start
         return rows / elapsed, rows
 
-    def processing(self, what: str, processes: int) -> Processing:
-        """Queue ``process_jobs`` no-op jobs, then time burst worker processes draining them."""
+    def instar_processing(self, handler: str, label: str, processes: int) -> Processing:
+        """Queue ``process_jobs`` jobs, then time burst worker processes draining them."""
         sizes = self.sizes
-        with self.schema(what) as (url, conn):
-            bulk_enqueue(url, sizes.process_jobs, sizes.bulk_chunk)
-            return drain(url, _reader(conn), self.tmp, what, sizes, processes)
+        with self.schema(label.replace("-", "_")) as (_, url, conn):
+            bulk_enqueue(url, sizes.process_jobs, sizes.bulk_chunk, handler)
+            result = instar_drain(
+                url, _reader(conn), self.tmp, label, sizes, processes, server_cpu=self.local
+            )
+        self.cpu_runs.append(result)
+        return result
 
-    def with_finished(self, what: str, finished: int) -> FinishedRows:
-        """Claiming on a schema holding ``finished`` completed jobs (and, if any,
-        one burst worker draining ``process_jobs`` jobs there afterwards)."""
+    def pgq_processing(self, r: int) -> Processing:
         sizes = self.sizes
-        warmup = 2  # first batches: connection, prepared statements, caches
-        with self.schema(what) as (url, conn), make_app(url) as app:
-            app.engine  # noqa: B018  (opens and migrates)
+        label = f"pgqueuer-{r}"
+        with self.schema(f"pgqueuer_{r}") as (schema, _, _):
+            peers.pgq_install(self.base, schema)
+            peers.pgq_bulk_enqueue(self.base, schema, sizes.process_jobs, sizes.bulk_chunk)
+            result = peers.pgq_drain(self.base, schema, self.tmp, label, sizes)
+        self.cpu_runs.append(result)
+        return result
+
+    def finished(self, rows: int) -> Finished:
+        """A schema with no finished jobs and one with ``rows`` of them, side by
+        side: claims taken in turns, then burst workers taking turns between them
+        (``rounds`` in each, the table without first; later rounds there find the
+        few thousand jobs of the earlier ones)."""
+        sizes = self.sizes
+        with (
+            self.schema("finished_0") as (_, empty_url, empty_conn),
+            self.schema(f"finished_{rows}") as (_, full_url, full_conn),
+        ):
+            urls, conns = [empty_url, full_url], [empty_conn, full_conn]
+            for url in urls:
+                with make_app(url) as app:
+                    app.engine  # noqa: B018  (creates the tables)
             start = time.perf_counter()
-            if finished:
-                conn.execute(INSERT_FINISHED.encode(), {"now": time.time(), "rows": finished})
+            full_conn.execute(INSERT_FINISHED.encode(), {"now": time.time(), "rows": rows})
             inserted = time.perf_counter() - start
-            ready = (warmup + sizes.claim_batches) * sizes.claim_limit
-            app.enqueue_many(app.definition("noop"), [{}] * ready)
-            conn.execute(b"ANALYZE jobs")
-            plan = claim_plan(conn, sizes.claim_limit)
-            timings: list[float] = []
-            for i in range(warmup + sizes.claim_batches):
-                request = ClaimRequest("bench-claimer", sizes.claim_limit, None)
-                start = time.perf_counter()
-                batch = app.engine.exchange([], [], request)
-                elapsed = time.perf_counter() - start
-                if len(batch.claimed) != sizes.claim_limit:
-                    raise BenchError(f"{what}: a claim batch took {len(batch.claimed)} jobs")
-                if i >= warmup:
-                    timings.append(elapsed * 1000)
-            drained = None
-            if finished:
-                conn.execute(FINISH_CLAIMED.encode())
-                bulk_enqueue(url, sizes.process_jobs, sizes.bulk_chunk)
-                drained = drain(url, _reader(conn), self.tmp, what, sizes)
-        return FinishedRows(finished, inserted, Claims(timings, sizes.claim_limit), plan, drained)
+            plans = []
+            for url, conn in zip(urls, conns, strict=True):
+                bulk_enqueue(url, (2 + sizes.claim_batches) * sizes.claim_limit, sizes.bulk_chunk)
+                # autovacuum may be off (it is on the machine this was written on):
+                # give the planner statistics either way, the same for both tables.
+                conn.execute(b"ANALYZE jobs")
+                plans.append(claim_plan(conn, sizes.claim_limit))
+            claims = claim_batches(urls, sizes)
+            drains: tuple[list[Processing], list[Processing]] = ([], [])
+            for r in range(1, sizes.rounds + 1):
+                for url, conn, runs, what in zip(
+                    urls, conns, drains, ("0", str(rows)), strict=True
+                ):
+                    if r == 1:
+                        conn.execute(FINISH_CLAIMED.encode())
+                    bulk_enqueue(url, sizes.process_jobs, sizes.bulk_chunk, "noop_sync")
+                    drained = instar_drain(
+                        url,
+                        _reader(conn),
+                        self.tmp,
+                        f"finished-{what}-{r}",
+                        sizes,
+                        server_cpu=self.local,
+                    )
+                    self.cpu_runs.append(drained)
+                    runs.append(drained)
+        return Finished(rows, inserted, claims, (plans[0], plans[1]), drains)
 
     # -- the table -----------------------------------------------------------------
 
+    def bulk(self, r: int) -> float:
+        with self.schema(f"bulk_{r}") as (_, url, _):
+            return bulk_enqueue(url, self.sizes.bulk_total, self.sizes.bulk_chunk)
+
+    def pgq_bulk(self, r: int) -> float:
+        sizes = self.sizes
+        with self.schema(f"pgq_bulk_{r}") as (schema, _, _):
+            peers.pgq_install(self.base, schema)
+            return peers.pgq_bulk_enqueue(self.base, schema, sizes.bulk_total, sizes.bulk_chunk)
+
+    def pickup(self) -> Latency:
+        with self.schema("pickup") as (_, url, _):
+            return instar_pickup(url, self.tmp, self.sizes, "pickup")
+
+    def pgq_pickup(self) -> Latency:
+        with self.schema("pgq_pickup") as (schema, _, _):
+            peers.pgq_install(self.base, schema)
+            return peers.pgq_pickup(self.base, schema, self.tmp, self.sizes, "pgqueuer-pickup")
+
     def run(self, rows: list[Row]) -> None:
-        """Take every measurement in turn, appending to ``rows`` (kept if a later one fails)."""
+        """Take every measurement in turn, appending rows as they come; one that
+        fails gets a row saying so, and the others still run."""
         sizes = self.sizes
         self.load_at_start = os.getloadavg()[0]
         with self.connect() as conn:
-            for setting in ("server_version", "synchronous_commit", "fsync", "wal_sync_method"):
+            for setting in (
+                "server_version",
+                "synchronous_commit",
+                "fsync",
+                "wal_sync_method",
+                "autovacuum",
+                "shared_buffers",
+            ):
                 found = conn.execute(f"SHOW {setting}".encode()).fetchone()
                 self.server[setting] = "?" if found is None else str(found[0]).split()[0]
 
         progress.print("PostgreSQL: raw psycopg commits ...")
-        raw, raw_rows = self.raw_limit()
-        commit_ms = 1000 / raw
-        rows.append(
-            Row(
-                "raw limit: psycopg autocommit INSERT",
-                rate(raw),
-                "1.00x",
-                "-",
-                None,
-                f"{raw_rows:,} rows, one connection; {commit_ms:.2f} ms per commit",
-            )
-        )
-
-        progress.print("PostgreSQL: enqueue one by one ...")
-        with self.schema("enqueue") as (url, _):
-            one = enqueue_one_by_one(url, sizes.enqueue_jobs)
-        rows.append(
-            Row(
-                "enqueue one by one",
-                rate(one),
-                f"{one / raw:.2f}x",
-                ">= 0.90x raw",
-                one / raw >= 0.9,
-                f"{sizes.enqueue_jobs:,} jobs",
-            )
-        )
-
-        progress.print("PostgreSQL: bulk enqueue ...")
-        with self.schema("bulk") as (url, _):
-            bulk = bulk_enqueue(url, sizes.bulk_total, sizes.bulk_chunk)
-        rows.append(
-            Row(
-                "bulk enqueue (enqueue_many)",
-                rate(bulk),
-                f"{bulk / raw:.1f}x",
-                ">= 50,000 /s",
-                bulk >= 50_000,
-                f"{sizes.bulk_total:,} jobs, {sizes.bulk_chunk:,} per call",
-            )
-        )
-
-        progress.print("PostgreSQL: processing, 1 worker process ...")
-        single = self.processing("process_1", 1)
-        rows += processing_rows(single, "1 process", raw, sizes, None)
-        progress.print(f"PostgreSQL: processing, {sizes.workers} worker processes ...")
-        several = self.processing(f"process_{sizes.workers}", sizes.workers)
-        rows += processing_rows(several, f"{sizes.workers} processes", raw, sizes, single)
-
-        progress.print("PostgreSQL: pickup latency of an idle worker ...")
-        with self.schema("pickup") as (url, conn):
-            latencies, code = pickup_latency(url, _reader(conn), self.tmp, sizes)
-        p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
-        rows.append(
-            Row(
-                "pickup latency p50",
-                f"{p50:.1f} ms",
-                f"{p50 / commit_ms:.1f} commits",
-                "<= 4 ms",
-                p50 <= 4,
-                latency_detail(latencies, sizes, code),
-            )
-        )
-        rows.append(
-            Row(
-                "pickup latency p99",
-                f"{p99:.1f} ms",
-                f"{p99 / commit_ms:.1f} commits",
-                "<= 10 ms",
-                p99 <= 10,
-                "",
-            )
-        )
-
-        progress.print("PostgreSQL: claiming, no finished jobs ...")
-        empty = self.with_finished("claim_empty", 0)
-        rows.append(
-            Row(
-                f"claim {sizes.claim_limit} (commit_batch), 0 finished jobs",
-                f"{empty.claims.median_ms:.2f} ms",
-                f"{empty.claims.median_ms / commit_ms:.1f} commits",
-                "-",
-                None,
-                f"{empty.claims.detail()}; ANALYZEd; {empty.plan}",
-            )
-        )
-        progress.print(f"PostgreSQL: claiming, {sizes.finished_rows:,} finished jobs ...")
-        full = self.with_finished("claim_full", sizes.finished_rows)
-        ratio = full.claims.median_ms / empty.claims.median_ms
-        rows.append(
-            Row(
-                f"claim {sizes.claim_limit} (commit_batch), {full.rows:,} finished",
-                f"{full.claims.median_ms:.2f} ms",
-                f"{full.claims.median_ms / commit_ms:.1f} commits",
-                "<= 1.25x 0 finished",
-                ratio <= 1.25,
-                f"{ratio:.2f}x the empty table; {full.claims.detail()}; ANALYZEd; {full.plan}; "
-                f"the {full.rows:,} completed rows took {full.insert_seconds:.1f} s "
-                "(one INSERT ... SELECT)",
-            )
-        )
-        if full.drained is not None:
-            steady = full.drained.steady_rate
+        found_raw = attempt(rows, "raw limit", self.raw_limit)
+        raw = found_raw[0] if found_raw else None
+        commit_ms = 1000 / raw if raw else None
+        if found_raw and commit_ms:
             rows.append(
                 Row(
-                    f"processing, 1 process, {full.rows:,} finished: steady",
-                    rate(steady),
-                    f"{steady / raw:.2f}x",
-                    ">= 0.80x 0 finished",
-                    steady >= 0.8 * single.steady_rate,
-                    f"{steady / single.steady_rate:.2f}x the empty table's steady rate; "
-                    f"wall {rate(full.drained.wall_rate)}; "
-                    + processing_detail(full.drained, sizes),
+                    "raw limit: psycopg autocommit INSERT",
+                    rate(found_raw[0]),
+                    "1.00x raw",
+                    "-",
+                    None,
+                    f"{found_raw[1]:,} rows, one connection; {commit_ms:.2f} ms per commit",
                 )
             )
+
+        progress.print("PostgreSQL: bare claim/complete/event loop ...")
+
+        def bare_loop() -> Bare:
+            with self.schema("bare") as (_, _, conn):
+                return bare_postgres(conn, sizes.process_jobs, sizes.bare_batch)
+
+        bare = attempt(rows, "bare loop", bare_loop)
+        bare_rate = bare.rate if bare else None
+        if bare:
+            rows.append(
+                judged(
+                    "bare loop: claim/complete/event",
+                    rate(bare.rate),
+                    bare.rate,
+                    raw,
+                    "raw",
+                    "-",
+                    None,
+                    bare.detail(),
+                )
+            )
+
+        progress.print("PostgreSQL: enqueue one by one ...")
+
+        def one_by_one() -> float:
+            with self.schema("enqueue") as (_, url, _):
+                return enqueue_one_by_one(url, sizes.enqueue_jobs)
+
+        one = attempt(rows, "enqueue one by one", one_by_one)
+        if one is not None:
+            rows.append(
+                judged(
+                    "enqueue one by one",
+                    rate(one),
+                    one,
+                    raw,
+                    "raw",
+                    ">= 0.90x raw",
+                    0.9,
+                    f"{sizes.enqueue_jobs:,} jobs, defn.enqueue() each",
+                )
+            )
+
+        pgq_missing = peers.missing("pgqueuer")
+        bulks: list[float] = []
+        pgq_bulks: list[float] = []
+        for r in range(1, sizes.rounds + 1):
+            progress.print(f"PostgreSQL: bulk enqueue, round {r} of {sizes.rounds} ...")
+            found_bulk = attempt(rows, f"bulk enqueue, round {r}", partial(self.bulk, r))
+            bulks += [found_bulk] if found_bulk is not None else []
+            if pgq_missing is None:
+                found_bulk = attempt(
+                    rows, f"pgqueuer bulk enqueue, round {r}", partial(self.pgq_bulk, r)
+                )
+                pgq_bulks += [found_bulk] if found_bulk is not None else []
+        bulk = statistics.median(bulks) if bulks else None
+        pgq_bulk = statistics.median(pgq_bulks) if pgq_bulks else None
+
+        defs: list[Processing] = []
+        asyncs: list[Processing] = []
+        several: list[Processing] = []
+        pgqs: list[Processing] = []
+        w = sizes.workers
+        for r in range(1, sizes.rounds + 1):
+            step = f"PostgreSQL: processing, round {r} of {sizes.rounds}:"
+            progress.print(f"{step} Instar def, 1 process ...")
+            found = attempt(
+                rows,
+                f"processing, def no-op, round {r}",
+                partial(self.instar_processing, "noop_sync", f"def-1p-{r}", 1),
+            )
+            defs += [found] if found else []
+            if pgq_missing is None:
+                progress.print(f"{step} pgqueuer ...")
+                found = attempt(
+                    rows, f"pgqueuer processing, round {r}", partial(self.pgq_processing, r)
+                )
+                pgqs += [found] if found else []
+            progress.print(f"{step} Instar async, 1 process ...")
+            found = attempt(
+                rows,
+                f"processing, async no-op, round {r}",
+                partial(self.instar_processing, "noop", f"async-1p-{r}", 1),
+            )
+            asyncs += [found] if found else []
+            progress.print(f"{step} Instar def, {w} processes ...")
+            found = attempt(
+                rows,
+                f"processing, def no-op, {w} processes, round {r}",
+                partial(self.instar_processing, "noop_sync", f"def-{w}p-{r}", w),
+            )
+            several += [found] if found else []
+        single = median_run(defs) if defs else None
+        pgq = median_run(pgqs) if pgqs else None
+
+        progress.print("PostgreSQL: pickup latency of an idle worker: Instar ...")
+        latency = attempt(rows, "pickup latency", self.pickup)
+        pgq_latency: Latency | None = None
+        if pgq_missing is None:
+            progress.print("PostgreSQL: pickup latency of an idle worker: pgqueuer ...")
+            pgq_latency = attempt(rows, "pgqueuer pickup latency", self.pgq_pickup)
+
+        # -- the peer's rows
+        if pgq_missing:
+            rows.append(Row("pgqueuer", "-", "-", "-", None, pgq_missing))
+        if pgq_bulk is not None:
+            rows.append(
+                judged(
+                    "pgqueuer: bulk enqueue (Queries.enqueue, lists)",
+                    rate(pgq_bulk),
+                    pgq_bulk,
+                    raw,
+                    "raw",
+                    "-",
+                    None,
+                    f"median of {len(pgq_bulks)}; {sizes.bulk_total:,} jobs, "
+                    f"{sizes.bulk_chunk:,} per call",
+                )
+            )
+        if pgq is not None:
+            rows.append(
+                judged(
+                    "pgqueuer: processing, no-op, 1 process: wall",
+                    rate(pgq.wall_rate),
+                    pgq.wall_rate,
+                    bare_rate,
+                    "bare",
+                    "-",
+                    None,
+                    f"{runs_note(pgqs)}; {pgq.detail()}; pgq run --mode drain, defaults "
+                    "(batch size 10, no concurrency limit), async entrypoint",
+                )
+            )
+        if pgq_latency is not None:
+            rows.append(
+                Row(
+                    "pgqueuer: pickup latency p50",
+                    f"{pgq_latency.p50_ms:.1f} ms",
+                    f"{pgq_latency.p50_ms / commit_ms:.1f} commits" if commit_ms else "-",
+                    "-",
+                    None,
+                    f"p99 {pgq_latency.p99_ms:.1f} ms; " + pgq_latency.detail(sizes.pickup_gap),
+                )
+            )
+
+        # -- Instar's rows
+        if bulk is not None:
+            rows.append(
+                judged(
+                    "bulk enqueue (enqueue_many)",
+                    rate(bulk),
+                    bulk,
+                    pgq_bulk,
+                    "pgqueuer",
+                    ">= 2.00x pgqueuer",
+                    2.0,
+                    f"median of {len(bulks)}; {sizes.bulk_total:,} jobs, "
+                    f"{sizes.bulk_chunk:,} per call" + (f"; {bulk / raw:.1f}x raw" if raw else ""),
+                )
+            )
+        if single is not None:
+            rows.append(
+                judged(
+                    "processing, def no-op, 1 process: wall",
+                    rate(single.wall_rate),
+                    single.wall_rate,
+                    pgq.wall_rate if pgq else None,
+                    "pgqueuer",
+                    ">= 2.00x pgqueuer",
+                    2.0,
+                    f"{runs_note(defs)}; {single.detail()}; instar worker --burst, "
+                    "default concurrency",
+                )
+            )
+            rows.append(
+                judged(
+                    "  the same, against the bare loop",
+                    rate(single.wall_rate),
+                    single.wall_rate,
+                    bare_rate,
+                    "bare",
+                    ">= 0.50x bare",
+                    0.5,
+                    single.cpu.describe("worker"),
+                )
+            )
+            if single.steady_rate is not None:
+                rows.append(
+                    judged(
+                        "processing, def no-op, 1 process: steady",
+                        rate(single.steady_rate),
+                        single.steady_rate,
+                        bare_rate,
+                        "bare",
+                        "-",
+                        None,
+                        "completions between the 10% and 90% ones, same run",
+                    )
+                )
+        if asyncs:
+            fast = median_run(asyncs)
+            rows.append(
+                judged(
+                    "processing, async no-op, 1 process: wall",
+                    rate(fast.wall_rate),
+                    fast.wall_rate,
+                    single.wall_rate if single else None,
+                    "def",
+                    ">= 1.00x def",
+                    1.0,
+                    f"{runs_note(asyncs)}; {fast.detail()}",
+                )
+            )
+        if several:
+            many = median_run(several)
+            rows.append(
+                judged(
+                    f"processing, def no-op, {w} processes: wall",
+                    rate(many.wall_rate),
+                    many.wall_rate,
+                    single.wall_rate if single else None,
+                    "1 process",
+                    ">= 1.00x 1 process",
+                    1.0,
+                    f"{runs_note(several)}; {many.detail()}; {many.cpu.describe('workers')}",
+                )
+            )
+        if latency is not None:
+            p50, p99 = latency.p50_ms, latency.p99_ms
+            rows.append(
+                judged(
+                    "pickup latency p50",
+                    f"{p50:.1f} ms",
+                    p50,
+                    pgq_latency.p50_ms if pgq_latency else None,
+                    "pgqueuer",
+                    "<= 1.00x pgqueuer",
+                    1.0,
+                    (f"{p50 / commit_ms:.1f} commits; " if commit_ms else "")
+                    + latency.detail(sizes.pickup_gap),
+                    at_most=True,
+                )
+            )
+            rows.append(
+                judged(
+                    "pickup latency p99",
+                    f"{p99:.1f} ms",
+                    p99,
+                    p50,
+                    "p50",
+                    "<= 3.00x p50",
+                    3.0,
+                    "",
+                    at_most=True,
+                )
+            )
+
+        n = sizes.finished_postgres
+        progress.print(f"PostgreSQL: claiming and processing, 0 and {n:,} finished jobs ...")
+        beside = attempt(rows, f"claiming beside {n:,} finished jobs", partial(self.finished, n))
+        if beside is not None:
+            rows += finished_rows(beside, commit_ms)
 
     def title(self) -> str:
         version = self.server.get("server_version", "?")
         sync = self.server.get("synchronous_commit", "?")
-        return f"Instar on PostgreSQL {version} (synchronous_commit={sync})"
+        quick = " - QUICK RUN: smaller sizes, see the caption" if self.sizes.quick else ""
+        return f"Instar on PostgreSQL {version} (synchronous_commit={sync}){quick}"
 
     def caption(self) -> str:
+        sizes = self.sizes
+        quick = (
+            f"Quick run: {sizes.process_jobs:,} jobs per processing run, "
+            f"{sizes.finished_postgres:,} finished rows (the full run: 10,000,000). "
+            if sizes.quick
+            else ""
+        )
         return (
-            f"x raw: the figure over the raw commit rate; latency in raw commit times. "
-            f"Server {self.where}, fsync={self.server.get('fsync', '?')}, "
-            f"wal_sync_method={self.server.get('wal_sync_method', '?')}; "
+            f"{quick}Each processing figure: jobs queued first, then the worker process(es) "
+            f"timed from start to the last completion; Instar and pgqueuer runs interleaved "
+            f"({sizes.rounds} round(s)), medians shown. Server {self.where}, "
+            f"fsync={self.server.get('fsync', '?')}, "
+            f"wal_sync_method={self.server.get('wal_sync_method', '?')}, "
+            f"autovacuum={self.server.get('autovacuum', '?')}, "
+            f"shared_buffers={self.server.get('shared_buffers', '?')}; "
             f"Python {platform.python_version()}, psycopg {psycopg.__version__}, "
+            f"asyncpg {peers.version('asyncpg') or '-'}, "
+            f"pgqueuer {peers.version('pgqueuer') or 'not installed'}, "
+            f"Instar {peers.version('instar')} ({code_note()}); "
             f"{os.cpu_count()} CPUs shared with the server ({load_note(self.load_at_start)}); "
             f"one schema per measurement ({self.prefix}*), dropped afterwards."
         )
-
-
-def processing_rows(
-    result: Processing, label: str, raw: float, sizes: Sizes, baseline: Processing | None
-) -> list[Row]:
-    """Wall and steady rows; against a fixed target, or faster than ``baseline``."""
-    rows = []
-    for kind, value in (("wall", result.wall_rate), ("steady", result.steady_rate)):
-        if baseline is None:
-            target, met = ">= 6,000 /s", value >= 6_000
-        else:
-            base = baseline.wall_rate if kind == "wall" else baseline.steady_rate
-            target, met = f"> 1 process ({base:,.0f})", value > base
-        detail = (
-            processing_detail(result, sizes)
-            if kind == "wall"
-            else "completions between the 10% and 90% completed events"
-        )
-        rows.append(
-            Row(
-                f"processing, async no-op, {label}: {kind}",
-                rate(value),
-                f"{value / raw:.2f}x",
-                target,
-                met,
-                detail,
-            )
-        )
-    return rows

@@ -1,4 +1,9 @@
-"""What a job and an event look like to callers: frozen records, no behaviour."""
+"""What a job and an event look like to callers: records, no behaviour.
+
+Every record is a snapshot of what was read; changing one changes nothing in
+the database. They are frozen, but for ``Job``: building a frozen dataclass
+costs about 3 µs more per instance (``object.__setattr__`` per field), paid for
+every job claimed, read or enqueued."""
 
 from __future__ import annotations
 
@@ -17,8 +22,10 @@ class Progress:
     message: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Job:
+    """One job as read (a snapshot: use the App to change a job)."""
+
     id: int
     name: str
     queue: str

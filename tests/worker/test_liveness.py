@@ -264,6 +264,42 @@ def test_one_row_maintenance_cannot_handle_is_reported_and_skipped(
     assert f"skipped job {bad.id}" in caplog.text and "a row nobody can read" in caplog.text
 
 
+def test_jobs_claimed_by_a_batch_whose_answer_was_lost_start_without_waiting_for_their_leases(
+    app: instar.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch committed, then its connection broke before the answer came
+    back (a server restart in pipeline mode does this): the jobs it claimed are
+    running under this worker's name, unknown to it. The worker finds them and
+    runs them, well before their 30 s leases would have brought them back."""
+
+    @app.job(name="tick")
+    def tick(n: int) -> int:
+        return n
+
+    real_exchange = app.engine.exchange
+    lost: list[int] = []
+
+    def answer_lost_once(*args: Any, **kwargs: Any) -> Any:
+        batch = real_exchange(*args, **kwargs)
+        if not lost and batch.claimed:
+            lost.append(len(batch.claimed))
+            raise instar.DatabaseUnavailable("server closed the connection unexpectedly")
+        return batch
+
+    monkeypatch.setattr(app.engine, "exchange", answer_lost_once)
+    jobs = app.enqueue_many("tick", [{"n": n} for n in range(20)])
+    with running_worker(app, concurrency=2) as worker:
+        wait_until(
+            lambda: app.counts().get(S.COMPLETED, 0) == len(jobs),
+            timeout=10,
+            what="all jobs completed",
+        )
+    assert lost, "a batch that claimed should have lost its answer once"
+    assert (worker.report.completed, worker.report.refused) == (len(jobs), 0)
+    for job in jobs:
+        assert moves(app, job.id) == [S.READY, S.RUNNING, S.COMPLETED], f"job {job.id}"
+
+
 # -- 5. time is the database's; a claim respects what came after it --------------------------
 
 

@@ -82,6 +82,10 @@ class Reader:
     def expired_leases(self, now: float, limit: int) -> list[Job]:
         return self._store.expired_leases(now, limit)
 
+    def claimed_by(self, worker: str) -> list[Job]:
+        """Jobs ``running`` under this worker's lease."""
+        return self._store.claimed_by(worker)
+
     def stranded_waiters(self, limit: int) -> list[Job]:
         return self._store.stranded_waiters(limit)
 

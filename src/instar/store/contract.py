@@ -20,7 +20,7 @@ Treat them as read-only all the same.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -39,7 +39,8 @@ class NewJob:
     state: State
     priority: int
     max_attempts: int
-    args: Mapping[str, Any]
+    args: dict[str, Any]
+    """The job's own copy of its arguments (the Job created from it keeps it)."""
     args_json: str
     key: str | None
     run_at: float | None
@@ -402,6 +403,10 @@ class SweepReads(Protocol):
         ...
 
     def expired_leases(self, now: float, limit: int) -> list[Job]: ...
+
+    def claimed_by(self, worker: str) -> list[Job]:
+        """Jobs ``running`` under this worker's lease (at most a few batches' worth)."""
+        ...
 
     def next_timer_at(self) -> float | None:
         """The earliest run_at, next_retry_at or wake_at still ahead."""

@@ -102,7 +102,7 @@ def new_job_record(job_id: int, new: NewJob, created: datetime) -> Job:
         priority=new.priority,
         attempt=0,
         max_attempts=new.max_attempts,
-        args=dict(new.args),
+        args=new.args,
         result=None,
         error=None,
         key=new.key,

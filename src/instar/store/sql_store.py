@@ -81,8 +81,22 @@ class SQLStore(ABC):
         """Run the backend's claim statement; returns a cursor over the claimed rows."""
 
     @abstractmethod
-    def _insert_rows(self, conn: Any, jobs: Sequence[NewJob], now: float) -> list[int | None]:
-        """Insert job rows; the new ids in order, None where a key already existed."""
+    def _insert_rows(
+        self, conn: Any, jobs: Sequence[NewJob], now: float, actor: str | None
+    ) -> list[int | None]:
+        """Insert job rows and the first event of each new one (``_first_events``);
+        the new ids in order, None where a key already existed."""
+
+    def _first_events(self, conn: Any, ids: Sequence[int], now: float, actor: str | None) -> None:
+        """The ``enqueued`` event of each of these new jobs, in one statement."""
+        if ids:
+            params = {
+                "ids": self._id_list(ids),
+                "now": now,
+                "actor": actor,
+                "trigger": Trigger.ENQUEUED.value,
+            }
+            conn.execute(self.Q["insert_enqueued_events"], params)
 
     @abstractmethod
     def _id_list(self, ids: Sequence[int]) -> Any:
@@ -230,6 +244,9 @@ class SQLStore(ABC):
     def expired_leases(self, now: float, limit: int) -> list[Job]:
         return self._sweep("expired_leases", {"now": now, "limit": limit})
 
+    def claimed_by(self, worker: str) -> list[Job]:
+        return self._sweep("claimed_by", {"worker": worker})
+
     def stranded_waiters(self, limit: int) -> list[Job]:
         return self._sweep("stranded_waiters", {"limit": limit})
 
@@ -298,7 +315,8 @@ class SQLTransaction:
 
     def insert_jobs(self, jobs: Sequence[NewJob], actor: str | None) -> list[Job]:
         conn, now = self.conn, self.now
-        ids = self.store._insert_rows(conn, jobs, now)
+        actor = None if actor is None else safe_text(actor)
+        ids = self.store._insert_rows(conn, jobs, now, actor)
         new = [(job_id, job) for job_id, job in zip(ids, jobs, strict=True) if job_id is not None]
         edges = [
             (job_id, parent, DependencyKind.AFTER.value)
@@ -308,13 +326,6 @@ class SQLTransaction:
         if edges:
             conn.cursor().executemany(self.Q["add_dependency"], edges)
         if new:
-            params = {
-                "ids": self.store._id_list([job_id for job_id, _ in new]),
-                "now": now,
-                "actor": None if actor is None else safe_text(actor),
-                "trigger": Trigger.ENQUEUED.value,
-            }
-            conn.execute(self.Q["insert_enqueued_events"], params)
             self._appended(ready=any(job.state is State.READY for _, job in new))
         if len(new) == len(jobs):
             created = datetime_of(now)

@@ -158,6 +158,7 @@ class Worker:
         self._pace = Pace()
         self._rechecked_at = -1.0
         self._failures = 0  # consecutive batches the database refused
+        self._claims_unsure = False  # a batch that claimed failed: did it commit?
         self._outbox = Outbox()
         self._stopping = False
         self._abandoned = False
@@ -202,6 +203,8 @@ class Worker:
                         break
                 self._release_stale_buffered()
                 self._job_log.flush()
+                if self._claims_unsure and not await self._take_up_lost_claims():
+                    continue
                 wanted = self._claims_wanted()
                 moves, notes = self._outbox.take()
                 recheck = [job.id for job, _ in self._buffer]
@@ -217,6 +220,7 @@ class Worker:
                         await self._call(self._write_one_by_one, moves, notes)
                         continue
                     except Exception:
+                        self._claims_unsure = self._claims_unsure or claim.limit > 0
                         await self._retry_later(moves, notes)
                         continue
                     self._failures = 0
@@ -354,6 +358,29 @@ class Worker:
                         return latest
         self._wake.clear()
         return marker
+
+    async def _take_up_lost_claims(self) -> bool:
+        """A batch that claimed jobs failed, but its commit may have reached the
+        database before the connection broke: jobs it claimed would then sit
+        running under this worker's name, unknown here, until their leases ran
+        out. Find them and treat them as claimed ahead (they start, or go back to
+        ready). False while the database cannot answer."""
+        try:
+            claimed = await self._call(self.engine.read.claimed_by, self.id)
+        except Exception:
+            await self._retry_later([], [])
+            return False
+        known = set(self._running) | {job.id for job, _ in self._buffer}
+        known |= self._outbox.job_ids()
+        now = time.monotonic()
+        for job in claimed:
+            if job.id not in known:
+                log.warning(
+                    "job %d: claimed by a batch whose answer was lost; taking it up", job.id
+                )
+                self._buffer.append((job, now))
+        self._claims_unsure = False
+        return True
 
     async def _retry_later(self, moves: list[Move], notes: list[Note]) -> None:
         """The database refused a batch (locked past the busy timeout, disk full,

@@ -29,6 +29,11 @@ class Outbox:
             self._moves[:0] = moves
             self._notes[:0] = notes
 
+    def job_ids(self) -> set[int]:
+        """The jobs with a report waiting: still running in the database."""
+        with self._lock:
+            return {move.job_id for move in self._moves}
+
     def take(self) -> tuple[list[Move], list[Note]]:
         with self._lock:
             moves, self._moves = self._moves, []

@@ -53,13 +53,14 @@ WITH job AS (
 SELECT id, pg_notify(%(channel)s, %(payload)s) FROM job
 
 -- name: insert_jobs_bulk
--- Many jobs in one statement; WITH ORDINALITY keeps RETURNING in the caller's order.
+-- Many jobs without keys and their first events in one statement, the columns
+-- as arrays in binary; WITH ORDINALITY keeps the ids in the caller's order.
 WITH input AS (
     SELECT * FROM unnest(
-        %(name)s::text[], %(queue)s::text[], %(state)s::text[], %(priority)s::integer[],
-        %(max_attempts)s::integer[], %(args)s::text[], %(run_at)s::double precision[],
-        %(lease_seconds)s::double precision[], %(pause_timeout)s::double precision[],
-        %(parent_id)s::bigint[]
+        %(name)b::text[], %(queue)b::text[], %(state)b::text[], %(priority)b::integer[],
+        %(max_attempts)b::integer[], %(args)b::text[], %(run_at)b::double precision[],
+        %(lease_seconds)b::double precision[], %(pause_timeout)b::double precision[],
+        %(parent_id)b::bigint[]
     ) WITH ORDINALITY AS t(name, queue, state, priority, max_attempts, args, run_at,
                            lease_seconds, pause_timeout, parent_id, n)
 ), inserted AS (
@@ -68,7 +69,11 @@ WITH input AS (
     SELECT name, queue, state, priority, max_attempts, args, run_at,
            lease_seconds, pause_timeout, parent_id, %(now)s, %(now)s
     FROM input ORDER BY n
-    RETURNING id
+    RETURNING id, state
+), event AS (
+    INSERT INTO events (job_id, at, from_state, to_state, trigger, attempt, worker, actor, detail)
+    SELECT id, %(now)s, NULL, state, %(trigger)s, 0, NULL, %(actor)s, NULL
+    FROM inserted ORDER BY id
 )
 SELECT id FROM inserted ORDER BY id
 
@@ -393,6 +398,12 @@ SELECT min(t) FROM (
 
 -- name: expired_leases
 SELECT * FROM jobs WHERE state IN ({leased}) AND lease_expires_at < %(now)s LIMIT %(limit)s
+
+-- name: claimed_by
+-- Read only after a batch whose answer was lost; "state IN (leased)" lets the
+-- partial index on leased jobs (few) serve it.
+SELECT * FROM jobs WHERE state IN ({leased}) AND state = {state:running}
+                   AND worker = %(worker)s
 
 -- name: resign
 DELETE FROM leaders WHERE role = %(role)s AND holder = %(holder)s

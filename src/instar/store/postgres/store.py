@@ -204,9 +204,11 @@ class PostgresStore(SQLStore):
         return conn.execute(Q["claim"], params)
 
     def _insert_rows(
-        self, conn: psycopg.Connection[Any], jobs: Sequence[NewJob], now: float
+        self, conn: psycopg.Connection[Any], jobs: Sequence[NewJob], now: float, actor: str | None
     ) -> list[int | None]:
         if len(jobs) > 1 and all(j.key is None for j in jobs):
+            # Jobs and their events in one statement, the columns as arrays sent
+            # in binary (no quoting of each element).
             columns = {
                 "name": [j.name for j in jobs],
                 "queue": [j.queue for j in jobs],
@@ -219,6 +221,8 @@ class PostgresStore(SQLStore):
                 "pause_timeout": [j.pause_timeout for j in jobs],
                 "parent_id": [j.parent_id for j in jobs],
                 "now": now,
+                "actor": actor,
+                "trigger": Trigger.ENQUEUED.value,
             }
             return [row[0] for row in conn.execute(Q["insert_jobs_bulk"], columns)]
         ids: list[int | None] = []
@@ -242,6 +246,7 @@ class PostgresStore(SQLStore):
                 ),
             ).fetchone()
             ids.append(None if row is None else row[0])
+        self._first_events(conn, [i for i in ids if i is not None], now, actor)
         return ids
 
     def _id_list(self, ids: Sequence[int]) -> list[int]:

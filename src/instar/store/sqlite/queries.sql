@@ -14,6 +14,14 @@ INSERT INTO jobs (name, queue, state, priority, max_attempts, args, key, run_at,
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING
 
+-- name: insert_jobs_alike
+-- Jobs without keys that differ only in their arguments (a JSON array of the
+-- arguments' JSON texts, in the 6th place), in one statement and in order.
+INSERT INTO jobs (name, queue, state, priority, max_attempts, args, key, run_at,
+                  lease_seconds, pause_timeout, parent_id, created_at, updated_at)
+SELECT ?1, ?2, ?3, ?4, ?5, value, ?7, ?8, ?9, ?10, ?11, ?12, ?13
+FROM json_each(?6) ORDER BY key
+
 -- name: max_job_id
 SELECT coalesce(max(id), 0) FROM jobs
 
@@ -206,6 +214,11 @@ SELECT min(t) FROM (
 
 -- name: expired_leases
 SELECT * FROM jobs WHERE state IN ({leased}) AND lease_expires_at < :now LIMIT :limit
+
+-- name: claimed_by
+-- Read only after a batch whose answer was lost; "state IN (leased)" lets the
+-- partial index on leased jobs (few) serve it.
+SELECT * FROM jobs WHERE state IN ({leased}) AND state = {state:running} AND worker = :worker
 
 -- name: resign
 DELETE FROM leaders WHERE role = :role AND holder = :holder

@@ -188,7 +188,7 @@ class SQLiteStore(SQLStore):
         return conn.execute(Q["claim_from_queues"], params)
 
     def _insert_rows(
-        self, conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float
+        self, conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float, actor: str | None
     ) -> list[int | None]:
         rows = [
             (
@@ -209,15 +209,24 @@ class SQLiteStore(SQLStore):
             for j in jobs
         ]
         if len(jobs) > 1 and all(j.key is None for j in jobs):
-            # No key can collide, so ids are consecutive under the write lock:
-            # one executemany instead of a statement per job.
+            # No key can collide, so ids are consecutive under the write lock.
             first = conn.execute(Q["max_job_id"]).fetchone()[0] + 1
-            conn.executemany(Q["insert_job"], rows)
-            return list(range(first, first + len(rows)))
+            alike = {row[:5] + row[6:] for row in rows}
+            if len(alike) == 1:
+                # Jobs of one enqueue_many differ only in their arguments: one
+                # statement reads them from a JSON array (about 4x executemany).
+                params = (*rows[0][:5], json.dumps([j.args_json for j in jobs]), *rows[0][6:])
+                conn.execute(Q["insert_jobs_alike"], params)
+            else:
+                conn.executemany(Q["insert_job"], rows)
+            new = range(first, first + len(rows))
+            self._first_events(conn, new, now, actor)
+            return list(new)
         ids: list[int | None] = []
         for row in rows:
             cursor = conn.execute(Q["insert_job"], row)
             ids.append(int(cursor.lastrowid or 0) if cursor.rowcount else None)
+        self._first_events(conn, [i for i in ids if i is not None], now, actor)
         return ids
 
     def _id_list(self, ids: Sequence[int]) -> str:

@@ -34,6 +34,8 @@ POSTGRES_ONLY = {
     "insert_jobs_bulk": "bulk insert through unnest with ordinality",
     "claim": "one claim with an optional queue array",
     "notify": "wake-ups through NOTIFY",
+    "claim_plan": "the claim walks jobs_ready in order even where statistics are stale",
+    "claim_plan_reset": "the end of claim_plan",
     "listen": "wake-ups through LISTEN",
     "database_time": "the server's clock (SQLite's is this machine's)",
     "enqueue_one": "one statement, one round trip (SQLite enqueues in-process)",

@@ -300,6 +300,46 @@ def test_jobs_claimed_by_a_batch_whose_answer_was_lost_start_without_waiting_for
         assert moves(app, job.id) == [S.READY, S.RUNNING, S.COMPLETED], f"job {job.id}"
 
 
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("half", ["reports", "claims"])
+def test_when_reports_and_claims_go_side_by_side_a_failed_half_loses_nothing_of_the_other(
+    app: instar.App, monkeypatch: pytest.MonkeyPatch, half: str
+) -> None:
+    """On PostgreSQL a batch's reports and its claim are two transactions at
+    once. The reports failing must not drop what the claim took (those jobs
+    would sit running until their leases ran out), and the claim failing must
+    not drop the reports: every job completes once, on time."""
+
+    @app.job(name="tick")
+    def tick(n: int) -> int:
+        time.sleep(0.002)
+        return n
+
+    real_exchange = app.engine.exchange
+    failed: list[int] = []
+
+    def one_half_fails_once(finished: Any, notes: Any, claim: Any, recheck: Any = ()) -> Any:
+        side_by_side = bool(finished) != (claim is not None)
+        this_half = "reports" if claim is None else "claims"
+        if side_by_side and this_half == half and not failed:
+            failed.append(len(finished))
+            raise instar.DatabaseUnavailable(f"the {half} transaction failed")
+        return real_exchange(finished, notes, claim, recheck)
+
+    monkeypatch.setattr(app.engine, "exchange", one_half_fails_once)
+    jobs = app.enqueue_many("tick", [{"n": n} for n in range(300)])
+    with running_worker(app, concurrency=4) as worker:
+        wait_until(
+            lambda: app.counts().get(S.COMPLETED, 0) == len(jobs),
+            timeout=15,
+            what="all jobs completed",
+        )
+    assert failed, f"the {half} half should have failed once"
+    assert (worker.report.completed, worker.report.refused) == (len(jobs), 0)
+    for job in jobs:
+        assert moves(app, job.id) == [S.READY, S.RUNNING, S.COMPLETED], f"job {job.id}"
+
+
 # -- 5. time is the database's; a claim respects what came after it --------------------------
 
 

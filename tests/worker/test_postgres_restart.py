@@ -250,8 +250,8 @@ def test_a_batch_whose_connection_dies_mid_transaction_is_retried_whole(
     app: instar.App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What the restart above sometimes hits, made deterministic: the worker's
-    batch (completions, what they set off, new claims: one transaction) meets
-    the dead connection after its moves were written. Nothing of it commits;
+    batch (completions and what they set off: one transaction) meets the dead
+    connection after its moves were written. Nothing of it commits;
     the worker keeps its reports and tries again, so every job completes once
     and no claim is left in ``running`` until its lease runs out (which a busy
     worker's heartbeat keeps postponing)."""

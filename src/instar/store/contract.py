@@ -443,6 +443,9 @@ class Store(JobReads, TimelineReads, DurableReads, SweepReads, WorkerReads, Lead
     """A durable home for jobs and their timelines."""
 
     supports_listen: bool
+    concurrent_writers: bool
+    """Whether write transactions on different connections run side by side
+    (PostgreSQL) or one at a time (SQLite: one writer per database)."""
 
     def migrate(self) -> int:
         """Bring the schema up to date; returns the schema version."""

@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 
 from instar.context import Context
 from instar.engine import (
+    BatchResult,
     Cancelled,
     Engine,
     Outcome,
@@ -153,6 +154,8 @@ class Worker:
         self.report = WorkerReport()
         self._running: dict[int, _Run] = {}
         self._buffer: deque[tuple[Job, float]] = deque()  # claimed ahead, with when
+        self._thread_ends: deque[tuple[_Run, Outcome | None]] = deque()  # from pool threads
+        self._thread_ends_signalled = False
         self._backlog = False
         self._prefetch_after = 0.0
         self._pace = Pace()
@@ -167,6 +170,13 @@ class Worker:
         self._loop_thread = 0
         self._wake: asyncio.Event | None = None
         self._db = ThreadPoolExecutor(1, thread_name_prefix="instar-db")
+        # Where the database takes writers side by side, claims go on a second
+        # connection while the reports are written (see ``_exchange``).
+        self._claims_db = (
+            ThreadPoolExecutor(1, thread_name_prefix="instar-claims")
+            if engine.store.concurrent_writers
+            else None
+        )
         # Maintenance sweeps on a thread of their own: never in the way of a batch.
         self._sweeper = ThreadPoolExecutor(1, thread_name_prefix="instar-maintenance")
         self._threads = ThreadPoolExecutor(
@@ -211,7 +221,7 @@ class Worker:
                 if moves or notes or wanted or (recheck and self._free_slots()):
                     claim = self._claim_request(wanted)
                     try:
-                        batch = await self._call(self.engine.exchange, moves, notes, claim, recheck)
+                        batch = await self._exchange(moves, notes, claim, recheck)
                     except StoreRefused as refused:
                         # One report the database cannot store must not hold back the rest.
                         log.warning(
@@ -220,19 +230,11 @@ class Worker:
                         await self._call(self._write_one_by_one, moves, notes)
                         continue
                     except Exception:
-                        self._claims_unsure = self._claims_unsure or claim.limit > 0
                         await self._retry_later(moves, notes)
                         continue
                     self._failures = 0
                     self._count_reports(moves, batch.applied)
-                    self._honour(batch.rechecked)
-                    self._rechecked_at = time.monotonic()
-                    now = time.monotonic()
-                    self._buffer.extend((job, now) for job in batch.claimed)
-                    if batch.claimed:
-                        self._heartbeat.nudge()
-                    self._backlog = bool(wanted) and len(batch.claimed) == wanted
-                    self._start_buffered()
+                    self._take_claimed(batch, wanted)
                     if batch.claimed or moves or notes:
                         quiet_passes = 0
                         continue
@@ -260,9 +262,59 @@ class Worker:
             await self._call(self._give_back)
             self._threads.shutdown(wait=False, cancel_futures=True)
             self._sweeper.shutdown(wait=True)
+            if self._claims_db is not None:
+                self._claims_db.shutdown(wait=True)
             self._db.shutdown(wait=True)
         log.info("worker %s stopped: %s", self.id, self.report)
         return self.report
+
+    async def _exchange(
+        self, moves: list[Move], notes: list[Note], claim: ClaimRequest, recheck: list[int]
+    ) -> BatchResult:
+        """One batch: the reports, then the recheck and the claim. In one
+        transaction where the database has one writer at a time (SQLite: one
+        commit). Where it takes writers side by side (PostgreSQL), as two
+        transactions at once on two connections, which the database works on in
+        parallel: each is a whole change of its own (ending runs; claiming jobs).
+        A claim that went through is kept when the reports failed, and the other
+        way round; the failure is raised after."""
+        claims_db = self._claims_db
+        if claims_db is None or not (moves or notes) or not (claim.limit or recheck):
+            try:
+                return await self._call(self.engine.exchange, moves, notes, claim, recheck)
+            except StoreRefused:
+                raise  # refused before the commit: nothing of it was written
+            except Exception:
+                # The commit may have gone through before the connection broke.
+                self._claims_unsure = self._claims_unsure or claim.limit > 0
+                raise
+        loop = self._loop_()
+        reports, claims = await asyncio.gather(
+            loop.run_in_executor(self._db, self.engine.exchange, moves, notes, None),
+            loop.run_in_executor(claims_db, self.engine.exchange, [], [], claim, recheck),
+            return_exceptions=True,
+        )
+        if isinstance(reports, BaseException):
+            if not isinstance(claims, BaseException):
+                self._take_claimed(claims, claim.limit)
+            raise reports
+        if isinstance(claims, BaseException):
+            self._claims_unsure = self._claims_unsure or claim.limit > 0
+            log.warning("claiming failed (%s); trying again with the next batch", claims)
+            return BatchResult(reports.applied, [])
+        return BatchResult(reports.applied, claims.claimed, claims.rechecked)
+
+    def _take_claimed(self, batch: BatchResult, wanted: int) -> None:
+        """What a batch claimed joins the jobs claimed ahead, after what its recheck
+        found; free slots start them."""
+        self._honour(batch.rechecked)
+        self._rechecked_at = time.monotonic()
+        now = time.monotonic()
+        self._buffer.extend((job, now) for job in batch.claimed)
+        if batch.claimed:
+            self._heartbeat.nudge()
+        self._backlog = bool(wanted) and len(batch.claimed) == wanted
+        self._start_buffered()
 
     def _claim_request(self, wanted: int) -> ClaimRequest:
         """Up to ``wanted`` jobs (0: only a recheck), of the names this worker runs."""
@@ -488,13 +540,25 @@ class Worker:
         self._ended(run, outcome)
 
     def _run_in_thread(self, run: _Run) -> None:
-        """A ``def`` handler's run, in a pool thread; its end goes back to the loop."""
+        """A ``def`` handler's run, in a pool thread; its end goes back to the loop,
+        with the ends of other runs that finish before the loop takes them: one
+        wake-up of the loop for all of them, not one per job."""
         loop = self._loop
         assert loop is not None
         if run.definition.options.timeout is not None:
             loop.call_soon_threadsafe(self._arm_timeout, run)
         outcome = call_sync(run.definition, run.ctx, run.job.args)
-        loop.call_soon_threadsafe(self._thread_done, run, outcome)
+        self._thread_ends.append((run, outcome))
+        if not self._thread_ends_signalled:
+            self._thread_ends_signalled = True
+            loop.call_soon_threadsafe(self._take_thread_ends)
+
+    def _take_thread_ends(self) -> None:
+        # The flag drops before the queue is read: an end appended after this
+        # point either is taken below or signals again.
+        self._thread_ends_signalled = False
+        while self._thread_ends:
+            self._thread_done(*self._thread_ends.popleft())
 
     def _arm_timeout(self, run: _Run) -> None:
         timeout = run.definition.options.timeout

@@ -238,21 +238,33 @@ RETURNING jobs.id, EXISTS (SELECT 1 FROM dependencies AS d WHERE d.depends_on = 
 
 -- name: claim
 -- SKIP LOCKED lets many workers claim side by side without waiting on each other.
+-- The ids come first as an array (an InitPlan), then each row by its primary
+-- key: the planner cannot turn the claim into a join over the whole table.
+-- It runs between claim_plan and claim_plan_reset.
 UPDATE jobs
 SET state = {claim_to}, attempt = attempt + CASE WHEN rerun THEN 0 ELSE 1 END, rerun = false,
     worker = %(worker)s,
     lease_token = md5(random()::text || clock_timestamp()::text || id::text),
     lease_expires_at = %(now)s + lease_seconds,
     cancel_requested = false, pause_requested = false, version = version + 1, updated_at = %(now)s
-WHERE id IN (SELECT id FROM jobs
-             WHERE state = {claim_from}
-               AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
-               AND (%(names)s::text[] IS NULL OR name = ANY(%(names)s::text[]))
-               AND queue NOT IN (SELECT queue FROM paused_queues)
-             ORDER BY priority DESC, id
-             LIMIT %(limit)s
-             FOR UPDATE SKIP LOCKED)
+WHERE id = ANY(ARRAY(SELECT id FROM jobs
+                     WHERE state = {claim_from}
+                       AND (%(queues)s::text[] IS NULL OR queue = ANY(%(queues)s::text[]))
+                       AND (%(names)s::text[] IS NULL OR name = ANY(%(names)s::text[]))
+                       AND queue NOT IN (SELECT queue FROM paused_queues)
+                     ORDER BY priority DESC, id
+                     LIMIT %(limit)s
+                     FOR UPDATE SKIP LOCKED))
 RETURNING *
+
+-- name: claim_plan
+-- Without fresh statistics (a table filled since its last ANALYZE) the planner
+-- believes few jobs are ready and sorts all of them to take the first few; with
+-- sorting off it walks jobs_ready in order and stops at the limit.
+SET LOCAL enable_sort = off
+
+-- name: claim_plan_reset
+SET LOCAL enable_sort = on
 
 -- name: notify
 -- Wakes listeners of this schema everywhere; delivered when the transaction

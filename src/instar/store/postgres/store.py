@@ -52,7 +52,12 @@ Q = load_queries("instar.store.postgres")
 
 
 class PostgresStore(SQLStore):
+    """``pool_size``: connections per process at most; a worker holds up to four
+    at once (its batches, its claims, its heartbeat, maintenance) besides the
+    one it listens on, and what its handlers enqueue takes the rest."""
+
     supports_listen = True
+    concurrent_writers = True
     Q = Q
     migrations_package = "instar.store.postgres.migrations"
 
@@ -60,7 +65,7 @@ class PostgresStore(SQLStore):
         self,
         url: str,
         *,
-        pool_size: int = 4,
+        pool_size: int = 6,
         connect_timeout: float = 10.0,
         read_only: bool = False,
     ) -> None:
@@ -201,7 +206,10 @@ class PostgresStore(SQLStore):
             "queues": None if claim.queues is None else list(claim.queues),
             "names": None if claim.names is None else list(claim.names),
         }
-        return conn.execute(Q["claim"], params)
+        conn.execute(Q["claim_plan"])
+        claimed = conn.execute(Q["claim"], params, binary=True)
+        conn.execute(Q["claim_plan_reset"])
+        return claimed
 
     def _insert_rows(
         self, conn: psycopg.Connection[Any], jobs: Sequence[NewJob], now: float, actor: str | None

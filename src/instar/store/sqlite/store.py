@@ -40,6 +40,7 @@ _TEXT = functools.partial(str, encoding="utf-8", errors="surrogateescape")
 
 class SQLiteStore(SQLStore):
     supports_listen = False
+    concurrent_writers = False
     Q = Q
     migrations_package = "instar.store.sqlite.migrations"
 

@@ -83,6 +83,10 @@ class BoundJob(JobDefinition):
         return await self.app.enqueue_async(self, args, **options)
 
 
+_PLACEMENT_OPTIONS = ("delay", "run_at", "priority", "queue", "key", "after")
+"""The options of ``enqueue`` that place a job, in ``App._placement``'s order."""
+
+
 class App:
     """One Instar application: a database and the handlers registered on it.
 
@@ -282,6 +286,39 @@ class App:
         )
         return self.engine.enqueue(specs, actor) if specs else []
 
+    def enqueue_batch(
+        self,
+        requests: Sequence[tuple[JobDefinition | str, Mapping[str, Any] | None, Mapping[str, Any]]],
+        actor: str | None = Actor.APP,
+    ) -> list[Job]:
+        """Jobs of any kinds in one transaction: all of them or none. Each request
+        is ``(job, args, options)``, the options those of ``enqueue`` (delay,
+        run_at, priority, queue, key, after). ``InvalidOption`` for another
+        option; every request is checked before anything is written."""
+        specs = []
+        for job, args, options in requests:
+            unknown = sorted(set(options) - set(_PLACEMENT_OPTIONS))
+            if unknown:
+                raise InvalidOption(
+                    f"unknown option {unknown[0]!r}; "
+                    f"the options are {', '.join(_PLACEMENT_OPTIONS)}"
+                )
+            placement = self._placement(
+                options.get("delay"),
+                options.get("run_at"),
+                options.get("priority"),
+                options.get("queue"),
+                options.get("key"),
+                options.get("after") or (),
+            )
+            specs += new_jobs(
+                self.definition(job),
+                [args or {}],
+                placement,
+                max_payload_bytes=self.max_payload_bytes,
+            )
+        return self.engine.enqueue(specs, actor) if specs else []
+
     async def enqueue_async(
         self, job: JobDefinition | str, args: Mapping[str, Any] | None = None, **options: Any
     ) -> Job:
@@ -414,26 +451,38 @@ class App:
         raise TimeoutError(f"job {job_id} is still {job.state} after {timeout}s")
 
     # -- operator verbs -------------------------------------------------------------
+    # ``if_version``: apply the verb only to the job as it stood at that version
+    # (``job.version``); ``VersionMismatch`` once another change has come first.
 
-    def cancel(self, job_id: int, actor: str | None = Actor.APP) -> Job:
+    def cancel(
+        self, job_id: int, actor: str | None = Actor.APP, *, if_version: int | None = None
+    ) -> Job:
         """Cancel a job that is not running at once; ask a running one's worker to stop it."""
-        return self.operator.cancel(job_id, actor)
+        return self.operator.cancel(job_id, actor, if_version)
 
-    def retry(self, job_id: int, actor: str | None = Actor.APP) -> Job:
+    def retry(
+        self, job_id: int, actor: str | None = Actor.APP, *, if_version: int | None = None
+    ) -> Job:
         """Run a failed job again, with a fresh count of attempts."""
-        return self.operator.retry(job_id, actor)
+        return self.operator.retry(job_id, actor, if_version)
 
-    def pause(self, job_id: int, actor: str | None = Actor.APP) -> Job:
+    def pause(
+        self, job_id: int, actor: str | None = Actor.APP, *, if_version: int | None = None
+    ) -> Job:
         """Pause a waiting job at once, a running one at its next checkpoint, step
         or progress call (where the handler can stop cleanly)."""
-        return self.operator.pause(job_id, actor)
+        return self.operator.pause(job_id, actor, if_version)
 
-    def resume(self, job_id: int, actor: str | None = Actor.APP) -> Job:
-        return self.operator.resume(job_id, actor)
+    def resume(
+        self, job_id: int, actor: str | None = Actor.APP, *, if_version: int | None = None
+    ) -> Job:
+        return self.operator.resume(job_id, actor, if_version)
 
-    def stop(self, job_id: int, actor: str | None = Actor.APP) -> Job:
+    def stop(
+        self, job_id: int, actor: str | None = Actor.APP, *, if_version: int | None = None
+    ) -> Job:
         """Ask a serving service job to stop: serving -> stopping -> completed."""
-        return self.operator.stop(job_id, actor)
+        return self.operator.stop(job_id, actor, if_version)
 
     def resolve(
         self, awakeable_id: str, value: Any = None, actor: str | None = Actor.APP

@@ -56,15 +56,35 @@ class InvalidTransition(InstarError):
         reason: str = "",
         *,
         message: str | None = None,
+        allowed_from: tuple[str, ...] = (),
     ) -> None:
         self.job_id = job_id
         self.from_state = from_state
         self.to_state = to_state
+        self.allowed_from = allowed_from  # the states the verb applies to, when a verb
         why = f": {reason}" if reason else ""
         super().__init__(
             message
             or f"job {job_id} cannot move from {from_state!r} to {to_state!r}{why}; "
             "see `instar lifecycle` for the allowed moves"
+        )
+
+
+class VersionMismatch(InstarError):
+    """A verb was asked on a job as it stood at one version, and it has changed since."""
+
+    exit_code = 3
+    http_status = 412
+    code = "version_mismatch"
+    retriable = False
+
+    def __init__(self, job_id: int, expected: int, found: int) -> None:
+        self.job_id = job_id
+        self.expected = expected
+        self.found = found
+        super().__init__(
+            f"job {job_id} is at version {found}, not {expected}: it changed since it was "
+            "read; read it again and decide again"
         )
 
 

@@ -96,3 +96,17 @@ class QueueStats:
     queue: str
     paused: bool
     counts: dict[State, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    """A bearer token of the HTTP API as stored: its name (the actor of what it
+    does), a SHA-256 digest of the secret (the secret itself is never kept), its
+    scopes, the one queue it is limited to if any, and epoch seconds."""
+
+    name: str
+    digest: str
+    scopes: frozenset[str]
+    queue: str | None
+    created_at: float
+    revoked_at: float | None

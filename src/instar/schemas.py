@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from instar.lifecycle import State
+from instar.lifecycle import ENTRY_STATES, JOBS, State
 from instar.models import Awakeable, Event, Job, QueueStats
 from instar.vocabulary import AwakeableState
 
@@ -176,3 +176,22 @@ class QueueShape(_Shape):
     @classmethod
     def of(cls, stats: QueueStats) -> QueueShape:
         return cls(queue=stats.queue, paused=stats.paused, counts=dict(stats.counts))
+
+
+def lifecycle_json() -> dict[str, Any]:
+    """The job lifecycle table as JSON: every state in display order with its
+    kind, meaning, whether jobs start or end in it, and the states it moves to
+    (``instar lifecycle --json`` and the HTTP API's ``/meta``)."""
+    return {
+        "states": [
+            {
+                "state": state.value,
+                "kind": JOBS.kinds[state],
+                "meaning": JOBS.meanings[state],
+                "entry": state in ENTRY_STATES,
+                "final": state in JOBS.final,
+                "moves_to": [target.value for target in JOBS.targets(state)],
+            }
+            for state in JOBS.states
+        ]
+    }

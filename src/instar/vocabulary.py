@@ -181,6 +181,10 @@ class Actor(_Named):
         "cli",
         "The `instar` command line.",
     )
+    HTTP = (
+        "http",
+        "A request to the HTTP API served with `--no-auth` (no token to name it).",
+    )
 
 
 def job_actor(job_id: int) -> str:

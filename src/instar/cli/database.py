@@ -19,7 +19,7 @@ from instar.cli.common import (
 )
 from instar.diagram import Format, render
 from instar.errors import DatabaseCorrupt
-from instar.lifecycle import ENTRY_STATES, JOBS
+from instar.schemas import lifecycle_json
 from instar.store.urls import redact
 
 
@@ -57,21 +57,7 @@ def migrate(database: str | None, as_json: bool) -> None:
 def lifecycle(fmt: str, as_json: bool) -> None:
     """Draw the job lifecycle from its one table."""
     if as_json:
-        print_json(
-            {
-                "states": [
-                    {
-                        "state": state.value,
-                        "kind": JOBS.kinds[state],
-                        "meaning": JOBS.meanings[state],
-                        "entry": state in ENTRY_STATES,
-                        "final": state in JOBS.final,
-                        "moves_to": [target.value for target in JOBS.targets(state)],
-                    }
-                    for state in JOBS.states
-                ]
-            }
-        )
+        print_json(lifecycle_json())
         return
     click.echo(render(cast(Format, fmt)))
 

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from instar.cli import database, jobs, queues, signals, worker
+from instar.cli import database, jobs, queues, signals, web, worker
 from instar.cli.common import InstarGroup, setup_logging
 
 
@@ -34,6 +34,7 @@ for _command in (
     *queues.COMMANDS,
     *worker.COMMANDS,
     *database.COMMANDS,
+    *web.COMMANDS,
 ):
     cli.add_command(_command)
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection
 
 from instar.engine.door import Engine
 from instar.engine.moves import plan_move
-from instar.errors import InvalidTransition
+from instar.errors import InvalidTransition, VersionMismatch
 from instar.lifecycle import State, can_transition, is_leased, is_terminal, sources_of
 from instar.models import Awakeable, Job
 from instar.payload import safe_text
@@ -23,6 +23,18 @@ from instar.vocabulary import AwakeableState, Trigger
 
 RACE_RETRIES = 20
 """Reads and tries a verb makes before it gives up on a job that keeps changing."""
+
+VERBS: dict[str, tuple[State, frozenset[State]]] = {
+    "cancel": (State.CANCELLED, sources_of(State.CANCELLED)),
+    "pause": (State.PAUSED, sources_of(State.PAUSED)),
+    "resume": (State.READY, frozenset({State.PAUSED})),
+    "retry": (State.READY, frozenset({State.FAILED})),
+    "stop": (State.STOPPING, sources_of(State.STOPPING)),
+}
+"""Each operator verb: the state it moves a job to (or asks its worker to), and
+the states it applies to. Cancel, pause and stop apply wherever the lifecycle
+table allows their move; resume and retry are narrower than the table's moves
+into ``ready``: only a paused job resumes, only a failed one is retried."""
 
 Decision = Move | Request | None
 """What a verb wants: a move, a flag for the job's worker, or nothing (done already)."""
@@ -34,7 +46,7 @@ class Operator:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def cancel(self, job_id: int, actor: str | None) -> Job:
+    def cancel(self, job_id: int, actor: str | None, expected_version: int | None = None) -> Job:
         """Cancel at once, or, for a job a worker holds, ask that worker to stop."""
 
         def decide(job: Job) -> Decision:
@@ -43,14 +55,14 @@ class Operator:
                 return None if job.cancel_requested else Request.CANCEL
             return plan_move(job, State.CANCELLED, Trigger.CANCELLED, actor=actor)
 
-        return self._until_applied(job_id, State.CANCELLED, actor, decide)
+        return self._until_applied(job_id, State.CANCELLED, actor, decide, expected_version)
 
-    def retry(self, job_id: int, actor: str | None) -> Job:
+    def retry(self, job_id: int, actor: str | None, expected_version: int | None = None) -> Job:
         """An operator's retry: a failed job runs again with a fresh attempt count."""
 
         def decide(job: Job) -> Decision:
-            if job.state is not State.FAILED:
-                raise _refused("retry", job, State.READY, {State.FAILED})
+            if job.state not in VERBS["retry"][1]:
+                raise _refused("retry", job, State.READY, VERBS["retry"][1])
             return plan_move(
                 job,
                 State.READY,
@@ -62,9 +74,9 @@ class Operator:
                 next_retry_at=None,
             )
 
-        return self._until_applied(job_id, State.READY, actor, decide)
+        return self._until_applied(job_id, State.READY, actor, decide, expected_version)
 
-    def pause(self, job_id: int, actor: str | None) -> Job:
+    def pause(self, job_id: int, actor: str | None, expected_version: int | None = None) -> Job:
         """Park a job for a person: at once if it is waiting, at its next
         checkpoint if it is running."""
         now = self.engine.clock.now
@@ -78,22 +90,22 @@ class Operator:
                 job, State.PAUSED, Trigger.PAUSED, actor=actor, pause_deadline=deadline
             )
 
-        return self._until_applied(job_id, State.PAUSED, actor, decide)
+        return self._until_applied(job_id, State.PAUSED, actor, decide, expected_version)
 
-    def resume(self, job_id: int, actor: str | None) -> Job:
+    def resume(self, job_id: int, actor: str | None, expected_version: int | None = None) -> Job:
         """A paused job goes back to ready, or to scheduled if its start is still ahead."""
         now = self.engine.clock.now
 
         def decide(job: Job) -> Decision:
-            if job.state is not State.PAUSED:
-                raise _refused("resume", job, State.READY, {State.PAUSED})
+            if job.state not in VERBS["resume"][1]:
+                raise _refused("resume", job, State.READY, VERBS["resume"][1])
             ahead = job.run_at is not None and job.run_at.timestamp() > now()
             target = State.SCHEDULED if ahead and job.attempt == 0 else State.READY
             return plan_move(job, target, Trigger.RESUMED, actor=actor)
 
-        return self._until_applied(job_id, State.READY, actor, decide)
+        return self._until_applied(job_id, State.READY, actor, decide, expected_version)
 
-    def stop(self, job_id: int, actor: str | None) -> Job:
+    def stop(self, job_id: int, actor: str | None, expected_version: int | None = None) -> Job:
         """Ask a serving service job to shut down: serving -> stopping; its worker
         sees it at the next heartbeat and the handler is told through ctx.stopping."""
 
@@ -101,7 +113,7 @@ class Operator:
             _allowed("stop", job, State.STOPPING)
             return plan_move(job, State.STOPPING, Trigger.STOP_REQUESTED, actor=actor)
 
-        return self._until_applied(job_id, State.STOPPING, actor, decide)
+        return self._until_applied(job_id, State.STOPPING, actor, decide, expected_version)
 
     def resolve(self, awakeable_id: str, value_json: str, actor: str | None) -> Awakeable:
         """Answer an awakeable with a value (JSON text); its job wakes if suspended."""
@@ -119,10 +131,15 @@ class Operator:
         target: State,
         actor: str | None,
         decide: Callable[[Job], Decision],
+        expected_version: int | None = None,
     ) -> Job:
-        """Read, decide, write; again if another writer got there first."""
+        """Read, decide, write; again if another writer got there first. With
+        ``expected_version``, only on the job as it stood at that version:
+        ``VersionMismatch`` once it has changed (if-match, RFC 9110 13.1.1)."""
         for _ in range(RACE_RETRIES):
             job = self.engine.read.get(job_id)
+            if expected_version is not None and job.version != expected_version:
+                raise VersionMismatch(job_id, expected_version, job.version)
             decision = decide(job)
             if decision is None:
                 return job
@@ -164,4 +181,5 @@ def _refused(
         which = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
         noun = "a service job" if verb == "stop" else "a job"
         message = f"{verb} applies only to {noun} that is {which} (job {job.id} is {state})"
-    return InvalidTransition(job.id, state, target.value, message=message)
+    allowed = tuple(s.value for s in State if s in applies_to)
+    return InvalidTransition(job.id, state, target.value, message=message, allowed_from=allowed)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from instar.lifecycle import State
-from instar.models import Awakeable, Event, Job, QueueStats
+from instar.models import ApiToken, Awakeable, Event, Job, QueueStats
 from instar.vocabulary import AwakeableState, DependencyKind
 
 # -- records -----------------------------------------------------------------
@@ -489,4 +489,27 @@ class Store(JobReads, TimelineReads, DurableReads, SweepReads, WorkerReads, Lead
     def database_time(self) -> float:
         """The database's clock, epoch seconds: the one clock leases and timers are
         judged by (SQLite: this machine's)."""
+        ...
+
+    # -- the HTTP API's tokens and keys --------------------------------------------
+
+    def add_token(self, token: ApiToken) -> bool:
+        """Store a token; False (nothing written) when its name was ever taken."""
+        ...
+
+    def token_by_digest(self, digest: str) -> ApiToken | None:
+        """The token that is not revoked with this digest, if any."""
+        ...
+
+    def tokens(self) -> list[ApiToken]:
+        """Every token, revoked ones too, oldest first."""
+        ...
+
+    def revoke_token(self, name: str, now: float) -> bool:
+        """Revoke the live token of this name; False if there is none."""
+        ...
+
+    def key(self, name: str, make: Callable[[], str]) -> str:
+        """The key of this name, made with ``make`` and stored the first time it
+        is asked for (every process on the database gets the same one)."""
         ...

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from instar.lifecycle import State
-from instar.models import Awakeable, Event, Job, QueueStats
+from instar.models import ApiToken, Awakeable, Event, Job, QueueStats
 from instar.payload import safe_text
 from instar.store.contract import (
     Applied,
@@ -291,6 +291,54 @@ class SQLStore(ABC):
             )
             for row in rows
         ]
+
+    # -- the HTTP API's tokens and keys ----------------------------------------------------
+
+    def add_token(self, token: ApiToken) -> bool:
+        params = {
+            "name": token.name,
+            "digest": token.digest,
+            "scopes": ",".join(sorted(token.scopes)),
+            "queue": token.queue,
+            "now": token.created_at,
+        }
+        with self._write() as conn:
+            return bool(conn.execute(self.Q["add_token"], params).rowcount == 1)
+
+    def token_by_digest(self, digest: str) -> ApiToken | None:
+        with self._read() as conn:
+            rows = conn.execute(self.Q["token_by_digest"], {"digest": digest}).fetchall()
+        return _token(rows[0]) if rows else None
+
+    def tokens(self) -> list[ApiToken]:
+        with self._read() as conn:
+            return [_token(row) for row in conn.execute(self.Q["tokens"]).fetchall()]
+
+    def revoke_token(self, name: str, now: float) -> bool:
+        with self._write() as conn:
+            params = {"name": name, "now": now}
+            return bool(conn.execute(self.Q["revoke_token"], params).rowcount == 1)
+
+    def key(self, name: str, make: Callable[[], str]) -> str:
+        with self._read() as conn:
+            rows = conn.execute(self.Q["key"], {"name": name}).fetchall()
+        if rows:
+            return str(rows[0][0])
+        with self._write() as conn:
+            conn.execute(self.Q["add_key"], {"name": name, "value": make()})
+            # Another process may have stored its own first: this one wins for all.
+            return str(conn.execute(self.Q["key"], {"name": name}).fetchone()[0])
+
+
+def _token(row: Sequence[Any]) -> ApiToken:
+    return ApiToken(
+        name=row[0],
+        digest=row[1],
+        scopes=frozenset(row[2].split(",")) if row[2] else frozenset(),
+        queue=row[3],
+        created_at=row[4],
+        revoked_at=row[5],
+    )
 
 
 class SQLTransaction:

@@ -259,9 +259,11 @@ class Worker:
             self._remove_signal_handlers()
             maintenance.cancel()
             await asyncio.gather(maintenance, return_exceptions=True)
+            # A pass still on the sweeper thread may take the leadership after a
+            # resignation: it ends before the worker gives anything back.
+            await asyncio.to_thread(self._sweeper.shutdown, True)
             await self._call(self._give_back)
             self._threads.shutdown(wait=False, cancel_futures=True)
-            self._sweeper.shutdown(wait=True)
             if self._claims_db is not None:
                 self._claims_db.shutdown(wait=True)
             self._db.shutdown(wait=True)
@@ -295,7 +297,9 @@ class Worker:
             return_exceptions=True,
         )
         if isinstance(reports, BaseException):
-            if not isinstance(claims, BaseException):
+            if isinstance(claims, BaseException):
+                self._claims_unsure = self._claims_unsure or claim.limit > 0
+            else:
                 self._take_claimed(claims, claim.limit)
             raise reports
         if isinstance(claims, BaseException):

@@ -465,3 +465,23 @@ SELECT set_config('search_path', %s, true)
 
 -- name: listen
 LISTEN {channel}
+
+-- name: add_token
+INSERT INTO api_tokens (name, digest, scopes, queue, created_at)
+VALUES (%(name)s, %(digest)s, %(scopes)s, %(queue)s, %(now)s) ON CONFLICT DO NOTHING
+
+-- name: token_by_digest
+SELECT name, digest, scopes, queue, created_at, revoked_at FROM api_tokens
+WHERE digest = %(digest)s AND revoked_at IS NULL
+
+-- name: tokens
+SELECT name, digest, scopes, queue, created_at, revoked_at FROM api_tokens ORDER BY created_at, name
+
+-- name: revoke_token
+UPDATE api_tokens SET revoked_at = %(now)s WHERE name = %(name)s AND revoked_at IS NULL
+
+-- name: add_key
+INSERT INTO api_keys (name, value) VALUES (%(name)s, %(value)s) ON CONFLICT DO NOTHING
+
+-- name: key
+SELECT value FROM api_keys WHERE name = %(name)s

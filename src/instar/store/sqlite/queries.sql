@@ -391,3 +391,23 @@ SELECT queue, state, count(*) FROM jobs GROUP BY queue, state
 
 -- name: paused_queues
 SELECT queue FROM paused_queues
+
+-- name: add_token
+INSERT INTO api_tokens (name, digest, scopes, queue, created_at)
+VALUES (:name, :digest, :scopes, :queue, :now) ON CONFLICT DO NOTHING
+
+-- name: token_by_digest
+SELECT name, digest, scopes, queue, created_at, revoked_at FROM api_tokens
+WHERE digest = :digest AND revoked_at IS NULL
+
+-- name: tokens
+SELECT name, digest, scopes, queue, created_at, revoked_at FROM api_tokens ORDER BY created_at, name
+
+-- name: revoke_token
+UPDATE api_tokens SET revoked_at = :now WHERE name = :name AND revoked_at IS NULL
+
+-- name: add_key
+INSERT INTO api_keys (name, value) VALUES (:name, :value) ON CONFLICT DO NOTHING
+
+-- name: key
+SELECT value FROM api_keys WHERE name = :name

@@ -152,6 +152,14 @@ class SQLiteStore(SQLStore):
                 f"the SQLite file {self.path!r} is damaged ({why}); restore it from a "
                 "backup, or move it away to start with a new database"
             )
+        if isinstance(exc, MemoryError):
+            # SQLITE_NOMEM on a database of Instar's size: a damaged page that
+            # claims a size no allocation meets.
+            return DatabaseCorrupt(
+                f"the SQLite file {self.path!r} is damaged (SQLite ran out of memory reading "
+                "a page that claims an impossible size); restore it from a backup, or move "
+                "it away to start with a new database"
+            )
         if isinstance(exc, sqlite3.OperationalError) and "readonly" in why:
             return ConfigurationError(f"the database {self.path!r} is read-only here ({why})")
         if isinstance(exc, sqlite3.OperationalError) and (

@@ -1,0 +1,275 @@
+"""Jobs over HTTP: enqueue one or a batch, list with keyset pages, read one and
+what hangs off it, and the operator's verbs (with If-Match)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from instar.errors import InvalidOption
+from instar.lifecycle import State, is_leased
+from instar.models import Job
+from instar.registry.limits import MAX_ID
+from instar.schemas import AwakeableShape, EventShape, JobBriefShape, JobShape
+from instar.web.auth import check_queue, needs
+from instar.web.pages import decode_page, encode_page
+from instar.web.problems import Problem
+from instar.web.state import web_state
+from instar.web.tokens import Principal
+
+router = APIRouter(tags=["jobs"])
+MAX_PAGE = 500
+JobId = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+
+class EnqueueBody(BaseModel):
+    """A job to create, by its registered name. ``delay`` (seconds) or ``run_at``
+    start it later; ``after`` makes it wait for those jobs; ``key`` makes a
+    retry of the request return the job it created the first time."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    name: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    queue: str | None = None
+    priority: int | None = None
+    delay: float | None = None
+    run_at: datetime | None = None
+    key: str | None = None
+    after: list[JobId] = Field(default_factory=list)
+
+    def options(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"name", "args"}, exclude_none=True)
+
+
+class BatchBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[EnqueueBody] = Field(min_length=1, max_length=1000)
+
+
+class JobList(BaseModel):
+    jobs: list[JobShape]
+    batch: int = 0
+
+
+class JobPage(BaseModel):
+    """Jobs newest first; ``next`` is the token of the following page (null: none)."""
+
+    jobs: list[JobShape]
+    next: str | None
+
+
+class EventPage(BaseModel):
+    events: list[EventShape]
+
+
+class StepShape(BaseModel):
+    name: str
+    result: Any
+
+
+def _queue_of(request: Request, body: EnqueueBody) -> str:
+    if body.queue is not None:
+        return body.queue
+    return web_state(request).app.definition(body.name).options.queue
+
+
+def _job(request: Request, job_id: int) -> Job:
+    return web_state(request).app.get(job_id)
+
+
+@router.post("/jobs", status_code=201, response_model=JobShape)
+def enqueue(
+    request: Request,
+    response: Response,
+    body: EnqueueBody,
+    who: Annotated[Principal, Depends(needs("enqueue"))],
+) -> JobShape:
+    """Create a job: 201 with its ``Location``; 200 with the job made before when
+    ``key`` was used already for the same job (422 ``idempotency_key_reused``
+    when it names another job or other arguments)."""
+    app = web_state(request).app
+    check_queue(who, _queue_of(request, body))
+    before = app.clock.now()
+    job = app.enqueue(body.name, body.args, actor=who.name, **body.options())
+    if body.key is not None and job.created_at.timestamp() < before:
+        if job.name != app.definition(body.name).name or job.args != body.args:
+            raise Problem(
+                422,
+                "idempotency_key_reused",
+                f"key {body.key!r} belongs to job {job.id} ({job.name}) with other arguments",
+                job_id=job.id,
+            )
+        response.status_code = 200
+    response.headers["Location"] = f"{request.url.path}/{job.id}"
+    return JobShape.of(job)
+
+
+@router.post("/jobs/batch", status_code=201, response_model=JobList)
+def enqueue_batch(
+    request: Request,
+    body: BatchBody,
+    who: Annotated[Principal, Depends(needs("enqueue"))],
+) -> JobList:
+    """Create several jobs in one transaction: all of them or none."""
+    app = web_state(request).app
+    for item in body.jobs:
+        check_queue(who, _queue_of(request, item))
+    jobs = app.enqueue_batch(
+        [(item.name, item.args, item.options()) for item in body.jobs], actor=who.name
+    )
+    return JobList(jobs=[JobShape.of(job) for job in jobs], batch=len(jobs))
+
+
+@router.get("/jobs", response_model=JobPage)
+def list_jobs(
+    request: Request,
+    _: Annotated[Principal, Depends(needs("read"))],
+    state: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI reads it, never mutates
+    queue: str | None = None,
+    name: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    page: str | None = None,
+) -> JobPage:
+    """Jobs newest first, filtered by any of state (repeatable), queue and name.
+    Pass ``next`` back as ``page`` for the following page: stable while jobs
+    arrive (it continues below the last id seen)."""
+    states: list[State] = []
+    for text in state:
+        try:
+            states.append(State(text))
+        except ValueError:
+            raise Problem(
+                400,
+                "invalid_filter",
+                f"unknown state {text!r}; states are {', '.join(s.value for s in State)}",
+            ) from None
+    web = web_state(request)
+    scope = {"state": sorted({s.value for s in states}), "queue": queue, "name": name}
+    before = None if page is None else decode_page(web.page_key, page, scope)
+    app = web.app
+    found: list[Job] = []
+    try:
+        each: list[State | None] = list(states) or [None]
+        for one in each:
+            found += app.jobs(one, queue, name, limit + 1, before)
+    except InvalidOption as exc:
+        raise Problem(400, "invalid_filter", str(exc)) from None
+    found = sorted({job.id: job for job in found}.values(), key=lambda j: -j.id)[: limit + 1]
+    more = len(found) > limit
+    found = found[:limit]
+    token = encode_page(web.page_key, found[-1].id, scope) if more else None
+    return JobPage(jobs=[JobShape.of(job) for job in found], next=token)
+
+
+@router.get("/jobs/{job_id}", response_model=JobShape)
+def get_job(
+    request: Request,
+    response: Response,
+    job_id: JobId,
+    _: Annotated[Principal, Depends(needs("read"))],
+) -> JobShape:
+    """One job; its ``ETag`` is its version, for ``If-Match`` on a verb."""
+    job = _job(request, job_id)
+    response.headers["ETag"] = f'"{job.version}"'
+    return JobShape.of(job)
+
+
+@router.get("/jobs/{job_id}/events", response_model=EventPage)
+def job_events(
+    request: Request,
+    job_id: JobId,
+    _: Annotated[Principal, Depends(needs("read"))],
+    after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+) -> EventPage:
+    """The job's timeline after the event ``after``, oldest first."""
+    events = [e for e in web_state(request).app.history(job_id) if e.id > after]
+    return EventPage(events=[EventShape.of(e) for e in events[:limit]])
+
+
+@router.get("/jobs/{job_id}/steps", response_model=list[StepShape])
+def job_steps(
+    request: Request, job_id: JobId, _: Annotated[Principal, Depends(needs("read"))]
+) -> list[StepShape]:
+    """The durable steps the job has done, with their recorded results."""
+    _job(request, job_id)
+    steps = web_state(request).app.reader.steps(job_id)
+    return [
+        StepShape(name=name, result=None if text is None else json.loads(text))
+        for name, text in steps.items()
+    ]
+
+
+@router.get("/jobs/{job_id}/children", response_model=list[JobBriefShape])
+def job_children(
+    request: Request, job_id: JobId, _: Annotated[Principal, Depends(needs("read"))]
+) -> list[JobBriefShape]:
+    _job(request, job_id)
+    return [JobBriefShape.of(j) for j in web_state(request).app.children(job_id)]
+
+
+@router.get("/jobs/{job_id}/dependencies", response_model=list[JobBriefShape])
+def job_dependencies(
+    request: Request, job_id: JobId, _: Annotated[Principal, Depends(needs("read"))]
+) -> list[JobBriefShape]:
+    _job(request, job_id)
+    return [JobBriefShape.of(j) for j in web_state(request).app.dependencies(job_id)]
+
+
+@router.get("/jobs/{job_id}/awakeables", response_model=list[AwakeableShape])
+def job_awakeables(
+    request: Request, job_id: JobId, _: Annotated[Principal, Depends(needs("read"))]
+) -> list[AwakeableShape]:
+    _job(request, job_id)
+    return [AwakeableShape.of(a) for a in web_state(request).app.awakeables(job_id)]
+
+
+def _if_match(header: str | None) -> int | None:
+    if header is None:
+        return None
+    text = header.strip().removeprefix("W/").strip('"')
+    if not text.isdigit() or len(text) > 19:
+        raise Problem(400, "bad_request", f"If-Match must be a job's ETag, got {header!r:.60}")
+    return int(text)
+
+
+def _verb(verb: str) -> Any:
+    def apply(
+        request: Request,
+        response: Response,
+        job_id: JobId,
+        who: Annotated[Principal, Depends(needs("operate"))],
+        if_match: Annotated[str | None, Header()] = None,
+    ) -> JobShape:
+        app = web_state(request).app
+        check_queue(who, _job(request, job_id).queue)
+        job = getattr(app, verb)(job_id, who.name, if_version=_if_match(if_match))
+        # A running job is only asked (cancel, pause): it acts at its next checkpoint.
+        if is_leased(job.state) and verb in ("cancel", "pause"):
+            response.status_code = 202
+        response.headers["ETag"] = f'"{job.version}"'
+        return JobShape.of(job)
+
+    apply.__name__ = verb
+    apply.__doc__ = (
+        f"{verb.capitalize()} the job: 200 when applied, 202 when its worker was asked "
+        "to act at its next checkpoint, 409 when the lifecycle does not allow it, 412 "
+        "when If-Match names a version the job has left."
+    )
+    return apply
+
+
+for _name in ("cancel", "pause", "resume", "retry", "stop"):
+    router.add_api_route(
+        f"/jobs/{{job_id}}/{_name}",
+        _verb(_name),
+        methods=["POST"],
+        response_model=JobShape,
+        name=_name,
+    )

@@ -1,0 +1,423 @@
+"""The HTTP API against a real server process, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+import instar
+from tests.conftest import running_worker
+from tests.web import web_app
+from tests.web.conftest import Server
+
+
+def _wait_for(predicate: Any, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def _problem(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status and body["code"] == code, body
+    return body
+
+
+# -- health, meta, the OpenAPI document ----------------------------------------------
+
+
+def test_health_answers_without_a_token(server: Server) -> None:
+    assert httpx.get(server.api("/health")).json() == {"status": "ok"}
+
+
+def test_meta_gives_the_lifecycle_table_and_the_states_each_verb_applies_to(
+    server: Server,
+) -> None:
+    with server.client(server.admin) as client:
+        meta = client.get("/meta").json()
+    assert meta["backend"] in ("sqlite", "postgresql")
+    states = {s["state"]: s for s in meta["lifecycle"]["states"]}
+    assert "running" in states["ready"]["moves_to"]
+    assert states["completed"]["final"] is True
+    verbs = {v["verb"]: v for v in meta["verbs"]}
+    assert verbs["retry"]["from"] == ["failed"] and verbs["resume"]["from"] == ["paused"]
+    assert "completed" not in verbs["cancel"]["from"]
+
+
+def test_the_openapi_document_is_served_and_no_page_loads_scripts_from_another_host(
+    server: Server,
+) -> None:
+    document = httpx.get(server.api("/openapi.json")).json()
+    assert document["openapi"].startswith("3.1")
+    assert "/api/v1/jobs/{job_id}/cancel" in document["paths"]
+    for page in ("/docs", "/redoc", "/api/v1/docs"):
+        assert httpx.get(f"{server.url}{page}").status_code == 404
+
+
+# -- tokens ----------------------------------------------------------------------------
+
+
+def test_a_request_without_a_token_is_refused_with_www_authenticate(server: Server) -> None:
+    response = httpx.get(server.api("/jobs"))
+    _problem(response, 401, "unauthorized")
+    assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_a_token_in_the_query_string_is_not_accepted(server: Server) -> None:
+    _problem(httpx.get(server.api(f"/jobs?access_token={server.admin}")), 401, "unauthorized")
+
+
+def test_a_revoked_token_is_refused_on_the_next_request(server: Server) -> None:
+    secret = server.token("short-lived", "read")
+    with server.client(secret) as client:
+        assert client.get("/jobs").status_code == 200
+        with instar.App(server.database) as app:
+            assert app.engine.store.revoke_token("short-lived", app.clock.now())
+        _problem(client.get("/jobs"), 401, "unauthorized")
+
+
+def test_a_token_without_the_scope_gets_403_insufficient_scope(server: Server) -> None:
+    with server.client(server.token("reader", "read")) as client:
+        response = client.post("/jobs", json={"name": "hello"})
+    body = _problem(response, 403, "insufficient_scope")
+    assert "enqueue" in body["detail"]
+    assert 'scope="enqueue"' in response.headers["www-authenticate"]
+
+
+def test_a_token_limited_to_a_queue_acts_on_that_queue_only(server: Server) -> None:
+    with server.client(server.token("mailer", "enqueue", "operate", queue="emails")) as client:
+        assert client.post("/jobs", json={"name": "mail", "args": {"to": "a@b"}}).status_code == 201
+        _problem(client.post("/jobs", json={"name": "hello"}), 403, "insufficient_scope")
+    with server.client(server.admin) as admin:
+        other = admin.post("/jobs", json={"name": "hello"}).json()
+    with server.client(server.token("mailer2", "operate", queue="emails")) as client:
+        _problem(client.post(f"/jobs/{other['id']}/cancel"), 403, "insufficient_scope")
+
+
+def test_the_timeline_names_the_token_that_caused_each_event(server: Server) -> None:
+    with server.client(server.token("ci-bot", "enqueue", "operate", "read")) as client:
+        job = client.post("/jobs", json={"name": "hello"}).json()
+        client.post(f"/jobs/{job['id']}/cancel")
+        events = client.get(f"/jobs/{job['id']}/events").json()["events"]
+    assert [(e["to_state"], e["actor"]) for e in events] == [
+        ("ready", "ci-bot"),
+        ("cancelled", "ci-bot"),
+    ]
+
+
+# -- enqueueing ------------------------------------------------------------------------
+
+
+def test_enqueue_answers_201_with_the_job_and_its_location(server: Server) -> None:
+    with server.client(server.admin) as client:
+        response = client.post("/jobs", json={"name": "hello", "args": {"name": "ada"}})
+        assert response.status_code == 201
+        job = response.json()
+        assert job["state"] == "ready" and job["args"] == {"name": "ada"}
+        assert response.headers["location"] == f"/api/v1/jobs/{job['id']}"
+        assert client.get(server.url + response.headers["location"]).json()["id"] == job["id"]
+
+
+def test_a_replayed_key_returns_the_first_job_and_a_reused_key_is_refused(server: Server) -> None:
+    with server.client(server.admin) as client:
+        body = {"name": "hello", "args": {"name": "x"}, "key": "order-17"}
+        first = client.post("/jobs", json=body)
+        again = client.post("/jobs", json=body)
+        assert (first.status_code, again.status_code) == (201, 200)
+        assert again.json()["id"] == first.json()["id"]
+        reused = client.post("/jobs", json={**body, "args": {"name": "y"}})
+        _problem(reused, 422, "idempotency_key_reused")
+        assert len(client.get("/jobs").json()["jobs"]) == 1
+
+
+def test_bad_requests_get_a_problem_and_change_nothing(server: Server) -> None:
+    with server.client(server.admin) as client:
+        _problem(client.post("/jobs", json={"name": "nobody"}), 422, "unknown_job_name")
+        bad = _problem(
+            client.post("/jobs", json={"name": "hello", "priority": "high"}),
+            422,
+            "validation_failed",
+        )
+        assert bad["errors"][0]["location"] == ["body", "priority"]
+        _problem(
+            client.post("/jobs", json={"name": "hello", "args": {"nope": 1}}),
+            422,
+            "invalid_payload",
+        )
+        _problem(client.post("/jobs", json={"name": "hello", "delay": -5}), 400, "invalid_option")
+        _problem(
+            client.post("/jobs", json={"name": "hello", "surprise": 1}), 422, "validation_failed"
+        )
+        raw = client.post(
+            "/jobs",
+            content=b'{"name": "hello", "delay": NaN}',
+            headers={"content-type": "application/json"},
+        )
+        _problem(raw, 422, "validation_failed")
+        _problem(
+            client.post(
+                "/jobs",
+                content=b"name=hello",
+                headers={"content-type": "application/x-www-form-urlencoded"},
+            ),
+            415,
+            "unsupported_media_type",
+        )
+        huge = {"name": "hello", "args": {"name": "x" * (3 * 1024 * 1024)}}
+        _problem(client.post("/jobs", json=huge), 413, "payload_too_large")
+        _problem(
+            client.post(
+                "/jobs", content=b"\xff\xfe{", headers={"content-type": "application/json"}
+            ),
+            400,
+            "bad_request",
+        )
+        assert client.get("/jobs").json()["jobs"] == []
+
+
+def test_a_batch_is_enqueued_whole_or_not_at_all(server: Server) -> None:
+    with server.client(server.admin) as client:
+        good = [{"name": "hello", "args": {"name": str(n)}} for n in range(3)]
+        response = client.post("/jobs/batch", json={"jobs": good})
+        assert response.status_code == 201 and response.json()["batch"] == 3
+        broken = [*good, {"name": "hello", "args": {"nope": True}}]
+        _problem(client.post("/jobs/batch", json={"jobs": broken}), 422, "invalid_payload")
+        assert len(client.get("/jobs").json()["jobs"]) == 3
+
+
+# -- listing ---------------------------------------------------------------------------
+
+
+def test_pages_follow_one_another_while_new_jobs_arrive(server: Server) -> None:
+    with server.client(server.admin) as client:
+        ids = [client.post("/jobs", json={"name": "hello"}).json()["id"] for _ in range(7)]
+        first = client.get("/jobs", params={"limit": 3}).json()
+        client.post("/jobs", json={"name": "hello"})  # arrives between pages
+        second = client.get("/jobs", params={"limit": 3, "page": first["next"]}).json()
+        third = client.get("/jobs", params={"limit": 3, "page": second["next"]}).json()
+    seen = [j["id"] for page in (first, second, third) for j in page["jobs"]]
+    assert seen == sorted(ids, reverse=True)
+    assert third["next"] is None
+
+
+def test_a_page_token_cannot_be_forged_or_carried_to_another_filter(server: Server) -> None:
+    with server.client(server.admin) as client:
+        for _ in range(3):
+            client.post("/jobs", json={"name": "hello"})
+        token = client.get("/jobs", params={"limit": 1}).json()["next"]
+        _, signature = token.split(".")
+        forged = json.dumps({"p": 10**9, "s": {"name": None, "queue": None, "state": []}})
+        fake = base64.urlsafe_b64encode(forged.encode()).decode().rstrip("=") + "." + signature
+        _problem(client.get("/jobs", params={"page": fake}), 400, "invalid_page_token")
+        other = client.get("/jobs", params={"page": token, "state": "failed"})
+        _problem(other, 400, "invalid_page_token")
+        _problem(client.get("/jobs", params={"state": "sleeping"}), 400, "invalid_filter")
+
+
+def test_jobs_filter_by_several_states(server: Server) -> None:
+    with server.client(server.admin) as client:
+        kept = client.post("/jobs", json={"name": "hello"}).json()
+        gone = client.post("/jobs", json={"name": "hello"}).json()
+        client.post(f"/jobs/{gone['id']}/cancel")
+        both = client.get("/jobs", params=[("state", "ready"), ("state", "cancelled")]).json()
+        ready = client.get("/jobs", params={"state": "ready"}).json()
+    assert [j["id"] for j in both["jobs"]] == [gone["id"], kept["id"]]
+    assert [j["id"] for j in ready["jobs"]] == [kept["id"]]
+
+
+# -- verbs -----------------------------------------------------------------------------
+
+
+def test_a_verb_with_a_stale_if_match_is_refused_with_412(server: Server) -> None:
+    with server.client(server.admin) as client:
+        job = client.post("/jobs", json={"name": "hello"}).json()
+        etag = client.get(f"/jobs/{job['id']}").headers["etag"]
+        paused = client.post(f"/jobs/{job['id']}/pause", headers={"If-Match": etag})
+        assert paused.status_code == 200 and paused.json()["state"] == "paused"
+        stale = client.post(f"/jobs/{job['id']}/cancel", headers={"If-Match": etag})
+        body = _problem(stale, 412, "version_mismatch")
+        assert client.get(f"/jobs/{job['id']}").json()["state"] == "paused"
+        assert body["found"] > body["expected"]
+
+
+def test_a_refused_verb_says_which_states_it_applies_to(server: Server) -> None:
+    with server.client(server.admin) as client:
+        job = client.post("/jobs", json={"name": "hello"}).json()
+        body = _problem(client.post(f"/jobs/{job['id']}/retry"), 409, "invalid_transition")
+    assert body["from"] == "ready" and body["allowed_from"] == ["failed"]
+    assert "only a failed job can be retried" in body["detail"]
+
+
+def test_fifty_concurrent_cancels_of_one_job_give_one_200_and_49_409(server: Server) -> None:
+    with server.client(server.admin) as client:
+        job = client.post("/jobs", json={"name": "hello"}).json()
+
+    def cancel(_: int) -> int:
+        with server.client(server.admin) as own:
+            return own.post(f"/jobs/{job['id']}/cancel").status_code
+
+    with ThreadPoolExecutor(50) as pool:
+        statuses = Counter(pool.map(cancel, range(50)))
+    assert statuses == Counter({200: 1, 409: 49})
+
+
+def test_cancelling_a_running_job_answers_202_then_it_ends_cancelled(server: Server) -> None:
+    with instar.App(server.database) as app:
+        web_app.handlers(app)
+        with server.client(server.admin) as client, running_worker(app, concurrency=1):
+            job = client.post("/jobs", json={"name": "slow"}).json()
+            _wait_for(lambda: client.get(f"/jobs/{job['id']}").json()["state"] == "running")
+            response = client.post(f"/jobs/{job['id']}/cancel")
+            assert response.status_code == 202
+            assert response.json()["cancel_requested"] is True
+            _wait_for(lambda: client.get(f"/jobs/{job['id']}").json()["state"] == "cancelled")
+
+
+# -- awakeables, queues, workers -----------------------------------------------------------
+
+
+def test_resolving_an_awakeable_over_http_moves_its_job_on(server: Server) -> None:
+    with instar.App(server.database) as app:
+        web_app.handlers(app)
+        with server.client(server.admin) as client, running_worker(app, concurrency=1):
+            job = client.post("/jobs", json={"name": "approval"}).json()
+            path = f"/jobs/{job['id']}/awakeables"
+            _wait_for(lambda: bool(client.get(path).json()))
+            awakeable = client.get(path).json()[0]
+            resolver = server.token("approver", "resolve")
+            with server.client(resolver) as approver:
+                done = approver.post(
+                    f"/awakeables/{awakeable['id']}/resolve", json={"value": {"by": "ada"}}
+                )
+                assert done.status_code == 200 and done.json()["state"] == "resolved"
+                twice = approver.post(
+                    f"/awakeables/{awakeable['id']}/reject", json={"reason": "too late"}
+                )
+                _problem(twice, 409, "awakeable_already_completed")
+            _wait_for(lambda: client.get(f"/jobs/{job['id']}").json()["state"] == "completed")
+            assert client.get(f"/jobs/{job['id']}").json()["result"] == "approved by ada"
+            missing = client.post("/awakeables/nope/resolve", json={})
+            _problem(missing, 404, "awakeable_not_found")
+
+
+def test_a_paused_queue_is_shown_paused_and_resumes(server: Server) -> None:
+    with server.client(server.admin) as client:
+        client.post("/jobs", json={"name": "mail", "args": {"to": "a@b"}})
+        assert client.post("/queues/emails/pause").json() == {
+            "queue": "emails",
+            "paused": True,
+            "changed": True,
+        }
+        emails = [q for q in client.get("/queues").json() if q["queue"] == "emails"]
+        assert emails[0]["paused"] is True and emails[0]["counts"] == {"ready": 1}
+        assert client.post("/queues/emails/resume").json()["paused"] is False
+
+
+def test_workers_show_the_leases_each_holds(server: Server) -> None:
+    with instar.App(server.database) as app:
+        web_app.handlers(app)
+        with server.client(server.admin) as client, running_worker(app, concurrency=2) as w:
+            job = client.post("/jobs", json={"name": "slow"}).json()
+            _wait_for(lambda: client.get(f"/jobs/{job['id']}").json()["state"] == "running")
+            found = {x["id"]: x for x in client.get("/workers").json()}
+            assert found[w.id]["leases"] == 1 and found[w.id]["concurrency"] == 2
+            client.post(f"/jobs/{job['id']}/cancel")
+
+
+# -- the event stream --------------------------------------------------------------------
+
+
+def _frames(response: httpx.Response, count: int) -> list[dict[str, Any]]:
+    """Read ``count`` transition frames: each its id and parsed data."""
+    frames: list[dict[str, Any]] = []
+    current: dict[str, Any] = {}
+    for line in response.iter_lines():
+        if line.startswith("id: "):
+            current["id"] = int(line[4:])
+        elif line.startswith("event: "):
+            current["event"] = line[7:]
+        elif line.startswith("data: "):
+            current["data"] = json.loads(line[6:])
+        elif line == "" and current:
+            frames.append(current)
+            current = {}
+            if len(frames) == count:
+                return frames
+    return frames
+
+
+def test_the_stream_resumed_with_last_event_id_misses_and_repeats_nothing(
+    server: Server,
+) -> None:
+    with server.client(server.admin) as client:
+        start = client.get("/events").json()["last"]
+        stop = threading.Event()
+
+        def keep_moving() -> None:
+            with server.client(server.admin) as mover:
+                while not stop.is_set():
+                    job = mover.post("/jobs", json={"name": "hello"}).json()
+                    mover.post(f"/jobs/{job['id']}/cancel")
+
+        mover = threading.Thread(target=keep_moving)
+        mover.start()
+        try:
+            with client.stream("GET", "/events/stream", params={"after": start}) as first:
+                got = _frames(first, 10)  # then the connection drops mid-stream
+            last = got[-1]["id"]
+            headers = {"Last-Event-ID": str(last)}
+            with client.stream("GET", "/events/stream", headers=headers) as second:
+                got += _frames(second, 10)
+        finally:
+            stop.set()
+            mover.join()
+        everything = client.get("/events", params={"after": start, "limit": 1000}).json()
+    ids = [f["id"] for f in got]
+    assert ids == [e["id"] for e in everything["events"]][:20]
+    assert all(f["event"] == "transition" and f["data"]["id"] == f["id"] for f in got)
+
+
+def test_text_with_newlines_cannot_forge_a_frame(server: Server) -> None:
+    with instar.App(server.database) as app:
+        web_app.handlers(app)
+        with server.client(server.admin) as client, running_worker(app, concurrency=1):
+            start = client.get("/events").json()["last"]
+            job = client.post("/jobs", json={"name": "approval"}).json()
+            path = f"/jobs/{job['id']}/awakeables"
+            _wait_for(lambda: bool(client.get(path).json()))
+            awakeable = client.get(path).json()[0]
+            reason = 'no\n\nid: 999999\nevent: transition\ndata: {"forged": true}\n\n'
+            client.post(f"/awakeables/{awakeable['id']}/reject", json={"reason": reason})
+            _wait_for(lambda: client.get(f"/jobs/{job['id']}").json()["state"] == "failed")
+            expected = client.get("/events", params={"after": start}).json()["events"]
+            with client.stream("GET", "/events/stream", params={"after": start}) as stream:
+                frames = _frames(stream, len(expected))
+    assert [f["data"] for f in frames] == expected
+    assert all(f["id"] != 999999 for f in frames)
+
+
+def test_a_stream_beyond_the_cap_gets_503_with_retry_after(database: str) -> None:
+    from tests.web.conftest import serve, stop
+
+    process, url = serve(database, "--no-auth", "--max-streams", "1")
+    try:
+        with (
+            httpx.Client(base_url=f"{url}/api/v1", timeout=10) as client,
+            client.stream("GET", "/events/stream") as held,
+        ):
+            assert held.status_code == 200
+            refused = client.get("/events/stream")
+            _problem(refused, 503, "unavailable")
+            assert refused.headers["retry-after"].isdigit()
+    finally:
+        stop(process)

@@ -1,5 +1,7 @@
 """Instar: a durable job engine with an explicit, enforced lifecycle."""
 
+from typing import TYPE_CHECKING
+
 from instar.app import App
 from instar.context import Context
 from instar.errors import (
@@ -21,6 +23,7 @@ from instar.errors import (
     StoreRefused,
     TransactionConflict,
     UnknownJob,
+    VersionMismatch,
 )
 from instar.lifecycle import State
 from instar.models import Awakeable, Event, Job, Progress, QueueStats
@@ -28,13 +31,18 @@ from instar.registry import JobDefinition
 from instar.retry import Retry
 from instar.vocabulary import Actor, AwakeableState, DependencyKind, Trigger
 
+if TYPE_CHECKING:
+    from instar.client import AsyncClient, Client
+
 __all__ = [
     "Actor",
     "App",
+    "AsyncClient",
     "Awakeable",
     "AwakeableNotFound",
     "AwakeableState",
     "ChildFailed",
+    "Client",
     "ConfigurationError",
     "Context",
     "DatabaseCorrupt",
@@ -61,4 +69,14 @@ __all__ = [
     "TransactionConflict",
     "Trigger",
     "UnknownJob",
+    "VersionMismatch",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # The HTTP client needs httpx (the client extra): imported only when used.
+    if name in ("Client", "AsyncClient"):
+        from instar import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'instar' has no attribute {name!r}")

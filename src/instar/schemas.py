@@ -51,6 +51,8 @@ class JobShape(_Shape):
     next_retry_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    version: int
+    """Grows with every change: the HTTP API's ETag, for If-Match."""
     worker: str | None
     progress: ProgressShape | None
     lease_expires_at: datetime | None
@@ -80,6 +82,7 @@ class JobShape(_Shape):
             next_retry_at=job.next_retry_at,
             created_at=job.created_at,
             updated_at=job.updated_at,
+            version=job.version,
             worker=job.worker,
             progress=None
             if progress is None

@@ -286,7 +286,7 @@ def test_cancelling_a_running_job_answers_202_then_it_ends_cancelled(server: Ser
 # -- awakeables, queues, workers -----------------------------------------------------------
 
 
-def test_resolving_an_awakeable_over_http_moves_its_job_on(server: Server) -> None:
+def test_an_awakeable_waits_in_the_inbox_and_resolving_it_moves_its_job_on(server: Server) -> None:
     with instar.App(server.database) as app:
         web_app.handlers(app)
         with server.client(server.admin) as client, running_worker(app, concurrency=1):
@@ -294,6 +294,7 @@ def test_resolving_an_awakeable_over_http_moves_its_job_on(server: Server) -> No
             path = f"/jobs/{job['id']}/awakeables"
             _wait_for(lambda: bool(client.get(path).json()))
             awakeable = client.get(path).json()[0]
+            assert [a["id"] for a in client.get("/awakeables").json()] == [awakeable["id"]]
             resolver = server.token("approver", "resolve")
             with server.client(resolver) as approver:
                 done = approver.post(
@@ -306,6 +307,9 @@ def test_resolving_an_awakeable_over_http_moves_its_job_on(server: Server) -> No
                 _problem(twice, 409, "awakeable_already_completed")
             _wait_for(lambda: client.get(f"/jobs/{job['id']}").json()["state"] == "completed")
             assert client.get(f"/jobs/{job['id']}").json()["result"] == "approved by ada"
+            assert client.get("/awakeables").json() == []
+            resolved = client.get("/awakeables", params={"state": "resolved"}).json()
+            assert [a["id"] for a in resolved] == [awakeable["id"]]
             missing = client.post("/awakeables/nope/resolve", json={})
             _problem(missing, 404, "awakeable_not_found")
 
@@ -421,3 +425,39 @@ def test_a_stream_beyond_the_cap_gets_503_with_retry_after(database: str) -> Non
             assert refused.headers["retry-after"].isdigit()
     finally:
         stop(process)
+
+
+# -- bulk --------------------------------------------------------------------------------
+
+
+def test_retry_all_matching_previews_then_applies_and_skips_what_the_table_refuses(
+    server: Server,
+) -> None:
+    with server.client(server.admin) as client:
+        ids = [client.post("/jobs", json={"name": "hello"}).json()["id"] for _ in range(5)]
+        for job_id in ids[:3]:
+            client.post(f"/jobs/{job_id}/cancel")
+        body = {"verb": "cancel", "filter": {"name": "hello"}, "dry_run": True}
+        preview = client.post("/bulk", json=body)
+        assert preview.status_code == 200
+        assert preview.json()["matching"] == 5 and preview.json()["allowed"] == 2
+        assert preview.json()["by_state"] == {"cancelled": 3, "ready": 2}
+        started = client.post("/bulk", json={**body, "dry_run": False})
+        assert started.status_code == 202
+        client.post("/jobs", json={"name": "hello"})  # after the preview: not touched
+        progress = server.url + started.headers["location"]
+        _wait_for(lambda: client.get(progress).json()["done"])
+        final = client.get(progress).json()
+        assert (final["applied"], final["refused"], final["error"]) == (2, 0, None)
+        states = Counter(j["state"] for j in client.get("/jobs").json()["jobs"])
+    assert states == Counter({"cancelled": 5, "ready": 1})
+
+
+def test_a_bulk_verb_on_an_empty_filter_needs_all_true(server: Server) -> None:
+    with server.client(server.admin) as client:
+        client.post("/jobs", json={"name": "hello"})
+        refused = client.post("/bulk", json={"verb": "cancel", "dry_run": True})
+        _problem(refused, 400, "invalid_filter")
+        preview = client.post("/bulk", json={"verb": "cancel", "dry_run": True, "all": True})
+        assert preview.json()["allowed"] == 1
+        _problem(client.get("/bulk/nope"), 404, "bulk_not_found")

@@ -11,7 +11,7 @@ from instar.errors import AwakeableNotFound, JobNotFound
 from instar.lifecycle import State
 from instar.models import Awakeable, Event, Job, QueueStats
 from instar.store.contract import EventFilter, JobFilter, Store, WorkerInfo
-from instar.vocabulary import DependencyKind
+from instar.vocabulary import AwakeableState, DependencyKind
 
 
 class Reader:
@@ -37,6 +37,13 @@ class Reader:
         self.get(job_id)
         return self._store.events(job_id)
 
+    def count_matching(self, queue: str | None, name: str | None, until: int) -> dict[State, int]:
+        """Jobs up to the id ``until`` of a queue and a name, counted by state."""
+        return self._store.count_matching(queue, name, until)
+
+    def last_job_id(self) -> int:
+        return self._store.last_job_id()
+
     def counts(self) -> dict[State, int]:
         return self._store.count_by_state()
 
@@ -52,6 +59,10 @@ class Reader:
 
     def awakeables(self, job_id: int) -> list[Awakeable]:
         return self._store.awakeables_of(self.get(job_id).id)
+
+    def awakeables_in_state(self, state: AwakeableState, limit: int) -> list[Awakeable]:
+        """Awakeables in ``state``, oldest first (the inbox of pending ones)."""
+        return self._store.awakeables_in_state(state, limit)
 
     def children(self, job_id: int) -> list[Job]:
         return self._store.children_of(self.get(job_id).id)

@@ -349,6 +349,15 @@ class JobReads(Protocol):
 
     def count_by_state(self) -> dict[State, int]: ...
 
+    def count_matching(self, queue: str | None, name: str | None, until: int) -> dict[State, int]:
+        """Jobs with ids up to ``until`` of a queue and a name (each optional; a
+        name matches as in ``list_jobs``), counted by state."""
+        ...
+
+    def last_job_id(self) -> int:
+        """The largest job id (0 when there is no job)."""
+        ...
+
     def queue_stats(self) -> list[QueueStats]: ...
 
     def children_of(self, job_id: int) -> list[Job]: ...
@@ -389,6 +398,10 @@ class DurableReads(Protocol):
     def get_awakeable(self, awakeable_id: str) -> Awakeable | None: ...
 
     def awakeables_of(self, job_id: int) -> list[Awakeable]: ...
+
+    def awakeables_in_state(self, state: AwakeableState, limit: int) -> list[Awakeable]:
+        """Awakeables in ``state``, oldest first, at most ``limit`` (the inbox)."""
+        ...
 
 
 class SweepReads(Protocol):

@@ -48,7 +48,7 @@ from instar.store.records import (
     rounds,
 )
 from instar.store.sql_blocks import load_migrations
-from instar.vocabulary import DependencyKind, Trigger
+from instar.vocabulary import AwakeableState, DependencyKind, Trigger
 
 
 class SQLStore(ABC):
@@ -173,6 +173,16 @@ class SQLStore(ABC):
             rows = conn.execute(self.Q["count_by_state"]).fetchall()
         return {State(state): count for state, count in rows}
 
+    def count_matching(self, queue: str | None, name: str | None, until: int) -> dict[State, int]:
+        params = {"queue": queue, "name": name, "until": until}
+        with self._read() as conn:
+            rows = conn.execute(self.Q["count_matching"], params).fetchall()
+        return {State(state): count for state, count in rows}
+
+    def last_job_id(self) -> int:
+        with self._read() as conn:
+            return int(conn.execute(self.Q["last_job_id"]).fetchone()[0])
+
     def queue_stats(self) -> list[QueueStats]:
         with self._read() as conn:
             rows = conn.execute(self.Q["queue_counts"]).fetchall()
@@ -232,6 +242,11 @@ class SQLStore(ABC):
     def awakeables_of(self, job_id: int) -> list[Awakeable]:
         with self._read() as conn:
             return awakeables_from(conn.execute(self.Q["awakeables_of_job"], (job_id,)))
+
+    def awakeables_in_state(self, state: AwakeableState, limit: int) -> list[Awakeable]:
+        params = {"state": state.value, "limit": limit}
+        with self._read() as conn:
+            return awakeables_from(conn.execute(self.Q["awakeables_in_state"], params))
 
     # -- reads: what maintenance sweeps ----------------------------------------------------
 

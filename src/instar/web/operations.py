@@ -7,13 +7,14 @@ from datetime import UTC, datetime
 from importlib.metadata import version
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from instar.engine.verbs import VERBS
 from instar.payload import encode
 from instar.schemas import AwakeableShape, QueueShape, lifecycle_json
+from instar.vocabulary import AwakeableState
 from instar.web.auth import check_queue, needs
 from instar.web.problems import problem_response
 from instar.web.state import web_state
@@ -127,6 +128,19 @@ def workers(request: Request, _: Annotated[Principal, Depends(needs("read"))]) -
         )
         for w in app.live_workers()
     ]
+
+
+@router.get("/awakeables", response_model=list[AwakeableShape], tags=["awakeables"])
+def awakeables(
+    request: Request,
+    _: Annotated[Principal, Depends(needs("read"))],
+    state: AwakeableState = AwakeableState.PENDING,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[AwakeableShape]:
+    """Awakeables in one state, oldest first: by default the inbox of those
+    waiting for an answer."""
+    found = web_state(request).app.reader.awakeables_in_state(state, limit)
+    return [AwakeableShape.of(a) for a in found]
 
 
 @router.get("/awakeables/{awakeable_id}", response_model=AwakeableShape, tags=["awakeables"])

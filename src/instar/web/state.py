@@ -3,7 +3,8 @@ key and the count of open event streams."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from fastapi import Request
 
@@ -32,6 +33,7 @@ class WebState:
     settings: WebSettings
     page_key: bytes
     streams: int = 0
+    operations: dict[str, Any] = field(default_factory=dict)  # bulk operations, by id
 
 
 def web_state(request: Request) -> WebState:

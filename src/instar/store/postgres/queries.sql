@@ -485,3 +485,18 @@ INSERT INTO api_keys (name, value) VALUES (%(name)s, %(value)s) ON CONFLICT DO N
 
 -- name: key
 SELECT value FROM api_keys WHERE name = %(name)s
+
+-- name: awakeables_in_state
+SELECT * FROM awakeables WHERE state = %(state)s ORDER BY created_at, id LIMIT %(limit)s
+
+-- name: count_matching
+-- Jobs of a listing's filter (without its state), up to an id, counted by state.
+SELECT state, count(*) FROM jobs
+WHERE (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+  AND (%(name)s::text IS NULL OR name = %(name)s::text
+       OR right(name, length(%(name)s::text) + 1) = '.' || %(name)s::text)
+  AND id <= %(until)s
+GROUP BY state
+
+-- name: last_job_id
+SELECT coalesce(max(id), 0) FROM jobs

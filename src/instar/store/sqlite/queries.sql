@@ -411,3 +411,17 @@ INSERT INTO api_keys (name, value) VALUES (:name, :value) ON CONFLICT DO NOTHING
 
 -- name: key
 SELECT value FROM api_keys WHERE name = :name
+
+-- name: awakeables_in_state
+SELECT * FROM awakeables WHERE state = :state ORDER BY created_at, id LIMIT :limit
+
+-- name: count_matching
+-- Jobs of a listing's filter (without its state), up to an id, counted by state.
+SELECT state, count(*) FROM jobs
+WHERE (:queue IS NULL OR queue = :queue)
+  AND (:name IS NULL OR name = :name OR substr(name, -length(:name) - 1) = '.' || :name)
+  AND id <= :until
+GROUP BY state
+
+-- name: last_job_id
+SELECT coalesce(max(id), 0) FROM jobs

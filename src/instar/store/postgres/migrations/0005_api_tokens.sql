@@ -16,3 +16,6 @@ CREATE TABLE api_keys (
     name  text PRIMARY KEY,
     value text NOT NULL
 );
+
+-- The awakeables inbox: those in one state, oldest first.
+CREATE INDEX awakeables_by_state ON awakeables (state, created_at);

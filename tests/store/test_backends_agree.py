@@ -25,6 +25,9 @@ SQLITE_ONLY = {
     "quick_check": "a check of the file's pages (PostgreSQL checks its own)",
     "claim_any_queue": "no array type: one claim per queue filter shape",
     "claim_from_queues": "no array type: one claim per queue filter shape",
+    "rollup_batch_end": "ids are commit order: a batch of the feed is an id range",
+    "roll_up_flows": "no data-modifying CTE: flows and totals are two statements",
+    "roll_up_totals": "no data-modifying CTE: flows and totals are two statements",
 }
 POSTGRES_ONLY = {
     "create_schema": "Instar's tables may live in a schema of their own",
@@ -35,6 +38,7 @@ POSTGRES_ONLY = {
     "claim": "one claim with an optional queue array",
     "notify": "wake-ups through NOTIFY",
     "claim_plan": "the claim walks jobs_ready in order even where statistics are stale",
+    "roll_up": "a batch of the feed in commit order (tx, id) counted in one statement",
     "claim_plan_reset": "the end of claim_plan",
     "listen": "wake-ups through LISTEN",
     "database_time": "the server's clock (SQLite's is this machine's)",

@@ -461,3 +461,36 @@ def test_a_bulk_verb_on_an_empty_filter_needs_all_true(server: Server) -> None:
         preview = client.post("/bulk", json={"verb": "cancel", "dry_run": True, "all": True})
         assert preview.json()["allowed"] == 1
         _problem(client.get("/bulk/nope"), 404, "bulk_not_found")
+
+
+# -- stats -------------------------------------------------------------------------------
+
+
+def test_state_counts_and_throughput_follow_what_jobs_do(server: Server) -> None:
+    with server.client(server.admin) as client:
+        ids = [client.post("/jobs", json={"name": "hello"}).json()["id"] for _ in range(3)]
+        client.post("/jobs", json={"name": "mail", "args": {"to": "a@b"}})
+        client.post(f"/jobs/{ids[0]}/cancel")
+        with instar.App(server.database) as app:
+            web_app.handlers(app)
+            app.run_worker(burst=True, queues=["default"])
+
+        def counted() -> bool:
+            found = client.get("/stats/states").json()
+            return bool(found["queues"].get("default", {}).get("completed") == 2)
+
+        _wait_for(counted)
+        found = client.get("/stats/states").json()
+        assert found["queues"] == {
+            "default": {"completed": 2, "cancelled": 1},
+            "emails": {"ready": 1},
+        }
+        assert found["totals"] == {"completed": 2, "cancelled": 1, "ready": 1}
+        flows = client.get("/stats/throughput", params={"window": "10m", "bucket": "5m"}).json()
+        assert flows["bucket_seconds"] == 300 and len(flows["buckets"]) in (2, 3)
+        entered = Counter[str]()
+        for bucket in flows["buckets"]:
+            entered.update(bucket["entered"])
+        assert (entered["completed"], entered["cancelled"], entered["running"]) == (2, 1, 2)
+        bad = client.get("/stats/throughput", params={"window": "1y"})
+        _problem(bad, 400, "invalid_filter")

@@ -185,6 +185,11 @@ class Engine:
         with self._transaction() as tx:
             return tx.raise_request(job_id, request, actor)
 
+    def roll_up(self, rollup: str, limit: int) -> int:
+        """Count the next ``limit`` events into the state flows, once whoever
+        leads; returns how many it counted."""
+        return self.store.roll_up(rollup, limit)
+
     def pause_queue(self, queue: str) -> bool:
         with self._transaction() as tx:
             return tx.pause_queue(queue)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from instar.errors import AwakeableNotFound, JobNotFound
 from instar.lifecycle import State
 from instar.models import Awakeable, Event, Job, QueueStats
-from instar.store.contract import EventFilter, JobFilter, Store, WorkerInfo
+from instar.store.contract import EventFilter, JobFilter, StateFlow, Store, WorkerInfo
 from instar.vocabulary import AwakeableState, DependencyKind
 
 
@@ -78,6 +78,20 @@ class Reader:
     def events_since(self, after_id: int, limit: int, where: EventFilter) -> list[Event]:
         """The feed's next page: see ``Store.events_since``."""
         return self._store.events_since(after_id, limit, where)
+
+    def live_counts(self) -> list[tuple[str, State, int]]:
+        """(queue, state, jobs) for the states jobs are not finished in."""
+        return self._store.live_counts()
+
+    def finished_totals(self) -> list[tuple[str, State, int]]:
+        """(queue, state, jobs) for the finished states, as of the last rollup."""
+        return self._store.finished_totals()
+
+    def flows_since(self, since: float) -> list[StateFlow]:
+        return self._store.flows_since(since)
+
+    def rollup_cursor(self, rollup: str) -> int:
+        return self._store.rollup_cursor(rollup)
 
     def last_event_id(self) -> int:
         return self._store.last_event_id()

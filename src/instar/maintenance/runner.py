@@ -17,6 +17,7 @@ from instar.engine import Engine
 from instar.maintenance.lease_rescue import LeaseRescue
 from instar.maintenance.pause_timeouts import PauseTimeouts
 from instar.maintenance.settings import Service
+from instar.maintenance.state_flows import StateFlows
 from instar.maintenance.timers import Timers
 from instar.maintenance.waiters import Waiters
 
@@ -40,7 +41,13 @@ class MaintenanceReport:
 
 
 def default_services(engine: Engine) -> list[Service]:
-    return [Timers(engine), PauseTimeouts(engine), LeaseRescue(engine), Waiters(engine)]
+    return [
+        Timers(engine),
+        PauseTimeouts(engine),
+        LeaseRescue(engine),
+        Waiters(engine),
+        StateFlows(engine),
+    ]
 
 
 class Maintenance:

@@ -143,6 +143,18 @@ class JobFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class StateFlow:
+    """Jobs of ``queue`` that entered and left ``state`` in the minute starting at
+    ``minute`` (epoch seconds)."""
+
+    minute: float
+    queue: str
+    state: State
+    entered: int
+    exited: int
+
+
+@dataclass(frozen=True, slots=True)
 class EventFilter:
     """Which events a feed wants: of one job, of jobs on a queue or of a name,
     or moves into one state. Every field is optional."""
@@ -502,6 +514,33 @@ class Store(JobReads, TimelineReads, DurableReads, SweepReads, WorkerReads, Lead
     def database_time(self) -> float:
         """The database's clock, epoch seconds: the one clock leases and timers are
         judged by (SQLite: this machine's)."""
+        ...
+
+    # -- state counts and flows ------------------------------------------------------
+
+    def live_counts(self) -> list[tuple[str, State, int]]:
+        """(queue, state, jobs) for every state a job is not finished in, each
+        counted through its partial index (never a scan of every job)."""
+        ...
+
+    def finished_totals(self) -> list[tuple[str, State, int]]:
+        """(queue, state, jobs) for the finished states, from the totals the
+        rollup keeps (as of its last pass)."""
+        ...
+
+    def flows_since(self, since: float) -> list[StateFlow]:
+        """The rolled-up flows of every minute from ``since`` (epoch seconds)."""
+        ...
+
+    def rollup_cursor(self, name: str) -> int:
+        """The last event id the rollup ``name`` counted (0: none yet)."""
+        ...
+
+    def roll_up(self, name: str, limit: int) -> int:
+        """Count the next ``limit`` events of the feed after the rollup's cursor
+        into the minutes and the totals, and move the cursor past them, in one
+        transaction that holds the cursor (a second leader waits, then counts
+        what follows); returns how many events it counted."""
         ...
 
     # -- the HTTP API's tokens and keys --------------------------------------------

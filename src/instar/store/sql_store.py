@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-from instar.lifecycle import State
+from instar.lifecycle import JOBS, State
 from instar.models import ApiToken, Awakeable, Event, Job, QueueStats
 from instar.payload import safe_text
 from instar.store.contract import (
@@ -32,6 +32,7 @@ from instar.store.contract import (
     Recheck,
     Request,
     Settlement,
+    StateFlow,
     Term,
     Wake,
     WorkerInfo,
@@ -307,6 +308,43 @@ class SQLStore(ABC):
             for row in rows
         ]
 
+    # -- state counts and flows -----------------------------------------------------------
+
+    def live_counts(self) -> list[tuple[str, State, int]]:
+        with self._read() as conn:
+            rows = conn.execute(LIVE_COUNTS).fetchall()
+        return [(queue, State(state), count) for queue, state, count in rows]
+
+    def finished_totals(self) -> list[tuple[str, State, int]]:
+        with self._read() as conn:
+            rows = conn.execute(self.Q["finished_totals"]).fetchall()
+        return [(queue, State(state), int(count)) for queue, state, count in rows if count]
+
+    def flows_since(self, since: float) -> list[StateFlow]:
+        with self._read() as conn:
+            rows = conn.execute(self.Q["flows_since"], {"since": since}).fetchall()
+        return [StateFlow(row[0], row[1], State(row[2]), row[3], row[4]) for row in rows]
+
+    def rollup_cursor(self, name: str) -> int:
+        with self._read() as conn:
+            row = conn.execute(self.Q["rollup_cursor"], {"name": name}).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def roll_up(self, name: str, limit: int) -> int:
+        with self._write() as conn:
+            conn.execute(self.Q["start_rollup"], {"name": name})
+            after = int(conn.execute(self.Q["lock_rollup"], {"name": name}).fetchone()[0])
+            last, count = self._roll_up(conn, after, limit)
+            if count:
+                params = {"name": name, "from": after, "to": last}
+                conn.execute(self.Q["advance_rollup"], params)
+            return count
+
+    @abstractmethod
+    def _roll_up(self, conn: Any, after: int, limit: int) -> tuple[int, int]:
+        """Count the next ``limit`` events after ``after`` into the flows and
+        totals; (the last event id counted, how many)."""
+
     # -- the HTTP API's tokens and keys ----------------------------------------------------
 
     def add_token(self, token: ApiToken) -> bool:
@@ -343,6 +381,17 @@ class SQLStore(ABC):
             conn.execute(self.Q["add_key"], {"name": name, "value": make()})
             # Another process may have stored its own first: this one wins for all.
             return str(conn.execute(self.Q["key"], {"name": name}).fetchone()[0])
+
+
+LIVE_COUNTS = "\nUNION ALL\n".join(
+    f"SELECT queue, '{state.value}', count(*) FROM jobs "
+    f"WHERE state = '{state.value}' GROUP BY queue"
+    for state in JOBS.states
+    if state not in JOBS.final
+)
+"""Jobs in each live state by queue: one query per state, each the exact
+predicate of that state's partial index, so that each reads only its jobs
+(built from the lifecycle table: a new live state is counted too)."""
 
 
 def _token(row: Sequence[Any]) -> ApiToken:

@@ -500,3 +500,66 @@ GROUP BY state
 
 -- name: last_job_id
 SELECT coalesce(max(id), 0) FROM jobs
+
+-- name: finished_totals
+SELECT queue, state, entered - exited FROM state_totals
+WHERE state IN ({state:completed}, {state:failed}, {state:cancelled})
+
+-- name: flows_since
+SELECT minute, queue, state, entered, exited FROM state_flows WHERE minute >= %(since)s
+ORDER BY minute
+
+-- name: rollup_cursor
+SELECT event_id FROM rollups WHERE name = %(name)s
+
+-- name: start_rollup
+INSERT INTO rollups (name, event_id) VALUES (%(name)s, 0) ON CONFLICT DO NOTHING
+
+-- name: advance_rollup
+UPDATE rollups SET event_id = %(to)s WHERE name = %(name)s AND event_id = %(from)s
+
+-- name: lock_rollup
+SELECT event_id FROM rollups WHERE name = %(name)s FOR UPDATE
+
+-- name: roll_up
+-- The next batch of the feed after the cursor (in commit order, as events_since
+-- reads it), counted into the minutes and the totals in one statement: a move
+-- counts as entering its new state and leaving its old one; notes count for
+-- neither. Returns the batch's last event id and its size.
+WITH start AS (
+    SELECT coalesce(
+        (SELECT tx FROM events WHERE id = %(after)s),
+        (SELECT min(tx) FROM events WHERE id > %(after)s),
+        '0'::xid8) AS tx
+), batch AS (
+    SELECT e.id, e.tx, e.at, e.from_state, e.to_state, e.job_id
+    FROM events AS e, start
+    WHERE (e.tx, e.id) > (start.tx, %(after)s::bigint)
+      AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
+    ORDER BY e.tx, e.id
+    LIMIT %(limit)s
+), moves AS (
+    SELECT floor(b.at / 60) * 60 AS minute, j.queue, b.to_state AS state,
+           1 AS entered, 0 AS exited
+    FROM batch AS b JOIN jobs AS j ON j.id = b.job_id
+    WHERE b.from_state IS DISTINCT FROM b.to_state
+    UNION ALL
+    SELECT floor(b.at / 60) * 60, j.queue, b.from_state, 0, 1
+    FROM batch AS b JOIN jobs AS j ON j.id = b.job_id
+    WHERE b.from_state IS NOT NULL AND b.from_state <> b.to_state
+), flows AS (
+    INSERT INTO state_flows (minute, queue, state, entered, exited)
+    SELECT minute, queue, state, sum(entered), sum(exited) FROM moves
+    GROUP BY minute, queue, state
+    ON CONFLICT (minute, queue, state) DO UPDATE
+    SET entered = state_flows.entered + excluded.entered,
+        exited = state_flows.exited + excluded.exited
+), totals AS (
+    INSERT INTO state_totals (queue, state, entered, exited)
+    SELECT queue, state, sum(entered), sum(exited) FROM moves
+    GROUP BY queue, state
+    ON CONFLICT (queue, state) DO UPDATE
+    SET entered = state_totals.entered + excluded.entered,
+        exited = state_totals.exited + excluded.exited
+)
+SELECT (SELECT id FROM batch ORDER BY tx DESC, id DESC LIMIT 1), (SELECT count(*) FROM batch)

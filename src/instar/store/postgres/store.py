@@ -257,6 +257,11 @@ class PostgresStore(SQLStore):
         self._first_events(conn, [i for i in ids if i is not None], now, actor)
         return ids
 
+    def _roll_up(self, conn: psycopg.Connection[Any], after: int, limit: int) -> tuple[int, int]:
+        row = conn.execute(Q["roll_up"], {"after": after, "limit": limit}).fetchone()
+        assert row is not None
+        return (after if row[0] is None else int(row[0])), int(row[1])
+
     def _id_list(self, ids: Sequence[int]) -> list[int]:
         return list(ids)
 

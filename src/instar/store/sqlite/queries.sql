@@ -425,3 +425,62 @@ GROUP BY state
 
 -- name: last_job_id
 SELECT coalesce(max(id), 0) FROM jobs
+
+-- name: finished_totals
+SELECT queue, state, entered - exited FROM state_totals
+WHERE state IN ({state:completed}, {state:failed}, {state:cancelled})
+
+-- name: flows_since
+SELECT minute, queue, state, entered, exited FROM state_flows WHERE minute >= :since
+ORDER BY minute
+
+-- name: rollup_cursor
+SELECT event_id FROM rollups WHERE name = :name
+
+-- name: start_rollup
+INSERT INTO rollups (name, event_id) VALUES (:name, 0) ON CONFLICT DO NOTHING
+
+-- name: advance_rollup
+UPDATE rollups SET event_id = :to WHERE name = :name AND event_id = :from
+
+-- name: lock_rollup
+SELECT event_id FROM rollups WHERE name = :name
+
+-- name: rollup_batch_end
+-- The last id of the next batch after the cursor (ids are commit order here).
+SELECT max(id), count(*) FROM (SELECT id FROM events WHERE id > :after ORDER BY id LIMIT :limit)
+
+-- name: roll_up_flows
+-- A move counts as entering its new state and leaving its old one; notes
+-- (from_state = to_state) count for neither. Minutes are epoch seconds.
+INSERT INTO state_flows (minute, queue, state, entered, exited)
+SELECT minute, queue, state, sum(entered), sum(exited) FROM (
+    SELECT CAST(e.at / 60 AS INTEGER) * 60.0 AS minute, j.queue AS queue,
+           e.to_state AS state, 1 AS entered, 0 AS exited
+    FROM events AS e JOIN jobs AS j ON j.id = e.job_id
+    WHERE e.id > :after AND e.id <= :upto AND e.from_state IS NOT e.to_state
+    UNION ALL
+    SELECT CAST(e.at / 60 AS INTEGER) * 60.0, j.queue, e.from_state, 0, 1
+    FROM events AS e JOIN jobs AS j ON j.id = e.job_id
+    WHERE e.id > :after AND e.id <= :upto AND e.from_state IS NOT NULL
+      AND e.from_state <> e.to_state
+) WHERE true
+GROUP BY minute, queue, state
+ON CONFLICT (minute, queue, state) DO UPDATE
+SET entered = state_flows.entered + excluded.entered, exited = state_flows.exited + excluded.exited
+
+-- name: roll_up_totals
+INSERT INTO state_totals (queue, state, entered, exited)
+SELECT queue, state, sum(entered), sum(exited) FROM (
+    SELECT j.queue AS queue, e.to_state AS state, 1 AS entered, 0 AS exited
+    FROM events AS e JOIN jobs AS j ON j.id = e.job_id
+    WHERE e.id > :after AND e.id <= :upto AND e.from_state IS NOT e.to_state
+    UNION ALL
+    SELECT j.queue, e.from_state, 0, 1
+    FROM events AS e JOIN jobs AS j ON j.id = e.job_id
+    WHERE e.id > :after AND e.id <= :upto AND e.from_state IS NOT NULL
+      AND e.from_state <> e.to_state
+) WHERE true
+GROUP BY queue, state
+ON CONFLICT (queue, state) DO UPDATE
+SET entered = state_totals.entered + excluded.entered, exited = state_totals.exited + excluded.exited

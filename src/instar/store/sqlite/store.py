@@ -238,6 +238,16 @@ class SQLiteStore(SQLStore):
         self._first_events(conn, [i for i in ids if i is not None], now, actor)
         return ids
 
+    def _roll_up(self, conn: sqlite3.Connection, after: int, limit: int) -> tuple[int, int]:
+        last, count = conn.execute(
+            Q["rollup_batch_end"], {"after": after, "limit": limit}
+        ).fetchone()
+        if count:
+            params = {"after": after, "upto": last}
+            conn.execute(Q["roll_up_flows"], params)
+            conn.execute(Q["roll_up_totals"], params)
+        return int(last or after), int(count)
+
     def _id_list(self, ids: Sequence[int]) -> str:
         return json.dumps(list(ids))
 

@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="instar-bench-"))
     os.environ["INSTAR_BENCH_CODE"] = snapshot_source(tmp)
     # Imported only now, so that they (and Instar) come from the snapshot.
-    from bench import postgres
+    from bench import postgres, web
     from bench.harness import FULL, QUICK, cpu_table, out, progress
     from bench.sqlite import SqliteBench
 
@@ -157,6 +157,16 @@ def main(argv: list[str] | None = None) -> int:
                 lambda into: lite.run(into, memory=not args.no_memory),
                 lite.title,
                 lite.caption,
+            )
+            statuses.append(status)
+            rows += found
+        if args.backend in ("sqlite", "all"):
+            (tmp / "http").mkdir()
+            status, found = section(
+                "HTTP",
+                lambda into: web.run(into, sizes, tmp / "http"),
+                lambda: "The HTTP API (instar serve) on SQLite",
+                lambda: web.CAPTION,
             )
             statuses.append(status)
             rows += found

@@ -491,6 +491,6 @@ def test_state_counts_and_throughput_follow_what_jobs_do(server: Server) -> None
         entered = Counter[str]()
         for bucket in flows["buckets"]:
             entered.update(bucket["entered"])
-        assert (entered["completed"], entered["cancelled"], entered["running"]) == (2, 1, 2)
+        assert entered == Counter({"completed": 2, "cancelled": 1})
         bad = client.get("/stats/throughput", params={"window": "1y"})
         _problem(bad, 400, "invalid_filter")

@@ -44,8 +44,9 @@ class Bucket(BaseModel):
 
 
 class Throughput(BaseModel):
-    """Jobs that entered and left each state in each bucket (``entered.completed``:
-    completions; ``entered.running``: starts), oldest bucket first."""
+    """Jobs that entered and left each finished state in each bucket
+    (``entered.completed``: completions; ``exited.failed``: failed jobs retried),
+    oldest bucket first."""
 
     window_seconds: int
     bucket_seconds: int

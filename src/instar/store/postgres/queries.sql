@@ -523,9 +523,10 @@ SELECT event_id FROM rollups WHERE name = %(name)s FOR UPDATE
 
 -- name: roll_up
 -- The next batch of the feed after the cursor (in commit order, as events_since
--- reads it), counted into the minutes and the totals in one statement: a move
--- counts as entering its new state and leaving its old one; notes count for
--- neither. Returns the batch's last event id and its size.
+-- reads it), counted into the minutes and the totals in one statement: moves
+-- into and out of the finished states (entering the new state, leaving the old
+-- one: a retry leaves failed); notes count for neither. Returns the batch's
+-- last event id and its size.
 WITH start AS (
     SELECT coalesce(
         (SELECT tx FROM events WHERE id = %(after)s),
@@ -542,11 +543,11 @@ WITH start AS (
     SELECT floor(b.at / 60) * 60 AS minute, j.queue, b.to_state AS state,
            1 AS entered, 0 AS exited
     FROM batch AS b JOIN jobs AS j ON j.id = b.job_id
-    WHERE b.from_state IS DISTINCT FROM b.to_state
+    WHERE b.to_state IN ({state:completed}, {state:failed}, {state:cancelled}) AND b.from_state IS DISTINCT FROM b.to_state
     UNION ALL
     SELECT floor(b.at / 60) * 60, j.queue, b.from_state, 0, 1
     FROM batch AS b JOIN jobs AS j ON j.id = b.job_id
-    WHERE b.from_state IS NOT NULL AND b.from_state <> b.to_state
+    WHERE b.from_state IN ({state:completed}, {state:failed}, {state:cancelled}) AND b.from_state <> b.to_state
 ), flows AS (
     INSERT INTO state_flows (minute, queue, state, entered, exited)
     SELECT minute, queue, state, sum(entered), sum(exited) FROM moves

@@ -451,18 +451,20 @@ SELECT event_id FROM rollups WHERE name = :name
 SELECT max(id), count(*) FROM (SELECT id FROM events WHERE id > :after ORDER BY id LIMIT :limit)
 
 -- name: roll_up_flows
--- A move counts as entering its new state and leaving its old one; notes
--- (from_state = to_state) count for neither. Minutes are epoch seconds.
+-- Moves into and out of the finished states: entering the new state, leaving
+-- the old one (a retry leaves failed); notes (from_state = to_state) count for
+-- neither. Only those moves meet the jobs table. Minutes are epoch seconds.
 INSERT INTO state_flows (minute, queue, state, entered, exited)
 SELECT minute, queue, state, sum(entered), sum(exited) FROM (
     SELECT CAST(e.at / 60 AS INTEGER) * 60.0 AS minute, j.queue AS queue,
            e.to_state AS state, 1 AS entered, 0 AS exited
     FROM events AS e JOIN jobs AS j ON j.id = e.job_id
-    WHERE e.id > :after AND e.id <= :upto AND e.from_state IS NOT e.to_state
+    WHERE e.id > :after AND e.id <= :upto AND e.to_state IN ({state:completed}, {state:failed}, {state:cancelled})
+      AND e.from_state IS NOT e.to_state
     UNION ALL
     SELECT CAST(e.at / 60 AS INTEGER) * 60.0, j.queue, e.from_state, 0, 1
     FROM events AS e JOIN jobs AS j ON j.id = e.job_id
-    WHERE e.id > :after AND e.id <= :upto AND e.from_state IS NOT NULL
+    WHERE e.id > :after AND e.id <= :upto AND e.from_state IN ({state:completed}, {state:failed}, {state:cancelled})
       AND e.from_state <> e.to_state
 ) WHERE true
 GROUP BY minute, queue, state
@@ -474,11 +476,12 @@ INSERT INTO state_totals (queue, state, entered, exited)
 SELECT queue, state, sum(entered), sum(exited) FROM (
     SELECT j.queue AS queue, e.to_state AS state, 1 AS entered, 0 AS exited
     FROM events AS e JOIN jobs AS j ON j.id = e.job_id
-    WHERE e.id > :after AND e.id <= :upto AND e.from_state IS NOT e.to_state
+    WHERE e.id > :after AND e.id <= :upto AND e.to_state IN ({state:completed}, {state:failed}, {state:cancelled})
+      AND e.from_state IS NOT e.to_state
     UNION ALL
     SELECT j.queue, e.from_state, 0, 1
     FROM events AS e JOIN jobs AS j ON j.id = e.job_id
-    WHERE e.id > :after AND e.id <= :upto AND e.from_state IS NOT NULL
+    WHERE e.id > :after AND e.id <= :upto AND e.from_state IN ({state:completed}, {state:failed}, {state:cancelled})
       AND e.from_state <> e.to_state
 ) WHERE true
 GROUP BY queue, state

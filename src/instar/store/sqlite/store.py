@@ -1,10 +1,13 @@
 """The SQLite store: one file, WAL, every write in a ``BEGIN IMMEDIATE`` transaction.
 
-One connection per store, shared by the threads of one process behind a
-lock: SQLite admits one writer at a time anyway, and a single connection
-keeps ``PRAGMA data_version`` meaningful (it changes only when *another*
-connection commits, which is how idle workers and event feeds in other
-processes notice new work).
+One writing connection per store, shared by the threads of one process
+behind a lock (SQLite admits one writer at a time anyway), and a reading
+connection per thread, so that a read never waits behind a commit's fsync or
+another thread's read (WAL lets readers run beside the writer; a read sees
+every commit made before it). The
+writer's ``PRAGMA data_version`` changes only when *another* connection
+commits, which is how idle workers and event feeds in other processes notice
+new work.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +40,17 @@ Q = load_queries("instar.store.sqlite")
 SYNCHRONOUS_MODES = ("full", "normal", "extra", "off")
 
 _TEXT = functools.partial(str, encoding="utf-8", errors="surrogateescape")
+
+
+class _Reader:
+    """One thread's reading connection: closed when the thread ends (its
+    thread-local values go, and this with them) or when the store closes."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __del__(self) -> None:
+        self.conn.close()
 
 
 class SQLiteStore(SQLStore):
@@ -90,6 +105,11 @@ class SQLiteStore(SQLStore):
                 f"cannot open SQLite database {path!r}: {exc}; check the path and its permissions"
             ) from None
         self._lock = threading.RLock()
+        self._reader_target = f"file:{quote(str(Path(path).absolute()))}?mode=ro"
+        self._busy_timeout = busy_timeout
+        self._readers = threading.local()
+        self._opened: weakref.WeakSet[_Reader] = weakref.WeakSet()  # to close them all
+        self._closed = False
 
     def check(self) -> list[str]:
         """SQLite's own quick check of every page: the problems it finds (none: [])."""
@@ -132,12 +152,38 @@ class SQLiteStore(SQLStore):
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        """Reads share the one connection (autocommit: each statement sees the latest commit)."""
-        with self._lock:
-            try:
-                yield self._conn
-            except Exception as exc:
-                raise self._translate(exc) from exc
+        """Each thread reads on a connection of its own (autocommit: each
+        statement sees the latest commit), never waiting for another's read or
+        for a commit; a database in memory is private to its one connection."""
+        if self.path == ":memory:":
+            with self._lock:
+                try:
+                    yield self._conn
+                except Exception as exc:
+                    raise self._translate(exc) from exc
+            return
+        try:
+            yield self._reader()
+        except Exception as exc:
+            raise self._translate(exc) from exc
+
+    def _reader(self) -> sqlite3.Connection:
+        reader: _Reader | None = getattr(self._readers, "reader", None)
+        if reader is None:
+            if self._closed:
+                raise ConfigurationError(f"the store of {self.path!r} is closed")
+            conn = sqlite3.connect(
+                self._reader_target,
+                isolation_level=None,
+                check_same_thread=False,
+                timeout=self._busy_timeout,
+                uri=True,
+            )
+            conn.text_factory = _TEXT
+            reader = self._readers.reader = _Reader(conn)
+            with self._lock:
+                self._opened.add(reader)
+        return reader.conn
 
     def _translate(self, exc: Exception) -> Exception:
         """A driver error as the Instar error that says what it means for the caller;
@@ -257,7 +303,10 @@ class SQLiteStore(SQLStore):
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._conn.close()
+            for reader in list(self._opened):
+                reader.conn.close()
 
     def watch(self, listener: Callable[[Wake], None]) -> None:
         raise ConfigurationError(

@@ -1,4 +1,5 @@
--- How many jobs entered and left each state, by minute and queue, rolled up
+-- How many jobs entered and left each finished state (completed, failed,
+-- cancelled), by minute and queue, rolled up
 -- from the timeline by the maintenance leader (one writer, once a pass: no row
 -- that every transition would update). `state_totals` keeps the running sums
 -- (entered - exited: the jobs in a state now, for the finished states), and

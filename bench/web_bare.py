@@ -1,0 +1,13 @@
+"""The bare endpoint the HTTP API is measured against: the same framework and
+server, one route returning a constant (``uvicorn bench.web_bare:app``)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+
+
+@app.get("/constant")
+def constant() -> dict[str, int]:
+    return {"id": 1}

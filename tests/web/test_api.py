@@ -494,3 +494,31 @@ def test_state_counts_and_throughput_follow_what_jobs_do(server: Server) -> None
         assert entered == Counter({"completed": 2, "cancelled": 1})
         bad = client.get("/stats/throughput", params={"window": "1y"})
         _problem(bad, 400, "invalid_filter")
+
+
+# -- tokens over HTTP ------------------------------------------------------------------------
+
+
+def test_an_admin_makes_lists_and_revokes_tokens_never_broader_than_its_own(
+    server: Server,
+) -> None:
+    with server.client(server.admin) as admin:
+        made = admin.post("/tokens", json={"name": "deployer", "scopes": ["enqueue"]})
+        assert made.status_code == 201
+        secret = made.json()["token"]
+        with server.client(secret) as deployer:
+            assert deployer.post("/jobs", json={"name": "hello"}).status_code == 201
+            _problem(deployer.get("/tokens"), 403, "insufficient_scope")
+        listed = {t["name"]: t for t in admin.get("/tokens").json()}
+        assert listed["deployer"]["scopes"] == ["enqueue"]
+        assert all("token" not in t and "digest" not in t for t in listed.values())
+        assert admin.delete("/tokens/deployer").status_code == 204
+        with server.client(secret) as deployer:
+            _problem(deployer.post("/jobs", json={"name": "hello"}), 401, "unauthorized")
+        _problem(admin.delete("/tokens/deployer"), 404, "token_not_found")
+    limited = server.token("emails-admin", "admin", queue="emails")
+    with server.client(limited) as admin:
+        broader = admin.post("/tokens", json={"name": "anywhere", "scopes": ["read"]})
+        _problem(broader, 400, "invalid_option")
+        narrow = {"name": "mails", "scopes": ["enqueue"], "queue": "emails"}
+        assert admin.post("/tokens", json=narrow).status_code == 201

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from instar.app import App
-from instar.web import bulk, jobs, operations, stats, stream
+from instar.web import admin, bulk, jobs, operations, stats, stream
 from instar.web.guard import BodyGuard
 from instar.web.pages import KEY_NAME
 from instar.web.problems import install
@@ -37,7 +37,8 @@ def create_app(app: App, **settings: Any) -> FastAPI:
     )
     api.state.instar = WebState(app, chosen, bytes.fromhex(key))
     install(api)
-    for router in (operations.router, jobs.router, bulk.router, stats.router, stream.router):
-        api.include_router(router, prefix=PREFIX)
+    routers = (operations, jobs, bulk, stats, stream, admin)
+    for module in routers:
+        api.include_router(module.router, prefix=PREFIX)
     api.add_middleware(BodyGuard, max_bytes=chosen.max_body_bytes)
     return api

@@ -250,6 +250,16 @@ def test_a_verb_with_a_stale_if_match_is_refused_with_412(server: Server) -> Non
         assert body["found"] > body["expected"]
 
 
+def test_a_verb_refuses_fields_it_would_not_record(server: Server) -> None:
+    with server.client(server.admin) as client:
+        job = client.post("/jobs", json={"name": "hello"}).json()
+        refused = client.post(f"/jobs/{job['id']}/cancel", json={"reason": "spam"})
+        body = _problem(refused, 422, "validation_failed")
+        assert body["errors"][0]["location"] == ["body", "reason"]
+        assert client.get(f"/jobs/{job['id']}").json()["state"] == "ready"
+        assert client.post(f"/jobs/{job['id']}/cancel", json={}).status_code == 200
+
+
 def test_a_refused_verb_says_which_states_it_applies_to(server: Server) -> None:
     with server.client(server.admin) as client:
         job = client.post("/jobs", json={"name": "hello"}).json()

@@ -68,6 +68,13 @@ class EventPage(BaseModel):
     events: list[EventShape]
 
 
+class VerbBody(BaseModel):
+    """A verb takes no fields yet (a reason is not recorded): any field is
+    refused rather than dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
 class StepShape(BaseModel):
     name: str
     result: Any
@@ -246,6 +253,7 @@ def _verb(verb: str) -> Any:
         job_id: JobId,
         who: Annotated[Principal, Depends(needs("operate"))],
         if_match: Annotated[str | None, Header()] = None,
+        body: VerbBody | None = None,  # read only to refuse fields
     ) -> JobShape:
         app = web_state(request).app
         check_queue(who, _job(request, job_id).queue)

@@ -453,36 +453,62 @@ class App:
     # -- operator verbs -------------------------------------------------------------
     # ``if_version``: apply the verb only to the job as it stood at that version
     # (``job.version``); ``VersionMismatch`` once another change has come first.
+    # ``reason``: kept in the detail of the event the verb writes.
 
     def cancel(
-        self, job_id: int, actor: str | None = Actor.APP, *, if_version: int | None = None
+        self,
+        job_id: int,
+        actor: str | None = Actor.APP,
+        *,
+        if_version: int | None = None,
+        reason: str | None = None,
     ) -> Job:
         """Cancel a job that is not running at once; ask a running one's worker to stop it."""
-        return self.operator.cancel(job_id, actor, if_version)
+        return self.operator.cancel(job_id, actor, if_version, reason)
 
     def retry(
-        self, job_id: int, actor: str | None = Actor.APP, *, if_version: int | None = None
+        self,
+        job_id: int,
+        actor: str | None = Actor.APP,
+        *,
+        if_version: int | None = None,
+        reason: str | None = None,
     ) -> Job:
         """Run a failed job again, with a fresh count of attempts."""
-        return self.operator.retry(job_id, actor, if_version)
+        return self.operator.retry(job_id, actor, if_version, reason)
 
     def pause(
-        self, job_id: int, actor: str | None = Actor.APP, *, if_version: int | None = None
+        self,
+        job_id: int,
+        actor: str | None = Actor.APP,
+        *,
+        if_version: int | None = None,
+        reason: str | None = None,
     ) -> Job:
         """Pause a waiting job at once, a running one at its next checkpoint, step
         or progress call (where the handler can stop cleanly)."""
-        return self.operator.pause(job_id, actor, if_version)
+        return self.operator.pause(job_id, actor, if_version, reason)
 
     def resume(
-        self, job_id: int, actor: str | None = Actor.APP, *, if_version: int | None = None
+        self,
+        job_id: int,
+        actor: str | None = Actor.APP,
+        *,
+        if_version: int | None = None,
+        reason: str | None = None,
     ) -> Job:
-        return self.operator.resume(job_id, actor, if_version)
+        return self.operator.resume(job_id, actor, if_version, reason)
 
     def stop(
-        self, job_id: int, actor: str | None = Actor.APP, *, if_version: int | None = None
+        self,
+        job_id: int,
+        actor: str | None = Actor.APP,
+        *,
+        if_version: int | None = None,
+        reason: str | None = None,
     ) -> Job:
         """Ask a serving service job to stop: serving -> stopping -> completed."""
-        return self.operator.stop(job_id, actor, if_version)
+        return self.operator.stop(job_id, actor, if_version, reason)
 
     def resolve(
         self, awakeable_id: str, value: Any = None, actor: str | None = Actor.APP

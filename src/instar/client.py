@@ -142,9 +142,10 @@ class _Calls:
         return _Call("GET", f"/jobs/{job_id}/events", _events, params={"limit": 500})
 
     @staticmethod
-    def verb(verb: str, job_id: int, if_version: int | None) -> _Call[JobShape]:
+    def verb(verb: str, job_id: int, if_version: int | None, reason: str | None) -> _Call[JobShape]:
         headers = None if if_version is None else {"If-Match": f'"{if_version}"'}
-        return _Call("POST", f"/jobs/{job_id}/{verb}", _job, headers=headers)
+        body = None if reason is None else {"reason": reason}
+        return _Call("POST", f"/jobs/{job_id}/{verb}", _job, body=body, headers=headers)
 
     @staticmethod
     def resolve(awakeable_id: str, value: Any) -> _Call[AwakeableShape]:
@@ -245,20 +246,30 @@ class Client:
     def history(self, job_id: int) -> list[EventShape]:
         return self._do(_Calls.history(job_id))
 
-    def cancel(self, job_id: int, *, if_version: int | None = None) -> JobShape:
-        return self._do(_Calls.verb("cancel", job_id, if_version))
+    def cancel(
+        self, job_id: int, *, if_version: int | None = None, reason: str | None = None
+    ) -> JobShape:
+        return self._do(_Calls.verb("cancel", job_id, if_version, reason))
 
-    def pause(self, job_id: int, *, if_version: int | None = None) -> JobShape:
-        return self._do(_Calls.verb("pause", job_id, if_version))
+    def pause(
+        self, job_id: int, *, if_version: int | None = None, reason: str | None = None
+    ) -> JobShape:
+        return self._do(_Calls.verb("pause", job_id, if_version, reason))
 
-    def resume(self, job_id: int, *, if_version: int | None = None) -> JobShape:
-        return self._do(_Calls.verb("resume", job_id, if_version))
+    def resume(
+        self, job_id: int, *, if_version: int | None = None, reason: str | None = None
+    ) -> JobShape:
+        return self._do(_Calls.verb("resume", job_id, if_version, reason))
 
-    def retry(self, job_id: int, *, if_version: int | None = None) -> JobShape:
-        return self._do(_Calls.verb("retry", job_id, if_version))
+    def retry(
+        self, job_id: int, *, if_version: int | None = None, reason: str | None = None
+    ) -> JobShape:
+        return self._do(_Calls.verb("retry", job_id, if_version, reason))
 
-    def stop(self, job_id: int, *, if_version: int | None = None) -> JobShape:
-        return self._do(_Calls.verb("stop", job_id, if_version))
+    def stop(
+        self, job_id: int, *, if_version: int | None = None, reason: str | None = None
+    ) -> JobShape:
+        return self._do(_Calls.verb("stop", job_id, if_version, reason))
 
     def resolve(self, awakeable_id: str, value: Any = None) -> AwakeableShape:
         return self._do(_Calls.resolve(awakeable_id, value))
@@ -382,20 +393,30 @@ class AsyncClient:
     async def history(self, job_id: int) -> list[EventShape]:
         return await self._do(_Calls.history(job_id))
 
-    async def cancel(self, job_id: int, *, if_version: int | None = None) -> JobShape:
-        return await self._do(_Calls.verb("cancel", job_id, if_version))
+    async def cancel(
+        self, job_id: int, *, if_version: int | None = None, reason: str | None = None
+    ) -> JobShape:
+        return await self._do(_Calls.verb("cancel", job_id, if_version, reason))
 
-    async def pause(self, job_id: int, *, if_version: int | None = None) -> JobShape:
-        return await self._do(_Calls.verb("pause", job_id, if_version))
+    async def pause(
+        self, job_id: int, *, if_version: int | None = None, reason: str | None = None
+    ) -> JobShape:
+        return await self._do(_Calls.verb("pause", job_id, if_version, reason))
 
-    async def resume(self, job_id: int, *, if_version: int | None = None) -> JobShape:
-        return await self._do(_Calls.verb("resume", job_id, if_version))
+    async def resume(
+        self, job_id: int, *, if_version: int | None = None, reason: str | None = None
+    ) -> JobShape:
+        return await self._do(_Calls.verb("resume", job_id, if_version, reason))
 
-    async def retry(self, job_id: int, *, if_version: int | None = None) -> JobShape:
-        return await self._do(_Calls.verb("retry", job_id, if_version))
+    async def retry(
+        self, job_id: int, *, if_version: int | None = None, reason: str | None = None
+    ) -> JobShape:
+        return await self._do(_Calls.verb("retry", job_id, if_version, reason))
 
-    async def stop(self, job_id: int, *, if_version: int | None = None) -> JobShape:
-        return await self._do(_Calls.verb("stop", job_id, if_version))
+    async def stop(
+        self, job_id: int, *, if_version: int | None = None, reason: str | None = None
+    ) -> JobShape:
+        return await self._do(_Calls.verb("stop", job_id, if_version, reason))
 
     async def resolve(self, awakeable_id: str, value: Any = None) -> AwakeableShape:
         return await self._do(_Calls.resolve(awakeable_id, value))

@@ -250,14 +250,19 @@ def test_a_verb_with_a_stale_if_match_is_refused_with_412(server: Server) -> Non
         assert body["found"] > body["expected"]
 
 
-def test_a_verb_refuses_fields_it_would_not_record(server: Server) -> None:
+def test_a_verbs_reason_is_kept_in_the_timeline_and_other_fields_are_refused(
+    server: Server,
+) -> None:
     with server.client(server.admin) as client:
         job = client.post("/jobs", json={"name": "hello"}).json()
-        refused = client.post(f"/jobs/{job['id']}/cancel", json={"reason": "spam"})
+        refused = client.post(f"/jobs/{job['id']}/cancel", json={"why": "spam"})
         body = _problem(refused, 422, "validation_failed")
-        assert body["errors"][0]["location"] == ["body", "reason"]
+        assert body["errors"][0]["location"] == ["body", "why"]
         assert client.get(f"/jobs/{job['id']}").json()["state"] == "ready"
-        assert client.post(f"/jobs/{job['id']}/cancel", json={}).status_code == 200
+        done = client.post(f"/jobs/{job['id']}/cancel", json={"reason": "spam\nsent twice"})
+        assert done.status_code == 200
+        events = client.get(f"/jobs/{job['id']}/events").json()["events"]
+        assert events[-1]["detail"] == {"reason": "spam\nsent twice"}
 
 
 def test_a_refused_verb_says_which_states_it_applies_to(server: Server) -> None:
@@ -287,10 +292,13 @@ def test_cancelling_a_running_job_answers_202_then_it_ends_cancelled(server: Ser
         with server.client(server.admin) as client, running_worker(app, concurrency=1):
             job = client.post("/jobs", json={"name": "slow"}).json()
             _wait_for(lambda: client.get(f"/jobs/{job['id']}").json()["state"] == "running")
-            response = client.post(f"/jobs/{job['id']}/cancel")
+            response = client.post(f"/jobs/{job['id']}/cancel", json={"reason": "stuck"})
             assert response.status_code == 202
             assert response.json()["cancel_requested"] is True
             _wait_for(lambda: client.get(f"/jobs/{job['id']}").json()["state"] == "cancelled")
+            events = client.get(f"/jobs/{job['id']}/events").json()["events"]
+            asked = [e for e in events if e["trigger"] == "cancel-requested"]
+            assert [e["detail"] for e in asked] == [{"reason": "stuck"}]
 
 
 # -- awakeables, queues, workers -----------------------------------------------------------

@@ -180,10 +180,12 @@ class Engine:
         with self._transaction() as tx:
             return tx.heartbeat(worker, job_ids)
 
-    def request(self, job_id: int, request: Request, actor: str | None) -> bool:
+    def request(
+        self, job_id: int, request: Request, actor: str | None, detail_json: str | None = None
+    ) -> bool:
         """Flag a leased job for cancel (or pause); its worker acts on it."""
         with self._transaction() as tx:
-            return tx.raise_request(job_id, request, actor)
+            return tx.raise_request(job_id, request, actor, detail_json)
 
     def roll_up(self, rollup: str, limit: int) -> int:
         """Count the next ``limit`` events into the state flows, once whoever

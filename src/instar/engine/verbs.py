@@ -10,6 +10,7 @@ nothing.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Collection
 
 from instar.engine.door import Engine
@@ -17,7 +18,7 @@ from instar.engine.moves import plan_move
 from instar.errors import InvalidTransition, VersionMismatch
 from instar.lifecycle import State, can_transition, is_leased, is_terminal, sources_of
 from instar.models import Awakeable, Job
-from instar.payload import safe_text
+from instar.payload import cut, safe_text
 from instar.store.contract import Move, Request, Settlement
 from instar.vocabulary import AwakeableState, Trigger
 
@@ -46,18 +47,32 @@ class Operator:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def cancel(self, job_id: int, actor: str | None, expected_version: int | None = None) -> Job:
+    def cancel(
+        self,
+        job_id: int,
+        actor: str | None,
+        expected_version: int | None = None,
+        reason: str | None = None,
+    ) -> Job:
         """Cancel at once, or, for a job a worker holds, ask that worker to stop."""
 
         def decide(job: Job) -> Decision:
             _allowed("cancel", job, State.CANCELLED)
             if is_leased(job.state):
                 return None if job.cancel_requested else Request.CANCEL
-            return plan_move(job, State.CANCELLED, Trigger.CANCELLED, actor=actor)
+            return plan_move(
+                job, State.CANCELLED, Trigger.CANCELLED, actor=actor, detail=_why(reason)
+            )
 
-        return self._until_applied(job_id, State.CANCELLED, actor, decide, expected_version)
+        return self._until_applied(job_id, State.CANCELLED, actor, decide, expected_version, reason)
 
-    def retry(self, job_id: int, actor: str | None, expected_version: int | None = None) -> Job:
+    def retry(
+        self,
+        job_id: int,
+        actor: str | None,
+        expected_version: int | None = None,
+        reason: str | None = None,
+    ) -> Job:
         """An operator's retry: a failed job runs again with a fresh attempt count."""
 
         def decide(job: Job) -> Decision:
@@ -68,15 +83,21 @@ class Operator:
                 State.READY,
                 Trigger.RETRIED,
                 actor=actor,
-                detail={"previous_attempts": job.attempt},
+                detail={"previous_attempts": job.attempt, **(_why(reason) or {})},
                 attempt=0,
                 rerun=False,
                 next_retry_at=None,
             )
 
-        return self._until_applied(job_id, State.READY, actor, decide, expected_version)
+        return self._until_applied(job_id, State.READY, actor, decide, expected_version, reason)
 
-    def pause(self, job_id: int, actor: str | None, expected_version: int | None = None) -> Job:
+    def pause(
+        self,
+        job_id: int,
+        actor: str | None,
+        expected_version: int | None = None,
+        reason: str | None = None,
+    ) -> Job:
         """Park a job for a person: at once if it is waiting, at its next
         checkpoint if it is running."""
         now = self.engine.clock.now
@@ -87,12 +108,23 @@ class Operator:
                 return None if job.pause_requested else Request.PAUSE
             deadline = now() + job.pause_timeout
             return plan_move(
-                job, State.PAUSED, Trigger.PAUSED, actor=actor, pause_deadline=deadline
+                job,
+                State.PAUSED,
+                Trigger.PAUSED,
+                actor=actor,
+                pause_deadline=deadline,
+                detail=_why(reason),
             )
 
-        return self._until_applied(job_id, State.PAUSED, actor, decide, expected_version)
+        return self._until_applied(job_id, State.PAUSED, actor, decide, expected_version, reason)
 
-    def resume(self, job_id: int, actor: str | None, expected_version: int | None = None) -> Job:
+    def resume(
+        self,
+        job_id: int,
+        actor: str | None,
+        expected_version: int | None = None,
+        reason: str | None = None,
+    ) -> Job:
         """A paused job goes back to ready, or to scheduled if its start is still ahead."""
         now = self.engine.clock.now
 
@@ -101,19 +133,27 @@ class Operator:
                 raise _refused("resume", job, State.READY, VERBS["resume"][1])
             ahead = job.run_at is not None and job.run_at.timestamp() > now()
             target = State.SCHEDULED if ahead and job.attempt == 0 else State.READY
-            return plan_move(job, target, Trigger.RESUMED, actor=actor)
+            return plan_move(job, target, Trigger.RESUMED, actor=actor, detail=_why(reason))
 
-        return self._until_applied(job_id, State.READY, actor, decide, expected_version)
+        return self._until_applied(job_id, State.READY, actor, decide, expected_version, reason)
 
-    def stop(self, job_id: int, actor: str | None, expected_version: int | None = None) -> Job:
+    def stop(
+        self,
+        job_id: int,
+        actor: str | None,
+        expected_version: int | None = None,
+        reason: str | None = None,
+    ) -> Job:
         """Ask a serving service job to shut down: serving -> stopping; its worker
         sees it at the next heartbeat and the handler is told through ctx.stopping."""
 
         def decide(job: Job) -> Decision:
             _allowed("stop", job, State.STOPPING)
-            return plan_move(job, State.STOPPING, Trigger.STOP_REQUESTED, actor=actor)
+            return plan_move(
+                job, State.STOPPING, Trigger.STOP_REQUESTED, actor=actor, detail=_why(reason)
+            )
 
-        return self._until_applied(job_id, State.STOPPING, actor, decide, expected_version)
+        return self._until_applied(job_id, State.STOPPING, actor, decide, expected_version, reason)
 
     def resolve(self, awakeable_id: str, value_json: str, actor: str | None) -> Awakeable:
         """Answer an awakeable with a value (JSON text); its job wakes if suspended."""
@@ -132,6 +172,7 @@ class Operator:
         actor: str | None,
         decide: Callable[[Job], Decision],
         expected_version: int | None = None,
+        reason: str | None = None,
     ) -> Job:
         """Read, decide, write; again if another writer got there first. With
         ``expected_version``, only on the job as it stood at that version:
@@ -144,12 +185,26 @@ class Operator:
             if decision is None:
                 return job
             if isinstance(decision, Request):
-                done = self.engine.request(job_id, decision, actor)
+                why = _why(reason)
+                done = self.engine.request(
+                    job_id, decision, actor, None if why is None else json.dumps(why)
+                )
             else:
                 done = self.engine.apply([decision]) == [True]
             if done:
                 return self.engine.read.get(job_id)
         raise InvalidTransition(job_id, job.state.value, target.value, "too much contention")
+
+
+MAX_REASON = 1000
+"""Characters of a verb's reason kept in the timeline (longer ones are cut)."""
+
+
+def _why(reason: str | None) -> dict[str, str] | None:
+    """A verb's reason as its event's detail (None: no reason given)."""
+    if reason is None or not reason.strip():
+        return None
+    return {"reason": cut(safe_text(reason), MAX_REASON)}
 
 
 def _allowed(verb: str, job: Job, target: State) -> None:

@@ -265,9 +265,12 @@ class JobWrites(Protocol):
         token each, most urgent then oldest first), with their events."""
         ...
 
-    def raise_request(self, job_id: int, request: Request, actor: str | None) -> bool:
+    def raise_request(
+        self, job_id: int, request: Request, actor: str | None, detail_json: str | None = None
+    ) -> bool:
         """Flag a leased job for cancellation (or a running one for a pause), with a
-        note; False when the job is not in such a state or is flagged already."""
+        note (its detail: ``detail_json``); False when the job is not in such a
+        state or is flagged already."""
         ...
 
     def heartbeat(self, worker: str, job_ids: Sequence[int]) -> list[Held]:

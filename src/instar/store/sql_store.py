@@ -498,14 +498,16 @@ class SQLTransaction:
             self._appended()
         return claimed
 
-    def raise_request(self, job_id: int, request: Request, actor: str | None) -> bool:
+    def raise_request(
+        self, job_id: int, request: Request, actor: str | None, detail_json: str | None = None
+    ) -> bool:
         query, trigger = {
             Request.CANCEL: ("request_cancel", Trigger.CANCEL_REQUESTED),
             Request.PAUSE: ("request_pause", Trigger.PAUSE_REQUESTED),
         }[request]
         if self.conn.execute(self.Q[query], {"job_id": job_id, "now": self.now}).rowcount != 1:
             return False
-        self.append_notes([Note(job_id, trigger.value, None, actor, None)])
+        self.append_notes([Note(job_id, trigger.value, None, actor, detail_json)])
         return True
 
     def heartbeat(self, worker: str, job_ids: Sequence[int]) -> list[Held]:

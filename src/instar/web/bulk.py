@@ -60,6 +60,7 @@ class BulkBody(BaseModel):
     filter: BulkFilter = Field(default_factory=BulkFilter)
     dry_run: bool = False
     all: bool = False
+    reason: str | None = Field(default=None, max_length=10_000)
 
 
 class BulkShape(BaseModel):
@@ -84,6 +85,7 @@ class BulkShape(BaseModel):
 class _Operation:
     shape: BulkShape
     actor: str
+    reason: str | None
 
 
 def _preview(app: App, body: BulkBody) -> BulkShape:
@@ -116,7 +118,7 @@ def _run(app: App, operation: _Operation) -> None:
                 page = app.jobs(state, shape.filter.queue, shape.filter.name, PAGE, before)
                 for job in page:
                     try:
-                        apply(job.id, operation.actor)
+                        apply(job.id, operation.actor, reason=operation.reason)
                         shape.applied += 1
                     except (InvalidTransition, JobNotFound):
                         shape.refused += 1
@@ -153,7 +155,7 @@ def bulk(
         response.status_code = 200
         return preview
     preview.id = secrets.token_hex(8)
-    operation = _Operation(preview, who.name)
+    operation = _Operation(preview, who.name, body.reason)
     running = web.operations
     finished = [key for key, op in running.items() if op.shape.done]
     for key in finished[: max(0, len(running) - KEPT)]:

@@ -69,10 +69,12 @@ class EventPage(BaseModel):
 
 
 class VerbBody(BaseModel):
-    """A verb takes no fields yet (a reason is not recorded): any field is
-    refused rather than dropped."""
+    """Optional: ``reason``, kept in the detail of the event the verb writes
+    (cut past 1,000 characters)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, max_length=10_000)
 
 
 class StepShape(BaseModel):
@@ -253,11 +255,12 @@ def _verb(verb: str) -> Any:
         job_id: JobId,
         who: Annotated[Principal, Depends(needs("operate"))],
         if_match: Annotated[str | None, Header()] = None,
-        body: VerbBody | None = None,  # read only to refuse fields
+        body: VerbBody | None = None,
     ) -> JobShape:
         app = web_state(request).app
         check_queue(who, _job(request, job_id).queue)
-        job = getattr(app, verb)(job_id, who.name, if_version=_if_match(if_match))
+        reason = None if body is None else body.reason
+        job = getattr(app, verb)(job_id, who.name, if_version=_if_match(if_match), reason=reason)
         # A running job is only asked (cancel, pause): it acts at its next checkpoint.
         if is_leased(job.state) and verb in ("cancel", "pause"):
             response.status_code = 202

@@ -58,3 +58,13 @@ def test_without_authentication_requests_need_no_token_and_events_name_http(
     finally:
         log = stop(process)
     assert "WITHOUT authentication" in log
+
+
+def test_token_commands_take_the_app_option_like_every_command(database: str) -> None:
+    made = instar(
+        "token", "create", "ci-bot", "--scope", "read,enqueue,operate",
+        "--app", "tests.web.web_app:app", "--database", database,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    listed = instar("token", "list", "--app", "tests.web.web_app:app", "--database", database)
+    assert "ci-bot" in listed.stdout

@@ -91,6 +91,7 @@ def token() -> None:
 
 @token.command("create")
 @click.argument("name")
+@app_option
 @database_option
 @click.option(
     "--scope",
@@ -100,21 +101,24 @@ def token() -> None:
 )
 @click.option("--queue", default=None, help="Let the token act on this queue only.")
 @reports_errors
-def create(name: str, database: str | None, scopes: str, queue: str | None) -> None:
+def create(
+    name: str, app_ref: str | None, database: str | None, scopes: str, queue: str | None
+) -> None:
     """Make a token; it is printed once and only its digest is kept."""
-    with opened_app(database) as app:
+    with opened_app(database, app_ref) as app:
         secret = tokens.create(app.engine.store, name, scopes.split(","), queue, app.clock.now())
     click.echo(secret)
     err.print(f"token {escape(name)!r} made; it is shown only now: keep it somewhere safe")
 
 
 @token.command("list")
+@app_option
 @database_option
 @json_option
 @reports_errors
-def list_tokens(database: str | None, as_json: bool) -> None:
+def list_tokens(app_ref: str | None, database: str | None, as_json: bool) -> None:
     """Every token made on the database, revoked ones too (never the secrets)."""
-    with opened_app(database, read_only=True) as app:
+    with opened_app(database, app_ref, read_only=True) as app:
         found = app.engine.store.tokens()
     rows = [
         {
@@ -146,11 +150,12 @@ def list_tokens(database: str | None, as_json: bool) -> None:
 
 @token.command("revoke")
 @click.argument("name")
+@app_option
 @database_option
 @reports_errors
-def revoke(name: str, database: str | None) -> None:
+def revoke(name: str, app_ref: str | None, database: str | None) -> None:
     """Revoke a token: the next request that presents it is refused."""
-    with opened_app(database) as app:
+    with opened_app(database, app_ref) as app:
         if not app.engine.store.revoke_token(name, app.clock.now()):
             raise InvalidOption(f"no live token named {name!r}; `instar token list` shows them")
     out.print(f"token {escape(name)!r} revoked")

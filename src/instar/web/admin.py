@@ -14,7 +14,7 @@ from instar.models import ApiToken
 from instar.web.auth import needs
 from instar.web.problems import Problem
 from instar.web.state import web_state
-from instar.web.tokens import Principal, create
+from instar.web.tokens import Principal, create, digest
 
 router = APIRouter(tags=["tokens"])
 
@@ -59,7 +59,8 @@ def make_token(
 ) -> MadeToken:
     app = web_state(request).app
     secret = create(app.engine.store, body.name, body.scopes, body.queue, app.clock.now(), by=who)
-    [made] = [t for t in app.engine.store.tokens() if t.name == body.name]
+    made = app.engine.store.token_by_digest(digest(secret))
+    assert made is not None  # stored just now
     return MadeToken(**TokenShape.of(made).model_dump(), token=secret)
 
 

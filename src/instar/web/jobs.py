@@ -15,6 +15,7 @@ from instar.lifecycle import State, is_leased
 from instar.models import Job
 from instar.registry.limits import MAX_ID
 from instar.schemas import AwakeableShape, EventShape, JobBriefShape, JobShape
+from instar.store.contract import EventFilter
 from instar.web.auth import check_queue, needs
 from instar.web.pages import decode_page, encode_page
 from instar.web.problems import Problem
@@ -198,8 +199,9 @@ def job_events(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> EventPage:
     """The job's timeline after the event ``after``, oldest first."""
-    events = [e for e in web_state(request).app.history(job_id) if e.id > after]
-    return EventPage(events=[EventShape.of(e) for e in events[:limit]])
+    _job(request, job_id)
+    events = web_state(request).app.reader.events_since(after, limit, EventFilter(job_id=job_id))
+    return EventPage(events=[EventShape.of(e) for e in events])
 
 
 @router.get("/jobs/{job_id}/steps", response_model=list[StepShape])

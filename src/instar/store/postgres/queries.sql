@@ -503,7 +503,7 @@ SELECT coalesce(max(id), 0) FROM jobs
 
 -- name: finished_totals
 SELECT queue, state, entered - exited FROM state_totals
-WHERE state IN ({state:completed}, {state:failed}, {state:cancelled})
+WHERE state IN ({terminal})
 
 -- name: flows_since
 SELECT minute, queue, state, entered, exited FROM state_flows WHERE minute >= %(since)s
@@ -543,11 +543,11 @@ WITH start AS (
     SELECT floor(b.at / 60) * 60 AS minute, j.queue, b.to_state AS state,
            1 AS entered, 0 AS exited
     FROM batch AS b JOIN jobs AS j ON j.id = b.job_id
-    WHERE b.to_state IN ({state:completed}, {state:failed}, {state:cancelled}) AND b.from_state IS DISTINCT FROM b.to_state
+    WHERE b.to_state IN ({terminal}) AND b.from_state IS DISTINCT FROM b.to_state
     UNION ALL
     SELECT floor(b.at / 60) * 60, j.queue, b.from_state, 0, 1
     FROM batch AS b JOIN jobs AS j ON j.id = b.job_id
-    WHERE b.from_state IN ({state:completed}, {state:failed}, {state:cancelled}) AND b.from_state <> b.to_state
+    WHERE b.from_state IN ({terminal}) AND b.from_state <> b.to_state
 ), flows AS (
     INSERT INTO state_flows (minute, queue, state, entered, exited)
     SELECT minute, queue, state, sum(entered), sum(exited) FROM moves

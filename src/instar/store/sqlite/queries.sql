@@ -428,7 +428,7 @@ SELECT coalesce(max(id), 0) FROM jobs
 
 -- name: finished_totals
 SELECT queue, state, entered - exited FROM state_totals
-WHERE state IN ({state:completed}, {state:failed}, {state:cancelled})
+WHERE state IN ({terminal})
 
 -- name: flows_since
 SELECT minute, queue, state, entered, exited FROM state_flows WHERE minute >= :since
@@ -459,12 +459,12 @@ SELECT minute, queue, state, sum(entered), sum(exited) FROM (
     SELECT CAST(e.at / 60 AS INTEGER) * 60.0 AS minute, j.queue AS queue,
            e.to_state AS state, 1 AS entered, 0 AS exited
     FROM events AS e JOIN jobs AS j ON j.id = e.job_id
-    WHERE e.id > :after AND e.id <= :upto AND e.to_state IN ({state:completed}, {state:failed}, {state:cancelled})
+    WHERE e.id > :after AND e.id <= :upto AND e.to_state IN ({terminal})
       AND e.from_state IS NOT e.to_state
     UNION ALL
     SELECT CAST(e.at / 60 AS INTEGER) * 60.0, j.queue, e.from_state, 0, 1
     FROM events AS e JOIN jobs AS j ON j.id = e.job_id
-    WHERE e.id > :after AND e.id <= :upto AND e.from_state IN ({state:completed}, {state:failed}, {state:cancelled})
+    WHERE e.id > :after AND e.id <= :upto AND e.from_state IN ({terminal})
       AND e.from_state <> e.to_state
 ) WHERE true
 GROUP BY minute, queue, state
@@ -476,12 +476,12 @@ INSERT INTO state_totals (queue, state, entered, exited)
 SELECT queue, state, sum(entered), sum(exited) FROM (
     SELECT j.queue AS queue, e.to_state AS state, 1 AS entered, 0 AS exited
     FROM events AS e JOIN jobs AS j ON j.id = e.job_id
-    WHERE e.id > :after AND e.id <= :upto AND e.to_state IN ({state:completed}, {state:failed}, {state:cancelled})
+    WHERE e.id > :after AND e.id <= :upto AND e.to_state IN ({terminal})
       AND e.from_state IS NOT e.to_state
     UNION ALL
     SELECT j.queue, e.from_state, 0, 1
     FROM events AS e JOIN jobs AS j ON j.id = e.job_id
-    WHERE e.id > :after AND e.id <= :upto AND e.from_state IN ({state:completed}, {state:failed}, {state:cancelled})
+    WHERE e.id > :after AND e.id <= :upto AND e.from_state IN ({terminal})
       AND e.from_state <> e.to_state
 ) WHERE true
 GROUP BY queue, state

@@ -1,5 +1,6 @@
 """The bare endpoint the HTTP API is measured against: the same framework and
-server, one route returning a constant (``uvicorn bench.web_bare:app``)."""
+server, one route returning a constant (``uvicorn bench.web_bare:app``), written
+the way the framework's own first example is (``async def``: no thread hand-off)."""
 
 from __future__ import annotations
 
@@ -9,5 +10,5 @@ app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
 
 
 @app.get("/constant")
-def constant() -> dict[str, int]:
+async def constant() -> dict[str, int]:
     return {"id": 1}

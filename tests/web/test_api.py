@@ -140,6 +140,36 @@ def test_a_replayed_key_returns_the_first_job_and_a_reused_key_is_refused(server
         assert len(client.get("/jobs").json()["jobs"]) == 1
 
 
+def test_concurrent_enqueues_share_commits_yet_each_gets_its_own_answer(server: Server) -> None:
+    """Requests that arrive together are committed together; one naming a job
+    that does not exist fails alone, the others' jobs stand."""
+    other = server.token("other-bot", "enqueue", "read")
+
+    def enqueue(i: int) -> tuple[int, int, dict[str, Any]]:
+        token = other if i % 3 == 0 else server.admin
+        body: dict[str, Any] = {"name": "hello", "args": {"name": f"n{i}"}}
+        if i % 10 == 7:
+            body["after"] = [999_999]  # no such job: 404, and only for this request
+        with server.client(token) as own:
+            response = own.post("/jobs", json=body)
+        return i, response.status_code, response.json()
+
+    with ThreadPoolExecutor(40) as pool:
+        answers = list(pool.map(enqueue, range(120)))
+    made = {i: body for i, status, body in answers if status == 201}
+    refused = {i: body for i, status, body in answers if status != 201}
+    assert set(refused) == {i for i in range(120) if i % 10 == 7}
+    assert all(body["code"] == "job_not_found" for body in refused.values())
+    assert all(made[i]["args"] == {"name": f"n{i}"} for i in made)
+    assert len({body["id"] for body in made.values()}) == len(made) == 108
+    with instar.App(server.database) as app:
+        stored = {job.id: job for job in app.jobs(limit=500)}
+        assert set(stored) == {body["id"] for body in made.values()}
+        for i, body in made.items():  # each job's first event names its own token
+            actor = app.history(body["id"])[0].actor
+            assert actor == ("other-bot" if i % 3 == 0 else "root"), (i, actor)
+
+
 def test_bad_requests_get_a_problem_and_change_nothing(server: Server) -> None:
     with server.client(server.admin) as client:
         _problem(client.post("/jobs", json={"name": "nobody"}), 422, "unknown_job_name")

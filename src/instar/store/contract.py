@@ -471,6 +471,11 @@ class Store(JobReads, TimelineReads, DurableReads, SweepReads, WorkerReads, Lead
     """A durable home for jobs and their timelines."""
 
     supports_listen: bool
+    local_reads: bool
+    """Whether a read is a local file access (SQLite: microseconds, no network)
+    rather than a round trip to a server (PostgreSQL). Where it is, an event loop
+    may read inline: handing a point read to a thread and back costs more than
+    the read itself."""
     concurrent_writers: bool
     """Whether write transactions on different connections run side by side
     (PostgreSQL) or one at a time (SQLite: one writer per database)."""

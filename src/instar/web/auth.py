@@ -5,20 +5,20 @@ token may do. Checked on every request, so a revocation takes effect on the next
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fastapi import Request
 
 from instar.vocabulary import Actor
 from instar.web.problems import Problem
-from instar.web.state import web_state
+from instar.web.state import read, web_state
 from instar.web.tokens import SCOPES, Principal, authenticate
 
 NO_AUTH = Principal(Actor.HTTP.value, frozenset(SCOPES))
 """The principal of every request when the server runs with ``--no-auth``."""
 
 
-def principal(request: Request) -> Principal:
+async def principal(request: Request) -> Principal:
     """The request's principal; ``Problem`` 401 without a live token."""
     state = web_state(request)
     if not state.settings.auth:
@@ -32,7 +32,7 @@ def principal(request: Request) -> Principal:
             "send a token as 'Authorization: Bearer <token>' (make one with `instar token create`)",
             headers={"WWW-Authenticate": 'Bearer realm="instar"'},
         )
-    found = authenticate(state.app.engine.store, secret.strip())
+    found = await read(state, authenticate, state.app.engine.store, secret.strip())
     if found is None:
         raise Problem(
             401,
@@ -43,11 +43,11 @@ def principal(request: Request) -> Principal:
     return found
 
 
-def needs(scope: str) -> Callable[[Request], Principal]:
+def needs(scope: str) -> Callable[[Request], Awaitable[Principal]]:
     """A dependency: the principal, when its token has ``scope``; 403 otherwise."""
 
-    def check(request: Request) -> Principal:
-        who = principal(request)
+    async def check(request: Request) -> Principal:
+        who = await principal(request)
         if not who.grants(scope):
             raise Problem(
                 403,

@@ -24,17 +24,19 @@ class BodyGuard:
         self.app = app
         self.max_bytes = max_bytes
 
+    def _too_large(self) -> ASGIApp:
+        return problem_response(
+            413, "payload_too_large", f"the request body is larger than {self.max_bytes:,} bytes"
+        )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in _WITH_BODY:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        too_large = problem_response(
-            413, "payload_too_large", f"the request body is larger than {self.max_bytes:,} bytes"
-        )
         declared = headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await too_large(scope, receive, send)
+            await self._too_large()(scope, receive, send)
             return
         chunks: list[bytes] = []
         size = 0
@@ -45,7 +47,7 @@ class BodyGuard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await too_large(scope, receive, send)
+                await self._too_large()(scope, receive, send)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):

@@ -16,10 +16,12 @@ from instar.models import Job
 from instar.registry.limits import MAX_ID
 from instar.schemas import AwakeableShape, EventShape, JobBriefShape, JobShape
 from instar.store.contract import EventFilter
+from instar.web.answers import answer
 from instar.web.auth import check_queue, needs
+from instar.web.group_commit import Wanted
 from instar.web.pages import decode_page, encode_page
 from instar.web.problems import Problem
-from instar.web.state import web_state
+from instar.web.state import read, web_state
 from instar.web.tokens import Principal
 
 router = APIRouter(tags=["jobs"])
@@ -93,20 +95,27 @@ def _job(request: Request, job_id: int) -> Job:
     return web_state(request).app.get(job_id)
 
 
+async def _read_job(request: Request, job_id: int) -> Job:
+    """The job (``JobNotFound``: 404), read as ``read`` says."""
+    web = web_state(request)
+    return await read(web, web.app.get, job_id)
+
+
 @router.post("/jobs", status_code=201, response_model=JobShape)
-def enqueue(
+async def enqueue(
     request: Request,
-    response: Response,
     body: EnqueueBody,
     who: Annotated[Principal, Depends(needs("enqueue"))],
-) -> JobShape:
+) -> Response:
     """Create a job: 201 with its ``Location``; 200 with the job made before when
     ``key`` was used already for the same job (422 ``idempotency_key_reused``
     when it names another job or other arguments)."""
     app = web_state(request).app
     check_queue(who, _queue_of(request, body))
     before = app.clock.now()
-    job = app.enqueue(body.name, body.args, actor=who.name, **body.options())
+    wanted = Wanted(body.name, body.args, body.options(), who.name)
+    job = await web_state(request).enqueues.enqueue(wanted)
+    status = 201
     if body.key is not None and job.created_at.timestamp() < before:
         if job.name != app.definition(body.name).name or job.args != body.args:
             raise Problem(
@@ -115,9 +124,8 @@ def enqueue(
                 f"key {body.key!r} belongs to job {job.id} ({job.name}) with other arguments",
                 job_id=job.id,
             )
-        response.status_code = 200
-    response.headers["Location"] = f"{request.url.path}/{job.id}"
-    return JobShape.of(job)
+        status = 200
+    return answer(JobShape.of(job), status, {"Location": f"{request.url.path}/{job.id}"})
 
 
 @router.post("/jobs/batch", status_code=201, response_model=JobList)
@@ -137,7 +145,7 @@ def enqueue_batch(
 
 
 @router.get("/jobs", response_model=JobPage)
-def list_jobs(
+async def list_jobs(
     request: Request,
     _: Annotated[Principal, Depends(needs("read"))],
     state: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI reads it, never mutates
@@ -163,11 +171,16 @@ def list_jobs(
     scope = {"state": sorted({s.value for s in states}), "queue": queue, "name": name}
     before = None if page is None else decode_page(web.page_key, page, scope)
     app = web.app
-    found: list[Job] = []
-    try:
+
+    def listed() -> list[Job]:
+        found: list[Job] = []
         each: list[State | None] = list(states) or [None]
         for one in each:
             found += app.jobs(one, queue, name, limit + 1, before)
+        return found
+
+    try:
+        found = await read(web, listed)
     except InvalidOption as exc:
         raise Problem(400, "invalid_filter", str(exc)) from None
     found = sorted({job.id: job for job in found}.values(), key=lambda j: -j.id)[: limit + 1]
@@ -178,20 +191,18 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=JobShape)
-def get_job(
+async def get_job(
     request: Request,
-    response: Response,
     job_id: JobId,
     _: Annotated[Principal, Depends(needs("read"))],
-) -> JobShape:
+) -> Response:
     """One job; its ``ETag`` is its version, for ``If-Match`` on a verb."""
-    job = _job(request, job_id)
-    response.headers["ETag"] = f'"{job.version}"'
-    return JobShape.of(job)
+    job = await _read_job(request, job_id)
+    return answer(JobShape.of(job), headers={"ETag": f'"{job.version}"'})
 
 
 @router.get("/jobs/{job_id}/events", response_model=EventPage)
-def job_events(
+async def job_events(
     request: Request,
     job_id: JobId,
     _: Annotated[Principal, Depends(needs("read"))],
@@ -199,18 +210,20 @@ def job_events(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> EventPage:
     """The job's timeline after the event ``after``, oldest first."""
-    _job(request, job_id)
-    events = web_state(request).app.reader.events_since(after, limit, EventFilter(job_id=job_id))
+    await _read_job(request, job_id)
+    web = web_state(request)
+    events = await read(web, web.app.reader.events_since, after, limit, EventFilter(job_id=job_id))
     return EventPage(events=[EventShape.of(e) for e in events])
 
 
 @router.get("/jobs/{job_id}/steps", response_model=list[StepShape])
-def job_steps(
+async def job_steps(
     request: Request, job_id: JobId, _: Annotated[Principal, Depends(needs("read"))]
 ) -> list[StepShape]:
     """The durable steps the job has done, with their recorded results."""
-    _job(request, job_id)
-    steps = web_state(request).app.reader.steps(job_id)
+    await _read_job(request, job_id)
+    web = web_state(request)
+    steps = await read(web, web.app.reader.steps, job_id)
     return [
         StepShape(name=name, result=None if text is None else json.loads(text))
         for name, text in steps.items()
@@ -218,27 +231,30 @@ def job_steps(
 
 
 @router.get("/jobs/{job_id}/children", response_model=list[JobBriefShape])
-def job_children(
+async def job_children(
     request: Request, job_id: JobId, _: Annotated[Principal, Depends(needs("read"))]
 ) -> list[JobBriefShape]:
-    _job(request, job_id)
-    return [JobBriefShape.of(j) for j in web_state(request).app.children(job_id)]
+    await _read_job(request, job_id)
+    web = web_state(request)
+    return [JobBriefShape.of(j) for j in await read(web, web.app.children, job_id)]
 
 
 @router.get("/jobs/{job_id}/dependencies", response_model=list[JobBriefShape])
-def job_dependencies(
+async def job_dependencies(
     request: Request, job_id: JobId, _: Annotated[Principal, Depends(needs("read"))]
 ) -> list[JobBriefShape]:
-    _job(request, job_id)
-    return [JobBriefShape.of(j) for j in web_state(request).app.dependencies(job_id)]
+    await _read_job(request, job_id)
+    web = web_state(request)
+    return [JobBriefShape.of(j) for j in await read(web, web.app.dependencies, job_id)]
 
 
 @router.get("/jobs/{job_id}/awakeables", response_model=list[AwakeableShape])
-def job_awakeables(
+async def job_awakeables(
     request: Request, job_id: JobId, _: Annotated[Principal, Depends(needs("read"))]
 ) -> list[AwakeableShape]:
-    _job(request, job_id)
-    return [AwakeableShape.of(a) for a in web_state(request).app.awakeables(job_id)]
+    await _read_job(request, job_id)
+    web = web_state(request)
+    return [AwakeableShape.of(a) for a in await read(web, web.app.awakeables, job_id)]
 
 
 def _if_match(header: str | None) -> int | None:

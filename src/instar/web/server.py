@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from instar.app import App
 from instar.web import admin, bulk, jobs, operations, stats, stream
+from instar.web.group_commit import GroupCommit
 from instar.web.guard import BodyGuard
 from instar.web.pages import KEY_NAME
 from instar.web.problems import install
@@ -35,7 +36,7 @@ def create_app(app: App, **settings: Any) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    api.state.instar = WebState(app, chosen, bytes.fromhex(key))
+    api.state.instar = WebState(app, chosen, bytes.fromhex(key), GroupCommit(app))
     install(api)
     routers = (operations, jobs, bulk, stats, stream, admin)
     for module in routers:

@@ -1,14 +1,19 @@
 """What every route of one server shares: the App, the settings, the page-token
-key and the count of open event streams."""
+key and the count of open event streams; and how a route reads the database."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
 from instar.app import App
+from instar.web.group_commit import GroupCommit
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +37,7 @@ class WebState:
     app: App
     settings: WebSettings
     page_key: bytes
+    enqueues: GroupCommit
     streams: int = 0
     operations: dict[str, Any] = field(default_factory=dict)  # bulk operations, by id
 
@@ -40,3 +46,14 @@ def web_state(request: Request) -> WebState:
     state = request.app.state.instar
     assert isinstance(state, WebState)
     return state
+
+
+async def read(web: WebState, reading: Callable[..., T], *args: Any) -> T:
+    """``reading(*args)``, a bounded read of the database: on the event loop
+    where reads are local (SQLite: tens of microseconds, while a hand-off to a
+    thread and back costs several hundred on this machine kind, as `make bench`'s
+    HTTP figures show), on a thread where each is a network round trip
+    (PostgreSQL), so that the loop never waits on the network."""
+    if web.app.engine.store.local_reads:
+        return reading(*args)
+    return await run_in_threadpool(reading, *args)

@@ -57,6 +57,7 @@ class PostgresStore(SQLStore):
     one it listens on, and what its handlers enqueue takes the rest."""
 
     supports_listen = True
+    local_reads = False
     concurrent_writers = True
     Q = Q
     migrations_package = "instar.store.postgres.migrations"

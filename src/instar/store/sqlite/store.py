@@ -55,6 +55,7 @@ class _Reader:
 
 class SQLiteStore(SQLStore):
     supports_listen = False
+    local_reads = True
     concurrent_writers = False
     Q = Q
     migrations_package = "instar.store.sqlite.migrations"

@@ -174,17 +174,23 @@ def run(rows: list[Row], sizes: Sizes, tmp: Path) -> None:
             "bare endpoint",
             lambda: _load(f"http://127.0.0.1:{port}/constant", seconds, {}),
         )
-    if bare is not None:
-        rows.append(
-            Row(
-                "bare endpoint (FastAPI, a constant)",
-                f"{bare:,.0f} req/s",
-                "-",
-                "-",
-                None,
-                f"{seconds:.0f} s of wrk, {IN_FLIGHT} connections, one uvicorn process",
-            )
+        bare_def = attempt(
+            rows,
+            "bare def endpoint",
+            lambda: _load(f"http://127.0.0.1:{port}/constant-def", seconds, {}),
         )
+    for label, found in (("async def", bare), ("def, on a thread", bare_def)):
+        if found is not None:
+            rows.append(
+                Row(
+                    f"bare endpoint (FastAPI, a constant, {label})",
+                    f"{found:,.0f} req/s",
+                    "-",
+                    "-",
+                    None,
+                    f"{seconds:.0f} s of wrk, {IN_FLIGHT} connections, one uvicorn process",
+                )
+            )
 
     progress.print("HTTP: instar serve ...")
     port = _port()

@@ -39,7 +39,7 @@ from instar.registry import (
     new_jobs,
     start_time,
 )
-from instar.registry.limits import check_id, check_limit
+from instar.registry.limits import check_id, check_instant, check_limit
 from instar.retry import Retry
 from instar.store import DEFAULT_DATABASE, open_store
 from instar.store.contract import EventFilter, JobFilter, WorkerInfo
@@ -355,14 +355,27 @@ class App:
         name: str | None = None,
         limit: int = 100,
         before: int | None = None,
+        *,
+        parent: int | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
     ) -> list[Job]:
-        """Jobs newest first, filtered by any of state, queue and name; at most
-        ``limit`` (1 to 10,000). ``before``: only jobs with a smaller id, so passing
-        the last id of one page gives the next. ``InvalidOption`` for a bad state,
-        limit or id."""
-        before_id = None if before is None else check_id(before, "before")
+        """Jobs newest first, filtered by any of state, queue, name, parent (a
+        job's id: the jobs it spawned) and creation time (aware datetimes, both
+        bounds exclusive); at most ``limit`` (1 to 10,000). ``before``: only jobs
+        with a smaller id, so passing the last id of one page gives the next.
+        ``InvalidOption`` for a bad state, limit, id or time."""
         return self.reader.jobs(
-            JobFilter(_state(state), queue, name, check_limit(limit), before_id)
+            JobFilter(
+                _state(state),
+                queue,
+                name,
+                check_limit(limit),
+                None if before is None else check_id(before, "before"),
+                None if parent is None else check_id(parent, "parent"),
+                None if created_after is None else check_instant(created_after, "created_after"),
+                None if created_before is None else check_instant(created_before, "created_before"),
+            )
         )
 
     def history(self, job_id: int) -> list[Event]:

@@ -93,9 +93,13 @@ class Awakeable:
 
 @dataclass(frozen=True, slots=True)
 class QueueStats:
+    """A queue's jobs by state, whether it is paused, and since when (epoch
+    seconds) its oldest ready job has waited (None: none is ready)."""
+
     queue: str
     paused: bool
     counts: dict[State, int]
+    oldest_ready_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

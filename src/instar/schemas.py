@@ -170,15 +170,24 @@ class AwakeableShape(_Shape):
 
 
 class QueueShape(_Shape):
-    """A queue's jobs counted by state (states with none left out), and whether it is paused."""
+    """A queue's jobs counted by state (states with none left out), whether it
+    is paused, and how long its oldest ready job has waited (seconds, at the
+    time of the answer; null when none is ready)."""
 
     queue: str
     paused: bool
     counts: dict[State, int]
+    oldest_ready_age: float | None
 
     @classmethod
-    def of(cls, stats: QueueStats) -> QueueShape:
-        return cls(queue=stats.queue, paused=stats.paused, counts=dict(stats.counts))
+    def of(cls, stats: QueueStats, now: float) -> QueueShape:
+        at = stats.oldest_ready_at
+        return cls(
+            queue=stats.queue,
+            paused=stats.paused,
+            counts=dict(stats.counts),
+            oldest_ready_age=None if at is None else round(max(0.0, now - at), 3),
+        )
 
 
 def lifecycle_json() -> dict[str, Any]:

@@ -8,6 +8,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -240,6 +241,37 @@ def test_pages_follow_one_another_while_new_jobs_arrive(server: Server) -> None:
     assert third["next"] is None
 
 
+def test_jobs_filter_by_parent_and_by_creation_time(server: Server) -> None:
+    with instar.App(server.database) as app:
+        child = app.job(name="child")(web_app.hello)
+
+        @app.job(name="fan_out")
+        def fan_out(ctx: instar.Context) -> None:
+            for i in range(3):
+                ctx.spawn(child, name=f"c{i}")
+
+        parent = fan_out.enqueue()
+        app.run_worker(burst=True)
+        created = [job.created_at for job in app.jobs(limit=10)]
+    first, second, *_ = sorted(created)[1:]
+    middle = first + (second - first) / 2  # between two jobs' times, equal to none
+    with server.client(server.admin) as client:
+        children = client.get("/jobs", params={"parent": parent.id}).json()["jobs"]
+        assert sorted(j["args"]["name"] for j in children) == ["c0", "c1", "c2"]
+        assert all(j["parent_id"] == parent.id for j in children)
+
+        def times(**bound: str) -> list[datetime]:
+            jobs = client.get("/jobs", params=bound).json()["jobs"]
+            return sorted(datetime.fromisoformat(j["created_at"]) for j in jobs)
+
+        assert times(created_after=middle.isoformat()) == [t for t in times() if t > middle]
+        assert times(created_before=middle.isoformat()) == [t for t in times() if t < middle]
+        assert len(times(created_before=middle.isoformat())) == 2
+        naive = client.get("/jobs", params={"created_after": "2026-01-01T00:00:00"})
+        _problem(naive, 400, "invalid_filter")
+        _problem(client.get("/jobs", params={"parent": 0}), 422, "validation_failed")
+
+
 def test_a_page_token_cannot_be_forged_or_carried_to_another_filter(server: Server) -> None:
     with server.client(server.admin) as client:
         for _ in range(3):
@@ -370,9 +402,21 @@ def test_a_paused_queue_is_shown_paused_and_resumes(server: Server) -> None:
             "paused": True,
             "changed": True,
         }
+        time.sleep(0.2)
         emails = [q for q in client.get("/queues").json() if q["queue"] == "emails"]
         assert emails[0]["paused"] is True and emails[0]["counts"] == {"ready": 1}
+        assert 0.2 <= emails[0]["oldest_ready_age"] < 30  # the mail has waited since enqueued
         assert client.post("/queues/emails/resume").json()["paused"] is False
+
+
+def test_a_queue_with_no_ready_job_has_no_oldest_ready_age(server: Server) -> None:
+    with instar.App(server.database) as app:
+        web_app.handlers(app)
+        app.enqueue("hello")
+        app.run_worker(burst=True)
+    with server.client(server.admin) as client:
+        [default] = client.get("/queues").json()
+        assert default["counts"] == {"completed": 1} and default["oldest_ready_age"] is None
 
 
 def test_workers_show_the_leases_each_holds(server: Server) -> None:

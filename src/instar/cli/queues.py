@@ -31,7 +31,7 @@ def queues(database: str | None, as_json: bool) -> None:
     with opened_app(database, read_only=True) as app:
         stats = app.queues()
     if as_json:
-        print_json([QueueShape.of(q).as_json() for q in stats])
+        print_json([QueueShape.of(q, app.clock.now()).as_json() for q in stats])
     elif stats:
         out.print(_queues_table(stats))
     else:
@@ -57,7 +57,7 @@ def pause_queue(queue: str, database: str | None, new: bool, as_json: bool) -> N
         changed = app.pause_queue(queue)
         stats = _stats(app, queue)
     if as_json:
-        print_json(QueueShape.of(stats).as_json())
+        print_json(QueueShape.of(stats, app.clock.now()).as_json())
     else:
         out.print(f"queue {queue} paused" if changed else f"queue {queue} was paused already")
 
@@ -76,7 +76,7 @@ def resume_queue(queue: str, database: str | None, new: bool, as_json: bool) -> 
         changed = app.resume_queue(queue)
         stats = _stats(app, queue)
     if as_json:
-        print_json(QueueShape.of(stats).as_json())
+        print_json(QueueShape.of(stats, app.clock.now()).as_json())
     else:
         out.print(f"queue {queue} resumed" if changed else f"queue {queue} was not paused")
 

@@ -124,6 +124,19 @@ def check_run_at(value: object, now: float) -> float:
     return start
 
 
+def check_instant(value: object, what: str) -> float:
+    """An aware ``datetime`` (a bound of a listing) as epoch seconds;
+    ``InvalidOption`` for anything else, naming ``what``."""
+    if not isinstance(value, datetime):
+        raise InvalidOption(f"{what} must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidOption(
+            f"{what} {value.isoformat()} has no time zone; pass an aware datetime "
+            "(over HTTP: an ISO 8601 time with Z or an offset)"
+        )
+    return value.timestamp()
+
+
 def check_start(start: float | None) -> float | None:
     """A start time in epoch seconds as a Placement carries it: None, or a finite
     number within the years 1970 to 9999 (what both backends store and read back as

@@ -132,14 +132,18 @@ class ClaimRequest:
 
 @dataclass(frozen=True, slots=True)
 class JobFilter:
-    """Which jobs to list, newest first: any of state, queue and name; at most
-    ``limit``; with ``before_id``, only older jobs (the next page)."""
+    """Which jobs to list, newest first: any of state, queue, name and parent,
+    created after and before (epoch seconds, both exclusive); at most ``limit``;
+    with ``before_id``, only older jobs (the next page)."""
 
     state: State | None = None
     queue: str | None = None
     name: str | None = None
     limit: int = 100
     before_id: int | None = None
+    parent_id: int | None = None
+    created_after: float | None = None
+    created_before: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -165,6 +165,9 @@ class SQLStore(ABC):
             "name": where.name,
             "limit": where.limit,
             "before": where.before_id,
+            "parent": where.parent_id,
+            "created_after": where.created_after,
+            "created_before": where.created_before,
         }
         with self._read() as conn:
             return jobs_from(conn.execute(self.Q["list_jobs"], params))
@@ -188,10 +191,11 @@ class SQLStore(ABC):
         with self._read() as conn:
             rows = conn.execute(self.Q["queue_counts"]).fetchall()
             paused = {row[0] for row in conn.execute(self.Q["paused_queues"])}
+            oldest = dict(conn.execute(self.Q["oldest_ready"]).fetchall())
         counts: dict[str, dict[State, int]] = {queue: {} for queue in paused}
         for queue, state, count in rows:
             counts.setdefault(queue, {})[State(state)] = count
-        return [QueueStats(q, q in paused, counts[q]) for q in sorted(counts)]
+        return [QueueStats(q, q in paused, counts[q], oldest.get(q)) for q in sorted(counts)]
 
     def children_of(self, job_id: int) -> list[Job]:
         with self._read() as conn:

@@ -151,12 +151,17 @@ async def list_jobs(
     state: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI reads it, never mutates
     queue: str | None = None,
     name: str | None = None,
+    parent: JobId | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     page: str | None = None,
 ) -> JobPage:
-    """Jobs newest first, filtered by any of state (repeatable), queue and name.
-    Pass ``next`` back as ``page`` for the following page: stable while jobs
-    arrive (it continues below the last id seen)."""
+    """Jobs newest first, filtered by any of state (repeatable), queue, name,
+    parent (the jobs a job spawned) and creation time (ISO 8601 with a time
+    zone; both bounds exclusive). Pass ``next`` back as ``page`` for the
+    following page: stable while jobs arrive (it continues below the last id
+    seen)."""
     states: list[State] = []
     for text in state:
         try:
@@ -168,7 +173,14 @@ async def list_jobs(
                 f"unknown state {text!r}; states are {', '.join(s.value for s in State)}",
             ) from None
     web = web_state(request)
-    scope = {"state": sorted({s.value for s in states}), "queue": queue, "name": name}
+    scope = {
+        "state": sorted({s.value for s in states}),
+        "queue": queue,
+        "name": name,
+        "parent": parent,
+        "created_after": None if created_after is None else created_after.isoformat(),
+        "created_before": None if created_before is None else created_before.isoformat(),
+    }
     before = None if page is None else decode_page(web.page_key, page, scope)
     app = web.app
 
@@ -176,7 +188,16 @@ async def list_jobs(
         found: list[Job] = []
         each: list[State | None] = list(states) or [None]
         for one in each:
-            found += app.jobs(one, queue, name, limit + 1, before)
+            found += app.jobs(
+                one,
+                queue,
+                name,
+                limit + 1,
+                before,
+                parent=parent,
+                created_after=created_after,
+                created_before=created_before,
+            )
         return found
 
     try:

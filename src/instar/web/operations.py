@@ -87,8 +87,10 @@ def meta(request: Request, _: Annotated[Principal, Depends(needs("read"))]) -> d
 
 @router.get("/queues", response_model=list[QueueShape], tags=["queues"])
 def queues(request: Request, _: Annotated[Principal, Depends(needs("read"))]) -> list[QueueShape]:
-    """Every queue with its jobs counted by state, and whether it is paused."""
-    return [QueueShape.of(q) for q in web_state(request).app.queues()]
+    """Every queue with its jobs counted by state, whether it is paused, and the
+    age of its oldest ready job."""
+    app = web_state(request).app
+    return [QueueShape.of(q, app.clock.now()) for q in app.queues()]
 
 
 @router.post("/queues/{name}/pause", response_model=QueueChange, tags=["queues"])

@@ -100,6 +100,9 @@ WHERE (%(state)s::text IS NULL OR state = %(state)s::text)
   AND (%(name)s::text IS NULL OR name = %(name)s::text
        OR right(name, length(%(name)s::text) + 1) = '.' || %(name)s::text)
   AND (%(before)s::bigint IS NULL OR id < %(before)s::bigint)
+  AND (%(parent)s::bigint IS NULL OR parent_id = %(parent)s::bigint)
+  AND (%(created_after)s::float8 IS NULL OR created_at > %(created_after)s::float8)
+  AND (%(created_before)s::float8 IS NULL OR created_at < %(created_before)s::float8)
 ORDER BY id DESC
 LIMIT %(limit)s
 
@@ -387,6 +390,11 @@ SELECT queue, state, count(*) FROM jobs GROUP BY queue, state
 
 -- name: paused_queues
 SELECT queue FROM paused_queues
+
+-- name: oldest_ready
+-- Since when each queue's oldest ready job has waited: its last move was into
+-- ready. Reads the ready jobs only (the jobs_ready partial index's predicate).
+SELECT queue, min(updated_at) FROM jobs WHERE state = {state:ready} GROUP BY queue
 
 -- name: due_timers
 SELECT * FROM jobs WHERE state = {state:scheduled} AND run_at <= %(now)s

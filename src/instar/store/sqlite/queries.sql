@@ -42,6 +42,9 @@ WHERE (:state IS NULL OR state = :state)
   AND (:queue IS NULL OR queue = :queue)
   AND (:name IS NULL OR name = :name OR substr(name, -length(:name) - 1) = '.' || :name)
   AND (:before IS NULL OR id < :before)
+  AND (:parent IS NULL OR parent_id = :parent)
+  AND (:created_after IS NULL OR created_at > :created_after)
+  AND (:created_before IS NULL OR created_at < :created_before)
 ORDER BY id DESC
 LIMIT :limit
 
@@ -391,6 +394,11 @@ SELECT queue, state, count(*) FROM jobs GROUP BY queue, state
 
 -- name: paused_queues
 SELECT queue FROM paused_queues
+
+-- name: oldest_ready
+-- Since when each queue's oldest ready job has waited: its last move was into
+-- ready. Reads the ready jobs only (the jobs_ready partial index's predicate).
+SELECT queue, min(updated_at) FROM jobs WHERE state = {state:ready} GROUP BY queue
 
 -- name: add_token
 INSERT INTO api_tokens (name, digest, scopes, queue, created_at)

@@ -28,6 +28,7 @@ from instar.errors import (
 from instar.lifecycle import State
 from instar.models import Awakeable, Event, Job, Progress, QueueStats
 from instar.registry import JobDefinition
+from instar.retention import Retention
 from instar.retry import Retry
 from instar.vocabulary import Actor, AwakeableState, DependencyKind, Trigger
 
@@ -60,6 +61,7 @@ __all__ = [
     "PayloadError",
     "Progress",
     "QueueStats",
+    "Retention",
     "Retry",
     "SignalAlreadySettled",
     "SignalRejected",

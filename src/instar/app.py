@@ -28,7 +28,8 @@ from instar.clock import Clock, DatabaseClock
 from instar.engine import Engine, Operator, Reader
 from instar.engine.feed import EventFeed
 from instar.errors import InvalidOption
-from instar.lifecycle import State, is_terminal
+from instar.lifecycle import JOBS, State, is_terminal
+from instar.maintenance.pruning import PruneReport, prune_all
 from instar.models import Awakeable, Event, Job, QueueStats
 from instar.payload import DEFAULT_MAX_BYTES, encode
 from instar.registry import (
@@ -40,6 +41,7 @@ from instar.registry import (
     start_time,
 )
 from instar.registry.limits import check_id, check_instant, check_limit
+from instar.retention import MAX_RETENTION, Period, Retention
 from instar.retry import Retry
 from instar.store import DEFAULT_DATABASE, open_store
 from instar.store.contract import EventFilter, JobFilter, WorkerInfo
@@ -109,6 +111,7 @@ class App:
         max_payload_bytes: int = DEFAULT_MAX_BYTES,
         clock: Clock | None = None,
         read_only: bool = False,
+        retention: Retention | None = None,
     ) -> None:
         environment = os.environ.get("INSTAR_DATABASE") or None
         self.database_source: DatabaseSource
@@ -126,6 +129,9 @@ class App:
             self.database, self.database_source = DEFAULT_DATABASE, DatabaseSource.DEFAULT
         self.read_only = read_only
         self.max_payload_bytes = max_payload_bytes
+        self.retention = retention or Retention()
+        """How long finished jobs are kept (``instar.Retention``); the workers'
+        maintenance leader prunes older ones."""
         self.clock: Clock = clock or DatabaseClock()
         self.registry = Registry()
         self._engine: Engine | None = None
@@ -378,6 +384,46 @@ class App:
             )
         )
 
+    def prune(
+        self,
+        older_than: Period | None = None,
+        states: Sequence[State | str] | None = None,
+        *,
+        dry_run: bool = False,
+    ) -> PruneReport:
+        """Delete finished jobs now, the whole table scanned once: those older
+        than ``older_than`` (seconds or a timedelta) in ``states`` (default:
+        every finished state), or, without ``older_than``, those the App's
+        retention says are due. A job another waits on, a parent with children
+        left, and a job whose events the state-flow rollup has not counted yet
+        (a worker's maintenance counts them) are kept. ``dry_run``: count, change
+        nothing. ``InvalidOption`` for a state that is not a finished one or a
+        bad period."""
+        retention = self.retention
+        if older_than is not None or states is not None:
+            chosen: set[State] = set(JOBS.final)
+            if states is not None:
+                chosen = {found for s in states if (found := _state(s)) is not None}
+            bad = sorted(s.value for s in chosen - JOBS.final)
+            if bad:
+                finals = ", ".join(sorted(s.value for s in JOBS.final))
+                raise InvalidOption(f"{bad[0]!r} is not a finished state ({finals})")
+
+            def period(state: State) -> Period:
+                if state not in chosen:
+                    return MAX_RETENTION
+                if older_than is not None:
+                    return older_than
+                kept = self.retention.keep_for("", "", state)
+                return MAX_RETENTION if kept is None else kept
+
+            retention = Retention(
+                completed=period(State.COMPLETED),
+                failed=period(State.FAILED),
+                cancelled=period(State.CANCELLED),
+            )
+        return prune_all(self.engine, retention, dry_run=dry_run)
+
     def history(self, job_id: int) -> list[Event]:
         """The job's timeline, oldest first."""
         return self.reader.history(job_id)
@@ -558,7 +604,7 @@ class App:
                 concurrency=concurrency,
                 burst=burst,
                 max_payload_bytes=self.max_payload_bytes,
-                **settings,
+                **{"retention": self.retention, **settings},
             ),
         )
 

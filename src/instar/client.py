@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from instar.schemas import AwakeableShape, EventShape, JobShape, QueueShape
 
 T = TypeVar("T")
 PREFIX = "/api/v1"
+
+log = logging.getLogger("instar.client")
 
 
 class ApiError(InstarError):
@@ -198,6 +201,12 @@ class _Frames:
             self.data = None
             if "id" in payload:
                 return EventShape.model_validate(payload)
+            if "pruned_through" in payload:
+                log.warning(
+                    "events after %s up to %s were pruned by retention: some are missing",
+                    payload.get("after"),
+                    payload["pruned_through"],
+                )
         return None
 
 

@@ -17,6 +17,7 @@ from instar.app import App
 from instar.cli.main import cli
 from instar.diagram import render
 from instar.errors import InvalidTransition, JobNotFound
+from instar.maintenance.state_flows import StateFlows
 from instar.retry import Retry
 from instar.store import open_store
 from instar.store.contract import Store
@@ -187,6 +188,30 @@ def test_lifecycle_is_drawn_from_the_table(fmt: str) -> None:
     result = instar("lifecycle", "--format", fmt)
     assert result.returncode == 0
     assert result.stdout.strip() == render(fmt).strip()  # type: ignore[arg-type]
+
+
+def test_prune_previews_then_deletes_old_finished_jobs(db: str) -> None:
+    with instar_app.App(db) as app:
+        app.job(name="work")(lambda: None)
+        jobs = app.enqueue_many("work", [{}] * 4)
+        for job in jobs[:3]:
+            app.cancel(job.id)
+        StateFlows(app.engine).run_once()  # a worker's maintenance would have
+    chosen = ("--older-than", "0s", "--state", "cancelled")
+    preview = instar("prune", *chosen, "--dry-run", "--json", database=db)
+    assert preview.returncode == 0, preview.stderr
+    # SQLite keeps the newest job and the newest event's job (ids are never reused)
+    assert json.loads(preview.stdout) == {
+        "dry_run": True,
+        "pruned": 2,
+        "by_queue_and_state": [{"queue": "default", "state": "cancelled", "jobs": 2}],
+    }
+    done = instar("prune", *chosen, database=db)
+    assert done.returncode == 0 and "pruned 2 finished job(s)" in done.stdout
+    with instar_app.App(db) as app:
+        assert [job.id for job in app.jobs()] == [jobs[3].id, jobs[2].id]
+    bad = instar("prune", "--older-than", "3 weeks", database=db)
+    assert bad.returncode == 2 and "--older-than must be a duration" in bad.stderr
 
 
 def test_migrate_creates_the_schema(db: str) -> None:
@@ -360,6 +385,8 @@ def test_every_app_a_command_opens_is_closed_again(
     run("token", "create", "ops", "--scope", "read")
     run("token", "list")
     run("token", "revoke", "ops")
+    run("prune", "--dry-run")
+    run("prune", "--older-than", "1d", *handlers)
     # serve runs until it is stopped: tests/web starts and stops it as a subprocess.
     untried = {"lifecycle", "demo", "serve"}
     assert tried == set(cli.commands) - untried, "a command is not tried here"

@@ -42,7 +42,7 @@ def python_blocks() -> dict[str, str]:
 
 BLOCKS = python_blocks()
 RUN_HERE = {"A first job", "Durable execution", "Following what happens",
-            "PostgreSQL: many workers on many machines"}  # fmt: skip
+            "PostgreSQL: many workers on many machines", "Retention"}  # fmt: skip
 RUN_ELSEWHERE = {"HTTP API"}  # against a server: tests/web/test_client.py
 
 
@@ -88,6 +88,19 @@ def test_following_events_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert code != BLOCKS["Following what happens"]
     run(code, {"app": first["app"]})
     first["app"].close()
+
+
+def test_the_retention_example_sets_what_each_job_keeps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    retention = run(BLOCKS["Retention"], {})["app"].retention
+    day = 86400.0
+    assert retention.keep_for("tasks.resize", "default", instar.State.COMPLETED) == day
+    assert retention.keep_for("tasks.resize", "default", instar.State.FAILED) == 30 * day
+    assert retention.keep_for("any", "audit", instar.State.COMPLETED) == 365 * day
+    assert retention.keep_for("reports.nightly", "audit", instar.State.FAILED) == 90 * day
+    assert retention.keep_for("any", "default", instar.State.RUNNING) is None
 
 
 def test_enqueueing_inside_your_own_transaction_runs() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 
 import instar
+from instar.maintenance.state_flows import StateFlows
 from tests.conftest import running_worker
 from tests.web import web_app
 from tests.web.conftest import Server
@@ -500,6 +501,32 @@ def test_text_with_newlines_cannot_forge_a_frame(server: Server) -> None:
                 frames = _frames(stream, len(expected))
     assert [f["data"] for f in frames] == expected
     assert all(f["id"] != 999999 for f in frames)
+
+
+def test_a_stream_resumed_from_before_pruned_events_starts_with_a_gap(server: Server) -> None:
+    with instar.App(server.database) as app:
+        web_app.handlers(app)
+        old = app.enqueue_many("hello", [{}] * 3)
+        for job in old:
+            app.cancel(job.id)
+        StateFlows(app.engine).run_once()
+        pruned_through = app.last_event_id()
+        kept = app.enqueue("hello")  # the newest job: never pruned on SQLite
+        assert app.prune(older_than=0).total == 3
+    with server.client(server.admin) as client:
+        page = client.get("/events", params={"after": 0}).json()
+        assert page["gap_through"] == pruned_through
+        assert [e["job_id"] for e in page["events"]] == [kept.id]
+        assert client.get("/events", params={"after": pruned_through}).json()["gap_through"] is None
+        with client.stream("GET", "/events/stream", params={"after": 0}) as stream:
+            gap, first = _frames(stream, 2)
+        assert gap == {"event": "gap", "data": {"after": 0, "pruned_through": pruned_through}}
+        assert first["data"]["job_id"] == kept.id and first["id"] > pruned_through
+        with client.stream(
+            "GET", "/events/stream", headers={"Last-Event-ID": str(pruned_through)}
+        ) as stream:
+            [resumed] = _frames(stream, 1)
+        assert resumed["event"] == "transition" and resumed["data"]["job_id"] == kept.id
 
 
 def test_a_stream_beyond_the_cap_gets_503_with_retry_after(database: str) -> None:

@@ -1,5 +1,5 @@
 """Commands about the database and the lifecycle as a whole: migrate the schema, draw the
-lifecycle, run the demo tour."""
+lifecycle, run the demo tour, prune finished jobs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import cast
 import click
 
 from instar.cli.common import (
+    app_option,
     database_option,
     json_option,
     opened_app,
@@ -19,6 +20,8 @@ from instar.cli.common import (
 )
 from instar.diagram import Format, render
 from instar.errors import DatabaseCorrupt
+from instar.lifecycle import JOBS
+from instar.registry.limits import parse_duration
 from instar.schemas import lifecycle_json
 from instar.store.urls import redact
 
@@ -79,4 +82,50 @@ def demo(database: str | None) -> None:
     sys.exit(run_demo(database, out))
 
 
-COMMANDS: tuple[click.Command, ...] = (migrate, lifecycle, demo)
+@click.command()
+@click.option(
+    "--older-than",
+    default=None,
+    help="Prune finished jobs older than this (90s, 5m, 1h, 7d); without it, the "
+    "retention of the --app's App (default: completed 7d, failed and cancelled 30d).",
+)
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(sorted(s.value for s in JOBS.final)),
+    help="Only jobs in this finished state (repeatable; default: all three).",
+)
+@click.option("--dry-run", is_flag=True, help="Count what would go; change nothing.")
+@app_option
+@database_option
+@json_option
+@reports_errors
+def prune(
+    older_than: str | None,
+    states: tuple[str, ...],
+    dry_run: bool,
+    app_ref: str | None,
+    database: str | None,
+    as_json: bool,
+) -> None:
+    """Delete finished jobs now, with their timelines, steps and awakeables. A job
+    another waits on, a parent whose children remain, and a job whose events no
+    worker has rolled up yet are kept."""
+    period = None if older_than is None else parse_duration(older_than, "--older-than")
+    with opened_app(database, app_ref) as app:
+        report = app.prune(period, list(states) or None, dry_run=dry_run)
+    counts = [
+        {"queue": queue, "state": state.value, "jobs": n}
+        for (queue, state), n in sorted(report.pruned.items())
+    ]
+    if as_json:
+        print_json({"dry_run": dry_run, "pruned": report.total, "by_queue_and_state": counts})
+        return
+    verb = "would prune" if dry_run else "pruned"
+    out.print(f"{verb} {report.total:,} finished job(s) of {report.scanned:,} read")
+    for (queue, state), n in sorted(report.pruned.items()):
+        out.print(f"  {printable(queue)}: {n:,} {state.value}")
+
+
+COMMANDS: tuple[click.Command, ...] = (migrate, lifecycle, demo, prune)

@@ -192,6 +192,18 @@ class Engine:
         leads; returns how many it counted."""
         return self.store.roll_up(rollup, limit)
 
+    def prune(
+        self,
+        due: Sequence[tuple[int, int]],
+        cursor: int | None,
+        rolled_up_to: int,
+        *,
+        dry_run: bool = False,
+    ) -> list[tuple[str, State]]:
+        """Delete the finished jobs ``due`` (``(id, version)``) that nothing
+        holds, in one transaction (see ``Store.prune``)."""
+        return self.store.prune(due, cursor, rolled_up_to, dry_run=dry_run)
+
     def pause_queue(self, queue: str) -> bool:
         with self._transaction() as tx:
             return tx.pause_queue(queue)

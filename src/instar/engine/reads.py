@@ -10,7 +10,15 @@ from __future__ import annotations
 from instar.errors import AwakeableNotFound, JobNotFound
 from instar.lifecycle import State
 from instar.models import Awakeable, Event, Job, QueueStats
-from instar.store.contract import EventFilter, JobFilter, StateFlow, Store, WorkerInfo
+from instar.store.contract import (
+    EventFilter,
+    JobFilter,
+    PruningMarks,
+    Scanned,
+    StateFlow,
+    Store,
+    WorkerInfo,
+)
 from instar.vocabulary import AwakeableState, DependencyKind
 
 
@@ -92,6 +100,12 @@ class Reader:
 
     def rollup_cursor(self, rollup: str) -> int:
         return self._store.rollup_cursor(rollup)
+
+    def prune_scan(self, after_id: int, limit: int) -> list[Scanned]:
+        return self._store.prune_scan(after_id, limit)
+
+    def pruning_marks(self) -> PruningMarks:
+        return self._store.pruning_marks()
 
     def last_event_id(self) -> int:
         return self._store.last_event_id()

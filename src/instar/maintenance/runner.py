@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from instar.engine import Engine
 from instar.maintenance.lease_rescue import LeaseRescue
 from instar.maintenance.pause_timeouts import PauseTimeouts
+from instar.maintenance.pruning import Pruning
 from instar.maintenance.settings import Service
 from instar.maintenance.state_flows import StateFlows
 from instar.maintenance.timers import Timers
 from instar.maintenance.waiters import Waiters
+from instar.retention import Retention
 
 log = logging.getLogger("instar.maintenance")
 
@@ -40,13 +42,14 @@ class MaintenanceReport:
         return sum(self.moved.values())
 
 
-def default_services(engine: Engine) -> list[Service]:
+def default_services(engine: Engine, retention: Retention | None = None) -> list[Service]:
     return [
         Timers(engine),
         PauseTimeouts(engine),
         LeaseRescue(engine),
         Waiters(engine),
         StateFlows(engine),
+        Pruning(engine, retention or Retention()),
     ]
 
 
@@ -57,11 +60,14 @@ class Maintenance:
         holder: str,
         leadership_ttl: float = 5.0,
         services: Sequence[Service] | None = None,
+        retention: Retention | None = None,
     ) -> None:
         self.engine = engine
         self.holder = holder
         self.leadership_ttl = leadership_ttl
-        self.services = list(services) if services is not None else default_services(engine)
+        self.services = (
+            list(services) if services is not None else default_services(engine, retention)
+        )
         self._lead_until = 0.0
 
     def run_once(self) -> MaintenanceReport:

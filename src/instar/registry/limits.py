@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import operator
+import re
 import unicodedata
 from datetime import datetime
 from numbers import Real
@@ -220,3 +221,18 @@ def check_limit(value: object) -> int:
     if not 1 <= value <= MAX_LIST:
         raise InvalidOption(f"limit must be from 1 to {MAX_LIST:,}, got {value:,}")
     return value
+
+
+_DURATION = re.compile(r"(\d{1,6})(s|m|h|d)")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, what: str) -> int:
+    """Seconds in a duration written as a whole number and a unit: ``90s``,
+    ``5m``, ``1h``, ``7d``; ``InvalidOption`` naming ``what`` otherwise."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise InvalidOption(
+            f"{what} must be a duration such as 90s, 5m, 1h or 7d, not {text!r:.40}"
+        )
+    return int(match.group(1)) * _UNIT[match.group(2)]

@@ -159,6 +159,29 @@ class StateFlow:
 
 
 @dataclass(frozen=True, slots=True)
+class Scanned:
+    """A job as the pruning scan reads it: enough to decide whether it is due
+    (epoch seconds) and to delete it only if it has not moved since."""
+
+    id: int
+    name: str
+    queue: str
+    state: State
+    updated_at: float
+    created_at: float
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class PruningMarks:
+    """Where the pruning scan resumes (after this job id) and the largest event
+    id pruned so far (0: none)."""
+
+    cursor: int
+    pruned_through: int
+
+
+@dataclass(frozen=True, slots=True)
 class EventFilter:
     """Which events a feed wants: of one job, of jobs on a queue or of a name,
     or moves into one state. Every field is optional."""
@@ -542,6 +565,30 @@ class Store(JobReads, TimelineReads, DurableReads, SweepReads, WorkerReads, Lead
 
     def flows_since(self, since: float) -> list[StateFlow]:
         """The rolled-up flows of every minute from ``since`` (epoch seconds)."""
+        ...
+
+    def prune_scan(self, after_id: int, limit: int) -> list[Scanned]:
+        """Up to ``limit`` jobs with ids above ``after_id``, in id order."""
+        ...
+
+    def pruning_marks(self) -> PruningMarks: ...
+
+    def prune(
+        self,
+        due: Sequence[tuple[int, int]],
+        cursor: int | None,
+        rolled_up_to: int,
+        *,
+        dry_run: bool = False,
+    ) -> list[tuple[str, State]]:
+        """In one transaction: delete the jobs given as ``(id, version)`` that
+        have not moved since, are finished, have no job waiting on them and no
+        children, and whose events are all at or below ``rolled_up_to``; their
+        timelines, steps, awakeables and edges with them. Counts them as pruned
+        in the state totals, moves the scan's cursor to ``cursor`` (None: leaves
+        it) and the pruned-through mark up. Returns each pruned job's (queue,
+        state); with ``dry_run``, the same answer and the transaction rolled
+        back."""
         ...
 
     def rollup_cursor(self, name: str) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
@@ -29,8 +30,10 @@ from instar.store.contract import (
     Move,
     NewJob,
     Note,
+    PruningMarks,
     Recheck,
     Request,
+    Scanned,
     Settlement,
     StateFlow,
     Term,
@@ -334,6 +337,66 @@ class SQLStore(ABC):
             row = conn.execute(self.Q["rollup_cursor"], {"name": name}).fetchone()
         return 0 if row is None else int(row[0])
 
+    def prune_scan(self, after_id: int, limit: int) -> list[Scanned]:
+        with self._read() as conn:
+            rows = conn.execute(self.Q["prune_scan"], {"after": after_id, "limit": limit})
+            return [
+                Scanned(int(r[0]), r[1], r[2], State(r[3]), float(r[4]), float(r[5]), int(r[6]))
+                for r in rows.fetchall()
+            ]
+
+    def pruning_marks(self) -> PruningMarks:
+        with self._read() as conn:
+            cursor, through = conn.execute(self.Q["pruning_marks"]).fetchone()
+        return PruningMarks(int(cursor), int(through))
+
+    def prune(
+        self,
+        due: Sequence[tuple[int, int]],
+        cursor: int | None,
+        rolled_up_to: int,
+        *,
+        dry_run: bool = False,
+    ) -> list[tuple[str, State]]:
+        try:
+            return self._prune(due, cursor, rolled_up_to, dry_run)
+        except _RolledBack as dry:
+            return dry.pruned
+
+    def _prune(
+        self, due: Sequence[tuple[int, int]], cursor: int | None, rolled_up_to: int, dry_run: bool
+    ) -> list[tuple[str, State]]:
+        with self._write() as conn:
+            _, through = conn.execute(self.Q["lock_pruning"]).fetchone()
+            pruned: list[tuple[str, State]] = []
+            if due:
+                params = {**self._pairs(due), "rolled_up_to": rolled_up_to}
+                rows = conn.execute(self.Q["prune_jobs"], params).fetchall()
+                if rows:
+                    ids = self._id_list([int(row[0]) for row in rows])
+                    last = conn.execute(self.Q["last_event_of"], (ids,)).fetchone()[0]
+                    through = max(int(through), int(last or 0))
+                    for query in ("prune_events", "prune_steps", "prune_awakeables", "prune_edges"):
+                        conn.execute(self.Q[query], (ids,))
+                    pruned = [(row[1], State(row[2])) for row in rows]
+                    counted = Counter(pruned)
+                    conn.cursor().executemany(
+                        self.Q["count_pruned"],
+                        [
+                            {"queue": q, "state": s.value, "pruned": n}
+                            for (q, s), n in counted.items()
+                        ],
+                    )
+            if dry_run:
+                raise _RolledBack(pruned)
+            marks = {"cursor": cursor, "through": int(through)}
+            conn.execute(self.Q["mark_pruning"], marks)
+            return pruned
+
+    @abstractmethod
+    def _pairs(self, due: Sequence[tuple[int, int]]) -> dict[str, Any]:
+        """``(id, version)`` pairs as ``prune_jobs`` takes them."""
+
     def roll_up(self, name: str, limit: int) -> int:
         with self._write() as conn:
             conn.execute(self.Q["start_rollup"], {"name": name})
@@ -396,6 +459,15 @@ LIVE_COUNTS = "\nUNION ALL\n".join(
 """Jobs in each live state by queue: one query per state, each the exact
 predicate of that state's partial index, so that each reads only its jobs
 (built from the lifecycle table: a new live state is counted too)."""
+
+
+class _RolledBack(Exception):
+    """Raised inside a dry run's transaction so that it rolls back, carrying
+    what the run found."""
+
+    def __init__(self, pruned: list[tuple[str, State]]) -> None:
+        super().__init__("dry run")
+        self.pruned = pruned
 
 
 def _token(row: Sequence[Any]) -> ApiToken:

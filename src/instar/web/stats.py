@@ -5,7 +5,6 @@ so they lag by at most a maintenance pass."""
 
 from __future__ import annotations
 
-import re
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -14,8 +13,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
 
+from instar.errors import InvalidOption
 from instar.lifecycle import State
 from instar.maintenance.state_flows import ROLLUP
+from instar.registry.limits import parse_duration
 from instar.web.auth import needs
 from instar.web.problems import Problem
 from instar.web.state import web_state
@@ -24,8 +25,6 @@ from instar.web.tokens import Principal
 router = APIRouter(tags=["stats"])
 MAX_WINDOW = 7 * 86400
 MAX_BUCKETS = 2000
-_DURATION = re.compile(r"(\d{1,6})(s|m|h|d)")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 class StateCounts(BaseModel):
@@ -55,14 +54,10 @@ class Throughput(BaseModel):
 
 
 def _seconds(text: str, what: str) -> int:
-    match = _DURATION.fullmatch(text.strip())
-    if match is None:
-        raise Problem(
-            400,
-            "invalid_filter",
-            f"{what} must be a duration such as 90s, 5m, 1h or 7d, not {text!r:.40}",
-        )
-    return int(match.group(1)) * _UNIT[match.group(2)]
+    try:
+        return parse_duration(text, what)
+    except InvalidOption as bad:
+        raise Problem(400, "invalid_filter", str(bad)) from None
 
 
 @router.get("/stats/states", response_model=StateCounts)

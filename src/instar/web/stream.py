@@ -1,5 +1,7 @@
 """The global timeline over HTTP: pages of events after an id, and the same as a
-live Server-Sent Events stream (WHATWG HTML, 9.2).
+live Server-Sent Events stream (WHATWG HTML, 9.2). A stream resumed from an id
+older than the last event retention pruned starts with a ``gap`` frame: the
+client may have missed events up to that id and should reload what it shows.
 
 Each frame's ``id:`` is the event's id and its ``data:`` one line of compact
 JSON (a newline inside a value is escaped by the encoder, so no value can end a
@@ -37,10 +39,26 @@ MAX_PAGE = 1000
 
 
 class EventList(BaseModel):
-    """Events after ``after`` in commit order; ``last``: the id to pass next."""
+    """Events after ``after`` in commit order; ``last``: the id to pass next.
+    ``gap_through``: retention pruned events up to this id, after ``after``:
+    some this page would have held are gone (null: none)."""
 
     events: list[EventShape]
     last: int
+    gap_through: int | None = None
+
+
+def _gap(web: WebState, after: int) -> int | None:
+    """The last event id pruned, when it is past ``after`` (None otherwise)."""
+    through = web.app.reader.pruning_marks().pruned_through
+    return through if through > after else None
+
+
+def gap_frame(after: int, through: int) -> bytes:
+    """An SSE frame (no ``id:``, so the client's Last-Event-ID stays) saying that
+    events after ``after`` up to ``through`` may have been pruned."""
+    data = json.dumps({"after": after, "pruned_through": through})
+    return f"event: gap\ndata: {data}\n\n".encode()
 
 
 def _state(text: str | None) -> State | None:
@@ -75,7 +93,8 @@ def events(
         if len(found) == limit:
             break
     last = found[-1].id if found else after
-    return EventList(events=[EventShape.of(e) for e in found], last=last)
+    gap = _gap(web_state(request), after)
+    return EventList(events=[EventShape.of(e) for e in found], last=last, gap_through=gap)
 
 
 def frame(event: Event) -> bytes:
@@ -112,8 +131,11 @@ async def stream(
             )
         start = int(text)
     wanted = _state(state)
+    gap = None
     if start is None:
         start = await asyncio.to_thread(web.app.last_event_id)
+    else:
+        gap = await asyncio.to_thread(_gap, web, start)
     if web.streams >= web.settings.max_streams:
         raise Problem(
             503,
@@ -123,14 +145,17 @@ async def stream(
         )
     web.streams += 1
     feed = web.app.events_async(start, follow=True, job=job, queue=queue, state=wanted, name=name)
+    opening = gap_frame(start, gap) if gap is not None else b""
     return StreamingResponse(
-        _frames(web, feed),
+        _frames(web, feed, opening),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
 
 
-async def _frames(web: WebState, feed: AsyncIterator[Event]) -> AsyncIterator[bytes]:
+async def _frames(
+    web: WebState, feed: AsyncIterator[Event], opening: bytes = b""
+) -> AsyncIterator[bytes]:
     """Frames from a bounded buffer that a task fills from the feed; a comment
     when nothing came for ``keepalive`` seconds; the end when the buffer filled
     or the feed failed (the client resumes from the last id it got)."""
@@ -148,7 +173,7 @@ async def _frames(web: WebState, feed: AsyncIterator[Event]) -> AsyncIterator[by
 
     filler = asyncio.create_task(fill())
     try:
-        yield b": stream open\n\n"
+        yield b": stream open\n\n" + opening
         while True:
             try:
                 event = await asyncio.wait_for(buffer.get(), web.settings.keepalive)

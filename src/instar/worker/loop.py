@@ -62,6 +62,7 @@ from instar.maintenance.runner import Maintenance
 from instar.models import Job
 from instar.payload import DEFAULT_MAX_BYTES
 from instar.registry import JobDefinition
+from instar.retention import Retention
 from instar.retry import Retry
 from instar.store.contract import ClaimRequest, Held, Move, Note, Recheck, WorkerInfo
 from instar.vocabulary import Trigger
@@ -99,6 +100,8 @@ class WorkerSettings:
     """Seconds a job claimed ahead may wait for a slot before it goes back to ready."""
     handle_signals: bool = True
     max_payload_bytes: int = DEFAULT_MAX_BYTES
+    retention: Retention = field(default_factory=Retention)
+    """How long finished jobs are kept; the maintenance leader prunes the rest."""
 
 
 @dataclass
@@ -182,7 +185,7 @@ class Worker:
         self._threads = ThreadPoolExecutor(
             self.settings.concurrency, thread_name_prefix="instar-job"
         )
-        self._maintenance = Maintenance(engine, self.id)
+        self._maintenance = Maintenance(engine, self.id, retention=self.settings.retention)
         self._job_log = JobLog()
         self._heartbeat = Heartbeat(engine, self._info(), self._held, self._heard)
 

@@ -510,7 +510,7 @@ GROUP BY state
 SELECT coalesce(max(id), 0) FROM jobs
 
 -- name: finished_totals
-SELECT queue, state, entered - exited FROM state_totals
+SELECT queue, state, entered - exited - pruned FROM state_totals
 WHERE state IN ({terminal})
 
 -- name: flows_since
@@ -572,3 +572,52 @@ WITH start AS (
         exited = state_totals.exited + excluded.exited
 )
 SELECT (SELECT id FROM batch ORDER BY tx DESC, id DESC LIMIT 1), (SELECT count(*) FROM batch)
+
+-- name: prune_scan
+-- The next jobs by id after the pruning cursor, whatever their state (the
+-- caller picks the finished ones that are due).
+SELECT id, name, queue, state, updated_at, created_at, version FROM jobs
+WHERE id > %(after)s ORDER BY id LIMIT %(limit)s
+
+-- name: pruning_marks
+SELECT cursor_job, pruned_through FROM pruning
+
+-- name: lock_pruning
+SELECT cursor_job, pruned_through FROM pruning FOR UPDATE
+
+-- name: prune_jobs
+-- The jobs given as (id, version) that have not moved since they were read,
+-- are still finished, have no job waiting on them, no children left and no
+-- event the rollup has not counted yet. A job that moves meanwhile holds its
+-- row lock: the delete waits, then finds its new version and leaves it.
+DELETE FROM jobs
+WHERE (id, version) IN (SELECT * FROM unnest(%(ids)s::bigint[], %(versions)s::integer[]))
+  AND state IN ({terminal})
+  AND NOT EXISTS (SELECT 1 FROM dependencies d WHERE d.depends_on = jobs.id)
+  AND NOT EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id)
+  AND NOT EXISTS (SELECT 1 FROM events e WHERE e.job_id = jobs.id AND e.id > %(rolled_up_to)s)
+RETURNING id, queue, state
+
+-- name: last_event_of
+SELECT max(id) FROM events WHERE job_id = ANY(%s::bigint[])
+
+-- name: prune_events
+DELETE FROM events WHERE job_id = ANY(%s::bigint[])
+
+-- name: prune_steps
+DELETE FROM steps WHERE job_id = ANY(%s::bigint[])
+
+-- name: prune_awakeables
+DELETE FROM awakeables WHERE job_id = ANY(%s::bigint[])
+
+-- name: prune_edges
+DELETE FROM dependencies WHERE job_id = ANY(%s::bigint[])
+
+-- name: count_pruned
+INSERT INTO state_totals (queue, state, entered, exited, pruned)
+VALUES (%(queue)s, %(state)s, 0, 0, %(pruned)s)
+ON CONFLICT (queue, state) DO UPDATE SET pruned = state_totals.pruned + excluded.pruned
+
+-- name: mark_pruning
+UPDATE pruning SET cursor_job = coalesce(%(cursor)s::bigint, cursor_job),
+                   pruned_through = greatest(pruned_through, %(through)s)

@@ -266,6 +266,9 @@ class PostgresStore(SQLStore):
     def _id_list(self, ids: Sequence[int]) -> list[int]:
         return list(ids)
 
+    def _pairs(self, due: Sequence[tuple[int, int]]) -> dict[str, Any]:
+        return {"ids": [job for job, _ in due], "versions": [version for _, version in due]}
+
     def _before_commit(self, conn: psycopg.Connection[Any], wakes: set[Wake]) -> None:
         """NOTIFY is transactional: listeners everywhere hear of it when this commits.
         One notification per transaction; ``ready`` implies new events too."""

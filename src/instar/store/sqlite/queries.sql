@@ -435,7 +435,7 @@ GROUP BY state
 SELECT coalesce(max(id), 0) FROM jobs
 
 -- name: finished_totals
-SELECT queue, state, entered - exited FROM state_totals
+SELECT queue, state, entered - exited - pruned FROM state_totals
 WHERE state IN ({terminal})
 
 -- name: flows_since
@@ -495,3 +495,58 @@ SELECT queue, state, sum(entered), sum(exited) FROM (
 GROUP BY queue, state
 ON CONFLICT (queue, state) DO UPDATE
 SET entered = state_totals.entered + excluded.entered, exited = state_totals.exited + excluded.exited
+
+-- name: prune_scan
+-- The next jobs by id after the pruning cursor, whatever their state (the
+-- caller picks the finished ones that are due).
+SELECT id, name, queue, state, updated_at, created_at, version FROM jobs
+WHERE id > :after ORDER BY id LIMIT :limit
+
+-- name: pruning_marks
+SELECT cursor_job, pruned_through FROM pruning
+
+-- name: lock_pruning
+-- Takes the write lock (this is a BEGIN IMMEDIATE transaction already).
+SELECT cursor_job, pruned_through FROM pruning
+
+-- name: prune_jobs
+-- The jobs given as [id, version] pairs that have not moved since they were
+-- read, are still finished, have no job waiting on them, no children left and
+-- no event the rollup has not counted yet. SQLite numbers a new row max(id) + 1,
+-- so the newest job and the job with the newest event stay: no id is ever
+-- given twice (a client holding an id, or a stream's Last-Event-ID, stays right).
+DELETE FROM jobs
+WHERE (id, version) IN (
+        SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') FROM json_each(:pairs))
+  AND state IN ({terminal})
+  AND id < (SELECT max(id) FROM jobs)
+  AND NOT EXISTS (SELECT 1 FROM events e
+                  WHERE e.job_id = jobs.id AND e.id = (SELECT max(id) FROM events))
+  AND NOT EXISTS (SELECT 1 FROM dependencies d WHERE d.depends_on = jobs.id)
+  AND NOT EXISTS (SELECT 1 FROM jobs c WHERE c.parent_id = jobs.id)
+  AND NOT EXISTS (SELECT 1 FROM events e WHERE e.job_id = jobs.id AND e.id > :rolled_up_to)
+RETURNING id, queue, state
+
+-- name: last_event_of
+SELECT max(id) FROM events WHERE job_id IN (SELECT value FROM json_each(?))
+
+-- name: prune_events
+DELETE FROM events WHERE job_id IN (SELECT value FROM json_each(?))
+
+-- name: prune_steps
+DELETE FROM steps WHERE job_id IN (SELECT value FROM json_each(?))
+
+-- name: prune_awakeables
+DELETE FROM awakeables WHERE job_id IN (SELECT value FROM json_each(?))
+
+-- name: prune_edges
+DELETE FROM dependencies WHERE job_id IN (SELECT value FROM json_each(?))
+
+-- name: count_pruned
+INSERT INTO state_totals (queue, state, entered, exited, pruned)
+VALUES (:queue, :state, 0, 0, :pruned)
+ON CONFLICT (queue, state) DO UPDATE SET pruned = pruned + excluded.pruned
+
+-- name: mark_pruning
+UPDATE pruning SET cursor_job = coalesce(:cursor, cursor_job),
+                   pruned_through = max(pruned_through, :through)

@@ -298,6 +298,9 @@ class SQLiteStore(SQLStore):
     def _id_list(self, ids: Sequence[int]) -> str:
         return json.dumps(list(ids))
 
+    def _pairs(self, due: Sequence[tuple[int, int]]) -> dict[str, Any]:
+        return {"pairs": json.dumps([list(pair) for pair in due])}
+
     def _before_commit(self, conn: sqlite3.Connection, wakes: set[Wake]) -> None:
         """Nothing to send: other processes see the commit through
         ``PRAGMA data_version``, and this one through the engine."""

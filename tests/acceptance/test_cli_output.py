@@ -171,6 +171,7 @@ def test_every_verb_prints_json_with_the_resulting_record(here: Path, database: 
     assert (report["failed"], report["completed"]) == (1, 0)
     assert json.loads(ok(run(here, database, "retry", failed, "--json")))["state"] == "ready"
     queue = json.loads(ok(run(here, database, "pause-queue", "default", "--json")))
+    assert queue.pop("oldest_ready_age") >= 0  # the retried job is ready
     assert queue == {"queue": "default", "paused": True, "counts": {"ready": 1, "cancelled": 1}}
     resumed = json.loads(ok(run(here, database, "resume-queue", "default", "--json")))
     assert resumed["paused"] is False

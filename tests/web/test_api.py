@@ -618,6 +618,30 @@ def test_state_counts_and_throughput_follow_what_jobs_do(server: Server) -> None
 # -- tokens over HTTP ------------------------------------------------------------------------
 
 
+def test_metrics_give_prometheus_the_counts_the_queues_and_the_workers(server: Server) -> None:
+    with instar.App(server.database) as app:
+        web_app.handlers(app)
+        app.enqueue_many("hello", [{}] * 2)
+        app.run_worker(burst=True)  # its maintenance rolls the timeline up
+        app.enqueue("mail", {"to": "a@b"})
+    reader = server.token("prometheus", "read")
+    with server.client(reader) as client:
+        response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    lines = set(response.text.splitlines())
+    assert 'instar_jobs{queue="default",state="completed"} 2.0' in lines
+    assert 'instar_jobs{queue="emails",state="ready"} 1.0' in lines
+    assert 'instar_jobs_finished_total{queue="default",state="completed"} 2.0' in lines
+    assert any(
+        line.startswith('instar_queue_oldest_ready_age_seconds{queue="emails"}') for line in lines
+    )
+    assert "instar_rollup_lag_events 1.0" in lines  # the mail's enqueue, not counted yet
+    assert "instar_workers_alive 0.0" in lines
+    with server.client() as anonymous:
+        _problem(anonymous.get("/metrics"), 401, "unauthorized")
+
+
 def test_an_admin_makes_lists_and_revokes_tokens_never_broader_than_its_own(
     server: Server,
 ) -> None:

@@ -95,6 +95,14 @@ class Reader:
         """(queue, state, jobs) for the finished states, as of the last rollup."""
         return self._store.finished_totals()
 
+    def finished_entered(self) -> list[tuple[str, State, int]]:
+        """(queue, state, jobs that ever entered it), as of the last rollup."""
+        return self._store.finished_entered()
+
+    def oldest_ready(self) -> dict[str, float]:
+        """Since when (epoch seconds) each queue's oldest ready job has waited."""
+        return self._store.oldest_ready()
+
     def flows_since(self, since: float) -> list[StateFlow]:
         return self._store.flows_since(since)
 

@@ -563,6 +563,16 @@ class Store(JobReads, TimelineReads, DurableReads, SweepReads, WorkerReads, Lead
         rollup keeps (as of its last pass)."""
         ...
 
+    def finished_entered(self) -> list[tuple[str, State, int]]:
+        """(queue, state, jobs that ever entered it) for the finished states, as
+        of the rollup's last pass: counters that only grow (pruning included)."""
+        ...
+
+    def oldest_ready(self) -> dict[str, float]:
+        """Each queue with a ready job: since when (epoch seconds) its oldest
+        ready job has waited; read through the ready jobs only."""
+        ...
+
     def flows_since(self, since: float) -> list[StateFlow]:
         """The rolled-up flows of every minute from ``since`` (epoch seconds)."""
         ...

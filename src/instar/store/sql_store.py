@@ -194,10 +194,10 @@ class SQLStore(ABC):
         with self._read() as conn:
             rows = conn.execute(self.Q["queue_counts"]).fetchall()
             paused = {row[0] for row in conn.execute(self.Q["paused_queues"])}
-            oldest = dict(conn.execute(self.Q["oldest_ready"]).fetchall())
         counts: dict[str, dict[State, int]] = {queue: {} for queue in paused}
         for queue, state, count in rows:
             counts.setdefault(queue, {})[State(state)] = count
+        oldest = self.oldest_ready()
         return [QueueStats(q, q in paused, counts[q], oldest.get(q)) for q in sorted(counts)]
 
     def children_of(self, job_id: int) -> list[Job]:
@@ -326,6 +326,16 @@ class SQLStore(ABC):
         with self._read() as conn:
             rows = conn.execute(self.Q["finished_totals"]).fetchall()
         return [(queue, State(state), int(count)) for queue, state, count in rows if count]
+
+    def finished_entered(self) -> list[tuple[str, State, int]]:
+        with self._read() as conn:
+            rows = conn.execute(self.Q["finished_entered"]).fetchall()
+        return [(queue, State(state), int(count)) for queue, state, count in rows]
+
+    def oldest_ready(self) -> dict[str, float]:
+        with self._read() as conn:
+            rows = conn.execute(self.Q["oldest_ready"]).fetchall()
+        return {queue: float(at) for queue, at in rows}
 
     def flows_since(self, since: float) -> list[StateFlow]:
         with self._read() as conn:

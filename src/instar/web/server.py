@@ -41,5 +41,11 @@ def create_app(app: App, **settings: Any) -> FastAPI:
     routers = (operations, jobs, bulk, stats, stream, admin)
     for module in routers:
         api.include_router(module.router, prefix=PREFIX)
+    try:
+        from instar.web import metrics
+    except ImportError:  # the metrics extra is not installed: no /metrics
+        pass
+    else:
+        api.include_router(metrics.router, prefix=PREFIX)
     api.add_middleware(BodyGuard, max_bytes=chosen.max_body_bytes)
     return api

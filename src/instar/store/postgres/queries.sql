@@ -509,6 +509,10 @@ GROUP BY state
 -- name: last_job_id
 SELECT coalesce(max(id), 0) FROM jobs
 
+-- name: finished_entered
+SELECT queue, state, entered FROM state_totals
+WHERE state IN ({terminal})
+
 -- name: finished_totals
 SELECT queue, state, entered - exited - pruned FROM state_totals
 WHERE state IN ({terminal})

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,6 +37,8 @@ from bench.noop_app import make_app
 IN_FLIGHT = 16
 """Connections the load tool (wrk, one thread) keeps busy."""
 IDLE_STREAMS = 200
+LIVE_JOBS = 1000
+"""Jobs enqueued at once, and moving together, while one stream follows."""
 
 CAPTION = (
     f"One instar serve process (uvicorn, defaults) and one load tool (wrk, one thread, "
@@ -120,6 +123,56 @@ def _stream_rate(api: str, headers: dict[str, str], after: int, expected: int) -
                 if got == expected:
                     break
     return (expected - 1) / (time.perf_counter() - start)
+
+
+def _stream_live(api: str, headers: dict[str, str], url: str, rounds: int) -> tuple[float, float]:
+    """Events/s one stream delivers while jobs move: ``rounds`` times, 1,000 jobs
+    enqueued at once and run by a worker process (1,000 jobs moving), three
+    events each. Returns (events/s from the first event delivered to the last,
+    seconds from the last event written to its delivery)."""
+    expected = rounds * LIVE_JOBS * 3
+    times: list[float] = []
+    opened = threading.Event()
+
+    def follow() -> None:
+        with (
+            httpx.Client(headers=headers, timeout=120) as client,
+            client.stream("GET", f"{api}/events/stream") as stream,
+        ):
+            for line in stream.iter_lines():
+                if line.startswith(": stream open"):
+                    opened.set()
+                elif line.startswith("id: "):
+                    times.append(time.perf_counter())
+                    if len(times) == expected:
+                        return
+
+    reader = threading.Thread(target=follow, daemon=True)
+    reader.start()
+    if not opened.wait(30):
+        raise RuntimeError("the stream did not open")
+    env = {**os.environ, "PYTHONPATH": os.environ.get("INSTAR_BENCH_CODE", str(ROOT))}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "instar.cli.main", "worker", "--database", url, "--app",
+         "bench.noop_app:app", "--quiet"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        with make_app(url) as app:
+            for _ in range(rounds):
+                app.enqueue_many("noop_sync", [{}] * LIVE_JOBS)
+                deadline = time.monotonic() + 60
+                # Until none is live (counted through the live states' indexes).
+                while app.reader.live_counts() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+            written = time.perf_counter()
+        reader.join(120)
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    if len(times) < expected:
+        raise RuntimeError(f"the stream delivered {len(times):,} of {expected:,} events")
+    return (expected - 1) / (times[-1] - times[0]), max(0.0, times[-1] - written)
 
 
 def _idle_streams(api: str, headers: dict[str, str], pid: int) -> tuple[int, int]:
@@ -268,6 +321,21 @@ def run(rows: list[Row], sizes: Sizes, tmp: Path) -> None:
                     streamed >= 10_000,
                     f"{events:,} events of {events // 3:,} jobs (enqueued, claimed, "
                     "completed) read from the start of the stream",
+                )
+            )
+        rounds = 3 if sizes.quick else 10
+        live = attempt(rows, "live stream", lambda: _stream_live(api, headers, url, rounds))
+        if live is not None:
+            rows.append(
+                Row(
+                    f"one event stream, {LIVE_JOBS:,} jobs moving",
+                    f"{live[0]:,.0f} events/s",
+                    f"{live[0] / 10_000:.2f}x 10,000/s",
+                    ">= 10,000 events/s",
+                    live[0] >= 10_000,
+                    f"{rounds} x {LIVE_JOBS:,} jobs enqueued at once and run by a worker "
+                    f"process while the stream follows; last event delivered "
+                    f"{live[1] * 1000:.0f} ms after the last job completed",
                 )
             )
         idle = attempt(rows, "idle streams", lambda: _idle_streams(api, headers, server.pid))

@@ -615,6 +615,19 @@ def test_state_counts_and_throughput_follow_what_jobs_do(server: Server) -> None
         _problem(bad, 400, "invalid_filter")
 
 
+def test_the_server_counts_finished_jobs_with_no_worker_running(server: Server) -> None:
+    with server.client(server.admin) as client:
+        ids = [client.post("/jobs", json={"name": "hello"}).json()["id"] for _ in range(2)]
+        for job_id in ids:
+            client.post(f"/jobs/{job_id}/cancel")
+
+        def counted() -> bool:
+            found = client.get("/stats/states").json()
+            return bool(found["totals"].get("cancelled") == 2)
+
+        _wait_for(counted)  # the server's own rollup, every 2 seconds
+
+
 # -- tokens over HTTP ------------------------------------------------------------------------
 
 

@@ -23,13 +23,15 @@ class WebSettings:
     room for the envelope). ``max_streams``: event streams open at once (more
     get 503). ``stream_buffer``: events held for one slow stream client before
     it is cut off (it resumes with Last-Event-ID). ``keepalive``: seconds
-    between comments on a quiet stream."""
+    between comments on a quiet stream. ``rollup_interval``: seconds between
+    the server's own rollups of the timeline into the state flows."""
 
     auth: bool = True
     max_body_bytes: int = 2 * 1024 * 1024
     max_streams: int = 100
     stream_buffer: int = 10_000
     keepalive: float = 15.0
+    rollup_interval: float = 2.0
 
 
 @dataclass(slots=True)

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import base64
 import json
+import sqlite3
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
 import httpx
+import psycopg
 
 import instar
 from instar.maintenance.state_flows import StateFlows
-from tests.conftest import running_worker
+from tests.conftest import POSTGRES, running_worker
 from tests.web import web_app
 from tests.web.conftest import Server
 
@@ -326,6 +330,39 @@ def test_a_verbs_reason_is_kept_in_the_timeline_and_other_fields_are_refused(
         assert done.status_code == 200
         events = client.get(f"/jobs/{job['id']}/events").json()["events"]
         assert events[-1]["detail"] == {"reason": "spam\nsent twice"}
+
+
+def test_a_jobs_timeline_is_not_held_back_by_a_transaction_open_elsewhere(
+    server: Server,
+) -> None:
+    """The global feed waits for older transactions to end (PostgreSQL hands out
+    ids before commit); one job's timeline needs no such wait: its events are
+    written under its row lock, in commit order."""
+    with _open_transaction(server.database), server.client(server.admin) as client:
+        job = client.post("/jobs", json={"name": "hello"}).json()
+        client.post(f"/jobs/{job['id']}/cancel")
+        events = client.get(f"/jobs/{job['id']}/events").json()["events"]
+        assert [e["to_state"] for e in events] == ["ready", "cancelled"]
+        after = client.get(f"/jobs/{job['id']}/events", params={"after": events[0]["id"]})
+        assert [e["to_state"] for e in after.json()["events"]] == ["cancelled"]
+
+
+@contextmanager
+def _open_transaction(database: str) -> Iterator[None]:
+    """A transaction left open: on PostgreSQL one that holds a transaction id."""
+    if database.startswith("postgresql"):
+        with psycopg.connect(POSTGRES) as pg:
+            pg.execute("SELECT pg_current_xact_id()")
+            yield
+            pg.rollback()
+    else:
+        lite = sqlite3.connect(database.removeprefix("sqlite:///"))
+        lite.execute("BEGIN")  # a read transaction: its snapshot stays open
+        lite.execute("SELECT count(*) FROM jobs").fetchone()
+        try:
+            yield
+        finally:
+            lite.close()
 
 
 def test_a_refused_verb_says_which_states_it_applies_to(server: Server) -> None:

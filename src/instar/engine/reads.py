@@ -40,10 +40,11 @@ class Reader:
         """Jobs newest first."""
         return self._store.list_jobs(where)
 
-    def history(self, job_id: int) -> list[Event]:
-        """The job's timeline, oldest first; ``JobNotFound`` for an unknown id."""
+    def history(self, job_id: int, after: int = 0, limit: int | None = None) -> list[Event]:
+        """The job's timeline after the event ``after``, oldest first, at most
+        ``limit`` events (None: all); ``JobNotFound`` for an unknown id."""
         self.get(job_id)
-        return self._store.events(job_id)
+        return self._store.events(job_id, after, limit)
 
     def count_matching(self, queue: str | None, name: str | None, until: int) -> dict[State, int]:
         """Jobs up to the id ``until`` of a queue and a name, counted by state."""

@@ -410,8 +410,11 @@ class JobReads(Protocol):
 
 
 class TimelineReads(Protocol):
-    def events(self, job_id: int) -> list[Event]:
-        """One job's timeline, oldest first."""
+    def events(self, job_id: int, after: int = 0, limit: int | None = None) -> list[Event]:
+        """One job's timeline after the event ``after``, oldest first, at most
+        ``limit`` events (None: all). A job's events are written under its row
+        lock, so their id order is their commit order: no feed horizon needed
+        (an open transaction elsewhere never holds a job's own timeline back)."""
         ...
 
     def events_since(self, after_id: int, limit: int, where: EventFilter) -> list[Event]:

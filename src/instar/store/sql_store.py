@@ -210,9 +210,10 @@ class SQLStore(ABC):
 
     # -- reads: the timeline --------------------------------------------------------------
 
-    def events(self, job_id: int) -> list[Event]:
+    def events(self, job_id: int, after: int = 0, limit: int | None = None) -> list[Event]:
+        params = {"job_id": job_id, "after": after, "limit": limit}
         with self._read() as conn:
-            return events_from(conn.execute(self.Q["events_of_job"], (job_id,)))
+            return events_from(conn.execute(self.Q["events_of_job"], params))
 
     def events_since(self, after_id: int, limit: int, where: EventFilter) -> list[Event]:
         params = {

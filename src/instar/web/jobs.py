@@ -15,7 +15,6 @@ from instar.lifecycle import State, is_leased
 from instar.models import Job
 from instar.registry.limits import MAX_ID
 from instar.schemas import AwakeableShape, EventShape, JobBriefShape, JobShape
-from instar.store.contract import EventFilter
 from instar.web.answers import answer
 from instar.web.auth import check_queue, needs
 from instar.web.group_commit import Wanted
@@ -231,9 +230,8 @@ async def job_events(
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> EventPage:
     """The job's timeline after the event ``after``, oldest first."""
-    await _read_job(request, job_id)
     web = web_state(request)
-    events = await read(web, web.app.reader.events_since, after, limit, EventFilter(job_id=job_id))
+    events = await read(web, web.app.reader.history, job_id, after, limit)
     return EventPage(events=[EventShape.of(e) for e in events])
 
 

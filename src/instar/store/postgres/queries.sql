@@ -148,7 +148,8 @@ FROM jobs WHERE id = %(job_id)s
 UPDATE jobs SET progress = %(progress)s WHERE id = %(job_id)s
 
 -- name: events_of_job
-SELECT * FROM events WHERE job_id = %s ORDER BY id
+SELECT * FROM events WHERE job_id = %(job_id)s AND id > %(after)s ORDER BY id
+LIMIT %(limit)s
 
 -- name: events_since
 -- The feed, in commit order. Ids come from a sequence, so a transaction that

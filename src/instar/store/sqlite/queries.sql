@@ -94,7 +94,8 @@ SELECT id, :now, state, state, :trigger, attempt, :worker, :actor, :detail
 FROM jobs WHERE id = :job_id
 
 -- name: events_of_job
-SELECT * FROM events WHERE job_id = ? ORDER BY id
+SELECT * FROM events WHERE job_id = :job_id AND id > :after ORDER BY id
+LIMIT coalesce(:limit, -1)
 
 -- name: events_since
 -- The feed. One writer at a time assigns ids, so id order is commit order and

@@ -36,6 +36,10 @@ from instar.web.tokens import Principal
 log = logging.getLogger("instar.web")
 router = APIRouter(tags=["events"])
 MAX_PAGE = 1000
+BATCH = 500
+"""Frames sent in one write at most, when a client is behind (each write is a
+chunk through the server: one per event made the framing cost as much as the
+read)."""
 
 
 class EventList(BaseModel):
@@ -180,10 +184,18 @@ async def _frames(
             except TimeoutError:
                 yield b": keepalive\n\n"
                 continue
+            # Every event already buffered goes out in one write (up to BATCH).
+            frames: list[bytes] = []
+            while event is not None:
+                frames.append(frame(event))
+                if len(frames) == BATCH or buffer.empty():
+                    break
+                event = buffer.get_nowait()
+            if frames:
+                yield b"".join(frames)
             if event is None:
                 yield b"event: overflow\ndata: {}\n\n"
                 return
-            yield frame(event)
     finally:
         web.streams -= 1
         filler.cancel()

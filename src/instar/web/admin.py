@@ -13,10 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from instar.models import ApiToken
 from instar.web.auth import needs
 from instar.web.problems import Problem
-from instar.web.state import web_state
+from instar.web.state import PREFIX, web_state
 from instar.web.tokens import Principal, create, digest
 
-router = APIRouter(tags=["tokens"])
+router = APIRouter(prefix=PREFIX, tags=["tokens"])
 
 
 class TokenBody(BaseModel):

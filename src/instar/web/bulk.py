@@ -27,11 +27,11 @@ from instar.errors import InstarError, InvalidTransition, JobNotFound
 from instar.lifecycle import State
 from instar.web.auth import check_queue, needs
 from instar.web.problems import Problem
-from instar.web.state import web_state
+from instar.web.state import PREFIX, web_state
 from instar.web.tokens import Principal
 
 log = logging.getLogger("instar.web")
-router = APIRouter(tags=["bulk"])
+router = APIRouter(prefix=PREFIX, tags=["bulk"])
 PAGE = 200
 """Jobs read per page while an operation runs."""
 KEPT = 1000

@@ -20,10 +20,10 @@ from instar.web.auth import check_queue, needs
 from instar.web.group_commit import Wanted
 from instar.web.pages import decode_page, encode_page
 from instar.web.problems import Problem
-from instar.web.state import read, web_state
+from instar.web.state import PREFIX, read, web_state
 from instar.web.tokens import Principal
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(prefix=PREFIX, tags=["jobs"])
 MAX_PAGE = 500
 JobId = Annotated[int, Field(ge=1, le=MAX_ID)]
 

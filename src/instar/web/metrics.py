@@ -22,10 +22,10 @@ from prometheus_client.registry import Collector
 from instar.app import App
 from instar.maintenance.state_flows import ROLLUP
 from instar.web.auth import needs
-from instar.web.state import web_state
+from instar.web.state import PREFIX, web_state
 from instar.web.tokens import Principal
 
-router = APIRouter(tags=["metrics"])
+router = APIRouter(prefix=PREFIX, tags=["metrics"])
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 WORKERS_SEEN_WITHIN = 30.0
 """Seconds since a worker's last heartbeat for it to count as alive."""

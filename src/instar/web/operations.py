@@ -17,10 +17,10 @@ from instar.schemas import AwakeableShape, QueueShape, lifecycle_json
 from instar.vocabulary import AwakeableState
 from instar.web.auth import check_queue, needs
 from instar.web.problems import problem_response
-from instar.web.state import web_state
+from instar.web.state import PREFIX, web_state
 from instar.web.tokens import Principal
 
-router = APIRouter()
+router = APIRouter(prefix=PREFIX)
 
 
 class WorkerShape(BaseModel):

@@ -15,6 +15,9 @@ from instar.web.group_commit import GroupCommit
 
 T = TypeVar("T")
 
+PREFIX = "/api/v1"
+"""Where every route of the API lives."""
+
 
 @dataclass(frozen=True, slots=True)
 class WebSettings:

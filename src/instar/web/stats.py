@@ -19,10 +19,10 @@ from instar.maintenance.state_flows import ROLLUP
 from instar.registry.limits import parse_duration
 from instar.web.auth import needs
 from instar.web.problems import Problem
-from instar.web.state import web_state
+from instar.web.state import PREFIX, web_state
 from instar.web.tokens import Principal
 
-router = APIRouter(tags=["stats"])
+router = APIRouter(prefix=PREFIX, tags=["stats"])
 MAX_WINDOW = 7 * 86400
 MAX_BUCKETS = 2000
 

@@ -30,11 +30,11 @@ from instar.registry.limits import MAX_ID
 from instar.schemas import EventShape
 from instar.web.auth import needs
 from instar.web.problems import Problem
-from instar.web.state import WebState, web_state
+from instar.web.state import PREFIX, WebState, web_state
 from instar.web.tokens import Principal
 
 log = logging.getLogger("instar.web")
-router = APIRouter(tags=["events"])
+router = APIRouter(prefix=PREFIX, tags=["events"])
 MAX_PAGE = 1000
 BATCH = 500
 """Frames sent in one write at most, when a client is behind (each write is a

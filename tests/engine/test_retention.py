@@ -12,6 +12,7 @@ from instar.clock import FrozenClock
 from instar.lifecycle import State
 from instar.maintenance.pruning import PruneSettings, Pruning
 from instar.maintenance.state_flows import StateFlows
+from instar.store.contract import Scanned
 
 DAY = 86400.0
 
@@ -162,6 +163,31 @@ def test_ids_are_never_given_twice_after_pruning(
     new = app.enqueue("work")
     assert new.id > max(job.id for job in old)
     assert min(e.id for e in app.history(new.id)) > last_event
+
+
+def test_once_the_scan_has_gone_round_it_waits_its_interval(
+    frozen_app: instar.App, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = frozen_app
+    app.job(name="work")(lambda: None)
+    app.enqueue_many("work", [{}] * 3)  # ready: never due, but old enough to be read past
+    clock.advance(8 * DAY)
+    scans: list[int] = []
+    real = app.engine.read.prune_scan
+
+    def counted(after_id: int, limit: int) -> list[Scanned]:
+        scans.append(after_id)
+        return real(after_id, limit)
+
+    monkeypatch.setattr(app.engine.read, "prune_scan", counted)
+    service = Pruning(app.engine, instar.Retention(), PruneSettings(window=2, interval=10))
+    service.run_once()  # a full window: the round goes on at the next pass
+    service.run_once()  # the rest: the round is over
+    service.run_once()  # within the interval: no scan
+    assert len(scans) == 2
+    clock.advance(10)
+    service.run_once()
+    assert len(scans) == 3
 
 
 def test_a_bad_retention_is_refused_with_what_is_wrong() -> None:

@@ -26,6 +26,10 @@ from instar.retention import Retention
 class PruneSettings:
     window: int = 2000
     """Jobs one pass reads, and deletes at most, in one transaction."""
+    interval: float = 10.0
+    """Seconds between passes once the scan has gone round (retention is
+    counted in days); while a round is under way, every maintenance pass
+    takes the next window."""
 
 
 @dataclass
@@ -92,10 +96,18 @@ class Pruning:
         self.engine = engine
         self.retention = retention
         self.settings = settings or PruneSettings()
+        self._next_at = 0.0
 
     def run_once(self) -> int:
+        now = self.engine.clock.now()
+        if now < self._next_at:
+            return 0
         cursor = self.engine.read.pruning_marks().cursor
-        prune_window(self.engine, self.retention, cursor, self.settings.window, keep_cursor=True)
+        step = prune_window(
+            self.engine, self.retention, cursor, self.settings.window, keep_cursor=True
+        )
+        went_round = step.next_cursor == 0
+        self._next_at = now + self.settings.interval if went_round else now
         return 0
 
 

@@ -10,12 +10,13 @@ import json
 import os
 import re
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -205,10 +206,43 @@ def _idle_streams(api: str, headers: dict[str, str], pid: int) -> tuple[int, int
     return before, during[0]
 
 
+ROUNDS = 3
+"""Each request-rate figure is the median of this many runs, every figure's
+runs taking turns with the others' so that all see the machine alike."""
+
+
+def _taking_turns(
+    rows: list[Row], turns: dict[str, Callable[[], float]], rounds: int
+) -> dict[str, list[float]]:
+    """Each measurement ``rounds`` times, in turns: the runs of each (none when
+    one failed: ``attempt`` records why)."""
+    runs: dict[str, list[float]] = {name: [] for name in turns}
+    failed: set[str] = set()
+    for _ in range(rounds):
+        for name, measure in turns.items():
+            if name in failed:
+                continue
+            value = attempt(rows, name, measure)
+            if value is None:
+                failed.add(name)
+                runs[name] = []
+            else:
+                runs[name].append(value)
+    return runs
+
+
+def _median(runs: list[float]) -> float | None:
+    return statistics.median(runs) if runs else None
+
+
+def _runs(runs: list[float]) -> str:
+    return f"median of {len(runs)} runs ({', '.join(f'{v:,.0f}' for v in runs)})"
+
+
 def run(rows: list[Row], sizes: Sizes, tmp: Path) -> None:
     """Every HTTP figure, on a fresh SQLite database."""
     url = f"sqlite:///{tmp / 'http.db'}"
-    seconds = 3.0 if sizes.quick else 10.0
+    seconds = 3.0 if sizes.quick else 6.0
     with make_app(url) as app:
         app.migrate()
         from instar.web import tokens
@@ -217,44 +251,19 @@ def run(rows: list[Row], sizes: Sizes, tmp: Path) -> None:
         job = app.enqueue("noop_sync")
     headers = {"Authorization": f"Bearer {token}"}
 
-    progress.print("HTTP: a bare endpoint of the same framework ...")
-    port = _port()
+    progress.print("HTTP: a bare endpoint and instar serve, taking turns ...")
+    bare_port = _port()
     bare_command = [
         sys.executable,
         "-m",
         "uvicorn",
         "bench.web_bare:app",
         "--port",
-        str(port),
+        str(bare_port),
         "--log-level",
         "warning",
         "--no-access-log",
     ]
-    with _serving(bare_command, port, "/constant"):
-        bare = attempt(
-            rows,
-            "bare endpoint",
-            lambda: _load(f"http://127.0.0.1:{port}/constant", seconds, {}),
-        )
-        bare_def = attempt(
-            rows,
-            "bare def endpoint",
-            lambda: _load(f"http://127.0.0.1:{port}/constant-def", seconds, {}),
-        )
-    for label, found in (("async def", bare), ("def, on a thread", bare_def)):
-        if found is not None:
-            rows.append(
-                Row(
-                    f"bare endpoint (FastAPI, a constant, {label})",
-                    f"{found:,.0f} req/s",
-                    "-",
-                    "-",
-                    None,
-                    f"{seconds:.0f} s of wrk, {IN_FLIGHT} connections, one uvicorn process",
-                )
-            )
-
-    progress.print("HTTP: instar serve ...")
     port = _port()
     api = f"http://127.0.0.1:{port}/api/v1"
     serve_command = [
@@ -271,12 +280,38 @@ def run(rows: list[Row], sizes: Sizes, tmp: Path) -> None:
         "--max-streams",
         str(IDLE_STREAMS + 10),
     ]
-    with _serving(serve_command, port, "/api/v1/health") as server:
-        get = attempt(
-            rows,
-            "GET /jobs/{id}",
-            lambda: _load(f"{api}/jobs/{job.id}", seconds, headers),
-        )
+    bare_url = f"http://127.0.0.1:{bare_port}"
+    post_body = json.dumps({"name": "noop_sync"})
+    engine_db = tmp / "engine.db"
+    turns: dict[str, Callable[[], float]] = {
+        "bare": lambda: _load(f"{bare_url}/constant", seconds, {}),
+        "bare def": lambda: _load(f"{bare_url}/constant-def", seconds, {}),
+        "GET": lambda: _load(f"{api}/jobs/{job.id}", seconds, headers),
+        "POST": lambda: _load(f"{api}/jobs", seconds, headers, post_body),
+        "engine": lambda: enqueue_one_by_one(f"sqlite:///{engine_db}", sizes.enqueue_jobs),
+    }
+    with (
+        _serving(bare_command, bare_port, "/constant"),
+        _serving(serve_command, port, "/api/v1/health") as server,
+    ):
+        found = _taking_turns(rows, turns, ROUNDS)
+        bare = _median(found["bare"])
+        for label, key in (("async def", "bare"), ("def, on a thread", "bare def")):
+            value = _median(found[key])
+            if value is not None:
+                rows.append(
+                    Row(
+                        f"bare endpoint (FastAPI, a constant, {label})",
+                        f"{value:,.0f} req/s",
+                        "-",
+                        "-",
+                        None,
+                        f"{_runs(found[key])}; {seconds:.0f} s of wrk each, "
+                        f"{IN_FLIGHT} connections, one uvicorn process",
+                    )
+                )
+        get, post = _median(found["GET"]), _median(found["POST"])
+        engine = _median(found["engine"])
         if get is not None:
             rows.append(
                 judged(
@@ -287,19 +322,10 @@ def run(rows: list[Row], sizes: Sizes, tmp: Path) -> None:
                     "bare",
                     ">= 0.50x bare",
                     0.5,
-                    "same load tool and settings",
+                    f"{_runs(found['GET'])}; same load tool and settings, taking turns "
+                    "with the bare endpoint",
                 )
             )
-        post = attempt(
-            rows,
-            "POST /jobs",
-            lambda: _load(f"{api}/jobs", seconds, headers, json.dumps({"name": "noop_sync"})),
-        )
-        engine = attempt(
-            rows,
-            "engine enqueue",
-            lambda: enqueue_one_by_one(f"sqlite:///{tmp / 'engine.db'}", sizes.enqueue_jobs),
-        )
         if post is not None:
             rows.append(
                 judged(
@@ -310,7 +336,8 @@ def run(rows: list[Row], sizes: Sizes, tmp: Path) -> None:
                     "engine",
                     ">= 0.50x engine",
                     0.5,
-                    f"the engine's own one-by-one enqueue: {rate(engine) if engine else '-'}",
+                    f"{_runs(found['POST'])}; the engine's own one-by-one enqueue, "
+                    f"taking turns: {rate(engine) if engine else '-'}",
                 )
             )
         with make_app(url) as app:

@@ -78,10 +78,11 @@ def prune_window(
         if keep is not None and job.updated_at <= now - keep:
             due.append((job.id, job.version))
     following = 0 if went_round else last
-    rolled_up_to = engine.read.rollup_cursor(ROLLUP)
-    stored = following if keep_cursor else None
-    moved_on = keep_cursor and following != cursor
-    pruned = engine.prune(due, stored, rolled_up_to, dry_run=dry_run) if due or moved_on else []
+    pruned: list[tuple[str, State]] = []
+    if due or (keep_cursor and following != cursor):
+        rolled_up_to = engine.read.rollup_cursor(ROLLUP)
+        stored = following if keep_cursor else None
+        pruned = engine.prune(due, stored, rolled_up_to, dry_run=dry_run)
     return Window(PruneReport(Counter(pruned), len(scanned)), following)
 
 

@@ -106,36 +106,30 @@ def check_delay(value: object) -> float:
     return seconds
 
 
+def check_instant(value: object, what: str) -> float:
+    """An aware ``datetime`` as epoch seconds; ``InvalidOption`` for anything
+    else, naming ``what``."""
+    if not isinstance(value, datetime):
+        raise InvalidOption(f"{what} must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise InvalidOption(
+            f"{what} {value.isoformat()} has no time zone; pass an aware datetime, "
+            "e.g. datetime.now(timezone.utc) (over HTTP: ISO 8601 with Z or an offset)"
+        )
+    return value.timestamp()
+
+
 def check_run_at(value: object, now: float) -> float:
     """A start time: an aware ``datetime`` at most ``MAX_DELAY`` seconds after ``now``
     (epoch seconds); returns it as epoch seconds."""
-    if not isinstance(value, datetime):
-        raise InvalidOption(f"run_at must be a datetime, got {type(value).__name__}")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise InvalidOption(
-            f"run_at {value.isoformat()} has no time zone; pass an aware datetime, "
-            "e.g. datetime.now(timezone.utc) + timedelta(minutes=5)"
-        )
-    start = value.timestamp()
+    start = check_instant(value, "run_at")
+    assert isinstance(value, datetime)  # check_instant refused anything else
     if start - now > MAX_DELAY:
         raise InvalidOption(
             f"run_at {value.isoformat()} is more than 3,650 days ahead; the latest start "
             "is 3,650 days from now"
         )
     return start
-
-
-def check_instant(value: object, what: str) -> float:
-    """An aware ``datetime`` (a bound of a listing) as epoch seconds;
-    ``InvalidOption`` for anything else, naming ``what``."""
-    if not isinstance(value, datetime):
-        raise InvalidOption(f"{what} must be a datetime, got {type(value).__name__}")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise InvalidOption(
-            f"{what} {value.isoformat()} has no time zone; pass an aware datetime "
-            "(over HTTP: an ISO 8601 time with Z or an offset)"
-        )
-    return value.timestamp()
 
 
 def check_start(start: float | None) -> float | None:

@@ -110,6 +110,25 @@ def test_a_token_limited_to_a_queue_acts_on_that_queue_only(server: Server) -> N
         _problem(client.post(f"/jobs/{other['id']}/cancel"), 403, "insufficient_scope")
 
 
+def test_a_token_limited_to_a_queue_reads_that_queue_only(server: Server) -> None:
+    with server.client(server.admin) as admin:
+        mail = admin.post("/jobs", json={"name": "mail", "args": {"to": "a@b"}}).json()
+        other = admin.post("/jobs", json={"name": "hello"}).json()
+    with server.client(server.token("mail-reader", "read", queue="emails")) as client:
+        assert [j["id"] for j in client.get("/jobs").json()["jobs"]] == [mail["id"]]
+        assert client.get("/jobs", params={"queue": "emails"}).status_code == 200
+        _problem(client.get("/jobs", params={"queue": "default"}), 403, "insufficient_scope")
+        assert client.get(f"/jobs/{mail['id']}").json()["queue"] == "emails"
+        for path in ("", "/events", "/steps", "/children", "/dependencies", "/awakeables"):
+            _problem(client.get(f"/jobs/{other['id']}{path}"), 403, "insufficient_scope")
+        events = client.get("/events").json()["events"]
+        assert {e["job_id"] for e in events} == {mail["id"]}
+        _problem(client.get("/events", params={"queue": "default"}), 403, "insufficient_scope")
+        _problem(
+            client.get("/events/stream", params={"queue": "default"}), 403, "insufficient_scope"
+        )
+
+
 def test_the_timeline_names_the_token_that_caused_each_event(server: Server) -> None:
     with server.client(server.token("ci-bot", "enqueue", "operate", "read")) as client:
         job = client.post("/jobs", json={"name": "hello"}).json()
@@ -413,6 +432,10 @@ def test_an_awakeable_waits_in_the_inbox_and_resolving_it_moves_its_job_on(serve
             _wait_for(lambda: bool(client.get(path).json()))
             awakeable = client.get(path).json()[0]
             assert [a["id"] for a in client.get("/awakeables").json()] == [awakeable["id"]]
+            with server.client(server.token("mail-only", "read", queue="emails")) as mailer:
+                assert mailer.get("/awakeables").json() == []  # the job is on another queue
+                refused = mailer.get(f"/awakeables/{awakeable['id']}")
+                _problem(refused, 403, "insufficient_scope")
             resolver = server.token("approver", "resolve")
             with server.client(resolver) as approver:
                 done = approver.post(

@@ -69,9 +69,12 @@ class Reader:
     def awakeables(self, job_id: int) -> list[Awakeable]:
         return self._store.awakeables_of(self.get(job_id).id)
 
-    def awakeables_in_state(self, state: AwakeableState, limit: int) -> list[Awakeable]:
-        """Awakeables in ``state``, oldest first (the inbox of pending ones)."""
-        return self._store.awakeables_in_state(state, limit)
+    def awakeables_in_state(
+        self, state: AwakeableState, limit: int, queue: str | None = None
+    ) -> list[Awakeable]:
+        """Awakeables in ``state``, oldest first (the inbox of pending ones), of
+        the jobs of ``queue`` when given."""
+        return self._store.awakeables_in_state(state, limit, queue)
 
     def children(self, job_id: int) -> list[Job]:
         return self._store.children_of(self.get(job_id).id)

@@ -444,8 +444,11 @@ class DurableReads(Protocol):
 
     def awakeables_of(self, job_id: int) -> list[Awakeable]: ...
 
-    def awakeables_in_state(self, state: AwakeableState, limit: int) -> list[Awakeable]:
-        """Awakeables in ``state``, oldest first, at most ``limit`` (the inbox)."""
+    def awakeables_in_state(
+        self, state: AwakeableState, limit: int, queue: str | None = None
+    ) -> list[Awakeable]:
+        """Awakeables in ``state``, oldest first, at most ``limit`` (the inbox);
+        of the jobs of ``queue`` only, when given."""
         ...
 
 

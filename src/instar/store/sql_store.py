@@ -252,8 +252,10 @@ class SQLStore(ABC):
         with self._read() as conn:
             return awakeables_from(conn.execute(self.Q["awakeables_of_job"], (job_id,)))
 
-    def awakeables_in_state(self, state: AwakeableState, limit: int) -> list[Awakeable]:
-        params = {"state": state.value, "limit": limit}
+    def awakeables_in_state(
+        self, state: AwakeableState, limit: int, queue: str | None = None
+    ) -> list[Awakeable]:
+        params = {"state": state.value, "limit": limit, "queue": queue}
         with self._read() as conn:
             return awakeables_from(conn.execute(self.Q["awakeables_in_state"], params))
 

@@ -65,6 +65,16 @@ def needs(scope: str) -> Callable[[Request], Awaitable[Principal]]:
     return check
 
 
+def queue_filter(who: Principal, asked: str | None) -> str | None:
+    """The queue a listing reads: the one ``asked`` for, or the token's own when
+    it is limited to one (``Problem`` 403 when the two differ)."""
+    if who.queue is None:
+        return asked
+    if asked is not None:
+        check_queue(who, asked)
+    return who.queue
+
+
 def check_queue(who: Principal, queue: str) -> None:
     """403 when ``who`` is limited to another queue than ``queue``."""
     if who.queue is not None and queue != who.queue:

@@ -170,7 +170,7 @@ def bulk(
 
 @router.get("/bulk/{operation_id}", response_model=BulkShape)
 def bulk_progress(
-    request: Request, operation_id: str, _: Annotated[Principal, Depends(needs("read"))]
+    request: Request, operation_id: str, who: Annotated[Principal, Depends(needs("read"))]
 ) -> BulkShape:
     operation = web_state(request).operations.get(operation_id)
     if not isinstance(operation, _Operation):
@@ -180,4 +180,6 @@ def bulk_progress(
             f"no bulk operation {operation_id!r} on this server (they live in the "
             "server process that runs them)",
         )
+    if who.queue is not None:
+        check_queue(who, operation.shape.filter.queue or "(every queue)")
     return operation.shape

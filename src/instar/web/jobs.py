@@ -16,7 +16,7 @@ from instar.models import Job
 from instar.registry.limits import MAX_ID
 from instar.schemas import AwakeableShape, EventShape, JobBriefShape, JobShape
 from instar.web.answers import answer
-from instar.web.auth import check_queue, needs
+from instar.web.auth import check_queue, needs, queue_filter
 from instar.web.group_commit import Wanted
 from instar.web.pages import decode_page, encode_page
 from instar.web.problems import Problem
@@ -94,10 +94,14 @@ def _job(request: Request, job_id: int) -> Job:
     return web_state(request).app.get(job_id)
 
 
-async def _read_job(request: Request, job_id: int) -> Job:
-    """The job (``JobNotFound``: 404), read as ``read`` says."""
+async def _read_job(request: Request, job_id: int, who: Principal) -> Job:
+    """The job (``JobNotFound``: 404), read as ``read`` says; 403 when ``who``
+    is limited to another queue."""
     web = web_state(request)
-    return await read(web, web.app.get, job_id)
+    job = await read(web, web.app.get, job_id)
+    if who.queue is not None:
+        check_queue(who, job.queue)
+    return job
 
 
 @router.post("/jobs", status_code=201, response_model=JobShape)
@@ -146,7 +150,7 @@ def enqueue_batch(
 @router.get("/jobs", response_model=JobPage)
 async def list_jobs(
     request: Request,
-    _: Annotated[Principal, Depends(needs("read"))],
+    who: Annotated[Principal, Depends(needs("read"))],
     state: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI reads it, never mutates
     queue: str | None = None,
     name: str | None = None,
@@ -160,7 +164,8 @@ async def list_jobs(
     parent (the jobs a job spawned) and creation time (ISO 8601 with a time
     zone; both bounds exclusive). Pass ``next`` back as ``page`` for the
     following page: stable while jobs arrive (it continues below the last id
-    seen)."""
+    seen). A token limited to a queue lists that queue's jobs."""
+    queue = queue_filter(who, queue)
     states: list[State] = []
     for text in state:
         try:
@@ -214,10 +219,10 @@ async def list_jobs(
 async def get_job(
     request: Request,
     job_id: JobId,
-    _: Annotated[Principal, Depends(needs("read"))],
+    who: Annotated[Principal, Depends(needs("read"))],
 ) -> Response:
     """One job; its ``ETag`` is its version, for ``If-Match`` on a verb."""
-    job = await _read_job(request, job_id)
+    job = await _read_job(request, job_id, who)
     return answer(JobShape.of(job), headers={"ETag": f'"{job.version}"'})
 
 
@@ -225,11 +230,13 @@ async def get_job(
 async def job_events(
     request: Request,
     job_id: JobId,
-    _: Annotated[Principal, Depends(needs("read"))],
+    who: Annotated[Principal, Depends(needs("read"))],
     after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
 ) -> EventPage:
     """The job's timeline after the event ``after``, oldest first."""
+    if who.queue is not None:
+        await _read_job(request, job_id, who)
     web = web_state(request)
     events = await read(web, web.app.reader.history, job_id, after, limit)
     return EventPage(events=[EventShape.of(e) for e in events])
@@ -237,10 +244,10 @@ async def job_events(
 
 @router.get("/jobs/{job_id}/steps", response_model=list[StepShape])
 async def job_steps(
-    request: Request, job_id: JobId, _: Annotated[Principal, Depends(needs("read"))]
+    request: Request, job_id: JobId, who: Annotated[Principal, Depends(needs("read"))]
 ) -> list[StepShape]:
     """The durable steps the job has done, with their recorded results."""
-    await _read_job(request, job_id)
+    await _read_job(request, job_id, who)
     web = web_state(request)
     steps = await read(web, web.app.reader.steps, job_id)
     return [
@@ -251,27 +258,27 @@ async def job_steps(
 
 @router.get("/jobs/{job_id}/children", response_model=list[JobBriefShape])
 async def job_children(
-    request: Request, job_id: JobId, _: Annotated[Principal, Depends(needs("read"))]
+    request: Request, job_id: JobId, who: Annotated[Principal, Depends(needs("read"))]
 ) -> list[JobBriefShape]:
-    await _read_job(request, job_id)
+    await _read_job(request, job_id, who)
     web = web_state(request)
     return [JobBriefShape.of(j) for j in await read(web, web.app.children, job_id)]
 
 
 @router.get("/jobs/{job_id}/dependencies", response_model=list[JobBriefShape])
 async def job_dependencies(
-    request: Request, job_id: JobId, _: Annotated[Principal, Depends(needs("read"))]
+    request: Request, job_id: JobId, who: Annotated[Principal, Depends(needs("read"))]
 ) -> list[JobBriefShape]:
-    await _read_job(request, job_id)
+    await _read_job(request, job_id, who)
     web = web_state(request)
     return [JobBriefShape.of(j) for j in await read(web, web.app.dependencies, job_id)]
 
 
 @router.get("/jobs/{job_id}/awakeables", response_model=list[AwakeableShape])
 async def job_awakeables(
-    request: Request, job_id: JobId, _: Annotated[Principal, Depends(needs("read"))]
+    request: Request, job_id: JobId, who: Annotated[Principal, Depends(needs("read"))]
 ) -> list[AwakeableShape]:
-    await _read_job(request, job_id)
+    await _read_job(request, job_id, who)
     web = web_state(request)
     return [AwakeableShape.of(a) for a in await read(web, web.app.awakeables, job_id)]
 

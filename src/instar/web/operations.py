@@ -135,20 +135,21 @@ def workers(request: Request, _: Annotated[Principal, Depends(needs("read"))]) -
 @router.get("/awakeables", response_model=list[AwakeableShape], tags=["awakeables"])
 def awakeables(
     request: Request,
-    _: Annotated[Principal, Depends(needs("read"))],
+    who: Annotated[Principal, Depends(needs("read"))],
     state: AwakeableState = AwakeableState.PENDING,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[AwakeableShape]:
     """Awakeables in one state, oldest first: by default the inbox of those
-    waiting for an answer."""
-    found = web_state(request).app.reader.awakeables_in_state(state, limit)
+    waiting for an answer (of the token's queue's jobs when it is limited to one)."""
+    found = web_state(request).app.reader.awakeables_in_state(state, limit, who.queue)
     return [AwakeableShape.of(a) for a in found]
 
 
 @router.get("/awakeables/{awakeable_id}", response_model=AwakeableShape, tags=["awakeables"])
 def get_awakeable(
-    request: Request, awakeable_id: str, _: Annotated[Principal, Depends(needs("read"))]
+    request: Request, awakeable_id: str, who: Annotated[Principal, Depends(needs("read"))]
 ) -> AwakeableShape:
+    _check_job_queue(request, who, awakeable_id)
     return AwakeableShape.of(web_state(request).app.reader.awakeable(awakeable_id))
 
 

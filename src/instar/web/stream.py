@@ -28,7 +28,7 @@ from instar.lifecycle import State
 from instar.models import Event
 from instar.registry.limits import MAX_ID
 from instar.schemas import EventShape
-from instar.web.auth import needs
+from instar.web.auth import needs, queue_filter
 from instar.web.problems import Problem
 from instar.web.state import PREFIX, WebState, web_state
 from instar.web.tokens import Principal
@@ -81,7 +81,7 @@ def _state(text: str | None) -> State | None:
 @router.get("/events", response_model=EventList)
 def events(
     request: Request,
-    _: Annotated[Principal, Depends(needs("read"))],
+    who: Annotated[Principal, Depends(needs("read"))],
     after: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     job: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
@@ -89,7 +89,9 @@ def events(
     state: str | None = None,
     name: str | None = None,
 ) -> EventList:
-    """A page of the timeline of every job after the event ``after``."""
+    """A page of the timeline of every job after the event ``after`` (of the
+    token's queue's jobs when it is limited to one)."""
+    queue = queue_filter(who, queue)
     app = web_state(request).app
     found: list[Event] = []
     for event in app.events(after, job=job, queue=queue, state=_state(state), name=name):
@@ -114,7 +116,7 @@ def frame(event: Event) -> bytes:
 )
 async def stream(
     request: Request,
-    _: Annotated[Principal, Depends(needs("read"))],
+    who: Annotated[Principal, Depends(needs("read"))],
     after: Annotated[int | None, Query(ge=0, le=MAX_ID)] = None,
     job: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     queue: str | None = None,
@@ -124,7 +126,9 @@ async def stream(
 ) -> StreamingResponse:
     """Events as they commit, from after ``Last-Event-ID`` (or ``after``; without
     either, from now on). Comments keep a quiet stream open. 503 when too many
-    streams are open; a client too slow to keep up is cut off and resumes."""
+    streams are open; a client too slow to keep up is cut off and resumes. A
+    token limited to a queue follows that queue's jobs."""
+    queue = queue_filter(who, queue)
     web = web_state(request)
     start = after
     if last_event_id is not None:

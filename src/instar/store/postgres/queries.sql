@@ -496,7 +496,11 @@ INSERT INTO api_keys (name, value) VALUES (%(name)s, %(value)s) ON CONFLICT DO N
 SELECT value FROM api_keys WHERE name = %(name)s
 
 -- name: awakeables_in_state
-SELECT * FROM awakeables WHERE state = %(state)s ORDER BY created_at, id LIMIT %(limit)s
+SELECT a.* FROM awakeables a
+WHERE a.state = %(state)s
+  AND (%(queue)s::text IS NULL OR EXISTS (
+    SELECT 1 FROM jobs j WHERE j.id = a.job_id AND j.queue = %(queue)s::text))
+ORDER BY a.created_at, a.id LIMIT %(limit)s
 
 -- name: count_matching
 -- Jobs of a listing's filter (without its state), up to an id, counted by state.

@@ -422,7 +422,11 @@ INSERT INTO api_keys (name, value) VALUES (:name, :value) ON CONFLICT DO NOTHING
 SELECT value FROM api_keys WHERE name = :name
 
 -- name: awakeables_in_state
-SELECT * FROM awakeables WHERE state = :state ORDER BY created_at, id LIMIT :limit
+SELECT a.* FROM awakeables a
+WHERE a.state = :state
+  AND (:queue IS NULL OR EXISTS (
+    SELECT 1 FROM jobs j WHERE j.id = a.job_id AND j.queue = :queue))
+ORDER BY a.created_at, a.id LIMIT :limit
 
 -- name: count_matching
 -- Jobs of a listing's filter (without its state), up to an id, counted by state.

@@ -31,7 +31,7 @@ resolve: settle awakeables; admin: all of these, and making tokens."""
 @dataclass(frozen=True, slots=True)
 class Principal:
     """Who a request acts for: the token's name (the events' actor), its scopes,
-    and the one queue it may write to (None: any)."""
+    and the one queue whose jobs it may read and act on (None: any)."""
 
     name: str
     scopes: frozenset[str]

@@ -114,3 +114,19 @@ class ApiToken:
     queue: str | None
     created_at: float
     revoked_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class BulkRecord:
+    """A bulk operation of the HTTP API as stored: what was asked (``spec``) and
+    how far it got (``progress``), JSON text the API owns; whether it is done,
+    the server process running it (``owner``), and epoch seconds: when it was
+    asked for and when its server last saved progress (``heartbeat_at``)."""
+
+    id: str
+    spec: str
+    progress: str
+    done: bool
+    owner: str
+    created_at: float
+    heartbeat_at: float

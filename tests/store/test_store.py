@@ -11,7 +11,7 @@ import pytest
 
 from instar.errors import ConfigurationError
 from instar.lifecycle import State
-from instar.models import Job
+from instar.models import BulkRecord, Job
 from instar.store import open_store
 from instar.store.contract import ClaimRequest, Held, JobFilter, NewJob, Request, Store, Term
 
@@ -207,3 +207,34 @@ def test_a_read_only_store_creates_nothing_and_needs_a_migrated_schema(database:
             insert(reader, [new_job()])
     finally:
         reader.close()
+
+
+def _bulk(bulk_id: str, owner: str, at: float) -> BulkRecord:
+    return BulkRecord(bulk_id, '{"verb": "cancel"}', "{}", False, owner, at, at)
+
+
+def test_a_bulk_operation_is_saved_only_by_its_owner_and_taken_over_once_quiet(
+    store: Store,
+) -> None:
+    store.add_bulk(_bulk("op1", "server-a", 1_000.0), forget_before=0.0)
+    assert store.save_bulk("op1", "server-a", '{"applied": 200}', False, 1_010.0)
+    assert not store.save_bulk("op1", "server-b", '{"applied": 1}', False, 1_010.0)
+    assert store.take_bulks("server-b", 1_020.0, quiet_since=1_000.0) == []  # not quiet yet
+    [taken] = store.take_bulks("server-b", 1_100.0, quiet_since=1_040.0)
+    assert (taken.id, taken.owner, taken.progress) == ("op1", "server-b", '{"applied": 200}')
+    assert store.take_bulks("server-c", 1_100.0, quiet_since=1_040.0) == []  # taken once
+    assert not store.save_bulk("op1", "server-a", "{}", False, 1_101.0)  # no longer its own
+    assert store.save_bulk("op1", "server-b", '{"applied": 400}', True, 1_102.0)
+    finished = store.bulk("op1")
+    assert finished is not None and finished.done and finished.progress == '{"applied": 400}'
+    assert not store.save_bulk("op1", "server-b", "{}", False, 1_103.0)  # done stays done
+    assert store.take_bulks("server-c", 9_999.0, quiet_since=9_000.0) == []
+
+
+def test_adding_a_bulk_operation_forgets_finished_ones_asked_for_long_ago(store: Store) -> None:
+    store.add_bulk(_bulk("old-done", "s", 100.0), forget_before=0.0)
+    store.save_bulk("old-done", "s", "{}", True, 101.0)
+    store.add_bulk(_bulk("old-running", "s", 100.0), forget_before=0.0)
+    store.add_bulk(_bulk("new", "s", 5_000.0), forget_before=1_000.0)
+    assert store.bulk("old-done") is None
+    assert store.bulk("old-running") is not None and store.bulk("new") is not None

@@ -19,9 +19,9 @@ import psycopg
 
 import instar
 from instar.maintenance.state_flows import StateFlows
-from tests.conftest import POSTGRES, running_worker
+from tests.conftest import POSTGRES, execute_raw, running_worker
 from tests.web import web_app
-from tests.web.conftest import Server
+from tests.web.conftest import Server, serve
 
 
 def _wait_for(predicate: Any, timeout: float = 15.0) -> None:
@@ -630,6 +630,46 @@ def test_retry_all_matching_previews_then_applies_and_skips_what_the_table_refus
         assert (final["applied"], final["refused"], final["error"]) == (2, 0, None)
         states = Counter(j["state"] for j in client.get("/jobs").json()["jobs"])
     assert states == Counter({"cancelled": 5, "ready": 1})
+
+
+def test_a_bulk_operation_whose_server_died_is_taken_over_and_resumed_by_another(
+    server: Server,
+) -> None:
+    with instar.App(server.database) as app:
+        web_app.handlers(app)
+        jobs = app.enqueue_many("hello", [{}] * 2_000)
+    first, url = serve(server.database)
+    try:
+        with httpx.Client(base_url=f"{url}/api/v1", headers=_bearer(server.admin)) as client:
+            started = client.post("/bulk", json={"verb": "cancel", "filter": {"name": "hello"}})
+            path = started.headers["location"].removeprefix("/api/v1")
+            _wait_for(lambda: client.get(path).json()["applied"] > 0, timeout=60)
+    finally:
+        first.kill()  # no chance to save anything more
+        first.communicate()
+    with server.client(server.admin) as client:
+        left = client.get(path).json()
+        assert not left["done"], "the operation ended before its server died: use more jobs"
+        _age_heartbeats(server.database, seconds=3_600)  # the quiet minute has passed
+        _wait_for(lambda: client.get(path).json()["done"], timeout=120)
+        final = client.get(path).json()
+    assert final["error"] is None
+    # Jobs moved after the dead server's last save are not counted (at most a page).
+    assert left["applied"] <= final["applied"] <= 2_000
+    assert final["applied"] >= 2_000 - 200
+    with instar.App(server.database) as app:
+        for job in jobs:
+            cancels = [e for e in app.history(job.id) if e.to_state == instar.State.CANCELLED]
+            assert len(cancels) == 1, (job.id, cancels)
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def _age_heartbeats(database: str, seconds: float) -> None:
+    """Make every bulk operation look as if its server had been quiet for ``seconds``."""
+    execute_raw(database, "UPDATE bulk_operations SET heartbeat_at = heartbeat_at - ?", (seconds,))
 
 
 def test_a_bulk_verb_on_an_empty_filter_needs_all_true(server: Server) -> None:

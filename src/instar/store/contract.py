@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from instar.lifecycle import State
-from instar.models import ApiToken, Awakeable, Event, Job, QueueStats
+from instar.models import ApiToken, Awakeable, BulkRecord, Event, Job, QueueStats
 from instar.vocabulary import AwakeableState, DependencyKind
 
 # -- records -----------------------------------------------------------------
@@ -639,4 +639,26 @@ class Store(JobReads, TimelineReads, DurableReads, SweepReads, WorkerReads, Lead
     def key(self, name: str, make: Callable[[], str]) -> str:
         """The key of this name, made with ``make`` and stored the first time it
         is asked for (every process on the database gets the same one)."""
+        ...
+
+    # -- the HTTP API's bulk operations ---------------------------------------------
+
+    def add_bulk(self, bulk: BulkRecord, forget_before: float) -> None:
+        """Store a new bulk operation (unfinished, its heartbeat its creation);
+        in the same transaction, forget the finished ones asked for before
+        ``forget_before`` (epoch seconds)."""
+        ...
+
+    def bulk(self, bulk_id: str) -> BulkRecord | None:
+        """The bulk operation of this id, if any."""
+        ...
+
+    def save_bulk(self, bulk_id: str, owner: str, progress: str, done: bool, now: float) -> bool:
+        """Save an unfinished operation's progress and heartbeat; False (nothing
+        written) when it is finished or another server has taken it over."""
+        ...
+
+    def take_bulks(self, owner: str, now: float, quiet_since: float) -> list[BulkRecord]:
+        """Take over, for ``owner``, the unfinished operations whose heartbeat is
+        older than ``quiet_since``; each is taken by one server only."""
         ...

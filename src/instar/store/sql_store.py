@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from instar.lifecycle import JOBS, State
-from instar.models import ApiToken, Awakeable, Event, Job, QueueStats
+from instar.models import ApiToken, Awakeable, BulkRecord, Event, Job, QueueStats
 from instar.payload import safe_text
 from instar.store.contract import (
     Applied,
@@ -462,6 +462,35 @@ class SQLStore(ABC):
             # Another process may have stored its own first: this one wins for all.
             return str(conn.execute(self.Q["key"], {"name": name}).fetchone()[0])
 
+    # -- the HTTP API's bulk operations ---------------------------------------------
+
+    def add_bulk(self, bulk: BulkRecord, forget_before: float) -> None:
+        params = {
+            "id": bulk.id,
+            "spec": bulk.spec,
+            "progress": bulk.progress,
+            "owner": bulk.owner,
+            "now": bulk.created_at,
+        }
+        with self._write() as conn:
+            conn.execute(self.Q["forget_bulks"], {"before": forget_before})
+            conn.execute(self.Q["add_bulk"], params)
+
+    def bulk(self, bulk_id: str) -> BulkRecord | None:
+        with self._read() as conn:
+            rows = conn.execute(self.Q["bulk"], {"id": bulk_id}).fetchall()
+        return _bulk(rows[0]) if rows else None
+
+    def save_bulk(self, bulk_id: str, owner: str, progress: str, done: bool, now: float) -> bool:
+        params = {"id": bulk_id, "owner": owner, "progress": progress, "done": done, "now": now}
+        with self._write() as conn:
+            return bool(conn.execute(self.Q["save_bulk"], params).rowcount == 1)
+
+    def take_bulks(self, owner: str, now: float, quiet_since: float) -> list[BulkRecord]:
+        params = {"owner": owner, "now": now, "quiet_since": quiet_since}
+        with self._write() as conn:
+            return [_bulk(row) for row in conn.execute(self.Q["take_bulks"], params).fetchall()]
+
 
 LIVE_COUNTS = "\nUNION ALL\n".join(
     f"SELECT queue, '{state.value}', count(*) FROM jobs "
@@ -481,6 +510,18 @@ class _RolledBack(Exception):
     def __init__(self, pruned: list[tuple[str, State]]) -> None:
         super().__init__("dry run")
         self.pruned = pruned
+
+
+def _bulk(row: Sequence[Any]) -> BulkRecord:
+    return BulkRecord(
+        id=row[0],
+        spec=row[1],
+        progress=row[2],
+        done=bool(row[3]),
+        owner=row[4],
+        created_at=row[5],
+        heartbeat_at=row[6],
+    )
 
 
 def _token(row: Sequence[Any]) -> ApiToken:

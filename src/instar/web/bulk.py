@@ -5,9 +5,16 @@ pages of ``PAGE`` jobs, its progress readable while it runs.
 Only jobs that existed when the operation was asked for are touched: it works
 below the largest job id of that moment. Each job goes through the same verb
 as ``POST /jobs/{id}/<verb>``: a job whose state no longer allows it (it moved
-meanwhile) is counted as refused and skipped. Operations live in the server
-process that runs them: another process, or this one after a restart, does not
-know them (404).
+meanwhile) is counted as refused and skipped.
+
+Operations are kept in the database: any server process on it answers for
+their progress, which the running server saves after each page. When that
+server stops or dies, another (or the same one restarted) takes the operation
+over once it has been quiet for ``QUIET`` seconds and resumes from the last
+page saved. A job the lost server moved after its last save is not moved twice
+(its state no longer matches the page it is read from), but it is missing from
+``applied``: the counts may fall short by a page after a takeover, and the
+timeline shows every move. Finished operations are forgotten after ``KEPT_FOR``.
 """
 
 from __future__ import annotations
@@ -15,7 +22,6 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -23,8 +29,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from instar.app import App
 from instar.engine.verbs import VERBS
-from instar.errors import InstarError, InvalidTransition, JobNotFound
+from instar.errors import (
+    DatabaseTimeout,
+    DatabaseUnavailable,
+    InstarError,
+    InvalidTransition,
+    JobNotFound,
+    TransactionConflict,
+)
 from instar.lifecycle import State
+from instar.models import BulkRecord
 from instar.web.auth import check_queue, needs
 from instar.web.problems import Problem
 from instar.web.state import PREFIX, web_state
@@ -34,8 +48,13 @@ log = logging.getLogger("instar.web")
 router = APIRouter(prefix=PREFIX, tags=["bulk"])
 PAGE = 200
 """Jobs read per page while an operation runs."""
-KEPT = 1000
-"""Finished operations a server remembers (the oldest are forgotten first)."""
+QUIET = 60.0
+"""Seconds an unfinished operation's server may go without saving progress
+before another server takes it over (a page takes well under a second)."""
+KEPT_FOR = 30 * 86_400.0
+"""Seconds a finished operation is kept after it was asked for (30 days)."""
+PASSING = (DatabaseUnavailable, DatabaseTimeout, TransactionConflict)
+"""Errors that stop an operation for now: it resumes when taken over."""
 
 Verb = Literal["cancel", "pause", "resume", "retry", "stop"]
 
@@ -81,11 +100,16 @@ class BulkShape(BaseModel):
     error: str | None = None
 
 
-@dataclass
-class _Operation:
-    shape: BulkShape
-    actor: str
-    reason: str | None
+class Progress(BaseModel):
+    """How far an operation got: the counts, and where it resumes (the state
+    it works through and the job id it reads below)."""
+
+    applied: int = 0
+    refused: int = 0
+    done: bool = False
+    error: str | None = None
+    state: State | None = None
+    before: int | None = None
 
 
 def _preview(app: App, body: BulkBody) -> BulkShape:
@@ -105,31 +129,114 @@ def _preview(app: App, body: BulkBody) -> BulkShape:
     )
 
 
-def _run(app: App, operation: _Operation) -> None:
-    shape = operation.shape
-    states = [s for s in State if s in VERBS[shape.verb][1]]
-    if shape.filter.state:
-        states = [s for s in states if s in shape.filter.state]
-    apply = getattr(app, shape.verb)
-    try:
-        for state in states:
-            before = shape.until_id + 1
-            while True:
-                page = app.jobs(state, shape.filter.queue, shape.filter.name, PAGE, before)
-                for job in page:
-                    try:
-                        apply(job.id, operation.actor, reason=operation.reason)
-                        shape.applied += 1
-                    except (InvalidTransition, JobNotFound):
-                        shape.refused += 1
-                if len(page) < PAGE:
-                    break
-                before = page[-1].id
-    except InstarError as exc:
-        shape.error = str(exc)
-        log.warning("bulk %s %s stopped: %s", shape.verb, shape.id, exc)
-    finally:
-        shape.done = True
+class Spec(BaseModel):
+    """What was asked for, stored with the operation: the preview, who asked
+    (the actor of every event it causes) and why."""
+
+    preview: BulkShape
+    actor: str
+    reason: str | None
+
+
+def _shape(record: BulkRecord) -> BulkShape:
+    spec = Spec.model_validate_json(record.spec)
+    progress = Progress.model_validate_json(record.progress)
+    return spec.preview.model_copy(
+        update={
+            "applied": progress.applied,
+            "refused": progress.refused,
+            "done": progress.done,
+            "error": progress.error,
+        }
+    )
+
+
+class BulkRunner:
+    """Runs the bulk operations of one server process, each on a thread of its
+    own, saving progress after each page; takes over those another server left
+    unfinished."""
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.owner = f"server-{secrets.token_hex(8)}"
+        self._running: set[str] = set()
+        self._lock = threading.Lock()
+
+    def start(self, record: BulkRecord) -> None:
+        """Run ``record`` on a thread, unless this process runs it already."""
+        with self._lock:
+            if record.id in self._running:
+                return
+            self._running.add(record.id)
+        threading.Thread(
+            target=self._run, args=(record,), name=f"instar-bulk-{record.id}", daemon=True
+        ).start()
+
+    def take_over(self) -> int:
+        """Start the unfinished operations whose server has been quiet for
+        ``QUIET`` seconds; how many."""
+        now = self.app.clock.now()
+        taken = self.app.engine.store.take_bulks(self.owner, now, now - QUIET)
+        for record in taken:
+            log.warning("bulk operation %s: its server went quiet; taken over", record.id)
+            self.start(record)
+        return len(taken)
+
+    def _run(self, record: BulkRecord) -> None:
+        try:
+            self._apply(record)
+        except Exception as exc:  # the database is away: a later turn takes it over
+            log.warning("bulk operation %s stopped (%s); resumes when taken over", record.id, exc)
+        finally:
+            with self._lock:
+                self._running.discard(record.id)
+
+    def _apply(self, record: BulkRecord) -> None:
+        spec = Spec.model_validate_json(record.spec)
+        shape = spec.preview
+        progress = Progress.model_validate_json(record.progress)
+        states = [s for s in State if s in VERBS[shape.verb][1]]
+        if shape.filter.state:
+            states = [s for s in states if s in shape.filter.state]
+        if progress.state is not None:
+            states = states[states.index(progress.state) :]
+        apply = getattr(self.app, shape.verb)
+        try:
+            for state in states:
+                if progress.state != state:
+                    progress.state, progress.before = state, shape.until_id + 1
+                while True:
+                    page = self.app.jobs(
+                        state, shape.filter.queue, shape.filter.name, PAGE, progress.before
+                    )
+                    for job in page:
+                        try:
+                            apply(job.id, spec.actor, reason=spec.reason)
+                            progress.applied += 1
+                        except (InvalidTransition, JobNotFound):
+                            progress.refused += 1
+                    if page:
+                        progress.before = page[-1].id
+                    if len(page) < PAGE:
+                        break
+                    if not self._save(record, progress):
+                        return
+        except InstarError as exc:
+            if isinstance(exc, PASSING):
+                raise
+            progress.error = str(exc)
+            log.warning("bulk %s %s stopped: %s", shape.verb, record.id, exc)
+        progress.done = True
+        self._save(record, progress)
+
+    def _save(self, record: BulkRecord, progress: Progress) -> bool:
+        """Save progress; False when another server has taken the operation over."""
+        saved = self.app.engine.store.save_bulk(
+            record.id, self.owner, progress.model_dump_json(), progress.done, self.app.clock.now()
+        )
+        if not saved:
+            log.warning("bulk operation %s was taken over by another server", record.id)
+        return saved
 
 
 @router.post("/bulk", response_model=BulkShape, status_code=202)
@@ -155,15 +262,18 @@ def bulk(
         response.status_code = 200
         return preview
     preview.id = secrets.token_hex(8)
-    operation = _Operation(preview, who.name, body.reason)
-    running = web.operations
-    finished = [key for key, op in running.items() if op.shape.done]
-    for key in finished[: max(0, len(running) - KEPT)]:
-        del running[key]
-    running[preview.id] = operation
-    threading.Thread(
-        target=_run, args=(web.app, operation), name=f"instar-bulk-{preview.id}", daemon=True
-    ).start()
+    now = web.app.clock.now()
+    record = BulkRecord(
+        id=preview.id,
+        spec=Spec(preview=preview, actor=who.name, reason=body.reason).model_dump_json(),
+        progress=Progress().model_dump_json(),
+        done=False,
+        owner=web.bulks.owner,
+        created_at=now,
+        heartbeat_at=now,
+    )
+    web.app.engine.store.add_bulk(record, forget_before=now - KEPT_FOR)
+    web.bulks.start(record)
     response.headers["Location"] = f"{request.url.path}/{preview.id}"
     return preview
 
@@ -172,14 +282,12 @@ def bulk(
 def bulk_progress(
     request: Request, operation_id: str, who: Annotated[Principal, Depends(needs("read"))]
 ) -> BulkShape:
-    operation = web_state(request).operations.get(operation_id)
-    if not isinstance(operation, _Operation):
-        raise Problem(
-            404,
-            "bulk_not_found",
-            f"no bulk operation {operation_id!r} on this server (they live in the "
-            "server process that runs them)",
-        )
+    """An operation's counts as last saved (after each page), ``done`` once it
+    has gone through every page."""
+    record = web_state(request).app.engine.store.bulk(operation_id)
+    if record is None:
+        raise Problem(404, "bulk_not_found", f"no bulk operation {operation_id!r}")
+    shape = _shape(record)
     if who.queue is not None:
-        check_queue(who, operation.shape.filter.queue or "(every queue)")
-    return operation.shape
+        check_queue(who, shape.filter.queue or "(every queue)")
+    return shape

@@ -7,8 +7,10 @@ off: nothing this server sends makes a browser ask another host.
 While it serves, the server rolls the timeline up into the state flows every
 ``rollup_interval`` seconds, as a worker's maintenance does (counted once
 whoever rolls up), so that the counts and throughput are current with no
-worker running. Mounted inside another application, whose lifespan does not
-run the mounted one's, it leaves that to the workers.
+worker running, and takes over the bulk operations a stopped server left
+unfinished. Mounted inside another application, whose lifespan does not run the
+mounted one's, it leaves the rollup to the workers and the takeover to the
+other servers.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from fastapi import FastAPI
 from instar.app import App
 from instar.maintenance.state_flows import StateFlows
 from instar.web import admin, bulk, jobs, operations, stats, stream
+from instar.web.bulk import BulkRunner
 from instar.web.group_commit import GroupCommit
 from instar.web.guard import BodyGuard
 from instar.web.pages import KEY_NAME
@@ -34,13 +37,16 @@ from instar.web.state import PREFIX, WebSettings, WebState
 log = logging.getLogger("instar.web")
 
 
-async def _roll_up(app: App, interval: float) -> None:
+async def _housekeeping(app: App, bulks: BulkRunner, interval: float) -> None:
+    """Every ``interval`` seconds: roll the timeline up, and take over the bulk
+    operations a stopped server left unfinished."""
     flows = StateFlows(app.engine)
     while True:
-        try:
-            await asyncio.to_thread(flows.run_once)
-        except Exception as exc:  # the database is away: the next turn tries again
-            log.warning("rolling the timeline up failed (%s); will try again", exc)
+        for chore in (flows.run_once, bulks.take_over):
+            try:
+                await asyncio.to_thread(chore)
+            except Exception as exc:  # the database is away: the next turn tries again
+                log.warning("%s failed (%s); will try again", chore.__qualname__, exc)
         await asyncio.sleep(interval)
 
 
@@ -52,7 +58,7 @@ def create_app(app: App, **settings: Any) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        rolling = asyncio.create_task(_roll_up(app, chosen.rollup_interval))
+        rolling = asyncio.create_task(_housekeeping(app, bulks, chosen.rollup_interval))
         try:
             yield
         finally:
@@ -69,7 +75,8 @@ def create_app(app: App, **settings: Any) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    api.state.instar = WebState(app, chosen, bytes.fromhex(key), GroupCommit(app))
+    bulks = BulkRunner(app)
+    api.state.instar = WebState(app, chosen, bytes.fromhex(key), GroupCommit(app), bulks)
     install(api)
     routers = [jobs.router, operations.router, bulk.router, stats.router, stream.router]
     routers.append(admin.router)

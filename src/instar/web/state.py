@@ -1,17 +1,21 @@
 """What every route of one server shares: the App, the settings, the page-token
-key and the count of open event streams; and how a route reads the database."""
+key, the group commit of enqueues, the runner of bulk operations and the count
+of open event streams; and how a route reads the database."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from instar.app import App
 from instar.web.group_commit import GroupCommit
+
+if TYPE_CHECKING:  # the bulk module reads this one's state
+    from instar.web.bulk import BulkRunner
 
 T = TypeVar("T")
 
@@ -43,8 +47,8 @@ class WebState:
     settings: WebSettings
     page_key: bytes
     enqueues: GroupCommit
+    bulks: BulkRunner
     streams: int = 0
-    operations: dict[str, Any] = field(default_factory=dict)  # bulk operations, by id
 
 
 def web_state(request: Request) -> WebState:

@@ -630,3 +630,27 @@ ON CONFLICT (queue, state) DO UPDATE SET pruned = state_totals.pruned + excluded
 -- name: mark_pruning
 UPDATE pruning SET cursor_job = coalesce(%(cursor)s::bigint, cursor_job),
                    pruned_through = greatest(pruned_through, %(through)s)
+
+-- name: add_bulk
+INSERT INTO bulk_operations (id, spec, progress, done, owner, created_at, heartbeat_at)
+VALUES (%(id)s, %(spec)s, %(progress)s, false, %(owner)s, %(now)s, %(now)s)
+
+-- name: forget_bulks
+-- Finished bulk operations asked for before a moment.
+DELETE FROM bulk_operations WHERE done AND created_at < %(before)s
+
+-- name: bulk
+SELECT id, spec, progress, done, owner, created_at, heartbeat_at FROM bulk_operations
+WHERE id = %(id)s
+
+-- name: save_bulk
+-- Only while the operation is unfinished and still this server's.
+UPDATE bulk_operations SET progress = %(progress)s, done = %(done)s, heartbeat_at = %(now)s
+WHERE id = %(id)s AND owner = %(owner)s AND NOT done
+
+-- name: take_bulks
+-- Unfinished bulk operations whose server has been quiet since before a moment
+-- (two servers taking over at once: the second finds the heartbeat fresh).
+UPDATE bulk_operations SET owner = %(owner)s, heartbeat_at = %(now)s
+WHERE NOT done AND heartbeat_at < %(quiet_since)s
+RETURNING id, spec, progress, done, owner, created_at, heartbeat_at

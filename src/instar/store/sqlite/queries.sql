@@ -559,3 +559,26 @@ ON CONFLICT (queue, state) DO UPDATE SET pruned = pruned + excluded.pruned
 -- name: mark_pruning
 UPDATE pruning SET cursor_job = coalesce(:cursor, cursor_job),
                    pruned_through = max(pruned_through, :through)
+
+-- name: add_bulk
+INSERT INTO bulk_operations (id, spec, progress, done, owner, created_at, heartbeat_at)
+VALUES (:id, :spec, :progress, 0, :owner, :now, :now)
+
+-- name: forget_bulks
+-- Finished bulk operations asked for before a moment.
+DELETE FROM bulk_operations WHERE done = 1 AND created_at < :before
+
+-- name: bulk
+SELECT id, spec, progress, done, owner, created_at, heartbeat_at FROM bulk_operations
+WHERE id = :id
+
+-- name: save_bulk
+-- Only while the operation is unfinished and still this server's.
+UPDATE bulk_operations SET progress = :progress, done = :done, heartbeat_at = :now
+WHERE id = :id AND owner = :owner AND done = 0
+
+-- name: take_bulks
+-- Unfinished bulk operations whose server has been quiet since before a moment.
+UPDATE bulk_operations SET owner = :owner, heartbeat_at = :now
+WHERE done = 0 AND heartbeat_at < :quiet_since
+RETURNING id, spec, progress, done, owner, created_at, heartbeat_at

@@ -1,0 +1,15 @@
+-- Bulk operations of the HTTP API (POST /bulk): what was asked (spec) and how
+-- far it got (progress), both JSON that the API reads and writes whole, and the
+-- server process running it, which saves its progress after each page
+-- (heartbeat_at). Another server takes over an unfinished operation whose
+-- heartbeat has gone quiet (its server stopped or died).
+CREATE TABLE bulk_operations (
+    id           TEXT PRIMARY KEY,
+    spec         TEXT NOT NULL,
+    progress     TEXT NOT NULL,
+    done         INTEGER NOT NULL DEFAULT 0,
+    owner        TEXT NOT NULL,
+    created_at   REAL NOT NULL,
+    heartbeat_at REAL NOT NULL
+);
+CREATE INDEX bulk_operations_unfinished ON bulk_operations (heartbeat_at) WHERE done = 0;

@@ -32,6 +32,7 @@ from instar.lifecycle import JOBS, State, is_terminal
 from instar.maintenance.pruning import PruneReport, prune_all
 from instar.models import Awakeable, Event, Job, QueueStats
 from instar.payload import DEFAULT_MAX_BYTES, encode
+from instar.periodic import CatchUp, Schedule, ScheduleInfo, slot_time, takes_slot
 from instar.registry import (
     JobDefinition,
     JobOptions,
@@ -229,6 +230,110 @@ class App:
             return bound
 
         return register(fn) if fn is not None else register
+
+    def periodic(
+        self,
+        expression: str,
+        *,
+        tz: str = "UTC",
+        catch_up: CatchUp = "latest",
+        catch_up_limit: int = 100,
+        name: str | None = None,
+        queue: str = "default",
+        lease: float = 30.0,
+        timeout: float | None = None,
+        retry: Retry | None = None,
+        priority: int = 0,
+    ) -> Callable[[Callable[..., Any]], BoundJob]:
+        """Register a job that maintenance enqueues at each slot of the cron
+        ``expression`` in the time zone ``tz``: one job per slot however many
+        workers run, its handler called with ``slot`` (an aware datetime in
+        ``tz``). ``catch_up`` ("none", "latest", "all", the most recent
+        ``catch_up_limit``) says what happens to the slots missed while no
+        worker ran; ``instar.periodic`` gives the rules, daylight-saving changes
+        included. ``ConfigurationError`` naming the expression when it, the
+        zone or the handler (it needs a ``slot`` parameter) is invalid."""
+        schedule = Schedule(expression, tz, catch_up, catch_up_limit)
+        options = JobOptions(queue, lease, timeout, retry or Retry(), priority, schedule=schedule)
+
+        def register(handler: Callable[..., Any]) -> BoundJob:
+            job_name = name or f"{_module_name(handler.__module__)}.{handler.__qualname__}"
+            runs = takes_slot(handler, schedule)
+            bound = BoundJob(self, JobDefinition(runs, job_name, options))
+            self.registry.add(bound)
+            return bound
+
+        return register
+
+    def schedules(self) -> list[ScheduleInfo]:
+        """Every periodic job, of this App's code and of the database: its
+        schedule, whether it is paused, its next slot, the last slot handled and
+        the last job it made; ``stale`` for a schedule in the database that this
+        App's code no longer has (it enqueues nothing more)."""
+        now = self.clock.now()
+        stored = {s.name: s for s in self.engine.store.schedules()}
+        found = []
+        for definition in self.registry.values():
+            schedule = definition.options.schedule
+            if schedule is None:
+                continue
+            row = stored.pop(definition.name, None)
+            after = now if row is None else max(row.last_slot, now)
+            found.append(
+                ScheduleInfo(
+                    definition.name,
+                    schedule.expression,
+                    schedule.tz,
+                    paused=bool(row and row.paused),
+                    next_slot=schedule.next_slot(after),
+                    last_slot=None if row is None else slot_time(row.last_slot, schedule.tz),
+                    last_job_id=None if row is None else row.last_job_id,
+                    stale=False,
+                )
+            )
+        for row in stored.values():
+            found.append(
+                ScheduleInfo(
+                    row.name,
+                    row.expression,
+                    row.tz,
+                    paused=row.paused,
+                    next_slot=None,
+                    last_slot=slot_time(row.last_slot, row.tz),
+                    last_job_id=row.last_job_id,
+                    stale=True,
+                )
+            )
+        return sorted(found, key=lambda s: s.name)
+
+    def pause_schedule(self, name: str) -> bool:
+        """Enqueue nothing for this periodic job until it is resumed (every
+        worker sees it; slots that pass meanwhile are skipped); False when it
+        was paused already. ``InvalidOption`` when no schedule has that name."""
+        return self._set_paused(name, True)
+
+    def resume_schedule(self, name: str) -> bool:
+        """Enqueue again from the next slot; False when it was not paused."""
+        return self._set_paused(name, False)
+
+    def _set_paused(self, name: str, paused: bool) -> bool:
+        known = {s.name: s for s in self.schedules()}
+        info = known.get(name)
+        if info is None:
+            short = [s for s in known.values() if s.name.rsplit(".", 1)[-1] == name]
+            if len(short) != 1:
+                raise InvalidOption(
+                    f"no periodic job named {name!r}; "
+                    f"the schedules are {', '.join(known) or 'none'}"
+                )
+            info = short[0]
+        if info.stale is False and info.last_slot is None:  # no worker has run it yet
+            schedule = self.definition(info.name).options.schedule
+            assert schedule is not None
+            self.engine.store.schedule_seen(
+                info.name, schedule.expression, schedule.tz, self.clock.now(), self.clock.now()
+            )
+        return self.engine.store.pause_schedule(info.name, paused)
 
     def service(
         self, *, name: str | None = None, queue: str = "services", lease: float = 10.0

@@ -117,6 +117,21 @@ class ApiToken:
 
 
 @dataclass(frozen=True, slots=True)
+class ScheduleRecord:
+    """A periodic job's schedule as stored: its expression and zone as last seen
+    in code, whether it is paused, the last slot handled and the last job made
+    (epoch seconds, job id), and when a leading worker last had it in code."""
+
+    name: str
+    expression: str
+    tz: str
+    paused: bool
+    last_slot: float
+    last_job_id: int | None
+    seen_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class BulkRecord:
     """A bulk operation of the HTTP API as stored: what was asked (``spec``) and
     how far it got (``progress``), JSON text the API owns; whether it is done,

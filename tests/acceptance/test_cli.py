@@ -16,13 +16,14 @@ import instar.app as instar_app
 from instar.app import App
 from instar.cli.main import cli
 from instar.diagram import render
-from instar.errors import InvalidTransition, JobNotFound
+from instar.errors import InvalidOption, InvalidTransition, JobNotFound
 from instar.maintenance.state_flows import StateFlows
 from instar.retry import Retry
 from instar.store import open_store
 from instar.store.contract import Store
 from instar.store.sqlite.store import SQLiteStore
 from tests.jobs_app import app as jobs_app
+from tests.periodic_app import app as periodic_app
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -348,6 +349,8 @@ def test_every_app_a_command_opens_is_closed_again(
     # --app binds the shared handlers' App to this test's database; undo that afterwards.
     monkeypatch.setattr(jobs_app, "database", jobs_app.database)
     monkeypatch.setattr(jobs_app, "database_source", jobs_app.database_source)
+    monkeypatch.setattr(periodic_app, "database", periodic_app.database)
+    monkeypatch.setattr(periodic_app, "database_source", periodic_app.database_source)
     monkeypatch.setenv("INSTAR_DATABASE", db)
     monkeypatch.setenv("INSTAR_TEST_LOG", os.devnull)
     runner = CliRunner()
@@ -389,6 +392,11 @@ def test_every_app_a_command_opens_is_closed_again(
     run("token", "revoke", "ops")
     run("prune", "--dry-run")
     run("prune", "--older-than", "1d", *handlers)
+    schedules = ("--app", "tests.periodic_app:app")
+    run("periodic", *schedules)
+    run("pause-periodic", "hourly", *schedules)
+    run("resume-periodic", "hourly", *schedules)
+    run("pause-periodic", "weekly", *schedules, code=InvalidOption.exit_code)
     # serve runs until it is stopped: tests/web starts and stops it as a subprocess.
     untried = {"lifecycle", "demo", "serve"}
     assert tried == set(cli.commands) - untried, "a command is not tried here"
@@ -450,3 +458,40 @@ def test_show_and_jobs_say_when_no_live_worker_has_a_jobs_handler(db: str) -> No
     ran = instar("worker", "--app", "tests.jobs_app:app", "--burst", database=db)
     assert ran.returncode == 0, ran.stderr
     assert "no live worker" not in instar("show", "1", database=db).stdout
+
+
+def test_periodic_lists_schedules_pauses_one_and_reports_one_gone_from_the_code(
+    db: str,
+) -> None:
+    app = ("--app", "tests.periodic_app:app")
+    listed = instar("periodic", *app, "--json", database=db)
+    assert listed.returncode == 0, listed.stderr
+    found = {s["name"]: s for s in json.loads(listed.stdout)}
+    assert set(found) == {"reports.hourly", "reports.nightly"}
+    nightly = found["reports.nightly"]
+    assert (nightly["expression"], nightly["tz"], nightly["paused"]) == (
+        "30 2 * * *",
+        "Europe/Paris",
+        False,
+    )
+    assert nightly["next_slot"].endswith(("+01:00", "+02:00")) and nightly["last_slot"] is None
+    paused = instar("pause-periodic", "hourly", *app, database=db)
+    assert paused.returncode == 0 and "paused" in paused.stdout, paused.stderr
+    again = instar("pause-periodic", "hourly", *app, database=db)
+    assert "was paused already" in again.stdout
+    after = json.loads(instar("periodic", *app, "--json", database=db).stdout)
+    assert {s["name"]: s["paused"] for s in after} == {
+        "reports.hourly": True,
+        "reports.nightly": False,
+    }
+    # The next release no longer has these jobs: the stored one is stale.
+    other = instar("periodic", "--app", "tests.jobs_app:app", "--json", database=db)
+    [stale] = json.loads(other.stdout)
+    assert (stale["name"], stale["stale"], stale["next_slot"]) == ("reports.hourly", True, None)
+    table = instar("periodic", "--app", "tests.jobs_app:app", database=db)
+    assert "stale" in table.stdout
+    unknown = instar("pause-periodic", "weekly", *app, database=db)
+    assert unknown.returncode == 2
+    assert "no periodic job named 'weekly'" in unknown.stderr
+    resumed = instar("resume-periodic", "reports.hourly", *app, database=db)
+    assert "resumed" in resumed.stdout

@@ -5,13 +5,16 @@ from __future__ import annotations
 import re
 import tomllib
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import psycopg
 import pytest
 
 import instar
+from instar.clock import FrozenClock
 from instar.diagram import render
 from instar.vocabulary import Actor, AwakeableState, DependencyKind, Trigger
 from tests.conftest import POSTGRES, _postgres_or_skip
@@ -42,7 +45,7 @@ def python_blocks() -> dict[str, str]:
 
 BLOCKS = python_blocks()
 RUN_HERE = {"A first job", "Durable execution", "Following what happens",
-            "PostgreSQL: many workers on many machines", "Retention"}  # fmt: skip
+            "PostgreSQL: many workers on many machines", "Retention", "Periodic jobs"}  # fmt: skip
 RUN_ELSEWHERE = {"HTTP API"}  # against a server: tests/web/test_client.py
 
 
@@ -101,6 +104,26 @@ def test_the_retention_example_sets_what_each_job_keeps(
     assert retention.keep_for("any", "audit", instar.State.COMPLETED) == 365 * day
     assert retention.keep_for("reports.nightly", "audit", instar.State.FAILED) == 90 * day
     assert retention.keep_for("any", "default", instar.State.RUNNING) is None
+
+
+def test_the_periodic_example_enqueues_the_slot_and_its_handler_gets_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    clock = FrozenClock(datetime(2027, 1, 15, 1, 0, tzinfo=UTC).timestamp())
+    done = run(BLOCKS["Periodic jobs"], {})
+    app: instar.App = done["app"]
+    with instar.App(clock=clock) as timed:
+        timed.registry.update(app.registry)
+        timed.migrate()
+        timed.run_worker(burst=True)  # the schedule is recorded: nothing before now
+        clock.advance(3 * 3600)  # 04:00 in Paris: the 03:00 slot is due
+        timed.run_worker(burst=True, queues=["reports"])
+        [job] = timed.jobs()
+        assert timed.get(job.id).result == "the report of 2027-01-15"
+        [info] = timed.schedules()
+        assert info.next_slot == datetime(2027, 1, 16, 3, 0, tzinfo=ZoneInfo("Europe/Paris"))
+    app.close()
 
 
 def test_enqueueing_inside_your_own_transaction_runs() -> None:

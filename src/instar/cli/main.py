@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from instar.cli import database, jobs, queues, signals, web, worker
+from instar.cli import database, jobs, periodic, queues, signals, web, worker
 from instar.cli.common import InstarGroup, setup_logging
 
 
@@ -32,6 +32,7 @@ for _command in (
     *jobs.COMMANDS,
     *signals.COMMANDS,
     *queues.COMMANDS,
+    *periodic.COMMANDS,
     *worker.COMMANDS,
     *database.COMMANDS,
     *web.COMMANDS,

@@ -16,11 +16,13 @@ from dataclasses import dataclass
 from instar.engine import Engine
 from instar.maintenance.lease_rescue import LeaseRescue
 from instar.maintenance.pause_timeouts import PauseTimeouts
+from instar.maintenance.periodic import PeriodicJobs
 from instar.maintenance.pruning import Pruning
 from instar.maintenance.settings import Service
 from instar.maintenance.state_flows import StateFlows
 from instar.maintenance.timers import Timers
 from instar.maintenance.waiters import Waiters
+from instar.registry import JobDefinition
 from instar.retention import Retention
 
 log = logging.getLogger("instar.maintenance")
@@ -42,8 +44,15 @@ class MaintenanceReport:
         return sum(self.moved.values())
 
 
-def default_services(engine: Engine, retention: Retention | None = None) -> list[Service]:
+def default_services(
+    engine: Engine,
+    retention: Retention | None = None,
+    definitions: Sequence[JobDefinition] = (),
+) -> list[Service]:
+    """Every service; ``definitions``: the code's jobs, whose schedules the
+    periodic service follows."""
     return [
+        PeriodicJobs(engine, definitions),
         Timers(engine),
         PauseTimeouts(engine),
         LeaseRescue(engine),
@@ -61,12 +70,15 @@ class Maintenance:
         leadership_ttl: float = 5.0,
         services: Sequence[Service] | None = None,
         retention: Retention | None = None,
+        definitions: Sequence[JobDefinition] = (),
     ) -> None:
         self.engine = engine
         self.holder = holder
         self.leadership_ttl = leadership_ttl
         self.services = (
-            list(services) if services is not None else default_services(engine, retention)
+            list(services)
+            if services is not None
+            else default_services(engine, retention, definitions)
         )
         self._lead_until = 0.0
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from instar.errors import ConfigurationError, InvalidOption, PayloadError, UnknownJob
+from instar.periodic import Schedule
 from instar.registry.arguments import ArgumentTypes, argument_types
 from instar.registry.limits import MAX_NAME_BYTES, check_name, check_priority
 from instar.retry import Retry
@@ -21,7 +22,8 @@ from instar.retry import Retry
 @dataclass(frozen=True)
 class JobOptions:
     """How jobs of one definition run. ``lease`` and ``timeout`` are seconds;
-    ``pause_timeout`` is how long a paused job waits for a person (24 h)."""
+    ``pause_timeout`` is how long a paused job waits for a person (24 h);
+    ``schedule``: when maintenance enqueues one, for a periodic job."""
 
     queue: str = "default"
     lease: float = 30.0
@@ -30,6 +32,7 @@ class JobOptions:
     priority: int = 0
     pause_timeout: float = 86400.0
     service: bool = False
+    schedule: Schedule | None = None
 
     def __post_init__(self) -> None:
         """Raises ``ConfigurationError`` for a queue name, priority or duration outside

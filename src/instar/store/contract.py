@@ -26,7 +26,15 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from instar.lifecycle import State
-from instar.models import ApiToken, Awakeable, BulkRecord, Event, Job, QueueStats
+from instar.models import (
+    ApiToken,
+    Awakeable,
+    BulkRecord,
+    Event,
+    Job,
+    QueueStats,
+    ScheduleRecord,
+)
 from instar.vocabulary import AwakeableState, DependencyKind
 
 # -- records -----------------------------------------------------------------
@@ -639,6 +647,30 @@ class Store(JobReads, TimelineReads, DurableReads, SweepReads, WorkerReads, Lead
     def key(self, name: str, make: Callable[[], str]) -> str:
         """The key of this name, made with ``make`` and stored the first time it
         is asked for (every process on the database gets the same one)."""
+        ...
+
+    # -- periodic jobs -------------------------------------------------------------
+
+    def schedules(self) -> list[ScheduleRecord]:
+        """Every stored schedule, by name."""
+        ...
+
+    def schedule_seen(
+        self, name: str, expression: str, tz: str, first_slot: float, now: float
+    ) -> ScheduleRecord:
+        """Record that code has this schedule now: a new one starts after
+        ``first_slot``; a known one keeps its progress and pause, and takes the
+        expression and zone given."""
+        ...
+
+    def advance_schedule(self, name: str, last_slot: float, last_job_id: int | None) -> None:
+        """Mark the slots up to ``last_slot`` handled (never backwards), and the
+        last job made when one was (None: leaves it)."""
+        ...
+
+    def pause_schedule(self, name: str, paused: bool) -> bool:
+        """Pause or resume a stored schedule; False when it was so already (or
+        is not stored)."""
         ...
 
     # -- the HTTP API's bulk operations ---------------------------------------------

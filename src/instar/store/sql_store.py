@@ -18,7 +18,15 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from instar.lifecycle import JOBS, State
-from instar.models import ApiToken, Awakeable, BulkRecord, Event, Job, QueueStats
+from instar.models import (
+    ApiToken,
+    Awakeable,
+    BulkRecord,
+    Event,
+    Job,
+    QueueStats,
+    ScheduleRecord,
+)
 from instar.payload import safe_text
 from instar.store.contract import (
     Applied,
@@ -462,6 +470,35 @@ class SQLStore(ABC):
             # Another process may have stored its own first: this one wins for all.
             return str(conn.execute(self.Q["key"], {"name": name}).fetchone()[0])
 
+    # -- periodic jobs -------------------------------------------------------------
+
+    def schedules(self) -> list[ScheduleRecord]:
+        with self._read() as conn:
+            return [_schedule(row) for row in conn.execute(self.Q["schedules"]).fetchall()]
+
+    def schedule_seen(
+        self, name: str, expression: str, tz: str, first_slot: float, now: float
+    ) -> ScheduleRecord:
+        params = {
+            "name": name,
+            "expression": expression,
+            "tz": tz,
+            "first_slot": first_slot,
+            "now": now,
+        }
+        with self._write() as conn:
+            return _schedule(conn.execute(self.Q["schedule_seen"], params).fetchone())
+
+    def advance_schedule(self, name: str, last_slot: float, last_job_id: int | None) -> None:
+        params = {"name": name, "last_slot": last_slot, "last_job_id": last_job_id}
+        with self._write() as conn:
+            conn.execute(self.Q["advance_schedule"], params)
+
+    def pause_schedule(self, name: str, paused: bool) -> bool:
+        with self._write() as conn:
+            params = {"name": name, "paused": paused}
+            return bool(conn.execute(self.Q["pause_schedule"], params).rowcount == 1)
+
     # -- the HTTP API's bulk operations ---------------------------------------------
 
     def add_bulk(self, bulk: BulkRecord, forget_before: float) -> None:
@@ -510,6 +547,18 @@ class _RolledBack(Exception):
     def __init__(self, pruned: list[tuple[str, State]]) -> None:
         super().__init__("dry run")
         self.pruned = pruned
+
+
+def _schedule(row: Sequence[Any]) -> ScheduleRecord:
+    return ScheduleRecord(
+        name=row[0],
+        expression=row[1],
+        tz=row[2],
+        paused=bool(row[3]),
+        last_slot=row[4],
+        last_job_id=row[5],
+        seen_at=row[6],
+    )
 
 
 def _bulk(row: Sequence[Any]) -> BulkRecord:

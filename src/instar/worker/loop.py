@@ -185,7 +185,12 @@ class Worker:
         self._threads = ThreadPoolExecutor(
             self.settings.concurrency, thread_name_prefix="instar-job"
         )
-        self._maintenance = Maintenance(engine, self.id, retention=self.settings.retention)
+        self._maintenance = Maintenance(
+            engine,
+            self.id,
+            retention=self.settings.retention,
+            definitions=list(registry.values()),
+        )
         self._job_log = JobLog()
         self._heartbeat = Heartbeat(engine, self._info(), self._held, self._heard)
 

@@ -654,3 +654,21 @@ WHERE id = %(id)s AND owner = %(owner)s AND NOT done
 UPDATE bulk_operations SET owner = %(owner)s, heartbeat_at = %(now)s
 WHERE NOT done AND heartbeat_at < %(quiet_since)s
 RETURNING id, spec, progress, done, owner, created_at, heartbeat_at
+
+-- name: schedules
+SELECT name, expression, tz, paused, last_slot, last_job_id, seen_at FROM schedules ORDER BY name
+
+-- name: schedule_seen
+INSERT INTO schedules (name, expression, tz, paused, last_slot, seen_at)
+VALUES (%(name)s, %(expression)s, %(tz)s, false, %(first_slot)s, %(now)s)
+ON CONFLICT (name) DO UPDATE SET expression = excluded.expression, tz = excluded.tz,
+    seen_at = excluded.seen_at
+RETURNING name, expression, tz, paused, last_slot, last_job_id, seen_at
+
+-- name: advance_schedule
+UPDATE schedules
+SET last_slot = %(last_slot)s, last_job_id = coalesce(%(last_job_id)s::bigint, last_job_id)
+WHERE name = %(name)s AND last_slot < %(last_slot)s
+
+-- name: pause_schedule
+UPDATE schedules SET paused = %(paused)s WHERE name = %(name)s AND paused <> %(paused)s

@@ -582,3 +582,20 @@ WHERE id = :id AND owner = :owner AND done = 0
 UPDATE bulk_operations SET owner = :owner, heartbeat_at = :now
 WHERE done = 0 AND heartbeat_at < :quiet_since
 RETURNING id, spec, progress, done, owner, created_at, heartbeat_at
+
+-- name: schedules
+SELECT name, expression, tz, paused, last_slot, last_job_id, seen_at FROM schedules ORDER BY name
+
+-- name: schedule_seen
+INSERT INTO schedules (name, expression, tz, paused, last_slot, seen_at)
+VALUES (:name, :expression, :tz, 0, :first_slot, :now)
+ON CONFLICT (name) DO UPDATE SET expression = excluded.expression, tz = excluded.tz,
+    seen_at = excluded.seen_at
+RETURNING name, expression, tz, paused, last_slot, last_job_id, seen_at
+
+-- name: advance_schedule
+UPDATE schedules SET last_slot = :last_slot, last_job_id = coalesce(:last_job_id, last_job_id)
+WHERE name = :name AND last_slot < :last_slot
+
+-- name: pause_schedule
+UPDATE schedules SET paused = :paused WHERE name = :name AND paused <> :paused

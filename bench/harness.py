@@ -71,6 +71,7 @@ class Sizes:
     finished_sqlite: int
     memory_from: int  # RSS of one worker sampled at these two jobs
     memory_to: int
+    pruned: int  # old finished jobs (three events each) pruned in the retention figure
 
 
 FULL = Sizes(
@@ -93,6 +94,7 @@ FULL = Sizes(
     finished_sqlite=1_000_000,
     memory_from=10_000,
     memory_to=1_000_000,
+    pruned=1_000_000,
 )
 QUICK = Sizes(
     quick=True,
@@ -114,6 +116,7 @@ QUICK = Sizes(
     finished_sqlite=100_000,
     memory_from=2_000,
     memory_to=10_000,
+    pruned=50_000,
 )
 
 
@@ -699,3 +702,134 @@ def cpu_table(title: str, runs: Sequence[Processing]) -> Table:
             per_job,
         )
     return table
+
+
+# -- retention: pruning old finished jobs ------------------------------------------
+
+OLD = 8 * 86_400.0
+"""How far back the finished jobs to prune are put: past the default retention
+of completed jobs (seven days)."""
+
+# The three events of each finished job (enqueued, claimed, completed), in one
+# statement; the same SQL on both backends.
+OLD_EVENTS = """
+INSERT INTO events (job_id, at, from_state, to_state, trigger, attempt)
+SELECT j.id, j.updated_at, s.from_state, s.to_state, s.trigger, s.attempt
+FROM jobs AS j CROSS JOIN (
+    SELECT CAST(NULL AS TEXT) AS from_state, 'ready' AS to_state, 'enqueued' AS trigger,
+           0 AS attempt
+    UNION ALL SELECT 'ready', 'running', 'claimed', 1
+    UNION ALL SELECT 'running', 'completed', 'completed', 1
+) AS s
+WHERE j.state = 'completed'
+ORDER BY j.id
+"""
+
+# The state-flow rollup has counted every event so far (pruning waits for it).
+ROLLED_UP = """
+INSERT INTO rollups (name, event_id) SELECT 'state_flows', max(id) FROM events WHERE true
+ON CONFLICT (name) DO UPDATE SET event_id = excluded.event_id
+"""
+
+
+@dataclass(frozen=True)
+class Speeds:
+    """Claims of ready jobs and one-by-one enqueues on one database, at one moment."""
+
+    claims: Claims | str
+    enqueues: list[float]  # jobs/s, one run each
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """``rows`` old finished jobs pruned by ``instar prune``'s call: how long it
+    took, and the speeds of claiming and enqueueing before and after."""
+
+    rows: int
+    pruned: int
+    seconds: float
+    before: Speeds
+    after: Speeds
+
+
+def _speeds(url: str, sizes: Sizes) -> Speeds:
+    bulk_enqueue(url, (2 + sizes.claim_batches) * sizes.claim_limit, sizes.bulk_chunk)
+    found = claim_batches([url], sizes)
+    claims = found if isinstance(found, str) else found[0]
+    enqueues = [enqueue_one_by_one(url, max(100, sizes.enqueue_jobs // 3)) for _ in range(5)]
+    return Speeds(claims, enqueues)
+
+
+def pruning(url: str, sizes: Sizes, fill: Callable[[], None], settle: Callable[[], None]) -> Pruned:
+    """``fill()`` adds ``sizes.pruned`` finished jobs older than retention, with
+    their events, counted by the rollup already; ``settle()`` runs before each
+    speed measurement (PostgreSQL: the VACUUM ANALYZE that autovacuum would run
+    after so many deletes). Speeds before, the whole prune timed (the call ``instar
+    prune`` makes, default retention), speeds after."""
+    from instar.maintenance.pruning import prune_all
+    from instar.retention import Retention
+
+    with make_app(url) as app:
+        app.engine  # noqa: B018  (creates and migrates)
+    fill()
+    settle()
+    before = _speeds(url, sizes)
+    with make_app(url) as app:
+        start = time.perf_counter()
+        report = prune_all(app.engine, Retention())
+        seconds = time.perf_counter() - start
+    settle()
+    after = _speeds(url, sizes)
+    return Pruned(sizes.pruned, sum(report.pruned.values()), seconds, before, after)
+
+
+def pruning_rows(found: Pruned) -> list[Row]:
+    """The pruning rate, and claiming and enqueueing after pruning against before."""
+    n = f"{found.rows:,}"
+    rows = [
+        Row(
+            f"pruning {n} finished jobs (3 events each)",
+            f"{found.pruned / found.seconds:,.0f} jobs/s",
+            "-",
+            "-",
+            None,
+            f"{found.pruned:,} pruned in {found.seconds:.1f} s by prune_all (instar prune), "
+            "default retention, windows of 2,000 jobs, one transaction each",
+        )
+    ]
+    before, after = found.before, found.after
+    if isinstance(before.claims, Claims) and isinstance(after.claims, Claims):
+        rows.append(
+            judged(
+                f"claim {after.claims.limit} (engine call), after pruning {n}",
+                f"{after.claims.claims_per_second:,.0f} claims/s",
+                after.claims.claims_per_second,
+                before.claims.claims_per_second,
+                "before",
+                ">= 0.90x before",
+                0.9,
+                f"{after.claims.detail()}; before pruning: "
+                f"{before.claims.claims_per_second:,.0f} claims/s ({before.claims.detail()})",
+            )
+        )
+    else:
+        reason = before.claims if isinstance(before.claims, str) else after.claims
+        rows.append(
+            Row(f"claim, after pruning {n}", "-", "-", ">= 0.90x before", None, str(reason))
+        )
+    b, a = statistics.median(before.enqueues), statistics.median(after.enqueues)
+    rows.append(
+        judged(
+            f"enqueue one by one, after pruning {n}",
+            f"{a:,.0f} /s",
+            a,
+            b,
+            "before",
+            ">= 0.90x before",
+            0.9,
+            f"median of {len(after.enqueues)} runs "
+            f"({', '.join(f'{v:,.0f}' for v in after.enqueues)} /s); before: "
+            f"{b:,.0f} /s ({', '.join(f'{v:,.0f}' for v in before.enqueues)})",
+        )
+    )
+    return rows

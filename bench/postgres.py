@@ -33,9 +33,13 @@ from bench import peers
 from bench.bare import Bare, bare_postgres
 from bench.harness import (
     FINISH_CLAIMED,
+    OLD,
+    OLD_EVENTS,
+    ROLLED_UP,
     Finished,
     Latency,
     Processing,
+    Pruned,
     Query,
     Row,
     Sizes,
@@ -51,6 +55,8 @@ from bench.harness import (
     load_note,
     median_run,
     progress,
+    pruning,
+    pruning_rows,
     rate,
     runs_note,
 )
@@ -201,6 +207,25 @@ class PostgresBench:
             result = peers.pgq_drain(self.base, schema, self.tmp, label, sizes)
         self.cpu_runs.append(result)
         return result
+
+    def pruned(self) -> Pruned:
+        """Old finished jobs pruned; claiming and enqueueing before and after."""
+        with self.schema("pruning") as (_, url, conn):
+
+            def fill() -> None:
+                params = {"now": time.time() - OLD, "rows": self.sizes.pruned}
+                conn.execute(INSERT_FINISHED.encode(), params)
+                conn.execute(OLD_EVENTS.encode())
+                conn.execute(ROLLED_UP.encode())
+
+            def settle() -> None:
+                # What autovacuum does after a mass delete, at once; then a
+                # checkpoint, so that its writes do not slow the commits timed next.
+                conn.execute(b"VACUUM ANALYZE jobs")
+                conn.execute(b"VACUUM ANALYZE events")
+                conn.execute(b"CHECKPOINT")
+
+            return pruning(url, self.sizes, fill, settle)
 
     def finished(self, rows: int) -> Finished:
         """A schema with no finished jobs and one with ``rows`` of them, side by
@@ -563,6 +588,11 @@ class PostgresBench:
         beside = attempt(rows, f"claiming beside {n:,} finished jobs", partial(self.finished, n))
         if beside is not None:
             rows += finished_rows(beside, commit_ms)
+
+        progress.print(f"PostgreSQL: pruning {sizes.pruned:,} finished jobs ...")
+        pruned = attempt(rows, "pruning", self.pruned)
+        if pruned is not None:
+            rows += pruning_rows(pruned)
 
     def title(self) -> str:
         version = self.server.get("server_version", "?")

@@ -21,9 +21,13 @@ from bench import peers
 from bench.bare import bare_sqlite
 from bench.harness import (
     FINISH_CLAIMED,
+    OLD,
+    OLD_EVENTS,
+    ROLLED_UP,
     BenchError,
     Finished,
     Processing,
+    Pruned,
     Query,
     Row,
     Sizes,
@@ -42,6 +46,8 @@ from bench.harness import (
     log_tail,
     median_run,
     progress,
+    pruning,
+    pruning_rows,
     rate,
     runs_note,
     started,
@@ -163,6 +169,20 @@ class SqliteBench:
                     label = f"finished-{what}-{r}"
                     runs.append(instar_drain(url, reader(conn), self.tmp, label, sizes))
         return Finished(rows, inserted, claims, ("", ""), drains)
+
+    def pruned(self) -> Pruned:
+        """Old finished jobs pruned; claiming and enqueueing before and after."""
+        path = self.path("pruning")
+
+        def fill() -> None:
+            with closing(sqlite3.connect(path, isolation_level=None, timeout=30)) as conn:
+                conn.execute("BEGIN")
+                conn.execute(INSERT_FINISHED, {"rows": self.sizes.pruned, "now": time.time() - OLD})
+                conn.execute(OLD_EVENTS)
+                conn.execute(ROLLED_UP)
+                conn.execute("COMMIT")
+
+        return pruning(sqlite_url(path), self.sizes, fill, lambda: None)
 
     def memory(self) -> Memory:
         """One burst worker through ``memory_to`` jobs (and a tail, so it is still
@@ -438,6 +458,11 @@ class SqliteBench:
         beside = attempt(rows, f"claiming beside {n:,} finished jobs", partial(self.finished, n))
         if beside is not None:
             rows += finished_rows(beside, commit_ms)
+
+        progress.print(f"SQLite: pruning {sizes.pruned:,} finished jobs ...")
+        pruned = attempt(rows, "pruning", self.pruned)
+        if pruned is not None:
+            rows += pruning_rows(pruned)
 
         if memory:
             progress.print(

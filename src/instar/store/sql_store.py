@@ -395,9 +395,9 @@ class SQLStore(ABC):
                 rows = conn.execute(self.Q["prune_jobs"], params).fetchall()
                 if rows:
                     ids = self._id_list([int(row[0]) for row in rows])
-                    last = conn.execute(self.Q["last_event_of"], (ids,)).fetchone()[0]
-                    through = max(int(through), int(last or 0))
-                    for query in ("prune_events", "prune_steps", "prune_awakeables", "prune_edges"):
+                    events = conn.execute(self.Q["prune_events"], (ids,)).fetchall()
+                    through = max([int(through), *(int(e[0]) for e in events)])
+                    for query in ("prune_steps", "prune_awakeables", "prune_edges"):
                         conn.execute(self.Q[query], (ids,))
                     pruned = [(row[1], State(row[2])) for row in rows]
                     counted = Counter(pruned)

@@ -607,20 +607,22 @@ WHERE (id, version) IN (SELECT * FROM unnest(%(ids)s::bigint[], %(versions)s::in
   AND NOT EXISTS (SELECT 1 FROM events e WHERE e.job_id = jobs.id AND e.id > %(rolled_up_to)s)
 RETURNING id, queue, state
 
--- name: last_event_of
-SELECT max(id) FROM events WHERE job_id = ANY(%s::bigint[])
-
 -- name: prune_events
-DELETE FROM events WHERE job_id = ANY(%s::bigint[])
+-- Returns the ids of the events removed (the largest marks how far pruning went).
+-- The rows of pruned jobs here and below are found job by job through their
+-- job_id indexes (a join with the ids: with job_id = ANY(...), the planner
+-- scanned the whole events table of a window, 0.5 s each at 150,000 events).
+DELETE FROM events AS e USING unnest(%s::bigint[]) AS pruned(id) WHERE e.job_id = pruned.id
+RETURNING e.id
 
 -- name: prune_steps
-DELETE FROM steps WHERE job_id = ANY(%s::bigint[])
+DELETE FROM steps AS s USING unnest(%s::bigint[]) AS pruned(id) WHERE s.job_id = pruned.id
 
 -- name: prune_awakeables
-DELETE FROM awakeables WHERE job_id = ANY(%s::bigint[])
+DELETE FROM awakeables AS a USING unnest(%s::bigint[]) AS pruned(id) WHERE a.job_id = pruned.id
 
 -- name: prune_edges
-DELETE FROM dependencies WHERE job_id = ANY(%s::bigint[])
+DELETE FROM dependencies AS d USING unnest(%s::bigint[]) AS pruned(id) WHERE d.job_id = pruned.id
 
 -- name: count_pruned
 INSERT INTO state_totals (queue, state, entered, exited, pruned)

@@ -536,11 +536,9 @@ WHERE (id, version) IN (
   AND NOT EXISTS (SELECT 1 FROM events e WHERE e.job_id = jobs.id AND e.id > :rolled_up_to)
 RETURNING id, queue, state
 
--- name: last_event_of
-SELECT max(id) FROM events WHERE job_id IN (SELECT value FROM json_each(?))
-
 -- name: prune_events
-DELETE FROM events WHERE job_id IN (SELECT value FROM json_each(?))
+-- Returns the ids of the events removed (the largest marks how far pruning went).
+DELETE FROM events WHERE job_id IN (SELECT value FROM json_each(?)) RETURNING id
 
 -- name: prune_steps
 DELETE FROM steps WHERE job_id IN (SELECT value FROM json_each(?))

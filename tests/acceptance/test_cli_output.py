@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -398,6 +399,32 @@ def test_the_worker_logs_a_line_as_each_job_starts_and_ends(here: Path, database
     assert "worker done: 1 completed, 1 failed, 0 released, 0 refused" in log
     quiet = run(here, database, "worker", "--app", "tasks:app", "--burst", "--quiet")
     assert quiet.stderr.startswith("worker done"), quiet.stderr
+
+
+def test_the_worker_logs_one_json_object_per_line_with_each_jobs_fields(
+    here: Path, database: str
+) -> None:
+    fine = enqueue(here, database, "record", {"n": 1})
+    failing = enqueue(here, database, "boom")
+    ran = run(here, database, "worker", "--app", "tasks:app", "--burst", "--log-format", "json")
+    assert ran.returncode == 0, ran.stderr
+    lines = [json.loads(line) for line in ran.stderr.splitlines()]  # every line is JSON
+    by_job = {(line.get("job_id"), line.get("event")): line for line in lines}
+    started = by_job[(fine, "started")]
+    assert started["level"] == "info" and started["logger"] == "instar.jobs"
+    assert (started["job_name"], started["queue"], started["attempt"]) == ("record", "default", 1)
+    assert started["worker"] and started["message"] == f"job {fine} record started (attempt 1/3)"
+    done = by_job[(fine, "ended")]
+    assert done["state"] == "completed" and done["duration_s"] >= 0
+    failed = by_job[(failing, "ended")]
+    assert (failed["level"], failed["state"], failed["error_type"]) == (
+        "error",
+        "failed",
+        "ValueError",
+    )
+    assert failed["error_message"].startswith("the upstream service said no")
+    assert lines[-1]["message"] == "worker done: 1 completed, 1 failed, 0 released, 0 refused"
+    assert all(datetime.fromisoformat(line["time"]).tzinfo for line in lines)
 
 
 # -- secrets -----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -340,6 +341,27 @@ class _Formatter(logging.Formatter):
         return printable("\n".join([head, *(prefix + line for line in lines[1:])]))
 
 
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers: ``time`` (ISO 8601, UTC),
+    ``level``, ``logger``, ``message``; a worker's per-job lines (the
+    ``instar_jobs`` of a record, see ``instar.worker.job_log``) each become an
+    object of their own with their fields; an exception, its text under
+    ``error``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        head = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        lines: list[dict[str, Any]] = getattr(record, "instar_jobs", None) or [
+            {"message": record.getMessage()}
+        ]
+        if record.exc_info:
+            lines = [{**line, "error": self.formatException(record.exc_info)} for line in lines]
+        return "\n".join(json.dumps({**head, **line}, ensure_ascii=False) for line in lines)
+
+
 class _StderrHandler(logging.Handler):
     """Writes to whatever ``sys.stderr`` is at the time (a test may swap it)."""
 
@@ -359,10 +381,13 @@ def setup_logging(
     level: int = logging.WARNING,
     fmt: str = "%(levelname)s: %(message)s",
     datefmt: str | None = None,
+    *,
+    as_json: bool = False,
 ) -> None:
-    """Log to stderr at ``level`` in ``fmt``: the command's warnings, a worker's log.
-    A program that configured logging itself (a test run, an embedding) keeps its
-    own setup untouched."""
+    """Log to stderr at ``level`` in ``fmt`` (``as_json``: one JSON object per
+    line, ``JsonFormatter``): the command's warnings, a worker's log. A program
+    that configured logging itself (a test run, an embedding) keeps its own
+    setup untouched."""
     root = logging.getLogger()
     if not _installed:
         if root.handlers:
@@ -371,5 +396,5 @@ def setup_logging(
         root.addHandler(_installed[0])
     elif _installed[0] not in root.handlers:
         return
-    _installed[0].setFormatter(_Formatter(fmt, datefmt))
+    _installed[0].setFormatter(JsonFormatter() if as_json else _Formatter(fmt, datefmt))
     root.setLevel(level)

@@ -15,6 +15,7 @@ import click
 
 from instar.app import App
 from instar.cli.common import (
+    JsonFormatter,
     app_option,
     database_option,
     err,
@@ -48,6 +49,14 @@ LOG_DATES = "%Y-%m-%d %H:%M:%S"
     "--shutdown-grace", default=10.0, show_default=True, help="Seconds running jobs get on SIGTERM."
 )
 @click.option("--quiet", is_flag=True, help="No line per job; only warnings and the report.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one JSON object per line (time, level, logger, message, and the job's "
+    "fields on its lines), for log shippers.",
+)
 @json_option
 @reports_errors
 def worker(
@@ -58,6 +67,7 @@ def worker(
     burst: bool,
     shutdown_grace: float,
     quiet: bool,
+    log_format: str,
     as_json: bool,
 ) -> None:
     """Run jobs. SIGINT/SIGTERM: stop claiming, finish or release running jobs.
@@ -75,7 +85,8 @@ def worker(
         raise InvalidOption(
             f"--shutdown-grace must be a finite number of seconds, 0 or more; got {shutdown_grace}"
         )
-    setup_logging(logging.WARNING if quiet else logging.INFO, LOG_FORMAT, LOG_DATES)
+    level = logging.WARNING if quiet else logging.INFO
+    setup_logging(level, LOG_FORMAT, LOG_DATES, as_json=log_format == "json")
     with opened_app(database, app_ref) as app:
         log.info("database %s (%s)", redact(app.database), app.database_source)
         _wait_for_database(app)
@@ -94,10 +105,15 @@ def worker(
                 "by_state": report.by_state,
             }
         )
-    err.print(
+    done = (
         f"worker done: {report.completed} completed, {report.failed} failed, "
         f"{report.released} released, {report.refused} refused"
     )
+    if log_format == "json":  # every line on stderr is JSON
+        record = logging.makeLogRecord({"name": log.name, "levelname": "INFO", "msg": done})
+        sys.stderr.write(JsonFormatter().format(record) + "\n")
+    else:
+        err.print(done)
     if any(
         t.is_alive() and not t.daemon
         for t in threading.enumerate()

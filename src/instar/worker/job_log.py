@@ -8,6 +8,13 @@ disabled logger costs one level check per run. Lines at the info level are
 gathered and logged once per turn of the worker's loop, as one record of many
 lines (one record per line cost a quarter of a busy worker's throughput);
 warnings and errors go out at once.
+
+Each line's fields ride on its record as ``record.instar_jobs``, a list of one
+dict per line (``message``, ``event``: started or ended, ``job_id``,
+``job_name``, ``queue``, ``attempt``, ``max_attempts``, ``worker``; at the end
+also ``state``, ``duration_s`` and, after a failure, ``error_type`` and
+``error_message``), so that a structured formatter (``instar worker
+--log-format json``) writes one JSON object per line.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import Any
 
 from instar.display import duration
 from instar.lifecycle import State, is_leased
@@ -26,23 +34,32 @@ log = logging.getLogger("instar.jobs")
 
 
 class JobLog:
-    def __init__(self) -> None:
-        self._runs: dict[int, tuple[str, float, int]] = {}  # job id: name, start, attempts
-        self._lines: list[str] = []
+    def __init__(self, worker: str = "") -> None:
+        self.worker = worker
+        self._runs: dict[int, tuple[dict[str, Any], float]] = {}  # job id: fields, start
+        self._lines: list[dict[str, Any]] = []
 
     def flush(self) -> None:
         """Log the info lines gathered since the last flush, as one record."""
         if self._lines:
             lines, self._lines = self._lines, []
-            log.info("%s", "\n".join(lines))
+            text = "\n".join(line["message"] for line in lines)
+            log.info("%s", text, extra={"instar_jobs": lines})
 
     def started(self, job: Job) -> None:
         if not log.isEnabledFor(logging.INFO):
             return
-        self._runs[job.id] = (job.name, time.monotonic(), job.max_attempts)
-        self._lines.append(
-            f"job {job.id} {job.name} started (attempt {job.attempt}/{job.max_attempts})"
-        )
+        fields = {
+            "job_id": job.id,
+            "job_name": job.name,
+            "queue": job.queue,
+            "attempt": job.attempt,
+            "max_attempts": job.max_attempts,
+            "worker": self.worker,
+        }
+        self._runs[job.id] = (fields, time.monotonic())
+        words = f"started (attempt {job.attempt}/{job.max_attempts})"
+        self._lines.append(_line(fields, "started", words))
 
     def moved(self, move: Move) -> None:
         """A move of this worker's was written: log the end of a run if it is one."""
@@ -50,48 +67,67 @@ class JobLog:
         if run is None:
             return
         if move.to_state is State.SERVING:
-            self._lines.append(f"job {move.job_id} {run[0]} is serving")
+            self._lines.append(_line(run[0], "serving", "is serving", state="serving"))
             return
         if not is_leased(move.from_state) or is_leased(move.to_state):
             return
-        name, began, attempts = self._runs.pop(move.job_id)
-        took = duration(time.monotonic() - began)
-        level, words = _ended(move, took, attempts)
+        fields, began = self._runs.pop(move.job_id)
+        seconds = time.monotonic() - began
+        level, words, failure = _ended(move, duration(seconds), fields["max_attempts"])
+        error = {} if failure is None else {"error_type": failure[0], "error_message": failure[1]}
+        line = _line(
+            {**fields, "attempt": move.attempt},
+            "ended",
+            words,
+            state=move.to_state.value,
+            duration_s=round(seconds, 6),
+            **error,
+        )
         if level == logging.INFO:
-            self._lines.append(f"job {move.job_id} {name} {words}")
+            self._lines.append(line)
         else:
-            log.log(level, "job %d %s %s", move.job_id, name, words)
+            log.log(level, "%s", line["message"], extra={"instar_jobs": [line]})
 
 
-def _ended(move: Move, took: str, attempts: int) -> tuple[int, str]:
-    """How a run ended, in words, and the level to log it at."""
+def _line(fields: dict[str, Any], event: str, words: str, **more: Any) -> dict[str, Any]:
+    """One line's fields, its text first: ``job <id> <name> <words>``."""
+    text = f"job {fields['job_id']} {fields['job_name']} {words}"
+    return {"message": text, "event": event, **fields, **more}
+
+
+def _ended(move: Move, took: str, attempts: int) -> tuple[int, str, tuple[str, str] | None]:
+    """How a run ended: the level to log it at, in words, and the error's type
+    and message when it failed."""
+    failure: tuple[str, str] | None = None
     error = ""
     if move.error_json is not None and move.to_state is not State.COMPLETED:
         record = json.loads(move.error_json)
         message = " ".join(str(record.get("message", "")).split())
         if len(message) > 200:
             message = message[:199] + "…"
-        error = f": {record.get('type', 'error')}: {message}"
+        failure = (str(record.get("type", "error")), message)
+        error = f": {failure[0]}: {message}"
     attempt = f"attempt {move.attempt}/{attempts}"
     match move.to_state:
         case State.COMPLETED:
-            return logging.INFO, f"completed in {took}"
+            return logging.INFO, f"completed in {took}", failure
         case State.BACKING_OFF:
-            return logging.WARNING, f"failed after {took} ({attempt}), will retry{error}"
+            return logging.WARNING, f"failed after {took} ({attempt}), will retry{error}", failure
         case State.FAILED:
-            return logging.ERROR, f"failed after {took} ({attempt}){error}"
+            return logging.ERROR, f"failed after {took} ({attempt}){error}", failure
         case State.SUSPENDED:
-            return logging.INFO, f"suspended after {took} (its worker is freed)"
+            return logging.INFO, f"suspended after {took} (its worker is freed)", failure
         case State.PAUSED:
             exhausted = move.trigger == Trigger.RETRIES_EXHAUSTED
             why = " (retries exhausted)" if exhausted else ""
             return (
                 logging.WARNING if exhausted else logging.INFO,
                 f"paused after {took}{why}{error}",
+                failure,
             )
         case State.CANCELLED:
-            return logging.INFO, f"cancelled after {took}"
+            return logging.INFO, f"cancelled after {took}", failure
         case State.READY:
-            return logging.INFO, f"released after {took} (attempt not counted)"
+            return logging.INFO, f"released after {took} (attempt not counted)", failure
         case _:
-            return logging.INFO, f"{move.to_state.value} after {took}"
+            return logging.INFO, f"{move.to_state.value} after {took}", failure

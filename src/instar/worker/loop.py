@@ -191,7 +191,7 @@ class Worker:
             retention=self.settings.retention,
             definitions=list(registry.values()),
         )
-        self._job_log = JobLog()
+        self._job_log = JobLog(self.id)
         self._heartbeat = Heartbeat(engine, self._info(), self._held, self._heard)
 
     # -- the loop -------------------------------------------------------------

@@ -29,6 +29,7 @@ from instar.engine import Engine, Operator, Reader
 from instar.engine.feed import EventFeed
 from instar.errors import InvalidOption
 from instar.lifecycle import JOBS, State, is_terminal
+from instar.listeners import Listener, Listeners, Subscription
 from instar.maintenance.pruning import PruneReport, prune_all
 from instar.models import Awakeable, Event, Job, QueueStats
 from instar.payload import DEFAULT_MAX_BYTES, encode
@@ -137,6 +138,8 @@ class App:
         self.registry = Registry()
         self._engine: Engine | None = None
         self._open_lock = threading.Lock()
+        self._subscriptions: list[Subscription] = []
+        self._listeners: Listeners | None = None
 
     @property
     def engine(self) -> Engine:
@@ -145,7 +148,18 @@ class App:
                 if self._engine is None:
                     store = open_store(self.database, read_only=self.read_only)
                     self._engine = Engine(store, self.clock)
+                    if self._subscriptions:
+                        self._listeners = Listeners(self._engine, self._subscriptions)
         return self._engine
+
+    @property
+    def listeners(self) -> Listeners:
+        """What calls the transition listeners (``on_transition``); its
+        ``wait_idle()`` waits until every move committed so far was heard."""
+        engine = self.engine
+        if self._listeners is None:
+            self._listeners = Listeners(engine, self._subscriptions)
+        return self._listeners
 
     @property
     def reader(self) -> Reader:
@@ -173,6 +187,11 @@ class App:
         return self.engine.store.check()
 
     def close(self) -> None:
+        """Call the transition listeners for the moves committed so far (a few
+        seconds at most), then close the database."""
+        if self._listeners is not None:
+            self._listeners.close()
+            self._listeners = None
         if self._engine is not None:
             self._engine.store.close()
             self._engine = None
@@ -262,6 +281,34 @@ class App:
             bound = BoundJob(self, JobDefinition(runs, job_name, options))
             self.registry.add(bound)
             return bound
+
+        return register
+
+    def on_transition(
+        self,
+        to: State | str | None = None,
+        *,
+        name: str | None = None,
+        queue: str | None = None,
+    ) -> Callable[[Listener], Listener]:
+        """Register ``fn(job, event)``, called after each move of this process
+        into ``to`` (None: every move, a job's entry included) has committed,
+        for jobs named ``name`` (full or short name) on ``queue`` (None: any):
+        ``@app.on_transition(to="failed")``. It runs on a thread of its own with
+        the job as it is by then; it cannot change the outcome, and an error it
+        raises is logged on ``instar.listeners``, never a reason to fail or
+        repeat the job (``instar.listeners``). ``InvalidOption`` for an unknown
+        state."""
+        state = _state(to)
+
+        def register(fn: Listener) -> Listener:
+            subscription = Subscription(fn, state, name, queue)
+            self._subscriptions.append(subscription)
+            if self._listeners is not None:
+                self._listeners.add(subscription)
+            elif self._engine is not None:
+                self.listeners  # noqa: B018  (starts them with every subscription)
+            return fn
 
         return register
 

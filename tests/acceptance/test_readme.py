@@ -45,7 +45,8 @@ def python_blocks() -> dict[str, str]:
 
 BLOCKS = python_blocks()
 RUN_HERE = {"A first job", "Durable execution", "Following what happens",
-            "PostgreSQL: many workers on many machines", "Retention", "Periodic jobs"}  # fmt: skip
+            "PostgreSQL: many workers on many machines", "Retention", "Periodic jobs",
+            "Listening to transitions"}  # fmt: skip
 RUN_ELSEWHERE = {"HTTP API"}  # against a server: tests/web/test_client.py
 
 
@@ -124,6 +125,14 @@ def test_the_periodic_example_enqueues_the_slot_and_its_handler_gets_it(
         [info] = timed.schedules()
         assert info.next_slot == datetime(2027, 1, 16, 3, 0, tzinfo=ZoneInfo("Europe/Paris"))
     app.close()
+
+
+def test_the_listener_example_hears_the_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    done = run(BLOCKS["Listening to transitions"], {})
+    assert done["alerts"] == ["job 1 failed: card declined (retries-exhausted)"]
 
 
 def test_enqueueing_inside_your_own_transaction_runs() -> None:

@@ -12,7 +12,7 @@ here), their events, the bookkeeping they imply and the moves they set off
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +65,7 @@ class Engine:
             self.clock.attach(store.database_time)
         self.read = Reader(store)
         self._listeners: dict[Wake, list[Callable[[], None]]] = {w: [] for w in Wake}
+        self._observers: list[Callable[[frozenset[int], float], None]] = []
         if store.supports_listen:
             store.watch(self._heard)
 
@@ -83,6 +84,24 @@ class Engine:
 
         return unsubscribe
 
+    def observe(self, observer: Callable[[frozenset[int], float], None]) -> Callable[[], None]:
+        """Call ``observer(job_ids, at)`` on the committing thread after each
+        transaction of this engine that moved jobs (created ones included) has
+        committed: their moves' events were written at ``at``. It must return
+        at once (queue the work). Returns the undo."""
+        self._observers = [*self._observers, observer]
+
+        def unobserve() -> None:
+            self._observers = [o for o in self._observers if o is not observer]
+
+        return unobserve
+
+    def _moved(self, job_ids: Iterable[int], at: float) -> None:
+        moved = frozenset(job_ids)
+        if moved:
+            for observer in self._observers:
+                observer(moved, at)
+
     def _heard(self, wake: Wake) -> None:
         self._tell({wake, Wake.EVENTS})
 
@@ -94,11 +113,14 @@ class Engine:
     @contextmanager
     def _transaction(self, connection: Any = None, pipeline: bool = False) -> Iterator[Transaction]:
         """One store transaction; listeners are told once it has committed."""
-        with self.store.transaction(self.clock.now(), connection, pipeline=pipeline) as tx:
+        now = self.clock.now()
+        with self.store.transaction(now, connection, pipeline=pipeline) as tx:
             yield tx
             wakes = set(tx.wakes())
         if connection is None:  # the caller's transaction has not committed yet
             self._tell(wakes)
+            if self._observers:
+                self._moved(tx.moved(), now)
 
     def _apply(self, tx: Transaction, moves: Sequence[Move]) -> list[bool]:
         """Apply ``moves`` and everything they set off, round after round, in ``tx``."""
@@ -151,10 +173,13 @@ class Engine:
         for parent in sorted({p for job in jobs for p in job.after}):
             self.read.get(parent)
         if len(jobs) == 1 and not jobs[0].after and connection is None:
-            one = self.store.enqueue_one(jobs[0], actor, self.clock.now())
+            now = self.clock.now()
+            one = self.store.enqueue_one(jobs[0], actor, now)
             if one is not None:
                 ready = one.state is State.READY
                 self._tell({Wake.EVENTS, Wake.READY} if ready else {Wake.EVENTS})
+                if self._observers:
+                    self._moved((one.id,), now)
                 return [one]
             # Its key exists: the transaction below returns the job that has it.
         with self._transaction(connection) as tx:

@@ -7,6 +7,8 @@ through here, never through the store.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from instar.errors import AwakeableNotFound, JobNotFound
 from instar.lifecycle import State
 from instar.models import Awakeable, Event, Job, QueueStats
@@ -68,6 +70,10 @@ class Reader:
 
     def awakeables(self, job_id: int) -> list[Awakeable]:
         return self._store.awakeables_of(self.get(job_id).id)
+
+    def moves_at(self, job_ids: Sequence[int], at: float) -> list[Event]:
+        """The moves of these jobs one transaction wrote at ``at`` (``Store.moves_at``)."""
+        return self._store.moves_at(job_ids, at)
 
     def awakeables_in_state(
         self, state: AwakeableState, limit: int, queue: str | None = None

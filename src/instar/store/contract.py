@@ -388,6 +388,11 @@ class Transaction(JobWrites, TimelineWrites, DurableWrites, Protocol):
         """What this transaction will tell listeners once it commits."""
         ...
 
+    def moved(self) -> set[int]:
+        """The jobs this transaction moved (created ones included): their moves'
+        events are written at its ``now``."""
+        ...
+
 
 # -- reads, role by role ----------------------------------------------------------
 
@@ -418,6 +423,12 @@ class JobReads(Protocol):
 
 
 class TimelineReads(Protocol):
+    def moves_at(self, job_ids: Sequence[int], at: float) -> list[Event]:
+        """The moves (entries included, notes not) of these jobs written at the
+        epoch second ``at``, in id order: what one transaction that moved them
+        wrote (two transactions never move one job at the same instant)."""
+        ...
+
     def events(self, job_id: int, after: int = 0, limit: int | None = None) -> list[Event]:
         """One job's timeline after the event ``after``, oldest first, at most
         ``limit`` events (None: all). A job's events are written under its row

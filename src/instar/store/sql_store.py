@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
@@ -222,6 +222,11 @@ class SQLStore(ABC):
         params = {"job_id": job_id, "after": after, "limit": limit}
         with self._read() as conn:
             return events_from(conn.execute(self.Q["events_of_job"], params))
+
+    def moves_at(self, job_ids: Sequence[int], at: float) -> list[Event]:
+        params = {"ids": self._id_list(job_ids), "at": at}
+        with self._read() as conn:
+            return events_from(conn.execute(self.Q["moves_at"], params))
 
     def events_since(self, after_id: int, limit: int, where: EventFilter) -> list[Event]:
         params = {
@@ -593,14 +598,19 @@ class SQLTransaction:
         self.conn = conn
         self.now = now
         self._wakes: set[Wake] = set()
+        self._moved: set[int] = set()
 
     def wakes(self) -> set[Wake]:
         return self._wakes
 
-    def _appended(self, ready: bool = False) -> None:
+    def moved(self) -> set[int]:
+        return self._moved
+
+    def _appended(self, ready: bool = False, moved: Iterable[int] = ()) -> None:
         self._wakes.add(Wake.EVENTS)
         if ready:
             self._wakes.add(Wake.READY)
+        self._moved.update(moved)
 
     # -- jobs ----------------------------------------------------------------------------
 
@@ -617,7 +627,8 @@ class SQLTransaction:
         if edges:
             conn.cursor().executemany(self.Q["add_dependency"], edges)
         if new:
-            self._appended(ready=any(job.state is State.READY for _, job in new))
+            ready = any(job.state is State.READY for _, job in new)
+            self._appended(ready, (job_id for job_id, _ in new))
         if len(new) == len(jobs):
             created = datetime_of(now)
             return [new_job_record(job_id, job, created) for job_id, job in new]
@@ -656,6 +667,7 @@ class SQLTransaction:
             if len(winners) < len(round_) and any(m.guard_token for m in round_):
                 conn.execute(self.Q["insert_refusals"], params)
             taken = set(winners)
+            self._moved.update(taken)
             for move in round_:
                 won[index[id(move)]] = move.job_id in taken
         ready = any(ok and m.to_state is State.READY for m, ok in zip(moves, won, strict=True))
@@ -674,7 +686,7 @@ class SQLTransaction:
                 "trigger": Trigger.CLAIMED.value,
             }
             self.conn.execute(self.Q["insert_claim_events"], params)
-            self._appended()
+            self._appended(moved=(j.id for j in claimed))
         return claimed
 
     def raise_request(

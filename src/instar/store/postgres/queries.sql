@@ -674,3 +674,9 @@ WHERE name = %(name)s AND last_slot < %(last_slot)s
 
 -- name: pause_schedule
 UPDATE schedules SET paused = %(paused)s WHERE name = %(name)s AND paused <> %(paused)s
+
+-- name: moves_at
+-- The moves of these jobs written at one instant (one transaction's), notes left out.
+SELECT e.* FROM events AS e JOIN unnest(%(ids)s::bigint[]) AS moved(id) ON e.job_id = moved.id
+WHERE e.at = %(at)s AND e.from_state IS DISTINCT FROM e.to_state
+ORDER BY e.id

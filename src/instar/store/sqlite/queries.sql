@@ -597,3 +597,10 @@ WHERE name = :name AND last_slot < :last_slot
 
 -- name: pause_schedule
 UPDATE schedules SET paused = :paused WHERE name = :name AND paused <> :paused
+
+-- name: moves_at
+-- The moves of these jobs written at one instant (one transaction's), notes left out.
+SELECT * FROM events
+WHERE job_id IN (SELECT value FROM json_each(:ids)) AND at = :at
+  AND (from_state IS NULL OR from_state <> to_state)
+ORDER BY id

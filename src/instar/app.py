@@ -243,12 +243,23 @@ class App:
         )
 
         def register(handler: Callable[..., Any]) -> BoundJob:
-            job_name = name or f"{_module_name(handler.__module__)}.{handler.__qualname__}"
-            bound = BoundJob(self, JobDefinition(handler, job_name, options))
-            self.registry.add(bound)
-            return bound
+            return self._register(handler, handler, name, options)
 
         return register(fn) if fn is not None else register
+
+    def _register(
+        self,
+        handler: Callable[..., Any],
+        runs: Callable[..., Any],
+        name: str | None,
+        options: JobOptions,
+    ) -> BoundJob:
+        """Register ``runs`` (``handler``, or what wraps it) under ``name``, by
+        default the handler's module and qualified name."""
+        job_name = name or f"{_module_name(handler.__module__)}.{handler.__qualname__}"
+        bound = BoundJob(self, JobDefinition(runs, job_name, options))
+        self.registry.add(bound)
+        return bound
 
     def periodic(
         self,
@@ -276,11 +287,7 @@ class App:
         options = JobOptions(queue, lease, timeout, retry or Retry(), priority, schedule=schedule)
 
         def register(handler: Callable[..., Any]) -> BoundJob:
-            job_name = name or f"{_module_name(handler.__module__)}.{handler.__qualname__}"
-            runs = takes_slot(handler, schedule)
-            bound = BoundJob(self, JobDefinition(runs, job_name, options))
-            self.registry.add(bound)
-            return bound
+            return self._register(handler, takes_slot(handler, schedule), name, options)
 
         return register
 

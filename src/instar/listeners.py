@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +32,14 @@ from instar.models import Event, Job
 log = logging.getLogger("instar.listeners")
 
 Listener = Callable[[Job, Event], Any]
+REMEMBERED = 100_000
+"""Event ids already handed to the listeners that are remembered, so that none
+is handed twice: a transaction's moves are read by job and instant, and with a
+clock that does not move between two transactions (a frozen test clock, a
+coarse one) the second finds the first's too."""
+READ_TRIES = 4
+"""Reads of a transaction's moves before they are given up (the database away:
+0.5, 1 and 2 s apart), logged."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +79,8 @@ class Listeners:
         self._lock = threading.Lock()
         self._pending = 0
         self._idle = threading.Condition(self._lock)
+        self._handed: set[int] = set()
+        self._handed_order: deque[int] = deque()
         for subscription in subscriptions:
             self.add(subscription)
 
@@ -108,28 +120,52 @@ class Listeners:
         while (item := self._committed.get()) is not None:
             try:
                 self._dispatch(*item)
-            except Exception:  # the database is away: these moves go unheard
-                log.exception("transition listeners could not read %d moved jobs", len(item[0]))
             finally:
                 with self._idle:
                     self._pending -= 1
                     self._idle.notify_all()
 
+    def _moves(self, moved: frozenset[int], at: float) -> list[Event]:
+        """A transaction's moves not handed to the listeners yet."""
+        for attempt in range(READ_TRIES):
+            try:
+                found = self.engine.read.moves_at(sorted(moved), at)
+                return [event for event in found if event.id not in self._handed]
+            except Exception:
+                if attempt == READ_TRIES - 1:
+                    raise
+                time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _handing(self, event_id: int) -> None:
+        self._handed.add(event_id)
+        self._handed_order.append(event_id)
+        if len(self._handed_order) > REMEMBERED:
+            self._handed.discard(self._handed_order.popleft())
+
     def _dispatch(self, moved: frozenset[int], at: float) -> None:
+        try:
+            events = self._moves(moved, at)
+        except Exception:  # the database stayed away: these moves go unheard
+            log.exception("transition listeners could not read %d moved jobs", len(moved))
+            return
         jobs: dict[int, Job | None] = {}
-        for event in self.engine.read.moves_at(sorted(moved), at):
-            subscriptions = [s for s in self._subscriptions if s.to in (None, event.to_state)]
-            if not subscriptions:
-                continue
+        for event in events:
+            self._handing(event.id)
+            if not any(s.to in (None, event.to_state) for s in self._subscriptions):
+                continue  # nobody listens to this state: no read of the job
             if event.job_id not in jobs:
                 try:
                     jobs[event.job_id] = self.engine.read.get(event.job_id)
                 except JobNotFound:  # pruned meanwhile
                     jobs[event.job_id] = None
+                except Exception:
+                    log.exception("transition listeners could not read job %d", event.job_id)
+                    jobs[event.job_id] = None
             job = jobs[event.job_id]
             if job is None:
                 continue
-            for subscription in subscriptions:
+            for subscription in self._subscriptions:
                 if not subscription.wants(job, event):
                     continue
                 try:

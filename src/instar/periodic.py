@@ -17,8 +17,9 @@ After downtime (no worker leading maintenance), ``catch_up`` says what to do
 with the slots that were missed, a slot being missed once it is more than
 ``ON_TIME`` seconds late: ``"none"`` enqueues none of them, ``"latest"`` the
 most recent one, ``"all"`` each of them, the most recent ``catch_up_limit`` at
-most. Each slot is enqueued with the idempotency key ``periodic:<job>:<slot>``,
-so that however many workers lead at once, a slot makes one job.
+most; slots on time are enqueued whatever ``catch_up`` says. Each slot is
+enqueued with the idempotency key ``periodic:<job>:<slot>``, so that however
+many workers lead at once, a slot makes one job.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from cronsim import CronSim, CronSimError
 
@@ -58,13 +59,19 @@ class Schedule:
     catch_up_limit: int = 100
 
     def __post_init__(self) -> None:
-        try:
-            zone = ZoneInfo(self.tz)
-        except (ZoneInfoNotFoundError, ValueError, TypeError):
+        if not isinstance(self.expression, str) or len(self.expression.split()) != 5:
+            raise ConfigurationError(
+                f"invalid cron expression {self.expression!r}: five fields are needed: "
+                "minute hour day-of-month month day-of-week"
+            )
+        # Names only: "localtime" and the like mean another zone on each host, and
+        # two leaders on two hosts would then make two jobs for one slot.
+        if not isinstance(self.tz, str) or self.tz not in _zones():
             raise ConfigurationError(
                 f"periodic {self.expression!r}: unknown time zone {self.tz!r}; "
                 "use an IANA name such as 'Europe/Paris' or 'UTC'"
-            ) from None
+            )
+        zone = ZoneInfo(self.tz)
         try:
             CronSim(self.expression, datetime.now(zone))
         except (CronSimError, TypeError, ValueError) as exc:
@@ -95,6 +102,8 @@ class Schedule:
         while True:
             found: list[datetime] = []
             for slot in CronSim(self.expression, datetime.fromtimestamp(start, self.zone)):
+                if slot.timestamp() <= start:  # cronsim, started in a repeated hour
+                    continue
                 if slot.timestamp() > until:
                     return found
                 found.append(slot)
@@ -106,7 +115,10 @@ class Schedule:
 
     def next_slot(self, after: float) -> datetime:
         """The first slot after the epoch second ``after``."""
-        return next(iter(CronSim(self.expression, datetime.fromtimestamp(after, self.zone))))
+        for slot in CronSim(self.expression, datetime.fromtimestamp(after, self.zone)):
+            if slot.timestamp() > after:  # cronsim, started in a repeated hour
+                return slot
+        raise AssertionError("a cron expression names slots without end")
 
     def due(self, after: float, now: float) -> tuple[list[datetime], datetime | None]:
         """Which slots after ``after`` to enqueue at ``now``, by ``catch_up``, and
@@ -115,21 +127,24 @@ class Schedule:
         if not passed:
             return [], None
         on_time = [s for s in passed if now - s.timestamp() <= ON_TIME]
+        missed = passed[: len(passed) - len(on_time)]  # older first: the late ones lead
         if self.catch_up == "none":
             chosen = on_time
         elif self.catch_up == "latest":
-            chosen = passed[-1:]
+            chosen = missed[-1:] + on_time
         else:
-            chosen = passed[-self.catch_up_limit :]
+            chosen = missed[-self.catch_up_limit :] + on_time
         return chosen, passed[-1]
 
 
 @dataclass(frozen=True, slots=True)
 class ScheduleInfo:
     """A periodic job as ``App.schedules`` shows it: its schedule, whether it is
-    paused, its next slot (None when stale), the last slot handled (enqueued or
-    passed over; None before a worker first ran it) and the last job it made;
-    ``stale``: in the database, no longer in the code (it enqueues nothing)."""
+    paused, its next slot (None when stale), how far its slots have been
+    handled (``last_slot``: the last slot enqueued or passed over, or the
+    moment a worker first saw the schedule; None before) and the last job it
+    made; ``stale``: in the database, no longer in the App's code (it
+    enqueues nothing)."""
 
     name: str
     expression: str
@@ -148,6 +163,14 @@ def slot_time(epoch: float, tz: str) -> datetime:
     except (ZoneInfoNotFoundError, ValueError):
         zone = ZoneInfo("UTC")
     return datetime.fromtimestamp(epoch, zone)
+
+
+@functools.cache
+def _zones() -> frozenset[str]:
+    """The IANA zone names this machine knows (read once: a scan of its tz
+    database), less the ones that are not a place: "localtime" (this host's
+    zone, another on the next host) and "Factory" (no zone at all)."""
+    return frozenset(available_timezones()) - {"localtime", "Factory", "posixrules"}
 
 
 def slot_key(job_name: str, slot: datetime) -> str:

@@ -116,3 +116,15 @@ def test_a_listener_for_a_state_that_does_not_exist_is_refused() -> None:
     app = instar.App(":memory:")
     with pytest.raises(instar.InvalidOption, match="unknown state 'finished'"):
         app.on_transition(to="finished")
+
+
+def test_with_a_clock_that_does_not_move_each_move_is_still_heard_once(
+    frozen_app: instar.App,
+) -> None:
+    mail, _ = _handlers(frozen_app)
+    heard: list[State] = []
+    frozen_app.on_transition()(lambda job, event: heard.append(event.to_state))
+    mail.enqueue(to="ada@example.com")
+    frozen_app.run_worker(burst=True)
+    assert frozen_app.listeners.wait_idle()
+    assert heard == [State.READY, State.RUNNING, State.COMPLETED]

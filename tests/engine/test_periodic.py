@@ -104,8 +104,39 @@ def test_slots_missed_while_no_worker_ran_follow_catch_up(
 
 def test_catching_up_all_is_bounded_by_the_limit() -> None:
     schedule = Schedule("* * * * *", catch_up="all", catch_up_limit=5)
-    due, _ = schedule.due(0.0, 1_800_000_000.0)
-    assert len(due) == 5 and due[-1].timestamp() == 1_800_000_000.0
+    now = 1_800_000_000.0
+    due, _ = schedule.due(0.0, now)
+    late = [s for s in due if now - s.timestamp() > 60]
+    assert len(late) == 5 and due[-1].timestamp() == now  # and the slots on time
+
+
+def test_catching_up_the_latest_keeps_every_slot_on_time() -> None:
+    schedule = Schedule("*/20 * * * *")  # every 20 minutes, catch_up "latest"
+    nine = datetime(2027, 1, 15, 9, 0, tzinfo=UTC).timestamp()
+    due, _ = schedule.due(nine - 3 * 3600, nine + 30)  # 9:00 on time, the rest missed
+    assert [f"{s:%H:%M}" for s in due] == ["08:40", "09:00"]
+
+
+def test_a_new_schedule_in_the_repeated_hour_does_not_start_before_it_existed() -> None:
+    schedule = Schedule("30 2 * * *", "Europe/Paris")
+    second_0210 = datetime(2026, 10, 25, 1, 10, tzinfo=UTC).timestamp()  # 02:10 CET
+    assert schedule.due(second_0210, second_0210 + 600) == ([], None)
+    assert schedule.next_slot(second_0210) == datetime(2026, 10, 26, 2, 30, tzinfo=PARIS)
+
+
+@pytest.mark.parametrize(
+    ("expression", "tz", "message"),
+    [
+        ("*/10 * * * * *", "UTC", "five fields are needed"),
+        ("0 3 * * *", "localtime", "unknown time zone 'localtime'"),
+        ("0 3 * * *", "Factory", "unknown time zone 'Factory'"),
+    ],
+)
+def test_seconds_and_host_dependent_zones_are_refused(
+    expression: str, tz: str, message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        Schedule(expression, tz)
 
 
 def test_a_slot_on_time_runs_whatever_catch_up_says() -> None:

@@ -112,10 +112,15 @@ def test_a_token_limited_to_a_queue_acts_on_that_queue_only(server: Server) -> N
 
 def test_a_token_limited_to_a_queue_reads_that_queue_only(server: Server) -> None:
     with server.client(server.admin) as admin:
-        mail = admin.post("/jobs", json={"name": "mail", "args": {"to": "a@b"}}).json()
         other = admin.post("/jobs", json={"name": "hello"}).json()
+        mail = admin.post(
+            "/jobs", json={"name": "mail", "args": {"to": "a@b"}, "after": [other["id"]]}
+        ).json()
+        seen = admin.get(f"/jobs/{mail['id']}/dependencies").json()
+        assert [j["id"] for j in seen] == [other["id"]]
     with server.client(server.token("mail-reader", "read", queue="emails")) as client:
         assert [j["id"] for j in client.get("/jobs").json()["jobs"]] == [mail["id"]]
+        assert client.get(f"/jobs/{mail['id']}/dependencies").json() == []  # another queue
         assert client.get("/jobs", params={"queue": "emails"}).status_code == 200
         _problem(client.get("/jobs", params={"queue": "default"}), 403, "insufficient_scope")
         assert client.get(f"/jobs/{mail['id']}").json()["queue"] == "emails"

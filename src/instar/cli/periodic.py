@@ -16,6 +16,7 @@ from instar.cli.common import (
     print_json,
     reports_errors,
 )
+from instar.errors import ConfigurationError
 from instar.periodic import ScheduleInfo
 
 
@@ -34,7 +35,7 @@ def _as_json(info: ScheduleInfo) -> dict[str, Any]:
 
 def _table(found: list[ScheduleInfo]) -> Table:
     table = Table(title="Periodic jobs")
-    for column in ("job", "schedule", "status", "next slot", "last slot", "last job"):
+    for column in ("job", "schedule", "status", "next slot", "handled up to", "last job"):
         table.add_column(column)
     for info in found:
         status = "stale: gone from the code" if info.stale else "paused" if info.paused else "on"
@@ -58,6 +59,10 @@ def periodic(app_ref: str | None, database: str | None, as_json: bool) -> None:
     """Periodic jobs of the --app code and of the database: schedule, next slot,
     last slot handled and last job made; those in the database that the code no
     longer has are stale (they enqueue nothing)."""
+    if app_ref is None:
+        raise ConfigurationError(
+            "instar periodic needs --app module:attribute: the schedules are in your code"
+        )
     with opened_app(database, app_ref) as app:
         found = app.schedules()
     if as_json:

@@ -32,7 +32,6 @@ from instar.engine.verbs import VERBS
 from instar.errors import (
     DatabaseTimeout,
     DatabaseUnavailable,
-    InstarError,
     InvalidTransition,
     JobNotFound,
     TransactionConflict,
@@ -185,8 +184,11 @@ class BulkRunner:
     def _run(self, record: BulkRecord) -> None:
         try:
             self._apply(record)
-        except Exception as exc:  # the database is away: a later turn takes it over
+        except PASSING as exc:  # the database is away: a later turn takes it over
             log.warning("bulk operation %s stopped (%s); resumes when taken over", record.id, exc)
+        except Exception as exc:  # its stored form cannot be read: it ends, saying why
+            log.exception("bulk operation %s cannot run", record.id)
+            self._save(record, Progress(done=True, error=f"cannot run: {exc}"))
         finally:
             with self._lock:
                 self._running.discard(record.id)
@@ -221,9 +223,9 @@ class BulkRunner:
                         break
                     if not self._save(record, progress):
                         return
-        except InstarError as exc:
-            if isinstance(exc, PASSING):
-                raise
+        except PASSING:
+            raise
+        except Exception as exc:  # not a passing outage: it would fail again; it ends here
             progress.error = str(exc)
             log.warning("bulk %s %s stopped: %s", shape.verb, record.id, exc)
         progress.done = True

@@ -262,7 +262,8 @@ async def job_children(
 ) -> list[JobBriefShape]:
     await _read_job(request, job_id, who)
     web = web_state(request)
-    return [JobBriefShape.of(j) for j in await read(web, web.app.children, job_id)]
+    found = await read(web, web.app.children, job_id)
+    return [JobBriefShape.of(j) for j in found if who.queue in (None, j.queue)]
 
 
 @router.get("/jobs/{job_id}/dependencies", response_model=list[JobBriefShape])
@@ -271,7 +272,8 @@ async def job_dependencies(
 ) -> list[JobBriefShape]:
     await _read_job(request, job_id, who)
     web = web_state(request)
-    return [JobBriefShape.of(j) for j in await read(web, web.app.dependencies, job_id)]
+    found = await read(web, web.app.dependencies, job_id)
+    return [JobBriefShape.of(j) for j in found if who.queue in (None, j.queue)]
 
 
 @router.get("/jobs/{job_id}/awakeables", response_model=list[AwakeableShape])

@@ -37,6 +37,11 @@ REMEMBERED = 100_000
 is handed twice: a transaction's moves are read by job and instant, and with a
 clock that does not move between two transactions (a frozen test clock, a
 coarse one) the second finds the first's too."""
+BACKLOG = 10_000
+"""Transactions waiting for the listeners at most. Past it (listeners slower
+than the moves for a long while), a transaction's moves are not heard, and a
+warning says how many were not: the committing thread never waits, and memory
+stays bounded."""
 READ_TRIES = 4
 """Reads of a transaction's moves before they are given up (the database away:
 0.5, 1 and 2 s apart), logged."""
@@ -78,6 +83,7 @@ class Listeners:
         self._unobserve: Callable[[], None] | None = None
         self._lock = threading.Lock()
         self._pending = 0
+        self._dropped = 0
         self._idle = threading.Condition(self._lock)
         self._handed: set[int] = set()
         self._handed_order: deque[int] = deque()
@@ -97,6 +103,15 @@ class Listeners:
     def _heard(self, moved: frozenset[int], at: float) -> None:
         """On the committing thread: queue, nothing more."""
         with self._lock:
+            if self._pending >= BACKLOG:
+                self._dropped += 1
+                if self._dropped in (1, 10, 100) or self._dropped % 1000 == 0:
+                    log.warning(
+                        "transition listeners are %d transactions behind: %d not heard so far",
+                        self._pending,
+                        self._dropped,
+                    )
+                return
             self._pending += 1
         self._committed.put((moved, at))
 

@@ -5,10 +5,12 @@ outcome."""
 from __future__ import annotations
 
 import logging
+import threading
 
 import pytest
 
 import instar
+import instar.listeners
 from instar.lifecycle import State
 from instar.models import Event, Job
 
@@ -128,3 +130,24 @@ def test_with_a_clock_that_does_not_move_each_move_is_still_heard_once(
     frozen_app.run_worker(burst=True)
     assert frozen_app.listeners.wait_idle()
     assert heard == [State.READY, State.RUNNING, State.COMPLETED]
+
+
+def test_listeners_far_behind_let_moves_go_unheard_saying_so_and_never_hold_a_commit(
+    app: instar.App, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mail, _ = _handlers(app)
+    release = threading.Event()
+    heard: list[int] = []
+
+    def slow(job: Job, event: Event) -> None:
+        release.wait(10)
+        heard.append(job.id)
+
+    monkeypatch.setattr(instar.listeners, "BACKLOG", 2)
+    app.on_transition(to="ready")(slow)
+    with caplog.at_level(logging.WARNING, logger="instar.listeners"):
+        jobs = [mail.enqueue(to=f"{n}@example.com") for n in range(6)]  # none waits
+        release.set()
+        assert app.listeners.wait_idle()
+    assert "not heard so far" in caplog.text
+    assert 1 <= len(heard) < len(jobs) and set(heard) <= {j.id for j in jobs}

@@ -8,13 +8,14 @@ as ``POST /jobs/{id}/<verb>``: a job whose state no longer allows it (it moved
 meanwhile) is counted as refused and skipped.
 
 Operations are kept in the database: any server process on it answers for
-their progress, which the running server saves after each page. When that
-server stops or dies, another (or the same one restarted) takes the operation
-over once it has been quiet for ``QUIET`` seconds and resumes from the last
-page saved. A job the lost server moved after its last save is not moved twice
-(its state no longer matches the page it is read from), but it is missing from
-``applied``: the counts may fall short by a page after a takeover, and the
-timeline shows every move. Finished operations are forgotten after ``KEPT_FOR``.
+their progress, which the running server saves after each page and at least
+every ``SAVE_EVERY`` seconds. When that server stops or dies, another (or the
+same one restarted) takes the operation over once it has been quiet for
+``QUIET`` seconds and resumes from the last job saved. A job the lost server
+moved after its last save is not moved twice (its state no longer matches the
+page it is read from), but it is missing from ``applied``: the counts may fall
+short by what ``SAVE_EVERY`` seconds moved, and the timeline shows every move.
+Finished operations are forgotten after ``KEPT_FOR``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -52,6 +54,9 @@ QUIET = 60.0
 before another server takes it over (a page takes well under a second)."""
 KEPT_FOR = 30 * 86_400.0
 """Seconds a finished operation is kept after it was asked for (30 days)."""
+SAVE_EVERY = 10.0
+"""Seconds at most between two saves of progress, within a page too, so that a
+slow page never looks quiet to the other servers (``QUIET``)."""
 PASSING = (DatabaseUnavailable, DatabaseTimeout, TransactionConflict)
 """Errors that stop an operation for now: it resumes when taken over."""
 
@@ -152,8 +157,8 @@ def _shape(record: BulkRecord) -> BulkShape:
 
 class BulkRunner:
     """Runs the bulk operations of one server process, each on a thread of its
-    own, saving progress after each page; takes over those another server left
-    unfinished."""
+    own, saving progress after each page (and every ``SAVE_EVERY`` seconds);
+    takes over those another server left unfinished."""
 
     def __init__(self, app: App) -> None:
         self.app = app
@@ -203,6 +208,7 @@ class BulkRunner:
         if progress.state is not None:
             states = states[states.index(progress.state) :]
         apply = getattr(self.app, shape.verb)
+        saved_at = time.monotonic()
         try:
             for state in states:
                 if progress.state != state:
@@ -211,18 +217,22 @@ class BulkRunner:
                     page = self.app.jobs(
                         state, shape.filter.queue, shape.filter.name, PAGE, progress.before
                     )
-                    for job in page:
+                    for job in page:  # newest first: each job is where the next read starts
                         try:
                             apply(job.id, spec.actor, reason=spec.reason)
                             progress.applied += 1
                         except (InvalidTransition, JobNotFound):
                             progress.refused += 1
-                    if page:
-                        progress.before = page[-1].id
+                        progress.before = job.id
+                        if time.monotonic() - saved_at > SAVE_EVERY:
+                            if not self._save(record, progress):
+                                return
+                            saved_at = time.monotonic()
                     if len(page) < PAGE:
                         break
                     if not self._save(record, progress):
                         return
+                    saved_at = time.monotonic()
         except PASSING:
             raise
         except Exception as exc:  # not a passing outage: it would fail again; it ends here
@@ -284,7 +294,7 @@ def bulk(
 def bulk_progress(
     request: Request, operation_id: str, who: Annotated[Principal, Depends(needs("read"))]
 ) -> BulkShape:
-    """An operation's counts as last saved (after each page), ``done`` once it
+    """An operation's counts as last saved (after each page, and every 10 s), ``done`` once it
     has gone through every page."""
     record = web_state(request).app.engine.store.bulk(operation_id)
     if record is None:

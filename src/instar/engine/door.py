@@ -115,6 +115,7 @@ class Engine:
         """One store transaction; listeners are told once it has committed."""
         now = self.clock.now()
         with self.store.transaction(now, connection, pipeline=pipeline) as tx:
+            tx.observed = bool(self._observers)
             yield tx
             wakes = set(tx.wakes())
         if connection is None:  # the caller's transaction has not committed yet

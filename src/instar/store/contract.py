@@ -388,9 +388,14 @@ class Transaction(JobWrites, TimelineWrites, DurableWrites, Protocol):
         """What this transaction will tell listeners once it commits."""
         ...
 
+    observed: bool
+    """Set by the engine when someone listens to its moves: only then does the
+    transaction keep the ids of the jobs it moved (``moved``), so that the hot
+    path (claims, completions) does that work only when it is wanted."""
+
     def moved(self) -> set[int]:
-        """The jobs this transaction moved (created ones included): their moves'
-        events are written at its ``now``."""
+        """The jobs this transaction moved (created ones included), when
+        ``observed``: their moves' events are written at its ``now``."""
         ...
 
 

@@ -599,6 +599,7 @@ class SQLTransaction:
         self.now = now
         self._wakes: set[Wake] = set()
         self._moved: set[int] = set()
+        self.observed = False  # the engine says so when someone listens to its moves
 
     def wakes(self) -> set[Wake]:
         return self._wakes
@@ -610,7 +611,8 @@ class SQLTransaction:
         self._wakes.add(Wake.EVENTS)
         if ready:
             self._wakes.add(Wake.READY)
-        self._moved.update(moved)
+        if self.observed:
+            self._moved.update(moved)
 
     # -- jobs ----------------------------------------------------------------------------
 
@@ -667,7 +669,8 @@ class SQLTransaction:
             if len(winners) < len(round_) and any(m.guard_token for m in round_):
                 conn.execute(self.Q["insert_refusals"], params)
             taken = set(winners)
-            self._moved.update(taken)
+            if self.observed:
+                self._moved.update(taken)
             for move in round_:
                 won[index[id(move)]] = move.job_id in taken
         ready = any(ok and m.to_state is State.READY for m, ok in zip(moves, won, strict=True))

@@ -245,6 +245,17 @@ def test_bad_requests_get_a_problem_and_change_nothing(server: Server) -> None:
         assert client.get("/jobs").json()["jobs"] == []
 
 
+def test_a_bad_job_id_is_refused_with_its_location_but_only_after_the_token(
+    server: Server,
+) -> None:
+    _problem(httpx.get(server.api("/jobs/abc")), 401, "unauthorized")
+    with server.client(server.token("id-reader", "read")) as client:
+        for bad in ("abc", "0", "-3", "1.5", str(2**63)):
+            body = _problem(client.get(f"/jobs/{bad}"), 422, "validation_failed")
+            assert body["errors"][0]["location"] == ["path", "job_id"]
+        _problem(client.get("/jobs/424242"), 404, "job_not_found")
+
+
 def test_a_batch_is_enqueued_whole_or_not_at_all(server: Server) -> None:
     with server.client(server.admin) as client:
         good = [{"name": "hello", "args": {"name": str(n)}} for n in range(3)]

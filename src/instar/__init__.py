@@ -28,6 +28,7 @@ from instar.errors import (
 from instar.lifecycle import State
 from instar.models import Awakeable, Event, Job, Progress, QueueStats
 from instar.registry import JobDefinition
+from instar.registry.flow import Limit, Rate
 from instar.retention import Retention
 from instar.retry import Retry
 from instar.vocabulary import Actor, AwakeableState, DependencyKind, Trigger
@@ -58,9 +59,11 @@ __all__ = [
     "Job",
     "JobDefinition",
     "JobNotFound",
+    "Limit",
     "PayloadError",
     "Progress",
     "QueueStats",
+    "Rate",
     "Retention",
     "Retry",
     "SignalAlreadySettled",

@@ -27,11 +27,11 @@ from typing import Any, overload
 from instar.clock import Clock, DatabaseClock
 from instar.engine import Engine, Operator, Reader
 from instar.engine.feed import EventFeed
-from instar.errors import InvalidOption
+from instar.errors import ConfigurationError, InvalidOption
 from instar.lifecycle import JOBS, State, is_terminal
 from instar.listeners import Listener, Listeners, Subscription
 from instar.maintenance.pruning import PruneReport, prune_all
-from instar.models import Awakeable, Event, Job, QueueStats
+from instar.models import Awakeable, Event, FlowLimitInfo, Job, QueueStats
 from instar.payload import DEFAULT_MAX_BYTES, encode
 from instar.periodic import CatchUp, Schedule, ScheduleInfo, slot_time, takes_slot
 from instar.registry import (
@@ -42,7 +42,8 @@ from instar.registry import (
     new_jobs,
     start_time,
 )
-from instar.registry.limits import check_id, check_instant, check_limit
+from instar.registry.flow import Limit, Rate, concurrency_limit
+from instar.registry.limits import check_id, check_instant, check_limit, check_name
 from instar.retention import MAX_RETENTION, Period, Retention
 from instar.retry import Retry
 from instar.store import DEFAULT_DATABASE, open_store
@@ -221,6 +222,8 @@ class App:
         priority: int = 0,
         pause_timeout: float = 86400.0,
         service: bool = False,
+        concurrency: Limit | int | None = None,
+        rate: Rate | None = None,
     ) -> Callable[[Callable[..., Any]], BoundJob]: ...
 
     def job(
@@ -236,10 +239,24 @@ class App:
         priority: int = 0,
         pause_timeout: float = 86400.0,
         service: bool = False,
+        concurrency: Limit | int | None = None,
+        rate: Rate | None = None,
     ) -> BoundJob | Callable[[Callable[..., Any]], BoundJob]:
-        """Register a handler: ``@app.job`` or ``@app.job(queue=..., retry=...)``."""
+        """Register a handler: ``@app.job`` or ``@app.job(queue=..., retry=...)``.
+        ``concurrency`` (a ``Limit``, or an int: at most that many of these jobs
+        run at once) and ``rate`` (a ``Rate``) are its flow control
+        (``instar.registry.flow``). ``ConfigurationError`` for an option out of range or
+        a limit key naming no parameter of the handler."""
         options = JobOptions(
-            queue, lease, timeout, retry or Retry(), priority, pause_timeout, service
+            queue,
+            lease,
+            timeout,
+            retry or Retry(),
+            priority,
+            pause_timeout,
+            service,
+            concurrency=concurrency_limit(concurrency),
+            rate=rate,
         )
 
         def register(handler: Callable[..., Any]) -> BoundJob:
@@ -260,6 +277,26 @@ class App:
         bound = BoundJob(self, JobDefinition(runs, job_name, options))
         self.registry.add(bound)
         return bound
+
+    def queue(
+        self, name: str, *, concurrency: Limit | int | None = None, rate: Rate | None = None
+    ) -> None:
+        """Declare the flow control of queue ``name`` for the workers of this
+        App: at most ``concurrency`` of its jobs running at once, and at most
+        ``rate.count`` starts per ``rate.per`` seconds, across every worker that
+        runs this code (``instar.registry.flow``). A queue limit has no key: a ``Limit``
+        or ``Rate`` with one is refused (``ConfigurationError``), as is a queue
+        declared twice."""
+        check_name(name, "queue", for_code=True)
+        limit = concurrency_limit(concurrency)
+        if (limit is not None and limit.key is not None) or (rate is not None and rate.key):
+            raise ConfigurationError(
+                f"queue {name!r}: a queue's limits count the whole queue; give a key "
+                "on a job's limit instead (@app.job(concurrency=Limit(key=...)))"
+            )
+        if name in self.registry.queue_limits:
+            raise ConfigurationError(f"queue {name!r} is declared already")
+        self.registry.queue_limits[name] = (limit, rate)
 
     def periodic(
         self,
@@ -593,6 +630,11 @@ class App:
     def queues(self) -> list[QueueStats]:
         """Every queue with its counts by state, and whether it is paused."""
         return self.reader.queues()
+
+    def limits(self) -> list[FlowLimitInfo]:
+        """Every limit workers declared (``instar.registry.flow``): on a queue or a job,
+        with how many of its jobs run and how many wait."""
+        return self.reader.flow_limits()
 
     def awakeables(self, job_id: int) -> list[Awakeable]:
         return self.reader.awakeables(job_id)

@@ -103,6 +103,26 @@ class QueueStats:
 
 
 @dataclass(frozen=True, slots=True)
+class FlowLimitInfo:
+    """One limit as workers declared it (``instar.registry.flow``): on a queue or on a
+    job name (``kind``: "queue" or "job"), its concurrency and the key it
+    counts by, its rate (``rate_count`` starts per ``rate_per`` seconds) and
+    the key it spaces by; with, when read back, how many of its jobs run
+    (leased) and wait (ready), and when (epoch seconds) a worker last declared it."""
+
+    kind: str
+    name: str
+    concurrency: int | None
+    key: str | None
+    rate_count: int | None
+    rate_per: float | None
+    rate_key: str | None
+    running: int = 0
+    waiting: int = 0
+    seen_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class ApiToken:
     """A bearer token of the HTTP API as stored: its name (the actor of what it
     does), a SHA-256 digest of the secret (the secret itself is never kept), its

@@ -495,3 +495,25 @@ def test_periodic_lists_schedules_pauses_one_and_reports_one_gone_from_the_code(
     assert "no periodic job named 'weekly'" in unknown.stderr
     resumed = instar("resume-periodic", "reports.hourly", *app, database=db)
     assert "resumed" in resumed.stdout
+
+
+def test_queues_lists_each_limit_the_workers_run_with_and_what_runs_and_waits(db: str) -> None:
+    assert instar("migrate", database=db).returncode == 0
+    for user in (1, 1, 2):
+        made = instar(
+            "enqueue", "per_user", "--app", "tests.flow_app:app",
+            "--args", json.dumps({"user": user}), database=db,
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr
+    ran = instar("worker", "--app", "tests.flow_app:app", "--burst", database=db)
+    assert ran.returncode == 0, ran.stderr
+    shown = instar("queues", database=db)
+    assert shown.returncode == 0, shown.stderr
+    lines = {
+        line.split()[1]: line.split()
+        for line in shown.stdout.splitlines()
+        if "limit" not in line and line.startswith(("job ", "queue "))
+    }
+    assert lines["per_user"][2:] == ["1", "per", "user:{user}", "0", "0"]
+    assert lines["paced"][2:] == ["10", "per", "1", "s", "0", "0"]
+    assert lines["single"][2:] == ["1", "0", "0"]

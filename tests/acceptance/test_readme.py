@@ -46,7 +46,7 @@ def python_blocks() -> dict[str, str]:
 BLOCKS = python_blocks()
 RUN_HERE = {"A first job", "Durable execution", "Following what happens",
             "PostgreSQL: many workers on many machines", "Retention", "Periodic jobs",
-            "Listening to transitions"}  # fmt: skip
+            "Listening to transitions", "Flow control"}  # fmt: skip
 RUN_ELSEWHERE = {"HTTP API"}  # against a server: tests/web/test_client.py
 
 
@@ -105,6 +105,25 @@ def test_the_retention_example_sets_what_each_job_keeps(
     assert retention.keep_for("any", "audit", instar.State.COMPLETED) == 365 * day
     assert retention.keep_for("reports.nightly", "audit", instar.State.FAILED) == 90 * day
     assert retention.keep_for("any", "default", instar.State.RUNNING) is None
+
+
+def test_the_flow_control_example_runs_one_sync_per_user_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    done = run(BLOCKS["Flow control"], {})
+    app: instar.App = done["app"]
+    with app:
+        jobs = [app.enqueue("sync_account", {"user_id": n % 2}) for n in range(4)]
+        report = app.run_worker(burst=True, concurrency=4)
+        assert report.completed == 4
+        assert [app.get(j.id).result for j in jobs] == [f"synced {n % 2}" for n in range(4)]
+        limits = {(limit.kind, limit.name) for limit in app.limits()}
+        assert limits == {
+            ("queue", "emails"),
+            ("job", "readme.sync_account"),
+            ("job", "readme.crawl"),
+        }
 
 
 def test_the_periodic_example_enqueues_the_slot_and_its_handler_gets_it(

@@ -24,12 +24,14 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @contextmanager
-def worker_process(database: str, log: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
-    """``instar worker`` as a real subprocess, stopped (or killed) at the end;
-    yields once the worker says it has started. Its log goes to a file beside
-    ``log`` (a pipe nobody reads could fill up and stall it)."""
+def worker_process(
+    database: str, log: Path, *args: str, app: str = "tests.jobs_app:app"
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``instar worker`` of ``app`` as a real subprocess, stopped (or killed) at
+    the end; yields once the worker says it has started. Its log goes to a file
+    beside ``log`` (a pipe nobody reads could fill up and stall it)."""
     env = {**os.environ, "INSTAR_TEST_LOG": str(log)}
-    command = [sys.executable, "-m", "instar.cli.main", "worker", "--app", "tests.jobs_app:app"]
+    command = [sys.executable, "-m", "instar.cli.main", "worker", "--app", app]
     err_path = log.with_name(f"{log.name}.{uuid.uuid4().hex[:6]}.err")
     with err_path.open("wb") as err:
         proc = subprocess.Popen(

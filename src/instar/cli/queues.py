@@ -17,7 +17,7 @@ from instar.cli.common import (
 from instar.display import state_text
 from instar.errors import InvalidOption
 from instar.lifecycle import State
-from instar.models import QueueStats
+from instar.models import FlowLimitInfo, QueueStats
 from instar.registry.limits import check_name
 from instar.schemas import QueueShape
 
@@ -27,15 +27,21 @@ from instar.schemas import QueueShape
 @json_option
 @reports_errors
 def queues(database: str | None, as_json: bool) -> None:
-    """Every queue: counts by state, and whether it is paused."""
+    """Every queue: counts by state, and whether it is paused; then each limit
+    the workers run with, and how many of its jobs run and wait."""
     with opened_app(database, read_only=True) as app:
         stats = app.queues()
+        limits = app.limits()
     if as_json:
         print_json([QueueShape.of(q, app.clock.now()).as_json() for q in stats])
-    elif stats:
+        return
+    if stats:
         out.print(_queues_table(stats))
     else:
         out.print("no queues yet: no job has been enqueued")
+    if limits:
+        out.print()
+        out.print(_limits_table(limits))
 
 
 new_option = click.option(
@@ -113,5 +119,31 @@ def _queues_table(stats: list[QueueStats]) -> Table:
     for q in stats:
         table.add_row(
             q.queue, "yes" if q.paused else "", *(str(q.counts.get(state, 0)) for state in states)
+        )
+    return table
+
+
+def _limits_table(limits: list[FlowLimitInfo]) -> Table:
+    """One row per declared limit: what it applies to, its bound, and its jobs
+    running (leased) and waiting (ready)."""
+    table = Table(
+        "limit on", "concurrency", "rate", "running", "waiting",
+        box=None, pad_edge=False, header_style="bold",
+    )  # fmt: skip
+    for limit in limits:
+        concurrency = "" if limit.concurrency is None else str(limit.concurrency)
+        if limit.concurrency is not None and limit.key:
+            concurrency += f" per {limit.key}"
+        rate = ""
+        if limit.rate_count is not None and limit.rate_per is not None:
+            rate = f"{limit.rate_count} per {limit.rate_per:g} s"
+            if limit.rate_key:
+                rate += f" per {limit.rate_key}"
+        table.add_row(
+            f"{limit.kind} {limit.name}",
+            concurrency,
+            rate,
+            str(limit.running),
+            str(limit.waiting),
         )
     return table

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from instar.errors import AwakeableNotFound, JobNotFound
 from instar.lifecycle import State
-from instar.models import Awakeable, Event, Job, QueueStats
+from instar.models import Awakeable, Event, FlowLimitInfo, Job, QueueStats
 from instar.store.contract import (
     EventFilter,
     JobFilter,
@@ -60,6 +60,12 @@ class Reader:
 
     def queues(self) -> list[QueueStats]:
         return self._store.queue_stats()
+
+    def flow_limits(self) -> list[FlowLimitInfo]:
+        return self._store.flow_limits()
+
+    def next_rate_start(self, now: float) -> float | None:
+        return self._store.next_rate_start(now)
 
     def awakeable(self, awakeable_id: str) -> Awakeable:
         """The awakeable; ``AwakeableNotFound`` if no awakeable has this id."""

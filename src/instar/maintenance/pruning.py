@@ -108,6 +108,9 @@ class Pruning:
             self.engine, self.retention, cursor, self.settings.window, keep_cursor=True
         )
         went_round = step.next_cursor == 0
+        if went_round:
+            # Rates whose next start has passed hold nothing back: their rows go too.
+            self.engine.store.forget_rates(now, self.settings.window)
         self._next_at = now + self.settings.interval if went_round else now
         return 0
 

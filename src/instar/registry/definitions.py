@@ -13,17 +13,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from instar.errors import ConfigurationError, InvalidOption, PayloadError, UnknownJob
+from instar.models import FlowLimitInfo
 from instar.periodic import Schedule
 from instar.registry.arguments import ArgumentTypes, argument_types
+from instar.registry.flow import Limit, Rate, fill_key
 from instar.registry.limits import MAX_NAME_BYTES, check_name, check_priority
 from instar.retry import Retry
+from instar.store.contract import FlowLimits
 
 
 @dataclass(frozen=True)
 class JobOptions:
     """How jobs of one definition run. ``lease`` and ``timeout`` are seconds;
     ``pause_timeout`` is how long a paused job waits for a person (24 h);
-    ``schedule``: when maintenance enqueues one, for a periodic job."""
+    ``schedule``: when maintenance enqueues one, for a periodic job;
+    ``concurrency`` and ``rate``: the job's flow control (``instar.registry.flow``)."""
 
     queue: str = "default"
     lease: float = 30.0
@@ -33,6 +37,8 @@ class JobOptions:
     pause_timeout: float = 86400.0
     service: bool = False
     schedule: Schedule | None = None
+    concurrency: Limit | None = None
+    rate: Rate | None = None
 
     def __post_init__(self) -> None:
         """Raises ``ConfigurationError`` for a queue name, priority or duration outside
@@ -78,6 +84,18 @@ class JobDefinition:
         self._arg_signature = self._signature.replace(
             parameters=params[1:] if self.takes_context else params
         )
+        for limit in (options.concurrency, options.rate):
+            if limit is None:
+                continue
+            takes_any = any(
+                p.kind is p.VAR_KEYWORD for p in self._arg_signature.parameters.values()
+            )
+            missing = [f for f in limit.fields if f not in self._arg_signature.parameters]
+            if missing and not takes_any:
+                raise ConfigurationError(
+                    f"job {self.name!r}: its limit key {limit.key!r} names {missing[0]!r}, "
+                    f"which is not a parameter of {self.name}{self._arg_signature}"
+                )
         self._accepted_names: set[frozenset[str]] = set()
         self._types: ArgumentTypes | None = None
         self._types_built = False
@@ -88,6 +106,20 @@ class JobDefinition:
 
     def __repr__(self) -> str:
         return f"<JobDefinition {self.name} queue={self.options.queue}>"
+
+    def flow_keys(self, args: Mapping[str, Any]) -> tuple[str | None, str | None]:
+        """The (concurrency key, rate key) of a job with these arguments: its
+        limits' key templates filled in, or its name where a limit has no key;
+        None where it has no such limit. ``PayloadError`` (``fill_key``)."""
+        keys: list[str | None] = []
+        for limit in (self.options.concurrency, self.options.rate):
+            if limit is None:
+                keys.append(None)
+            elif limit.key is None:
+                keys.append(self.name)
+            else:
+                keys.append(fill_key(limit.key, limit.fields, args, self.name))
+        return keys[0], keys[1]
 
     def check_arguments(self, args: Mapping[str, Any]) -> None:
         """Refuse arguments the handler could never accept, before anything is
@@ -141,6 +173,8 @@ class Registry(Mapping[str, JobDefinition]):
 
     def __init__(self) -> None:
         self._by_name: dict[str, JobDefinition] = {}
+        self.queue_limits: dict[str, tuple[Limit | None, Rate | None]] = {}
+        """Flow control of queues, by queue name (``App.queue``)."""
 
     def __getitem__(self, name: str) -> JobDefinition:
         return self._by_name[name]
@@ -159,9 +193,49 @@ class Registry(Mapping[str, JobDefinition]):
 
     def update(self, definitions: Mapping[str, JobDefinition]) -> None:
         """Register every definition of another registry (a worker that serves
-        handlers registered on another App)."""
+        handlers registered on another App), and its queues' limits."""
         for definition in definitions.values():
             self.add(definition)
+        if isinstance(definitions, Registry):
+            self.queue_limits.update(definitions.queue_limits)
+
+    def declared_limits(self) -> list[FlowLimitInfo]:
+        """The limits of these definitions and queues, as ``instar queues`` shows them."""
+        found = []
+        for name, definition in self._by_name.items():
+            limit, rate = definition.options.concurrency, definition.options.rate
+            if limit is not None or rate is not None:
+                found.append(_info("job", name, limit, rate))
+        for queue, (limit, rate) in self.queue_limits.items():
+            found.append(_info("queue", queue, limit, rate))
+        return found
+
+    def flow_limits(self) -> FlowLimits | None:
+        """The limits a worker of these definitions enforces when it claims, or
+        None when there are none."""
+        jobs: dict[str, tuple[int | None, float | None]] = {}
+        locks: set[str] = set()
+        for definition in self._by_name.values():
+            limit, rate = definition.options.concurrency, definition.options.rate
+            if limit is None and rate is None:
+                continue
+            jobs[definition.name] = (
+                None if limit is None else limit.max,
+                None if rate is None else rate.interval,
+            )
+            if limit is not None:
+                locks.add(f"key:{limit.key or definition.name}")
+            if rate is not None:
+                locks.add(f"rate:{rate.key or definition.name}")
+        queues = {
+            queue: (None if limit is None else limit.max, None if rate is None else rate.interval)
+            for queue, (limit, rate) in self.queue_limits.items()
+            if limit is not None or rate is not None
+        }
+        locks.update(f"queue:{queue}" for queue in queues)
+        if not jobs and not queues:
+            return None
+        return FlowLimits(jobs, queues, tuple(sorted(locks)))
 
     def find(self, job: JobDefinition | str) -> JobDefinition:
         """A definition by its full name, or by its function's name when that is
@@ -179,3 +253,15 @@ class Registry(Mapping[str, JobDefinition]):
         if len(job.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
             raise UnknownJob(job[:40] + "…", list(self._by_name))
         raise UnknownJob(job, list(self._by_name))
+
+
+def _info(kind: str, name: str, limit: Limit | None, rate: Rate | None) -> FlowLimitInfo:
+    return FlowLimitInfo(
+        kind,
+        name,
+        None if limit is None else limit.max,
+        None if limit is None else limit.key,
+        None if rate is None else rate.count,
+        None if rate is None else rate.per,
+        None if rate is None else rate.key,
+    )

@@ -95,6 +95,7 @@ def new_jobs(
         args_dict = dict(args)
         args_json = encode(args_dict, what=what, max_bytes=max_payload_bytes)
         definition.check_types(args_dict)
+        limit_key, rate_key = definition.flow_keys(args_dict)
         specs.append(
             NewJob(
                 name=definition.name,
@@ -110,6 +111,8 @@ def new_jobs(
                 pause_timeout=options.pause_timeout,
                 after=placement.after,
                 parent_id=placement.parent_id,
+                limit_key=limit_key,
+                rate_key=rate_key,
             )
         )
     return specs

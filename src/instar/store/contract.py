@@ -20,7 +20,8 @@ Treat them as read-only all the same.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -31,6 +32,7 @@ from instar.models import (
     Awakeable,
     BulkRecord,
     Event,
+    FlowLimitInfo,
     Job,
     QueueStats,
     ScheduleRecord,
@@ -56,6 +58,10 @@ class NewJob:
     pause_timeout: float = 86400.0
     after: tuple[int, ...] = ()
     parent_id: int | None = None
+    limit_key: str | None = None
+    """The key its concurrency limit counts by (``instar.registry.flow``), if it has one."""
+    rate_key: str | None = None
+    """The key its rate limit spaces starts by, if it has one."""
 
 
 @dataclass(slots=True)
@@ -136,6 +142,42 @@ class ClaimRequest:
     limit: int
     queues: Sequence[str] | None
     names: Sequence[str] | None = None
+    limits: FlowLimits | None = None
+    """The flow control the claim enforces (None: none)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FlowLimits:
+    """The limits a claim enforces, by job name and by queue: for each, the
+    concurrency ``max`` (or None) and the seconds between starts (or None).
+    ``locks``: what a claim under these limits serialises on, where the
+    database takes claims side by side (one lock per queue limit and per key
+    template: unrelated queues and kinds never wait on each other)."""
+
+    jobs: Mapping[str, tuple[int | None, float | None]]
+    queues: Mapping[str, tuple[int | None, float | None]]
+    locks: tuple[str, ...]
+
+    def as_json(self) -> tuple[str, str]:
+        """(jobs, queues) as JSON objects of ``{"max": .., "interval": ..}``, for SQL."""
+
+        def encoded(limits: Mapping[str, tuple[int | None, float | None]]) -> str:
+            return json.dumps(
+                {name: {"max": most, "interval": every} for name, (most, every) in limits.items()}
+            )
+
+        return encoded(self.jobs), encoded(self.queues)
+
+    @property
+    def fastest_interval(self) -> float | None:
+        """The shortest time between two starts any rate here allows."""
+        every = [i for _, i in (*self.jobs.values(), *self.queues.values()) if i is not None]
+        return min(every) if every else None
+
+
+SCAN_FACTOR = 4
+"""Ready jobs a claim under flow control reads per job it may take: room to pass over
+jobs of a key or queue that reached its limit within the same batch."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -524,7 +566,40 @@ class WorkerReads(Protocol):
         ...
 
 
-class Store(JobReads, TimelineReads, DurableReads, SweepReads, WorkerReads, Leadership, Protocol):
+class FlowControl(Protocol):
+    def declare_flow_limits(
+        self, limits: Sequence[FlowLimitInfo], names: Sequence[str], now: float
+    ) -> None:
+        """Record the limits a worker runs with, replacing what was recorded for
+        these queues and these job ``names`` (a job name no longer limited loses
+        its row)."""
+        ...
+
+    def flow_limits(self) -> list[FlowLimitInfo]:
+        """Every declared limit, with how many of its jobs run and wait."""
+        ...
+
+    def next_rate_start(self, now: float) -> float | None:
+        """The earliest time after ``now`` (epoch seconds) at which a rate that
+        holds jobs back may start one, or None."""
+        ...
+
+    def forget_rates(self, before: float, limit: int) -> int:
+        """Delete at most ``limit`` rate rows whose next start is before
+        ``before`` (they say nothing more than no row); how many went."""
+        ...
+
+
+class Store(
+    JobReads,
+    TimelineReads,
+    DurableReads,
+    SweepReads,
+    WorkerReads,
+    Leadership,
+    FlowControl,
+    Protocol,
+):
     """A durable home for jobs and their timelines."""
 
     supports_listen: bool

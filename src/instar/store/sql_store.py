@@ -23,6 +23,7 @@ from instar.models import (
     Awakeable,
     BulkRecord,
     Event,
+    FlowLimitInfo,
     Job,
     QueueStats,
     ScheduleRecord,
@@ -103,7 +104,7 @@ class SQLStore(ABC):
         """The ``enqueued`` event of each of these new jobs, in one statement."""
         if ids:
             params = {
-                "ids": self._id_list(ids),
+                "ids": self._sql_list(ids),
                 "now": now,
                 "actor": actor,
                 "trigger": Trigger.ENQUEUED.value,
@@ -111,8 +112,8 @@ class SQLStore(ABC):
             conn.execute(self.Q["insert_enqueued_events"], params)
 
     @abstractmethod
-    def _id_list(self, ids: Sequence[int]) -> Any:
-        """A list of ids as the backend's SQL takes it (a JSON text, an array)."""
+    def _sql_list(self, ids: Sequence[int] | Sequence[str]) -> Any:
+        """A list of ids or names as the backend's SQL takes it (a JSON text, an array)."""
 
     @abstractmethod
     def _before_commit(self, conn: Any, wakes: set[Wake]) -> None:
@@ -224,7 +225,7 @@ class SQLStore(ABC):
             return events_from(conn.execute(self.Q["events_of_job"], params))
 
     def moves_at(self, job_ids: Sequence[int], at: float) -> list[Event]:
-        params = {"ids": self._id_list(job_ids), "at": at}
+        params = {"ids": self._sql_list(job_ids), "at": at}
         with self._read() as conn:
             return events_from(conn.execute(self.Q["moves_at"], params))
 
@@ -282,6 +283,43 @@ class SQLStore(ABC):
 
     def expired_leases(self, now: float, limit: int) -> list[Job]:
         return self._sweep("expired_leases", {"now": now, "limit": limit})
+
+    # -- flow control ----------------------------------------------------------------------
+
+    def declare_flow_limits(
+        self, limits: Sequence[FlowLimitInfo], names: Sequence[str], now: float
+    ) -> None:
+        queues = [limit.name for limit in limits if limit.kind == "queue"]
+        with self._write() as conn:
+            params = {"queues": self._sql_list(queues), "names": self._sql_list(names)}
+            conn.execute(self.Q["forget_declared_limits"], params)
+            for limit in limits:
+                row = {
+                    "kind": limit.kind,
+                    "name": limit.name,
+                    "concurrency": limit.concurrency,
+                    "key": limit.key,
+                    "rate_count": limit.rate_count,
+                    "rate_per": limit.rate_per,
+                    "rate_key": limit.rate_key,
+                    "now": now,
+                }
+                conn.execute(self.Q["declare_limit"], row)
+
+    def flow_limits(self) -> list[FlowLimitInfo]:
+        with self._read() as conn:
+            rows = conn.execute(self.Q["flow_limits"]).fetchall()
+        return [FlowLimitInfo(*row) for row in rows]
+
+    def next_rate_start(self, now: float) -> float | None:
+        with self._read() as conn:
+            row = conn.execute(self.Q["next_rate_start"], {"now": now}).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def forget_rates(self, before: float, limit: int) -> int:
+        with self._write() as conn:
+            params = {"before": before, "limit": limit}
+            return int(conn.execute(self.Q["forget_rates"], params).rowcount)
 
     def claimed_by(self, worker: str) -> list[Job]:
         return self._sweep("claimed_by", {"worker": worker})
@@ -399,7 +437,7 @@ class SQLStore(ABC):
                 params = {**self._pairs(due), "rolled_up_to": rolled_up_to}
                 rows = conn.execute(self.Q["prune_jobs"], params).fetchall()
                 if rows:
-                    ids = self._id_list([int(row[0]) for row in rows])
+                    ids = self._sql_list([int(row[0]) for row in rows])
                     events = conn.execute(self.Q["prune_events"], (ids,)).fetchall()
                     through = max([int(through), *(int(e[0]) for e in events)])
                     for query in ("prune_steps", "prune_awakeables", "prune_edges"):
@@ -638,7 +676,7 @@ class SQLTransaction:
             self._job_by_key(job.key) if job_id is None else job_id
             for job_id, job in zip(ids, jobs, strict=True)
         ]
-        found = jobs_from(conn.execute(self.Q["jobs_in"], (self.store._id_list(existing),)))
+        found = jobs_from(conn.execute(self.Q["jobs_in"], (self.store._sql_list(existing),)))
         by_id = {job.id: job for job in found}
         return [by_id[i] for i in existing]
 
@@ -663,7 +701,7 @@ class SQLTransaction:
             rows = conn.execute(self.Q["move_batch"], params).fetchall()
             winners = [row[0] for row in rows]
             awaited.update(row[0] for row in rows if row[1])
-            params["won"] = self.store._id_list(winners)
+            params["won"] = self.store._sql_list(winners)
             if winners:
                 conn.execute(self.Q["insert_move_events"], params)
             if len(winners) < len(round_) and any(m.guard_token for m in round_):
@@ -684,12 +722,17 @@ class SQLTransaction:
         claimed = sorted(rows, key=lambda j: (-j.priority, j.id))
         if claimed:
             params = {
-                "ids": self.store._id_list([j.id for j in claimed]),
+                "ids": self.store._sql_list([j.id for j in claimed]),
                 "now": self.now,
                 "trigger": Trigger.CLAIMED.value,
             }
             self.conn.execute(self.Q["insert_claim_events"], params)
             self._appended(moved=(j.id for j in claimed))
+            if request.limits is not None and request.limits.fastest_interval is not None:
+                jobs, queues = request.limits.as_json()
+                rates = {"jobs": jobs, "queues": queues, "now": self.now}
+                rates["ids"] = self.store._sql_list([j.id for j in claimed])
+                self.conn.execute(self.Q["advance_rates"], rates)
         return claimed
 
     def raise_request(
@@ -708,13 +751,13 @@ class SQLTransaction:
         self.conn.execute(self.Q["worker_seen"], {"id": worker, "now": self.now})
         if not job_ids:
             return []
-        params = {"worker": worker, "now": self.now, "ids": self.store._id_list(job_ids)}
+        params = {"worker": worker, "now": self.now, "ids": self.store._sql_list(job_ids)}
         return [held_from(row) for row in self.conn.execute(self.Q["heartbeat"], params)]
 
     def recheck(self, worker: str, job_ids: Sequence[int]) -> list[Recheck]:
         if not job_ids:
             return []
-        params = {"worker": worker, "ids": self.store._id_list(job_ids)}
+        params = {"worker": worker, "ids": self.store._sql_list(job_ids)}
         return [
             Recheck(row[0], bool(row[1]), bool(row[2]), bool(row[3]), bool(row[4]))
             for row in self.conn.execute(self.Q["recheck"], params)
@@ -744,7 +787,7 @@ class SQLTransaction:
         return found[0] if found else None
 
     def waiting_on(self, job_ids: Sequence[int]) -> list[Job]:
-        return jobs_from(self.conn.execute(self.Q["waiting_on"], (self.store._id_list(job_ids),)))
+        return jobs_from(self.conn.execute(self.Q["waiting_on"], (self.store._sql_list(job_ids),)))
 
     def awaited(self, job_id: int, kind: DependencyKind, *, share_lock: bool = False) -> list[Job]:
         query = "awaited_locked" if share_lock else "dependencies_of"
@@ -837,5 +880,5 @@ class SQLTransaction:
     def remove_dependencies(self, job_ids: Sequence[int], kind: DependencyKind) -> None:
         if job_ids:
             self.conn.execute(
-                self.Q["remove_dependencies"], (self.store._id_list(job_ids), kind.value)
+                self.Q["remove_dependencies"], (self.store._sql_list(job_ids), kind.value)
             )

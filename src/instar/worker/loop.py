@@ -61,7 +61,7 @@ from instar.lifecycle import State
 from instar.maintenance.runner import Maintenance
 from instar.models import Job
 from instar.payload import DEFAULT_MAX_BYTES
-from instar.registry import JobDefinition
+from instar.registry import JobDefinition, Registry
 from instar.retention import Retention
 from instar.retry import Retry
 from instar.store.contract import ClaimRequest, Held, Move, Note, Recheck, WorkerInfo
@@ -193,6 +193,7 @@ class Worker:
         )
         self._job_log = JobLog(self.id)
         self._heartbeat = Heartbeat(engine, self._info(), self._held, self._heard)
+        self._limits = registry.flow_limits() if isinstance(registry, Registry) else None
 
     # -- the loop -------------------------------------------------------------
 
@@ -203,6 +204,8 @@ class Worker:
         unsubscribe = self.engine.subscribe(self._wake_threadsafe)
         self._install_signal_handlers()
         await self._call(self._heartbeat.start)
+        if isinstance(self.registry, Registry):
+            await self._call(self._declare_limits, self.registry)
         maintenance = asyncio.create_task(self._maintenance_loop())
         marker = await self._call(self.engine.read.change_marker)
         shutdown_deadline: float | None = None
@@ -255,9 +258,10 @@ class Worker:
                         quiet_passes = 0
                     else:
                         quiet_passes += 1
-                        if quiet_passes > 1:
+                        if quiet_passes > 1 and await self._next_rate_start() is None:
                             break
-                    continue
+                    if quiet_passes <= 1:
+                        continue
                 marker = await self._idle(marker, free=wanted > 0)
             if not self._abandoned:
                 await self._flush()
@@ -330,7 +334,14 @@ class Worker:
 
     def _claim_request(self, wanted: int) -> ClaimRequest:
         """Up to ``wanted`` jobs (0: only a recheck), of the names this worker runs."""
-        return ClaimRequest(self.id, wanted, self.settings.queues, names=list(self.registry))
+        return ClaimRequest(
+            self.id, wanted, self.settings.queues, names=list(self.registry), limits=self._limits
+        )
+
+    def _declare_limits(self, registry: Registry) -> None:
+        """Record the limits this worker runs with, for ``instar queues``."""
+        now = self.engine.clock.now()
+        self.engine.store.declare_flow_limits(registry.declared_limits(), list(registry), now)
 
     def _free_slots(self) -> int:
         """Slots no handler occupies: a ``def`` handler past its timeout keeps its slot."""
@@ -408,6 +419,11 @@ class Worker:
         the fallback poll (a wake-up that was missed costs at most that long)."""
         assert self._wake is not None
         give_up = time.monotonic() + self.settings.fallback_poll_interval
+        if free:
+            # A job a rate holds back can start at a time no commit announces.
+            next_start = await self._next_rate_start()
+            if next_start is not None:
+                give_up = min(give_up, next_start)
         while not self._wake.is_set():
             if free and time.monotonic() >= give_up:
                 return marker
@@ -422,6 +438,15 @@ class Worker:
                         return latest
         self._wake.clear()
         return marker
+
+    async def _next_rate_start(self) -> float | None:
+        """When (``time.monotonic``) a rate of this worker's jobs may next start
+        one, if a rate holds starts back now; None otherwise."""
+        if self._limits is None or self._limits.fastest_interval is None:
+            return None
+        now = self.engine.clock.now()
+        next_start = await self._call(self.engine.read.next_rate_start, now)
+        return None if next_start is None else time.monotonic() + (next_start - now)
 
     async def _take_up_lost_claims(self) -> bool:
         """A batch that claimed jobs failed, but its commit may have reached the

@@ -31,8 +31,9 @@ VALUES (%(version)s, %(name)s, extract(epoch FROM clock_timestamp()))
 -- name: insert_job
 -- One job, with its key's idempotency; the caller reads the existing job when skipped.
 INSERT INTO jobs (name, queue, state, priority, max_attempts, args, key, run_at,
-                  lease_seconds, pause_timeout, parent_id, created_at, updated_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                  lease_seconds, pause_timeout, parent_id, created_at, updated_at,
+                  limit_key, rate_key)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING
 RETURNING id
 
@@ -41,9 +42,11 @@ RETURNING id
 -- one round trip). No row when the key exists already: nothing is written.
 WITH job AS (
     INSERT INTO jobs (name, queue, state, priority, max_attempts, args, key, run_at,
-                      lease_seconds, pause_timeout, parent_id, created_at, updated_at)
+                      lease_seconds, pause_timeout, parent_id, created_at, updated_at,
+                      limit_key, rate_key)
     VALUES (%(name)s, %(queue)s, %(state)s, %(priority)s, %(max_attempts)s, %(args)s, %(key)s,
-            %(run_at)s, %(lease_seconds)s, %(pause_timeout)s, %(parent_id)s, %(now)s, %(now)s)
+            %(run_at)s, %(lease_seconds)s, %(pause_timeout)s, %(parent_id)s, %(now)s, %(now)s,
+            %(limit_key)s, %(rate_key)s)
     ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING
     RETURNING id, state
 ), event AS (
@@ -60,14 +63,15 @@ WITH input AS (
         %(name)b::text[], %(queue)b::text[], %(state)b::text[], %(priority)b::integer[],
         %(max_attempts)b::integer[], %(args)b::text[], %(run_at)b::double precision[],
         %(lease_seconds)b::double precision[], %(pause_timeout)b::double precision[],
-        %(parent_id)b::bigint[]
+        %(parent_id)b::bigint[], %(limit_key)b::text[], %(rate_key)b::text[]
     ) WITH ORDINALITY AS t(name, queue, state, priority, max_attempts, args, run_at,
-                           lease_seconds, pause_timeout, parent_id, n)
+                           lease_seconds, pause_timeout, parent_id, limit_key, rate_key, n)
 ), inserted AS (
     INSERT INTO jobs (name, queue, state, priority, max_attempts, args, run_at,
-                      lease_seconds, pause_timeout, parent_id, created_at, updated_at)
+                      lease_seconds, pause_timeout, parent_id, created_at, updated_at,
+                      limit_key, rate_key)
     SELECT name, queue, state, priority, max_attempts, args, run_at,
-           lease_seconds, pause_timeout, parent_id, %(now)s, %(now)s
+           lease_seconds, pause_timeout, parent_id, %(now)s, %(now)s, limit_key, rate_key
     FROM input ORDER BY n
     RETURNING id, state
 ), event AS (
@@ -261,6 +265,102 @@ WHERE id = ANY(ARRAY(SELECT id FROM jobs
                      FOR UPDATE SKIP LOCKED))
 RETURNING *
 
+-- name: claim_limited
+-- A claim under flow control (instar.registry.flow), after lock_limits. %(jobs)s and
+-- %(queues)s map job names and queues to {"max": .., "interval": ..}. Ready jobs
+-- in order, but none whose concurrency key or queue has as many leased jobs as
+-- its limit, nor any whose rate may not start a job yet; of those, no more per
+-- key and per queue than the room left, and one per rate.
+UPDATE jobs
+SET state = {claim_to}, attempt = attempt + CASE WHEN rerun THEN 0 ELSE 1 END, rerun = false,
+    worker = %(worker)s,
+    lease_token = md5(random()::text || clock_timestamp()::text || id::text),
+    lease_expires_at = %(now)s + lease_seconds,
+    cancel_requested = false, pause_requested = false, version = version + 1, updated_at = %(now)s
+WHERE id = ANY(ARRAY(
+    WITH job_limits AS (
+        SELECT key AS name, (value ->> 'max')::integer AS most,
+               (value ->> 'interval')::double precision AS every
+        FROM jsonb_each(%(jobs)s::jsonb)
+    ), queue_limits AS (
+        SELECT key AS queue, (value ->> 'max')::integer AS most,
+               (value ->> 'interval')::double precision AS every
+        FROM jsonb_each(%(queues)s::jsonb)
+    ), candidates AS (
+        SELECT j.id, j.priority, j.queue, j.limit_key, j.rate_key,
+               jl.most AS key_most, jl.every AS key_every, ql.most AS queue_most,
+               ql.every AS queue_every,
+               (SELECT count(*) FROM jobs AS l
+                WHERE l.limit_key = j.limit_key AND l.state IN ({leased})) AS key_running,
+               (SELECT count(*) FROM jobs AS l
+                WHERE l.queue = j.queue AND l.state IN ({leased})) AS queue_running
+        FROM jobs AS j
+        LEFT JOIN job_limits AS jl ON jl.name = j.name
+        LEFT JOIN queue_limits AS ql ON ql.queue = j.queue
+        WHERE j.state = {claim_from}
+          AND (%(queues_filter)s::text[] IS NULL OR j.queue = ANY(%(queues_filter)s::text[]))
+          AND (%(names)s::text[] IS NULL OR j.name = ANY(%(names)s::text[]))
+          AND j.queue NOT IN (SELECT queue FROM paused_queues)
+          AND (jl.most IS NULL OR j.limit_key IS NULL
+               OR (SELECT count(*) FROM jobs AS l
+                   WHERE l.limit_key = j.limit_key AND l.state IN ({leased})) < jl.most)
+          AND (ql.most IS NULL
+               OR (SELECT count(*) FROM jobs AS l
+                   WHERE l.queue = j.queue AND l.state IN ({leased})) < ql.most)
+          AND (jl.every IS NULL OR j.rate_key IS NULL
+               OR NOT EXISTS (SELECT 1 FROM rate_limits AS r
+                              WHERE r.kind = 'key' AND r.key = j.rate_key
+                                AND r.next_start > %(now)s))
+          AND (ql.every IS NULL
+               OR NOT EXISTS (SELECT 1 FROM rate_limits AS r
+                              WHERE r.kind = 'queue' AND r.key = j.queue
+                                AND r.next_start > %(now)s))
+        ORDER BY j.priority DESC, j.id
+        LIMIT %(scan)s
+        FOR UPDATE OF j SKIP LOCKED
+    ), ranked AS (
+        SELECT c.*,
+               row_number() OVER (PARTITION BY limit_key ORDER BY priority DESC, id) AS key_rank,
+               row_number() OVER (PARTITION BY queue ORDER BY priority DESC, id) AS queue_rank,
+               row_number() OVER (PARTITION BY rate_key ORDER BY priority DESC, id) AS rate_rank
+        FROM candidates AS c
+    )
+    SELECT id FROM ranked
+    WHERE (key_most IS NULL OR limit_key IS NULL OR key_running + key_rank <= key_most)
+      AND (queue_most IS NULL OR queue_running + queue_rank <= queue_most)
+      AND (key_every IS NULL OR rate_key IS NULL OR rate_rank = 1)
+      AND (queue_every IS NULL OR queue_rank = 1)
+    ORDER BY priority DESC, id
+    LIMIT %(limit)s))
+RETURNING *
+
+-- name: lock_limits
+-- Claims under the same limit take turns (a transaction lock per queue limit
+-- and per key template, taken in one order by all): each counts what the last
+-- one committed. Claims under other limits, or none, never wait.
+SELECT pg_advisory_xact_lock(1231975284, hashtext(current_schema() || ':' || name))
+FROM unnest(%(locks)s::text[]) AS name
+
+-- name: advance_rates
+-- After a claim under rates: each rate's next start moves one interval on per
+-- job it started, from now or from its next start if that is later (GCRA).
+INSERT INTO rate_limits (kind, key, next_start)
+SELECT s.kind, s.key, %(now)s + s.total
+FROM (
+    SELECT 'key' AS kind, j.rate_key AS key, sum((l.value ->> 'interval')::double precision) AS total
+    FROM jobs AS j JOIN jsonb_each(%(jobs)s::jsonb) AS l ON l.key = j.name
+    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.rate_key IS NOT NULL
+      AND l.value ->> 'interval' IS NOT NULL
+    GROUP BY j.rate_key
+    UNION ALL
+    SELECT 'queue', j.queue, sum((l.value ->> 'interval')::double precision)
+    FROM jobs AS j JOIN jsonb_each(%(queues)s::jsonb) AS l ON l.key = j.queue
+    WHERE j.id = ANY(%(ids)s::bigint[]) AND l.value ->> 'interval' IS NOT NULL
+    GROUP BY j.queue
+) AS s
+ON CONFLICT (kind, key) DO UPDATE
+SET next_start = greatest(rate_limits.next_start, %(now)s) + (excluded.next_start - %(now)s)
+
 -- name: claim_plan
 -- Without fresh statistics (a table filled since its last ANALYZE) the planner
 -- believes few jobs are ready and sorts all of them to take the first few; with
@@ -269,6 +369,15 @@ SET LOCAL enable_sort = off
 
 -- name: claim_plan_reset
 SET LOCAL enable_sort = on
+
+-- name: claim_plan_no_jit
+-- The ranking of a claim under limits still sorts its few candidates, which
+-- enable_sort = off prices so high that the planner would compile the statement
+-- (JIT): hundreds of milliseconds for a statement that runs in a few.
+SET LOCAL jit = off
+
+-- name: claim_plan_jit_reset
+SET LOCAL jit TO DEFAULT
 
 -- name: notify
 -- Wakes listeners of this schema everywhere; delivered when the transaction
@@ -680,3 +789,39 @@ UPDATE schedules SET paused = %(paused)s WHERE name = %(name)s AND paused <> %(p
 SELECT e.* FROM events AS e JOIN unnest(%(ids)s::bigint[]) AS moved(id) ON e.job_id = moved.id
 WHERE e.at = %(at)s AND e.from_state IS DISTINCT FROM e.to_state
 ORDER BY e.id
+
+-- name: forget_declared_limits
+DELETE FROM flow_limits
+WHERE (kind = 'queue' AND name IN (SELECT unnest(%(queues)s::text[])))
+   OR (kind = 'job' AND name IN (SELECT unnest(%(names)s::text[])))
+
+-- name: declare_limit
+INSERT INTO flow_limits (kind, name, concurrency, key, rate_count, rate_per, rate_key, seen_at)
+VALUES (%(kind)s, %(name)s, %(concurrency)s, %(key)s, %(rate_count)s, %(rate_per)s, %(rate_key)s, %(now)s)
+ON CONFLICT (kind, name) DO UPDATE
+SET concurrency = excluded.concurrency, key = excluded.key, rate_count = excluded.rate_count,
+    rate_per = excluded.rate_per, rate_key = excluded.rate_key, seen_at = excluded.seen_at
+
+-- name: flow_limits
+-- Each declared limit with how many of its jobs run (through the leased jobs'
+-- index by queue, or the leased jobs) and wait (through the ready jobs).
+SELECT f.kind, f.name, f.concurrency, f.key, f.rate_count, f.rate_per, f.rate_key,
+       CASE f.kind
+           WHEN 'queue' THEN (SELECT count(*) FROM jobs
+                              WHERE queue = f.name AND state IN ({leased}))
+           ELSE (SELECT count(*) FROM jobs WHERE name = f.name AND state IN ({leased}))
+       END,
+       CASE f.kind
+           WHEN 'queue' THEN (SELECT count(*) FROM jobs WHERE queue = f.name AND state = {state:ready})
+           ELSE (SELECT count(*) FROM jobs WHERE name = f.name AND state = {state:ready})
+       END,
+       f.seen_at
+FROM flow_limits AS f ORDER BY f.kind DESC, f.name
+
+-- name: next_rate_start
+SELECT min(next_start) FROM rate_limits WHERE next_start > %(now)s
+
+-- name: forget_rates
+DELETE FROM rate_limits
+WHERE (kind, key) IN (SELECT kind, key FROM rate_limits WHERE next_start < %(before)s
+                      LIMIT %(limit)s FOR UPDATE SKIP LOCKED)

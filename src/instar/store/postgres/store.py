@@ -36,7 +36,7 @@ from instar.errors import (
 from instar.lifecycle import State
 from instar.models import Job
 from instar.payload import safe_text
-from instar.store.contract import ClaimRequest, NewJob, Wake
+from instar.store.contract import SCAN_FACTOR, ClaimRequest, NewJob, Wake
 from instar.store.records import datetime_of, new_job_record
 from instar.store.sql_blocks import load_queries
 from instar.store.sql_store import SQLStore
@@ -208,7 +208,16 @@ class PostgresStore(SQLStore):
             "names": None if claim.names is None else list(claim.names),
         }
         conn.execute(Q["claim_plan"])
-        claimed = conn.execute(Q["claim"], params, binary=True)
+        if claim.limits is not None:
+            conn.execute(Q["lock_limits"], {"locks": list(claim.limits.locks)})
+            params["queues_filter"] = params["queues"]
+            params["jobs"], params["queues"] = claim.limits.as_json()
+            params["scan"] = claim.limit * SCAN_FACTOR
+            conn.execute(Q["claim_plan_no_jit"])
+            claimed = conn.execute(Q["claim_limited"], params, binary=True)
+            conn.execute(Q["claim_plan_jit_reset"])
+        else:
+            claimed = conn.execute(Q["claim"], params, binary=True)
         conn.execute(Q["claim_plan_reset"])
         return claimed
 
@@ -229,6 +238,8 @@ class PostgresStore(SQLStore):
                 "lease_seconds": [j.lease_seconds for j in jobs],
                 "pause_timeout": [j.pause_timeout for j in jobs],
                 "parent_id": [j.parent_id for j in jobs],
+                "limit_key": [j.limit_key for j in jobs],
+                "rate_key": [j.rate_key for j in jobs],
                 "now": now,
                 "actor": actor,
                 "trigger": Trigger.ENQUEUED.value,
@@ -252,6 +263,8 @@ class PostgresStore(SQLStore):
                     job.parent_id,
                     now,
                     now,
+                    job.limit_key,
+                    job.rate_key,
                 ),
             ).fetchone()
             ids.append(None if row is None else row[0])
@@ -263,7 +276,7 @@ class PostgresStore(SQLStore):
         assert row is not None
         return (after if row[0] is None else int(row[0])), int(row[1])
 
-    def _id_list(self, ids: Sequence[int]) -> list[int]:
+    def _sql_list(self, ids: Sequence[int] | Sequence[str]) -> list[Any]:
         return list(ids)
 
     def _pairs(self, due: Sequence[tuple[int, int]]) -> dict[str, Any]:
@@ -335,6 +348,8 @@ class PostgresStore(SQLStore):
             "lease_seconds": job.lease_seconds,
             "pause_timeout": job.pause_timeout,
             "parent_id": job.parent_id,
+            "limit_key": job.limit_key,
+            "rate_key": job.rate_key,
             "now": now,
             "actor": None if actor is None else safe_text(actor),
             "trigger": Trigger.ENQUEUED.value,

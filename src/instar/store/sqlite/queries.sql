@@ -10,16 +10,18 @@ PRAGMA journal_mode = WAL;
 -- A job whose key exists already is skipped; the caller then reads the existing one.
 -- Positional parameters: this runs once per job on the enqueue path.
 INSERT INTO jobs (name, queue, state, priority, max_attempts, args, key, run_at,
-                  lease_seconds, pause_timeout, parent_id, created_at, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                  lease_seconds, pause_timeout, parent_id, created_at, updated_at,
+                  limit_key, rate_key)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING
 
 -- name: insert_jobs_alike
 -- Jobs without keys that differ only in their arguments (a JSON array of the
 -- arguments' JSON texts, in the 6th place), in one statement and in order.
 INSERT INTO jobs (name, queue, state, priority, max_attempts, args, key, run_at,
-                  lease_seconds, pause_timeout, parent_id, created_at, updated_at)
-SELECT ?1, ?2, ?3, ?4, ?5, value, ?7, ?8, ?9, ?10, ?11, ?12, ?13
+                  lease_seconds, pause_timeout, parent_id, created_at, updated_at,
+                  limit_key, rate_key)
+SELECT ?1, ?2, ?3, ?4, ?5, value, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15
 FROM json_each(?6) ORDER BY key
 
 -- name: max_job_id
@@ -182,6 +184,92 @@ WHERE id IN (SELECT id FROM jobs WHERE state = {claim_from}
                AND (:names IS NULL OR name IN (SELECT value FROM json_each(:names)))
              ORDER BY priority DESC, id LIMIT :limit)
 RETURNING *
+
+-- name: claim_limited
+-- A claim under flow control (instar.registry.flow). :jobs and :queues map job names and
+-- queues to {"max": .., "interval": ..}. Ready jobs in order, but none whose
+-- concurrency key or queue has as many leased jobs as its limit, nor any whose
+-- rate may not start a job yet; of those, no more per key and per queue than
+-- the room left, and one per rate. SQLite has one writer at a time: what the
+-- claim counts cannot change before it commits.
+WITH job_limits AS (
+    SELECT key AS name, json_extract(value, '$.max') AS most,
+           json_extract(value, '$.interval') AS every
+    FROM json_each(:jobs)
+), queue_limits AS (
+    SELECT key AS queue, json_extract(value, '$.max') AS most,
+           json_extract(value, '$.interval') AS every
+    FROM json_each(:queues)
+), candidates AS (
+    SELECT j.id, j.priority, j.queue, j.limit_key, j.rate_key,
+           jl.most AS key_most, jl.every AS key_every, ql.most AS queue_most,
+           ql.every AS queue_every,
+           (SELECT count(*) FROM jobs AS l
+            WHERE l.limit_key = j.limit_key AND l.state IN ({leased})) AS key_running,
+           (SELECT count(*) FROM jobs AS l
+            WHERE l.queue = j.queue AND l.state IN ({leased})) AS queue_running
+    FROM jobs AS j
+    LEFT JOIN job_limits AS jl ON jl.name = j.name
+    LEFT JOIN queue_limits AS ql ON ql.queue = j.queue
+    WHERE j.state = {claim_from}
+      AND (:queue_filter IS NULL OR j.queue IN (SELECT value FROM json_each(:queue_filter)))
+      AND j.queue NOT IN (SELECT queue FROM paused_queues)
+      AND (:names IS NULL OR j.name IN (SELECT value FROM json_each(:names)))
+      AND (jl.most IS NULL OR j.limit_key IS NULL
+           OR (SELECT count(*) FROM jobs AS l
+               WHERE l.limit_key = j.limit_key AND l.state IN ({leased})) < jl.most)
+      AND (ql.most IS NULL
+           OR (SELECT count(*) FROM jobs AS l
+               WHERE l.queue = j.queue AND l.state IN ({leased})) < ql.most)
+      AND (jl.every IS NULL OR j.rate_key IS NULL
+           OR NOT EXISTS (SELECT 1 FROM rate_limits AS r
+                          WHERE r.kind = 'key' AND r.key = j.rate_key AND r.next_start > :now))
+      AND (ql.every IS NULL
+           OR NOT EXISTS (SELECT 1 FROM rate_limits AS r
+                          WHERE r.kind = 'queue' AND r.key = j.queue AND r.next_start > :now))
+    ORDER BY j.priority DESC, j.id
+    LIMIT :scan
+), ranked AS (
+    SELECT c.*,
+           row_number() OVER (PARTITION BY limit_key ORDER BY priority DESC, id) AS key_rank,
+           row_number() OVER (PARTITION BY queue ORDER BY priority DESC, id) AS queue_rank,
+           row_number() OVER (PARTITION BY rate_key ORDER BY priority DESC, id) AS rate_rank
+    FROM candidates AS c
+)
+UPDATE jobs
+SET state = {claim_to}, attempt = attempt + 1 - rerun, rerun = 0, worker = :worker,
+    lease_token = lower(hex(randomblob(8))), lease_expires_at = :now + lease_seconds,
+    cancel_requested = 0, pause_requested = 0, version = version + 1, updated_at = :now
+WHERE id IN (SELECT id FROM ranked
+             WHERE (key_most IS NULL OR limit_key IS NULL OR key_running + key_rank <= key_most)
+               AND (queue_most IS NULL OR queue_running + queue_rank <= queue_most)
+               AND (key_every IS NULL OR rate_key IS NULL OR rate_rank = 1)
+               AND (queue_every IS NULL OR queue_rank = 1)
+             ORDER BY priority DESC, id LIMIT :limit)
+RETURNING *
+
+-- name: advance_rates
+-- After a claim under rates: each rate's next start moves one interval on per
+-- job it started, from now or from its next start if that is later (GCRA).
+INSERT INTO rate_limits (kind, key, next_start)
+SELECT s.kind, s.key,
+       max(:now, coalesce((SELECT r.next_start FROM rate_limits AS r
+                           WHERE r.kind = s.kind AND r.key = s.key), 0)) + s.total
+FROM (
+    SELECT 'key' AS kind, j.rate_key AS key, sum(json_extract(l.value, '$.interval')) AS total
+    FROM jobs AS j JOIN json_each(:jobs) AS l ON l.key = j.name
+    WHERE j.id IN (SELECT value FROM json_each(:ids)) AND j.rate_key IS NOT NULL
+      AND json_extract(l.value, '$.interval') IS NOT NULL
+    GROUP BY j.rate_key
+    UNION ALL
+    SELECT 'queue', j.queue, sum(json_extract(l.value, '$.interval'))
+    FROM jobs AS j JOIN json_each(:queues) AS l ON l.key = j.queue
+    WHERE j.id IN (SELECT value FROM json_each(:ids))
+      AND json_extract(l.value, '$.interval') IS NOT NULL
+    GROUP BY j.queue
+) AS s
+WHERE true
+ON CONFLICT (kind, key) DO UPDATE SET next_start = excluded.next_start
 
 -- name: request_cancel
 -- Only the worker holding the lease can end a leased job; it reads this flag.
@@ -604,3 +692,38 @@ SELECT * FROM events
 WHERE job_id IN (SELECT value FROM json_each(:ids)) AND at = :at
   AND (from_state IS NULL OR from_state <> to_state)
 ORDER BY id
+
+-- name: forget_declared_limits
+DELETE FROM flow_limits
+WHERE (kind = 'queue' AND name IN (SELECT value FROM json_each(:queues)))
+   OR (kind = 'job' AND name IN (SELECT value FROM json_each(:names)))
+
+-- name: declare_limit
+INSERT INTO flow_limits (kind, name, concurrency, key, rate_count, rate_per, rate_key, seen_at)
+VALUES (:kind, :name, :concurrency, :key, :rate_count, :rate_per, :rate_key, :now)
+ON CONFLICT (kind, name) DO UPDATE
+SET concurrency = excluded.concurrency, key = excluded.key, rate_count = excluded.rate_count,
+    rate_per = excluded.rate_per, rate_key = excluded.rate_key, seen_at = excluded.seen_at
+
+-- name: flow_limits
+-- Each declared limit with how many of its jobs run (through the leased jobs'
+-- index by queue, or the leased jobs) and wait (through the ready jobs).
+SELECT f.kind, f.name, f.concurrency, f.key, f.rate_count, f.rate_per, f.rate_key,
+       CASE f.kind
+           WHEN 'queue' THEN (SELECT count(*) FROM jobs
+                              WHERE queue = f.name AND state IN ({leased}))
+           ELSE (SELECT count(*) FROM jobs WHERE name = f.name AND state IN ({leased}))
+       END,
+       CASE f.kind
+           WHEN 'queue' THEN (SELECT count(*) FROM jobs WHERE queue = f.name AND state = {state:ready})
+           ELSE (SELECT count(*) FROM jobs WHERE name = f.name AND state = {state:ready})
+       END,
+       f.seen_at
+FROM flow_limits AS f ORDER BY f.kind DESC, f.name
+
+-- name: next_rate_start
+SELECT min(next_start) FROM rate_limits WHERE next_start > :now
+
+-- name: forget_rates
+DELETE FROM rate_limits
+WHERE rowid IN (SELECT rowid FROM rate_limits WHERE next_start < :before LIMIT :limit)

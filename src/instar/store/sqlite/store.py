@@ -31,7 +31,7 @@ from instar.errors import (
     InstarError,
     StoreRefused,
 )
-from instar.store.contract import ClaimRequest, NewJob, Wake
+from instar.store.contract import SCAN_FACTOR, ClaimRequest, NewJob, Wake
 from instar.store.sql_blocks import load_queries
 from instar.store.sql_store import SQLStore
 
@@ -238,6 +238,13 @@ class SQLiteStore(SQLStore):
             "limit": claim.limit,
             "names": None if claim.names is None else json.dumps(list(claim.names)),
         }
+        if claim.limits is not None:
+            params["jobs"], params["queues"] = claim.limits.as_json()
+            params["queue_filter"] = (
+                None if claim.queues is None else json.dumps(list(claim.queues))
+            )
+            params["scan"] = claim.limit * SCAN_FACTOR
+            return conn.execute(Q["claim_limited"], params)
         if claim.queues is None:
             return conn.execute(Q["claim_any_queue"], params)
         params["queues"] = json.dumps(list(claim.queues))
@@ -261,6 +268,8 @@ class SQLiteStore(SQLStore):
                 j.parent_id,
                 now,
                 now,
+                j.limit_key,
+                j.rate_key,
             )
             for j in jobs
         ]
@@ -295,7 +304,7 @@ class SQLiteStore(SQLStore):
             conn.execute(Q["roll_up_totals"], params)
         return int(last or after), int(count)
 
-    def _id_list(self, ids: Sequence[int]) -> str:
+    def _sql_list(self, ids: Sequence[int] | Sequence[str]) -> str:
         return json.dumps(list(ids))
 
     def _pairs(self, due: Sequence[tuple[int, int]]) -> dict[str, Any]:

@@ -1,0 +1,37 @@
+-- Flow control (instar.registry.flow). Each job's keys, filled from its arguments at
+-- enqueue: what its concurrency limit counts by and what its rate spaces its
+-- starts by (NULL: no such limit).
+ALTER TABLE jobs ADD COLUMN limit_key TEXT;
+ALTER TABLE jobs ADD COLUMN rate_key TEXT;
+
+-- What a claim under a limit counts (the leased jobs of a key, of a queue:
+-- few, whatever the size of the table) and how many jobs wait on each key.
+CREATE INDEX jobs_leased_by_key ON jobs (limit_key)
+    WHERE state IN ('running', 'serving', 'stopping') AND limit_key IS NOT NULL;
+CREATE INDEX jobs_leased_by_queue ON jobs (queue) WHERE state IN ('running', 'serving', 'stopping');
+CREATE INDEX jobs_ready_by_key ON jobs (limit_key) WHERE state = 'ready' AND limit_key IS NOT NULL;
+
+-- For each rate ('queue' and a queue name, or 'key' and a job's rate key): the
+-- time (epoch seconds) from which it may start its next job. A row whose time
+-- has passed says nothing more than no row, and maintenance deletes it.
+CREATE TABLE rate_limits (
+    kind       TEXT NOT NULL,
+    key        TEXT NOT NULL,
+    next_start REAL NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+
+-- The limits workers run with, as last declared in code ('queue' or 'job' and
+-- its name; the key template, if any; seen_at in epoch seconds): what
+-- instar queues shows beside the jobs that run and wait under each.
+CREATE TABLE flow_limits (
+    kind        TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    concurrency INTEGER,
+    key         TEXT,
+    rate_count  INTEGER,
+    rate_per    REAL,
+    rate_key    TEXT,
+    seen_at     REAL NOT NULL,
+    PRIMARY KEY (kind, name)
+);

@@ -1,0 +1,223 @@
+"""Flow control in the claim: concurrency limits per queue and per key, rates,
+and the bad declarations refused before anything runs. Worker processes
+sharing limits are in ``tests/worker/test_flow_processes.py``."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+import pytest
+
+import instar
+from instar.clock import FrozenClock
+from instar.engine import Returned, outcome_moves
+from instar.errors import ConfigurationError, PayloadError
+from instar.store.contract import ClaimRequest
+
+
+def _claim(app: instar.App, worker: str, limit: int = 10) -> list[instar.Job]:
+    request = ClaimRequest(
+        worker, limit, None, names=list(app.registry), limits=app.registry.flow_limits()
+    )
+    return app.engine.exchange([], [], request).claimed
+
+
+def _complete(app: instar.App, job: instar.Job) -> None:
+    now = app.clock.now()
+    moves = outcome_moves(
+        job, Returned(None), retry=instar.Retry(), now=now, max_payload_bytes=1024
+    )
+    assert app.engine.exchange(moves, [], None).applied == [True]
+
+
+@pytest.fixture
+def limited(database: str) -> instar.App:
+    app = instar.App(database, clock=FrozenClock())
+    app.queue("mail", concurrency=2)
+
+    @app.job(name="sync_user", concurrency=instar.Limit(key="user:{user}", max=1))
+    def sync_user(user: int) -> None:
+        return None
+
+    @app.job(name="send", queue="mail")
+    def send(to: str) -> None:
+        return None
+
+    @app.job(name="free")
+    def free() -> None:
+        return None
+
+    @app.job(name="paced", rate=instar.Rate(2, per=10))
+    def paced() -> None:
+        return None
+
+    return app
+
+
+def test_a_job_held_back_by_its_key_stays_ready_and_is_claimed_when_the_slot_frees(
+    limited: instar.App,
+) -> None:
+    with limited as app:
+        first = app.enqueue("sync_user", {"user": 7})
+        second = app.enqueue("sync_user", {"user": 7})
+        other = app.enqueue("sync_user", {"user": 8})
+        claimed = _claim(app, "w1")
+        assert sorted(j.id for j in claimed) == [first.id, other.id]
+        assert _claim(app, "w2") == []
+        assert app.get(second.id).state is instar.State.READY
+        _complete(app, claimed[0])
+        assert [j.id for j in _claim(app, "w2")] == [second.id]
+
+
+def test_a_queue_limit_counts_the_jobs_of_every_worker_and_leaves_other_queues_alone(
+    limited: instar.App,
+) -> None:
+    with limited as app:
+        mails = [app.enqueue("send", {"to": f"{n}@example.com"}) for n in range(4)]
+        unlimited = [app.enqueue("free") for _ in range(3)]
+        first = _claim(app, "w1", limit=1)
+        assert [j.id for j in first] == [mails[0].id]
+        second = _claim(app, "w2")
+        assert sorted(j.id for j in second) == sorted([mails[1].id, *(j.id for j in unlimited)])
+        assert _claim(app, "w3") == []
+        _complete(app, first[0])
+        assert [j.id for j in _claim(app, "w3")] == [mails[2].id]
+
+
+def test_a_rate_spaces_the_starts_evenly_however_many_claim(limited: instar.App) -> None:
+    with limited as app:
+        clock = app.clock
+        assert isinstance(clock, FrozenClock)
+        jobs = [app.enqueue("paced") for _ in range(4)]
+        assert [j.id for j in _claim(app, "w1")] == [jobs[0].id]  # 2 per 10 s: one per 5 s
+        assert _claim(app, "w2") == []
+        clock.advance(4.9)
+        assert _claim(app, "w2") == []
+        clock.advance(0.2)
+        assert [j.id for j in _claim(app, "w2")] == [jobs[1].id]
+        clock.advance(60)  # no burst after a quiet minute: still one start per 5 s
+        assert [j.id for j in _claim(app, "w1")] == [jobs[2].id]
+        assert _claim(app, "w2") == []
+
+
+def test_instar_limits_show_each_declared_limit_with_what_runs_and_waits(
+    limited: instar.App,
+) -> None:
+    with limited as app:
+        for user in (1, 1, 2):
+            app.enqueue("sync_user", {"user": user})
+        app.engine.store.declare_flow_limits(
+            app.registry.declared_limits(), list(app.registry), app.clock.now()
+        )
+        _claim(app, "w1")
+        found = {(limit.kind, limit.name): limit for limit in app.limits()}
+        assert set(found) == {("queue", "mail"), ("job", "sync_user"), ("job", "paced")}
+        syncs = found[("job", "sync_user")]
+        assert (syncs.concurrency, syncs.key, syncs.running, syncs.waiting) == (
+            1,
+            "user:{user}",
+            2,
+            1,
+        )
+        assert (found[("job", "paced")].rate_count, found[("job", "paced")].rate_per) == (2, 10.0)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (lambda: {"concurrency": 0}, "from 1 to"),
+        (lambda: {"concurrency": instar.Limit(1, key="user:{user.id}")}, "plain argument name"),
+        (lambda: {"concurrency": instar.Limit(1, key="user:{nobody}")}, "'nobody', which is not"),
+        (lambda: {"rate": instar.Rate(0)}, "a rate's count"),
+        (lambda: {"rate": instar.Rate(5, per=float("nan"))}, "a rate's period"),
+    ],
+)
+def test_a_bad_limit_fails_when_decorated(
+    options: Callable[[], dict[str, object]], message: str
+) -> None:
+    app = instar.App(":memory:")
+    with pytest.raises(ConfigurationError, match=message):
+
+        @app.job(**options())  # type: ignore[call-overload, untyped-decorator]
+        def sync(user: int) -> None:
+            return None
+
+    assert not app.registry
+
+
+def test_a_queue_limit_with_a_key_or_declared_twice_is_refused() -> None:
+    app = instar.App(":memory:")
+    with pytest.raises(ConfigurationError, match="give a key on a job's limit"):
+        app.queue("mail", concurrency=instar.Limit(1, key="to:{to}"))
+    app.queue("mail", concurrency=3)
+    with pytest.raises(ConfigurationError, match="declared already"):
+        app.queue("mail", rate=instar.Rate(1))
+
+
+def test_a_job_without_the_argument_its_key_names_is_refused_and_nothing_is_written(
+    database: str,
+) -> None:
+    with instar.App(database) as app:
+
+        @app.job(name="sync_user", concurrency=instar.Limit(key="user:{user}", max=1))
+        def sync_user(user: int = 0) -> None:
+            return None
+
+        with pytest.raises(PayloadError, match="needs the argument 'user'"):
+            app.enqueue("sync_user")
+        assert app.jobs() == []
+
+
+def _claim_at_once(
+    app: instar.App, worker: str, barrier: threading.Barrier, taken: list[list[instar.Job]]
+) -> None:
+    barrier.wait()
+    taken.append(_claim(app, worker))
+
+
+def test_claims_racing_for_one_key_take_one_job_between_them(database: str) -> None:
+    """Four claimers released at once, ten times over, on jobs of one key with
+    room for one: each time exactly one job is taken."""
+    apps = [instar.App(database) for _ in range(4)]
+    try:
+        for app in apps:
+
+            @app.job(name="sync_user", concurrency=instar.Limit(key="user:{user}", max=1))
+            def sync_user(user: int) -> None:
+                return None
+
+        first = apps[0]
+        for round_ in range(10):
+            for _ in range(4):
+                first.enqueue("sync_user", {"user": round_})
+            barrier = threading.Barrier(len(apps))
+            taken: list[list[instar.Job]] = []
+            threads = [
+                threading.Thread(target=_claim_at_once, args=(app, f"w{n}", barrier, taken))
+                for n, app in enumerate(apps)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert sum(len(jobs) for jobs in taken) == 1
+    finally:
+        for app in apps:
+            app.close()
+
+
+def test_a_rate_forgotten_once_its_time_has_passed_holds_nothing_back(
+    limited: instar.App,
+) -> None:
+    with limited as app:
+        clock = app.clock
+        assert isinstance(clock, FrozenClock)
+        jobs = [app.enqueue("paced") for _ in range(2)]
+        assert [j.id for j in _claim(app, "w1")] == [jobs[0].id]
+        assert app.engine.store.forget_rates(clock.now(), 100) == 0  # still holding starts back
+        clock.advance(5.5)
+        assert app.engine.store.forget_rates(clock.now(), 100) == 1
+        assert app.engine.read.next_rate_start(clock.now()) is None
+        assert [j.id for j in _claim(app, "w1")] == [jobs[1].id]
+        assert app.engine.read.next_rate_start(clock.now()) == pytest.approx(clock.now() + 5.0)

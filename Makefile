@@ -50,7 +50,7 @@ $(BENCH_VENV)/bin/python:
 	$(BENCH_VENV)/bin/pip install --quiet --upgrade pip
 
 $(BENCH_STAMP): pyproject.toml bench/requirements.txt | $(BENCH_VENV)/bin/python
-	$(BENCH_VENV)/bin/pip install --quiet -e '.[postgres,web,client]' -r bench/requirements.txt
+	$(BENCH_VENV)/bin/pip install --quiet -e '.[postgres,web,client,metrics]' -r bench/requirements.txt
 	command -v wrk >/dev/null || apt-get install -y -q wrk  # the HTTP load tool
 	touch $(BENCH_STAMP)
 

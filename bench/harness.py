@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -315,6 +316,13 @@ def tool(name: str) -> Path | None:
     return path if path.exists() else None
 
 
+def free_port() -> int:
+    """A TCP port free on the loopback interface now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def instar_worker_command(url: str, *, burst: bool) -> list[str]:
     """``instar worker`` as a user runs it: the default concurrency, no --quiet."""
     cli = tool("instar")
@@ -462,9 +470,11 @@ def instar_drain(
     processes: int = 1,
     *,
     server_cpu: bool = False,
+    metrics: bool = False,
 ) -> Processing:
     """Time ``processes`` burst workers (``instar worker --burst``, default
-    concurrency), started together, draining the jobs already queued.
+    concurrency), started together, draining the jobs already queued; with
+    ``metrics``, each serving its Prometheus metrics (``--metrics-port``).
 
     ``query`` reads the events the workers wrote: the wall time runs from the
     first process start to the last ``completed`` event.
@@ -472,6 +482,8 @@ def instar_drain(
     n = int(query("SELECT count(*) FROM jobs WHERE state = 'ready'")[0][0])
     logs = [tmp / f"{label}-{i}.log" for i in range(processes)]
     commands = [instar_worker_command(url, burst=True) for _ in logs]
+    if metrics:
+        commands = [[*command, "--metrics-port", str(free_port())] for command in commands]
     timed = run_to_exit(
         commands, logs, bench_env(), sizes.worker_timeout, f"instar {label}", server_cpu=server_cpu
     )

@@ -127,12 +127,12 @@ class SqliteBench:
     def path(self, name: str) -> Path:
         return self.tmp / f"{name}.db"
 
-    def instar_processing(self, handler: str, label: str) -> Processing:
+    def instar_processing(self, handler: str, label: str, *, metrics: bool = False) -> Processing:
         path = self.path(label)
         url = sqlite_url(path)
         bulk_enqueue(url, self.sizes.process_jobs, self.sizes.bulk_chunk, handler)
         with closing(sqlite3.connect(path, timeout=30)) as conn:
-            return instar_drain(url, reader(conn), self.tmp, label, self.sizes)
+            return instar_drain(url, reader(conn), self.tmp, label, self.sizes, metrics=metrics)
 
     def finished(self, rows: int) -> Finished:
         """A database with no finished jobs and one with ``rows`` of them, side by
@@ -312,6 +312,7 @@ class SqliteBench:
             )
 
         defs: list[Processing] = []
+        measured: list[Processing] = []  # the same, the worker serving its metrics
         asyncs: list[Processing] = []
         hueys: list[Processing] = []
         huey_missing = peers.missing("huey")
@@ -332,6 +333,13 @@ class SqliteBench:
                 partial(self.instar_processing, "noop_sync", f"def-{r}"),
             )
             defs += [found] if found else []
+            progress.print(f"{step} Instar def, serving metrics ...")
+            found = attempt(
+                rows,
+                f"processing, def no-op with metrics, round {r}",
+                partial(self.instar_processing, "noop_sync", f"metrics-{r}", metrics=True),
+            )
+            measured += [found] if found else []
             if huey_missing is None:
                 progress.print(f"{step} huey ...")
                 found = attempt(
@@ -406,6 +414,21 @@ class SqliteBench:
                         "completions between the 10% and 90% ones, same run",
                     )
                 )
+        if measured:
+            counted = median_run(measured)
+            rows.append(
+                judged(
+                    "processing, def no-op, worker serving metrics",
+                    rate(counted.wall_rate),
+                    counted.wall_rate,
+                    single.wall_rate if single else None,
+                    "def",
+                    ">= 0.95x def",
+                    0.95,
+                    f"{runs_note(measured)}; instar worker --burst --metrics-port: "
+                    "every transition, run and heartbeat counted",
+                )
+            )
         if asyncs:
             fast = median_run(asyncs)
             rows.append(

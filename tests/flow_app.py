@@ -24,3 +24,10 @@ def one_at_a_time(seconds: float = 0.05) -> None:
 @app.job(name="paced", rate=instar.Rate(10, per=1))
 def paced() -> None:
     pass
+
+
+@app.job(name="flaky", retry=instar.Retry(max_attempts=2, initial_interval=0.01, jitter=0))
+def flaky(ctx: instar.Context) -> str:
+    if ctx.attempt == 1:
+        raise RuntimeError("first attempts fail")
+    return "second time lucky"

@@ -27,6 +27,7 @@ from instar.cli.common import (
 )
 from instar.errors import ConfigurationError, DatabaseUnavailable, InvalidOption
 from instar.store.urls import redact
+from instar.worker.observer import RunObserver
 
 log = logging.getLogger("instar.worker")
 
@@ -57,6 +58,18 @@ LOG_DATES = "%Y-%m-%d %H:%M:%S"
     help="json: one JSON object per line (time, level, logger, message, and the job's "
     "fields on its lines), for log shippers.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    default=None,
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (needs instar[metrics]).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics listen on (0.0.0.0: every interface).",
+)
 @json_option
 @reports_errors
 def worker(
@@ -68,6 +81,8 @@ def worker(
     shutdown_grace: float,
     quiet: bool,
     log_format: str,
+    metrics_port: int | None,
+    metrics_host: str,
     as_json: bool,
 ) -> None:
     """Run jobs. SIGINT/SIGTERM: stop claiming, finish or release running jobs.
@@ -90,8 +105,15 @@ def worker(
     with opened_app(database, app_ref) as app:
         log.info("database %s (%s)", redact(app.database), app.database_source)
         _wait_for_database(app)
+        observer = None
+        if metrics_port is not None:
+            observer = _serve_metrics(app, metrics_host, metrics_port)
         runner = app.worker(
-            queues or None, concurrency=concurrency, burst=burst, shutdown_grace=shutdown_grace
+            queues or None,
+            concurrency=concurrency,
+            burst=burst,
+            shutdown_grace=shutdown_grace,
+            observer=observer,
         )
         report = asyncio.run(runner.run())
     if as_json:
@@ -124,6 +146,19 @@ def worker(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def _serve_metrics(app: App, host: str, port: int) -> RunObserver:
+    """Start serving the metrics; ``ConfigurationError`` without prometheus_client."""
+    try:
+        from instar.metrics import serve_worker_metrics
+    except ImportError:
+        raise ConfigurationError(
+            "--metrics-port needs prometheus_client: pip install 'instar[metrics]'"
+        ) from None
+    observer = serve_worker_metrics(app, host, port)
+    log.info("metrics at http://%s:%d/metrics", host, port)
+    return observer
 
 
 def _wait_for_database(app: App) -> None:

@@ -38,7 +38,8 @@ class Heartbeat:
         news: Callable[[list[Held]], None],
     ) -> None:
         """``held()`` gives (job id, lease seconds) of every job the worker holds,
-        from any thread; ``news`` gets what each beat learned (from this thread)."""
+        from any thread; ``news`` gets what each beat that went through learned
+        (from this thread; an empty list when nothing changed)."""
         self.engine = engine
         self.worker = worker
         self._held = held
@@ -65,8 +66,7 @@ class Heartbeat:
         except Exception as exc:
             log.warning("heartbeat failed (%s); trying again", exc)
             return 0.2
-        if news:
-            self._news(news)
+        self._news(news)
         return IDLE_INTERVAL
 
     def nudge(self) -> None:

@@ -69,6 +69,7 @@ from instar.vocabulary import Trigger
 from instar.worker.executor import call_async, call_sync, fatal, past_timeout
 from instar.worker.heartbeat import Heartbeat
 from instar.worker.job_log import JobLog
+from instar.worker.observer import RunObserver
 from instar.worker.outbox import Outbox
 
 log = logging.getLogger("instar.worker")
@@ -102,6 +103,8 @@ class WorkerSettings:
     max_payload_bytes: int = DEFAULT_MAX_BYTES
     retention: Retention = field(default_factory=Retention)
     """How long finished jobs are kept; the maintenance leader prunes the rest."""
+    observer: RunObserver | None = None
+    """Told of each run's start and of each move and heartbeat (metrics)."""
 
 
 @dataclass
@@ -254,7 +257,10 @@ class Worker:
                 if self.settings.burst and not self._running and not self._stopping:
                     # Exit once a maintenance pass moved nothing and a claim made
                     # after it found nothing (the background pass may move jobs too).
-                    if (await self._call(self._maintenance.run_once)).changed:
+                    report = await self._call(self._maintenance.run_once)
+                    if report.changed:
+                        if self.settings.observer is not None:
+                            self.settings.observer.maintained(report)
                         quiet_passes = 0
                     else:
                         quiet_passes += 1
@@ -329,6 +335,8 @@ class Worker:
         self._buffer.extend((job, now) for job in batch.claimed)
         if batch.claimed:
             self._heartbeat.nudge()
+            if self.settings.observer is not None:
+                self.settings.observer.claimed(batch.claimed)
         self._backlog = bool(wanted) and len(batch.claimed) == wanted
         self._start_buffered()
 
@@ -544,6 +552,8 @@ class Worker:
         self._running[job.id] = run
         self._pace.started()
         self._job_log.started(job)
+        if self.settings.observer is not None:
+            self.settings.observer.started(job)
         if definition.is_async:
             run.task = asyncio.create_task(self._execute(run), name=f"instar-job-{job.id}")
             run.task.add_done_callback(functools.partial(self._finished, run))
@@ -754,8 +764,10 @@ class Worker:
 
     def _heard(self, news: list[Held]) -> None:
         """From the heartbeat's thread: hand what it learned to the loop."""
+        if self.settings.observer is not None:
+            self.settings.observer.heartbeat()
         loop = self._loop
-        if loop is not None and not loop.is_closed():
+        if news and loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._act_on, news)
 
     def _act_on(self, news: list[Held]) -> None:
@@ -780,6 +792,8 @@ class Worker:
                 log.warning("maintenance pass failed (%s); will try again", exc)
             else:
                 if report is not None and report.changed:
+                    if self.settings.observer is not None:
+                        self.settings.observer.maintained(report)
                     self._wake_threadsafe()
             await asyncio.sleep(self.settings.maintenance_interval)
 
@@ -815,6 +829,8 @@ class Worker:
             self._count_reports(moves, batch.applied)
 
     def _count_reports(self, moves: Sequence[Move], applied: Sequence[bool]) -> None:
+        if self.settings.observer is not None:
+            self.settings.observer.moved([m for m, ok in zip(moves, applied, strict=True) if ok])
         for move, ok in zip(moves, applied, strict=True):
             if not ok:
                 self.report.refused += 1

@@ -42,7 +42,7 @@ from instar.registry import (
     new_jobs,
     start_time,
 )
-from instar.registry.flow import Limit, Rate, concurrency_limit
+from instar.registry.flow import Limit, Rate, concurrency_limit, rate_limit
 from instar.registry.limits import check_id, check_instant, check_limit, check_name
 from instar.retention import MAX_RETENTION, Period, Retention
 from instar.retry import Retry
@@ -256,7 +256,7 @@ class App:
             pause_timeout,
             service,
             concurrency=concurrency_limit(concurrency),
-            rate=rate,
+            rate=rate_limit(rate),
         )
 
         def register(handler: Callable[..., Any]) -> BoundJob:
@@ -288,7 +288,7 @@ class App:
         or ``Rate`` with one is refused (``ConfigurationError``), as is a queue
         declared twice."""
         check_name(name, "queue", for_code=True)
-        limit = concurrency_limit(concurrency)
+        limit, rate = concurrency_limit(concurrency), rate_limit(rate)
         if (limit is not None and limit.key is not None) or (rate is not None and rate.key):
             raise ConfigurationError(
                 f"queue {name!r}: a queue's limits count the whole queue; give a key "

@@ -131,6 +131,9 @@ def test_instar_limits_show_each_declared_limit_with_what_runs_and_waits(
         (lambda: {"concurrency": instar.Limit(1, key="user:{nobody}")}, "'nobody', which is not"),
         (lambda: {"rate": instar.Rate(0)}, "a rate's count"),
         (lambda: {"rate": instar.Rate(5, per=float("nan"))}, "a rate's period"),
+        (lambda: {"rate": instar.Limit(5)}, "rate must be an instar.Rate, got Limit"),
+        (lambda: {"rate": 5}, "rate must be an instar.Rate, got int"),
+        (lambda: {"concurrency": "5"}, "concurrency must be an int or an instar.Limit"),
     ],
 )
 def test_a_bad_limit_fails_when_decorated(
@@ -155,7 +158,7 @@ def test_a_queue_limit_with_a_key_or_declared_twice_is_refused() -> None:
         app.queue("mail", rate=instar.Rate(1))
 
 
-def test_a_job_without_the_argument_its_key_names_is_refused_and_nothing_is_written(
+def test_a_key_takes_an_arguments_default_and_a_missing_argument_is_refused(
     database: str,
 ) -> None:
     with instar.App(database) as app:
@@ -164,9 +167,16 @@ def test_a_job_without_the_argument_its_key_names_is_refused_and_nothing_is_writ
         def sync_user(user: int = 0) -> None:
             return None
 
+        @app.job(name="sync_any", concurrency=instar.Limit(key="user:{user}", max=1))
+        def sync_any(**fields: int) -> None:
+            return None
+
+        default = app.enqueue("sync_user")
         with pytest.raises(PayloadError, match="needs the argument 'user'"):
-            app.enqueue("sync_user")
-        assert app.jobs() == []
+            app.enqueue("sync_any", {"other": 1})
+        assert [j.id for j in app.jobs()] == [default.id]
+        app.enqueue("sync_user", {"user": 0})
+        assert [j.args for j in _claim(app, "w1")] == [{}]  # user 0 twice: one at a time
 
 
 def _claim_at_once(
@@ -220,4 +230,53 @@ def test_a_rate_forgotten_once_its_time_has_passed_holds_nothing_back(
         assert app.engine.store.forget_rates(clock.now(), 100) == 1
         assert app.engine.read.next_rate_start(clock.now()) is None
         assert [j.id for j in _claim(app, "w1")] == [jobs[1].id]
+        assert app.engine.read.next_rate_start(clock.now()) is None  # nothing waits on it
+        app.enqueue("paced")
         assert app.engine.read.next_rate_start(clock.now()) == pytest.approx(clock.now() + 5.0)
+
+
+def test_jobs_enqueued_without_the_limit_count_under_their_name(database: str) -> None:
+    with instar.App(database) as producer, instar.App(database) as worker:
+
+        @producer.job(name="sync_user")
+        def unlimited(user: int) -> None:
+            return None
+
+        @worker.job(name="sync_user", concurrency=instar.Limit(key="user:{user}", max=1))
+        def limited(user: int) -> None:
+            return None
+
+        for user in (7, 7, 8):
+            producer.enqueue("sync_user", {"user": user})
+        assert len(_claim(worker, "w1")) == 1
+
+
+def test_jobs_of_two_kinds_whose_keys_fill_alike_take_turns(database: str) -> None:
+    with instar.App(database) as app:
+
+        @app.job(name="charge", concurrency=instar.Limit(key="account:{account}", max=1))
+        def charge(account: int) -> None:
+            return None
+
+        @app.job(name="refund", concurrency=instar.Limit(key="account:{id}", max=1))
+        def refund(id: int) -> None:
+            return None
+
+        app.enqueue("charge", {"account": 3})
+        app.enqueue("refund", {"id": 3})
+        assert len(_claim(app, "w1")) == 1
+
+
+def test_a_burst_worker_does_not_wait_for_a_rate_that_holds_nothing_back(
+    database: str,
+) -> None:
+    with instar.App(database) as app:
+
+        @app.job(name="hourly", rate=instar.Rate(1, per=3600))
+        def hourly() -> None:
+            return None
+
+        job = app.enqueue("hourly")
+        report = app.run_worker(burst=True)
+        assert report.completed == 1
+        assert app.get(job.id).state is instar.State.COMPLETED

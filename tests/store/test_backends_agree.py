@@ -41,6 +41,7 @@ POSTGRES_ONLY = {
     "roll_up": "a batch of the feed in commit order (tx, id) counted in one statement",
     "claim_plan_reset": "the end of claim_plan",
     "lock_limits": "claims under one limit take turns (SQLite has one writer anyway)",
+    "limit_locks": "the limits a claim's candidates are under, which it then locks",
     "claim_plan_no_jit": "a claim under limits is not compiled for its disabled sorts",
     "claim_plan_jit_reset": "the end of claim_plan_no_jit",
     "listen": "wake-ups through LISTEN",

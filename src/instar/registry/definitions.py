@@ -84,9 +84,15 @@ class JobDefinition:
         self._arg_signature = self._signature.replace(
             parameters=params[1:] if self.takes_context else params
         )
-        for limit in (options.concurrency, options.rate):
+        for limit, kind in ((options.concurrency, Limit), (options.rate, Rate)):
             if limit is None:
                 continue
+            if not isinstance(limit, kind):
+                option = "concurrency" if kind is Limit else "rate"
+                raise ConfigurationError(
+                    f"job {self.name!r}: {option} must be an instar.{kind.__name__}"
+                    f"{' or an int' if kind is Limit else ''}, got {limit!r}"
+                )
             takes_any = any(
                 p.kind is p.VAR_KEYWORD for p in self._arg_signature.parameters.values()
             )
@@ -96,6 +102,11 @@ class JobDefinition:
                     f"job {self.name!r}: its limit key {limit.key!r} names {missing[0]!r}, "
                     f"which is not a parameter of {self.name}{self._arg_signature}"
                 )
+        self._defaults = {
+            p.name: p.default
+            for p in self._arg_signature.parameters.values()
+            if p.default is not p.empty
+        }
         self._accepted_names: set[frozenset[str]] = set()
         self._types: ArgumentTypes | None = None
         self._types_built = False
@@ -118,7 +129,8 @@ class JobDefinition:
             elif limit.key is None:
                 keys.append(self.name)
             else:
-                keys.append(fill_key(limit.key, limit.fields, args, self.name))
+                values = {**self._defaults, **args} if self._defaults else args
+                keys.append(fill_key(limit.key, limit.fields, values, self.name))
         return keys[0], keys[1]
 
     def check_arguments(self, args: Mapping[str, Any]) -> None:
@@ -197,7 +209,12 @@ class Registry(Mapping[str, JobDefinition]):
         for definition in definitions.values():
             self.add(definition)
         if isinstance(definitions, Registry):
-            self.queue_limits.update(definitions.queue_limits)
+            for queue, limits in definitions.queue_limits.items():
+                if self.queue_limits.get(queue, limits) != limits:
+                    raise ConfigurationError(
+                        f"queue {queue!r} is declared with other limits already"
+                    )
+                self.queue_limits[queue] = limits
 
     def declared_limits(self) -> list[FlowLimitInfo]:
         """The limits of these definitions and queues, as ``instar queues`` shows them."""
@@ -213,29 +230,20 @@ class Registry(Mapping[str, JobDefinition]):
     def flow_limits(self) -> FlowLimits | None:
         """The limits a worker of these definitions enforces when it claims, or
         None when there are none."""
-        jobs: dict[str, tuple[int | None, float | None]] = {}
-        locks: set[str] = set()
-        for definition in self._by_name.values():
-            limit, rate = definition.options.concurrency, definition.options.rate
-            if limit is None and rate is None:
-                continue
-            jobs[definition.name] = (
-                None if limit is None else limit.max,
-                None if rate is None else rate.interval,
+        jobs = {
+            name: (
+                None if d.options.concurrency is None else d.options.concurrency.max,
+                None if d.options.rate is None else d.options.rate.interval,
             )
-            if limit is not None:
-                locks.add(f"key:{limit.key or definition.name}")
-            if rate is not None:
-                locks.add(f"rate:{rate.key or definition.name}")
+            for name, d in self._by_name.items()
+            if d.options.concurrency is not None or d.options.rate is not None
+        }
         queues = {
             queue: (None if limit is None else limit.max, None if rate is None else rate.interval)
             for queue, (limit, rate) in self.queue_limits.items()
             if limit is not None or rate is not None
         }
-        locks.update(f"queue:{queue}" for queue in queues)
-        if not jobs and not queues:
-            return None
-        return FlowLimits(jobs, queues, tuple(sorted(locks)))
+        return FlowLimits(jobs, queues) if jobs or queues else None
 
     def find(self, job: JobDefinition | str) -> JobDefinition:
         """A definition by its full name, or by its function's name when that is

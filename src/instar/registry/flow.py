@@ -154,7 +154,19 @@ class Rate:
 
 
 def concurrency_limit(value: Limit | int | None) -> Limit | None:
-    """A job's or queue's ``concurrency`` option as a Limit (an int is ``max``)."""
+    """A job's or queue's ``concurrency`` option as a Limit (an int is ``max``);
+    ``ConfigurationError`` for anything else."""
     if value is None or isinstance(value, Limit):
         return value
-    return Limit(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Limit(value)
+    raise ConfigurationError(
+        f"concurrency must be an int or an instar.Limit, got {type(value).__name__} {value!r}"
+    )
+
+
+def rate_limit(value: Rate | None) -> Rate | None:
+    """A job's or queue's ``rate`` option; ``ConfigurationError`` unless a Rate."""
+    if value is None or isinstance(value, Rate):
+        return value
+    raise ConfigurationError(f"rate must be an instar.Rate, got {type(value).__name__} {value!r}")

@@ -149,14 +149,10 @@ class ClaimRequest:
 @dataclass(frozen=True, slots=True)
 class FlowLimits:
     """The limits a claim enforces, by job name and by queue: for each, the
-    concurrency ``max`` (or None) and the seconds between starts (or None).
-    ``locks``: what a claim under these limits serialises on, where the
-    database takes claims side by side (one lock per queue limit and per key
-    template: unrelated queues and kinds never wait on each other)."""
+    concurrency ``max`` (or None) and the seconds between starts (or None)."""
 
     jobs: Mapping[str, tuple[int | None, float | None]]
     queues: Mapping[str, tuple[int | None, float | None]]
-    locks: tuple[str, ...]
 
     def as_json(self) -> tuple[str, str]:
         """(jobs, queues) as JSON objects of ``{"max": .., "interval": ..}``, for SQL."""

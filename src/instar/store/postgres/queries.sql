@@ -265,12 +265,86 @@ WHERE id = ANY(ARRAY(SELECT id FROM jobs
                      FOR UPDATE SKIP LOCKED))
 RETURNING *
 
+-- name: flow_candidates
+-- The first part of a claim under flow control (instar.registry.flow), which
+-- limit_locks or claim_limited completes: the ready jobs in order, but none
+-- whose concurrency key or queue has as many leased jobs as its limit, nor any
+-- whose rate may not start a job yet. %(jobs)s and %(queues)s map job names and
+-- queues to {"max": .., "interval": ..}; with %(locked)s, only jobs whose
+-- limits are all among these locks. A job stored without a key (enqueued by
+-- code without the limit) counts under its name. The leased jobs are read
+-- once (they are few: the jobs running now), then joined by key.
+job_limits AS (
+    SELECT key AS name, (value ->> 'max')::integer AS most,
+           (value ->> 'interval')::double precision AS every
+    FROM jsonb_each(%(jobs)s::jsonb)
+), queue_limits AS (
+    SELECT key AS queue, (value ->> 'max')::integer AS most,
+           (value ->> 'interval')::double precision AS every
+    FROM jsonb_each(%(queues)s::jsonb)
+), leased AS (
+    SELECT coalesce(limit_key, name) AS key, queue FROM jobs WHERE state IN ({leased})
+), key_running AS (
+    SELECT key, count(*) AS n FROM leased GROUP BY key
+), queue_running AS (
+    SELECT queue, count(*) AS n FROM leased GROUP BY queue
+), candidates AS (
+    SELECT j.id, j.priority, j.queue,
+           CASE WHEN jl.most IS NOT NULL THEN coalesce(j.limit_key, j.name) END AS key,
+           CASE WHEN jl.every IS NOT NULL THEN coalesce(j.rate_key, j.name) END AS rate_key,
+           jl.most AS key_most, ql.most AS queue_most, ql.every AS queue_every,
+           coalesce(kr.n, 0) AS key_running, coalesce(qr.n, 0) AS queue_running
+    FROM jobs AS j
+    LEFT JOIN job_limits AS jl ON jl.name = j.name
+    LEFT JOIN queue_limits AS ql ON ql.queue = j.queue
+    LEFT JOIN key_running AS kr
+        ON jl.most IS NOT NULL AND kr.key = coalesce(j.limit_key, j.name)
+    LEFT JOIN queue_running AS qr ON ql.most IS NOT NULL AND qr.queue = j.queue
+    LEFT JOIN rate_limits AS rk
+        ON jl.every IS NOT NULL AND rk.kind = 'key' AND rk.key = coalesce(j.rate_key, j.name)
+    LEFT JOIN rate_limits AS rq ON ql.every IS NOT NULL AND rq.kind = 'queue' AND rq.key = j.queue
+    WHERE j.state = {claim_from}
+      AND (%(queues_filter)s::text[] IS NULL OR j.queue = ANY(%(queues_filter)s::text[]))
+      AND (%(names)s::text[] IS NULL OR j.name = ANY(%(names)s::text[]))
+      AND j.queue NOT IN (SELECT queue FROM paused_queues)
+      AND (jl.most IS NULL OR coalesce(kr.n, 0) < jl.most)
+      AND (ql.most IS NULL OR coalesce(qr.n, 0) < ql.most)
+      AND (rk.next_start IS NULL OR rk.next_start <= %(now)s)
+      AND (rq.next_start IS NULL OR rq.next_start <= %(now)s)
+      AND (%(locked)s::text[] IS NULL OR (
+            (jl.most IS NULL
+             OR 'key:' || coalesce(j.limit_key, j.name) = ANY(%(locked)s::text[]))
+            AND (jl.every IS NULL
+                 OR 'rate:' || coalesce(j.rate_key, j.name) = ANY(%(locked)s::text[]))
+            AND ((ql.most IS NULL AND ql.every IS NULL)
+                 OR 'queue:' || j.queue = ANY(%(locked)s::text[]))))
+    ORDER BY j.priority DESC, j.id
+    LIMIT %(scan)s
+    FOR UPDATE OF j SKIP LOCKED
+)
+
+-- name: limit_locks
+-- After flow_candidates (without %(locked)s): the limits its jobs are under,
+-- which the claim then locks (lock_limits) before it counts again.
+SELECT DISTINCT lock FROM candidates AS c
+CROSS JOIN LATERAL (VALUES
+    ('key:' || c.key),
+    ('rate:' || c.rate_key),
+    (CASE WHEN c.queue_most IS NOT NULL OR c.queue_every IS NOT NULL THEN 'queue:' || c.queue END)
+) AS v(lock)
+WHERE lock IS NOT NULL
+ORDER BY lock
+
+-- name: lock_limits
+-- Claims under the same limit take turns (a transaction lock per key, rate and
+-- queue limit, taken in one order by all): each counts what the last one
+-- committed. Claims under other limits, or none, never wait.
+SELECT pg_advisory_xact_lock(1231975284, hashtext(current_schema() || ':' || name))
+FROM unnest(%(locks)s::text[]) AS name
+
 -- name: claim_limited
--- A claim under flow control (instar.registry.flow), after lock_limits. %(jobs)s and
--- %(queues)s map job names and queues to {"max": .., "interval": ..}. Ready jobs
--- in order, but none whose concurrency key or queue has as many leased jobs as
--- its limit, nor any whose rate may not start a job yet; of those, no more per
--- key and per queue than the room left, and one per rate.
+-- After flow_candidates (with %(locked)s, once lock_limits holds them): of
+-- those, no more per key and per queue than the room left, and one per rate.
 UPDATE jobs
 SET state = {claim_to}, attempt = attempt + CASE WHEN rerun THEN 0 ELSE 1 END, rerun = false,
     worker = %(worker)s,
@@ -278,68 +352,20 @@ SET state = {claim_to}, attempt = attempt + CASE WHEN rerun THEN 0 ELSE 1 END, r
     lease_expires_at = %(now)s + lease_seconds,
     cancel_requested = false, pause_requested = false, version = version + 1, updated_at = %(now)s
 WHERE id = ANY(ARRAY(
-    WITH job_limits AS (
-        SELECT key AS name, (value ->> 'max')::integer AS most,
-               (value ->> 'interval')::double precision AS every
-        FROM jsonb_each(%(jobs)s::jsonb)
-    ), queue_limits AS (
-        SELECT key AS queue, (value ->> 'max')::integer AS most,
-               (value ->> 'interval')::double precision AS every
-        FROM jsonb_each(%(queues)s::jsonb)
-    ), candidates AS (
-        SELECT j.id, j.priority, j.queue, j.limit_key, j.rate_key,
-               jl.most AS key_most, jl.every AS key_every, ql.most AS queue_most,
-               ql.every AS queue_every,
-               (SELECT count(*) FROM jobs AS l
-                WHERE l.limit_key = j.limit_key AND l.state IN ({leased})) AS key_running,
-               (SELECT count(*) FROM jobs AS l
-                WHERE l.queue = j.queue AND l.state IN ({leased})) AS queue_running
-        FROM jobs AS j
-        LEFT JOIN job_limits AS jl ON jl.name = j.name
-        LEFT JOIN queue_limits AS ql ON ql.queue = j.queue
-        WHERE j.state = {claim_from}
-          AND (%(queues_filter)s::text[] IS NULL OR j.queue = ANY(%(queues_filter)s::text[]))
-          AND (%(names)s::text[] IS NULL OR j.name = ANY(%(names)s::text[]))
-          AND j.queue NOT IN (SELECT queue FROM paused_queues)
-          AND (jl.most IS NULL OR j.limit_key IS NULL
-               OR (SELECT count(*) FROM jobs AS l
-                   WHERE l.limit_key = j.limit_key AND l.state IN ({leased})) < jl.most)
-          AND (ql.most IS NULL
-               OR (SELECT count(*) FROM jobs AS l
-                   WHERE l.queue = j.queue AND l.state IN ({leased})) < ql.most)
-          AND (jl.every IS NULL OR j.rate_key IS NULL
-               OR NOT EXISTS (SELECT 1 FROM rate_limits AS r
-                              WHERE r.kind = 'key' AND r.key = j.rate_key
-                                AND r.next_start > %(now)s))
-          AND (ql.every IS NULL
-               OR NOT EXISTS (SELECT 1 FROM rate_limits AS r
-                              WHERE r.kind = 'queue' AND r.key = j.queue
-                                AND r.next_start > %(now)s))
-        ORDER BY j.priority DESC, j.id
-        LIMIT %(scan)s
-        FOR UPDATE OF j SKIP LOCKED
-    ), ranked AS (
+    SELECT id FROM (
         SELECT c.*,
-               row_number() OVER (PARTITION BY limit_key ORDER BY priority DESC, id) AS key_rank,
+               row_number() OVER (PARTITION BY key ORDER BY priority DESC, id) AS key_rank,
                row_number() OVER (PARTITION BY queue ORDER BY priority DESC, id) AS queue_rank,
                row_number() OVER (PARTITION BY rate_key ORDER BY priority DESC, id) AS rate_rank
         FROM candidates AS c
-    )
-    SELECT id FROM ranked
-    WHERE (key_most IS NULL OR limit_key IS NULL OR key_running + key_rank <= key_most)
+    ) AS ranked
+    WHERE (key IS NULL OR key_running + key_rank <= key_most)
       AND (queue_most IS NULL OR queue_running + queue_rank <= queue_most)
-      AND (key_every IS NULL OR rate_key IS NULL OR rate_rank = 1)
+      AND (rate_key IS NULL OR rate_rank = 1)
       AND (queue_every IS NULL OR queue_rank = 1)
     ORDER BY priority DESC, id
     LIMIT %(limit)s))
 RETURNING *
-
--- name: lock_limits
--- Claims under the same limit take turns (a transaction lock per queue limit
--- and per key template, taken in one order by all): each counts what the last
--- one committed. Claims under other limits, or none, never wait.
-SELECT pg_advisory_xact_lock(1231975284, hashtext(current_schema() || ':' || name))
-FROM unnest(%(locks)s::text[]) AS name
 
 -- name: advance_rates
 -- After a claim under rates: each rate's next start moves one interval on per
@@ -347,11 +373,11 @@ FROM unnest(%(locks)s::text[]) AS name
 INSERT INTO rate_limits (kind, key, next_start)
 SELECT s.kind, s.key, %(now)s + s.total
 FROM (
-    SELECT 'key' AS kind, j.rate_key AS key, sum((l.value ->> 'interval')::double precision) AS total
+    SELECT 'key' AS kind, coalesce(j.rate_key, j.name) AS key,
+           sum((l.value ->> 'interval')::double precision) AS total
     FROM jobs AS j JOIN jsonb_each(%(jobs)s::jsonb) AS l ON l.key = j.name
-    WHERE j.id = ANY(%(ids)s::bigint[]) AND j.rate_key IS NOT NULL
-      AND l.value ->> 'interval' IS NOT NULL
-    GROUP BY j.rate_key
+    WHERE j.id = ANY(%(ids)s::bigint[]) AND l.value ->> 'interval' IS NOT NULL
+    GROUP BY coalesce(j.rate_key, j.name)
     UNION ALL
     SELECT 'queue', j.queue, sum((l.value ->> 'interval')::double precision)
     FROM jobs AS j JOIN jsonb_each(%(queues)s::jsonb) AS l ON l.key = j.queue
@@ -819,7 +845,14 @@ SELECT f.kind, f.name, f.concurrency, f.key, f.rate_count, f.rate_per, f.rate_ke
 FROM flow_limits AS f ORDER BY f.kind DESC, f.name
 
 -- name: next_rate_start
-SELECT min(next_start) FROM rate_limits WHERE next_start > %(now)s
+-- The earliest next start of a rate that holds a ready job back (a rate row
+-- with none waiting wakes nobody).
+SELECT min(r.next_start) FROM rate_limits AS r
+WHERE r.next_start > %(now)s
+  AND ((r.kind = 'key'
+        AND EXISTS (SELECT 1 FROM jobs WHERE state = {state:ready} AND rate_key = r.key))
+    OR (r.kind = 'queue'
+        AND EXISTS (SELECT 1 FROM jobs WHERE state = {state:ready} AND queue = r.key)))
 
 -- name: forget_rates
 DELETE FROM rate_limits

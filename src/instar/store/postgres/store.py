@@ -49,6 +49,10 @@ _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 Q = load_queries("instar.store.postgres")
+# A claim under limits: the candidates' common table expressions, then what
+# finds their limits' locks, or what claims among them.
+_LIMIT_LOCKS = f"WITH {Q['flow_candidates']}\n{Q['limit_locks']}"
+_CLAIM_LIMITED = f"WITH {Q['flow_candidates']}\n{Q['claim_limited']}"
 
 
 class PostgresStore(SQLStore):
@@ -208,16 +212,23 @@ class PostgresStore(SQLStore):
             "names": None if claim.names is None else list(claim.names),
         }
         conn.execute(Q["claim_plan"])
-        if claim.limits is not None:
-            conn.execute(Q["lock_limits"], {"locks": list(claim.limits.locks)})
+        if claim.limits is None:
+            claimed = conn.execute(Q["claim"], params, binary=True)
+        else:
+            # Under limits: find the limits the candidates are under, lock them,
+            # then count and claim again, now that no other claim under them can
+            # commit before this one (only jobs under these locks are taken).
             params["queues_filter"] = params["queues"]
             params["jobs"], params["queues"] = claim.limits.as_json()
             params["scan"] = claim.limit * SCAN_FACTOR
             conn.execute(Q["claim_plan_no_jit"])
-            claimed = conn.execute(Q["claim_limited"], params, binary=True)
+            params["locked"] = None
+            locks = [row[0] for row in conn.execute(_LIMIT_LOCKS, params).fetchall()]
+            if locks:
+                conn.execute(Q["lock_limits"], {"locks": locks})
+            params["locked"] = locks
+            claimed = conn.execute(_CLAIM_LIMITED, params, binary=True)
             conn.execute(Q["claim_plan_jit_reset"])
-        else:
-            claimed = conn.execute(Q["claim"], params, binary=True)
         conn.execute(Q["claim_plan_reset"])
         return claimed
 

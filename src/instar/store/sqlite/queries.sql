@@ -185,14 +185,15 @@ WHERE id IN (SELECT id FROM jobs WHERE state = {claim_from}
              ORDER BY priority DESC, id LIMIT :limit)
 RETURNING *
 
--- name: claim_limited
--- A claim under flow control (instar.registry.flow). :jobs and :queues map job names and
--- queues to {"max": .., "interval": ..}. Ready jobs in order, but none whose
--- concurrency key or queue has as many leased jobs as its limit, nor any whose
--- rate may not start a job yet; of those, no more per key and per queue than
--- the room left, and one per rate. SQLite has one writer at a time: what the
--- claim counts cannot change before it commits.
-WITH job_limits AS (
+-- name: flow_candidates
+-- The first part of a claim under flow control (instar.registry.flow), which
+-- claim_limited completes: the ready jobs in order, but none whose concurrency
+-- key or queue has as many leased jobs as its limit, nor any whose rate may
+-- not start a job yet. :jobs and :queues map job names and queues to
+-- {"max": .., "interval": ..}. A job stored without a key (enqueued by code
+-- without the limit) counts under its name. The leased jobs are read once
+-- (they are few: the jobs running now), then joined by key.
+job_limits AS (
     SELECT key AS name, json_extract(value, '$.max') AS most,
            json_extract(value, '$.interval') AS every
     FROM json_each(:jobs)
@@ -200,38 +201,46 @@ WITH job_limits AS (
     SELECT key AS queue, json_extract(value, '$.max') AS most,
            json_extract(value, '$.interval') AS every
     FROM json_each(:queues)
+), leased AS (
+    SELECT coalesce(limit_key, name) AS key, queue FROM jobs WHERE state IN ({leased})
+), key_running AS (
+    SELECT key, count(*) AS n FROM leased GROUP BY key
+), queue_running AS (
+    SELECT queue, count(*) AS n FROM leased GROUP BY queue
 ), candidates AS (
-    SELECT j.id, j.priority, j.queue, j.limit_key, j.rate_key,
-           jl.most AS key_most, jl.every AS key_every, ql.most AS queue_most,
-           ql.every AS queue_every,
-           (SELECT count(*) FROM jobs AS l
-            WHERE l.limit_key = j.limit_key AND l.state IN ({leased})) AS key_running,
-           (SELECT count(*) FROM jobs AS l
-            WHERE l.queue = j.queue AND l.state IN ({leased})) AS queue_running
+    SELECT j.id, j.priority, j.queue,
+           CASE WHEN jl.most IS NOT NULL THEN coalesce(j.limit_key, j.name) END AS key,
+           CASE WHEN jl.every IS NOT NULL THEN coalesce(j.rate_key, j.name) END AS rate_key,
+           jl.most AS key_most, ql.most AS queue_most, ql.every AS queue_every,
+           coalesce(kr.n, 0) AS key_running, coalesce(qr.n, 0) AS queue_running
     FROM jobs AS j
     LEFT JOIN job_limits AS jl ON jl.name = j.name
     LEFT JOIN queue_limits AS ql ON ql.queue = j.queue
+    LEFT JOIN key_running AS kr
+        ON jl.most IS NOT NULL AND kr.key = coalesce(j.limit_key, j.name)
+    LEFT JOIN queue_running AS qr ON ql.most IS NOT NULL AND qr.queue = j.queue
+    LEFT JOIN rate_limits AS rk
+        ON jl.every IS NOT NULL AND rk.kind = 'key' AND rk.key = coalesce(j.rate_key, j.name)
+    LEFT JOIN rate_limits AS rq ON ql.every IS NOT NULL AND rq.kind = 'queue' AND rq.key = j.queue
     WHERE j.state = {claim_from}
       AND (:queue_filter IS NULL OR j.queue IN (SELECT value FROM json_each(:queue_filter)))
       AND j.queue NOT IN (SELECT queue FROM paused_queues)
       AND (:names IS NULL OR j.name IN (SELECT value FROM json_each(:names)))
-      AND (jl.most IS NULL OR j.limit_key IS NULL
-           OR (SELECT count(*) FROM jobs AS l
-               WHERE l.limit_key = j.limit_key AND l.state IN ({leased})) < jl.most)
-      AND (ql.most IS NULL
-           OR (SELECT count(*) FROM jobs AS l
-               WHERE l.queue = j.queue AND l.state IN ({leased})) < ql.most)
-      AND (jl.every IS NULL OR j.rate_key IS NULL
-           OR NOT EXISTS (SELECT 1 FROM rate_limits AS r
-                          WHERE r.kind = 'key' AND r.key = j.rate_key AND r.next_start > :now))
-      AND (ql.every IS NULL
-           OR NOT EXISTS (SELECT 1 FROM rate_limits AS r
-                          WHERE r.kind = 'queue' AND r.key = j.queue AND r.next_start > :now))
+      AND (jl.most IS NULL OR coalesce(kr.n, 0) < jl.most)
+      AND (ql.most IS NULL OR coalesce(qr.n, 0) < ql.most)
+      AND (rk.next_start IS NULL OR rk.next_start <= :now)
+      AND (rq.next_start IS NULL OR rq.next_start <= :now)
     ORDER BY j.priority DESC, j.id
     LIMIT :scan
-), ranked AS (
+)
+
+-- name: claim_limited
+-- After flow_candidates: of those, no more per key and per queue than the room
+-- left, and one per rate. SQLite has one writer at a time: what the claim
+-- counts cannot change before it commits.
+ranked AS (
     SELECT c.*,
-           row_number() OVER (PARTITION BY limit_key ORDER BY priority DESC, id) AS key_rank,
+           row_number() OVER (PARTITION BY key ORDER BY priority DESC, id) AS key_rank,
            row_number() OVER (PARTITION BY queue ORDER BY priority DESC, id) AS queue_rank,
            row_number() OVER (PARTITION BY rate_key ORDER BY priority DESC, id) AS rate_rank
     FROM candidates AS c
@@ -241,9 +250,9 @@ SET state = {claim_to}, attempt = attempt + 1 - rerun, rerun = 0, worker = :work
     lease_token = lower(hex(randomblob(8))), lease_expires_at = :now + lease_seconds,
     cancel_requested = 0, pause_requested = 0, version = version + 1, updated_at = :now
 WHERE id IN (SELECT id FROM ranked
-             WHERE (key_most IS NULL OR limit_key IS NULL OR key_running + key_rank <= key_most)
+             WHERE (key IS NULL OR key_running + key_rank <= key_most)
                AND (queue_most IS NULL OR queue_running + queue_rank <= queue_most)
-               AND (key_every IS NULL OR rate_key IS NULL OR rate_rank = 1)
+               AND (rate_key IS NULL OR rate_rank = 1)
                AND (queue_every IS NULL OR queue_rank = 1)
              ORDER BY priority DESC, id LIMIT :limit)
 RETURNING *
@@ -256,11 +265,12 @@ SELECT s.kind, s.key,
        max(:now, coalesce((SELECT r.next_start FROM rate_limits AS r
                            WHERE r.kind = s.kind AND r.key = s.key), 0)) + s.total
 FROM (
-    SELECT 'key' AS kind, j.rate_key AS key, sum(json_extract(l.value, '$.interval')) AS total
+    SELECT 'key' AS kind, coalesce(j.rate_key, j.name) AS key,
+           sum(json_extract(l.value, '$.interval')) AS total
     FROM jobs AS j JOIN json_each(:jobs) AS l ON l.key = j.name
-    WHERE j.id IN (SELECT value FROM json_each(:ids)) AND j.rate_key IS NOT NULL
+    WHERE j.id IN (SELECT value FROM json_each(:ids))
       AND json_extract(l.value, '$.interval') IS NOT NULL
-    GROUP BY j.rate_key
+    GROUP BY coalesce(j.rate_key, j.name)
     UNION ALL
     SELECT 'queue', j.queue, sum(json_extract(l.value, '$.interval'))
     FROM jobs AS j JOIN json_each(:queues) AS l ON l.key = j.queue
@@ -722,7 +732,14 @@ SELECT f.kind, f.name, f.concurrency, f.key, f.rate_count, f.rate_per, f.rate_ke
 FROM flow_limits AS f ORDER BY f.kind DESC, f.name
 
 -- name: next_rate_start
-SELECT min(next_start) FROM rate_limits WHERE next_start > :now
+-- The earliest next start of a rate that holds a ready job back (a rate row
+-- with none waiting wakes nobody).
+SELECT min(r.next_start) FROM rate_limits AS r
+WHERE r.next_start > :now
+  AND ((r.kind = 'key'
+        AND EXISTS (SELECT 1 FROM jobs WHERE state = {state:ready} AND rate_key = r.key))
+    OR (r.kind = 'queue'
+        AND EXISTS (SELECT 1 FROM jobs WHERE state = {state:ready} AND queue = r.key)))
 
 -- name: forget_rates
 DELETE FROM rate_limits

@@ -36,6 +36,8 @@ from instar.store.sql_blocks import load_queries
 from instar.store.sql_store import SQLStore
 
 Q = load_queries("instar.store.sqlite")
+# A claim under limits: the candidates' common table expressions, then the claim.
+_CLAIM_LIMITED = f"WITH {Q['flow_candidates']},\n{Q['claim_limited']}"
 
 SYNCHRONOUS_MODES = ("full", "normal", "extra", "off")
 
@@ -244,7 +246,7 @@ class SQLiteStore(SQLStore):
                 None if claim.queues is None else json.dumps(list(claim.queues))
             )
             params["scan"] = claim.limit * SCAN_FACTOR
-            return conn.execute(Q["claim_limited"], params)
+            return conn.execute(_CLAIM_LIMITED, params)
         if claim.queues is None:
             return conn.execute(Q["claim_any_queue"], params)
         params["queues"] = json.dumps(list(claim.queues))

@@ -1,15 +1,13 @@
 -- Flow control (instar.registry.flow). Each job's keys, filled from its arguments at
--- enqueue: what its concurrency limit counts by and what its rate spaces its
--- starts by (NULL: no such limit).
+-- enqueue (its name where the limit has no key): what its concurrency limit
+-- counts by and what its rate spaces its starts by (NULL: no such limit, or a
+-- job enqueued by code without it, which a limit counts under its name).
 ALTER TABLE jobs ADD COLUMN limit_key text;
 ALTER TABLE jobs ADD COLUMN rate_key text;
 
--- What a claim under a limit counts (the leased jobs of a key, of a queue:
--- few, whatever the size of the table) and how many jobs wait on each key.
-CREATE INDEX jobs_leased_by_key ON jobs (limit_key)
-    WHERE state IN ('running', 'serving', 'stopping') AND limit_key IS NOT NULL;
-CREATE INDEX jobs_leased_by_queue ON jobs (queue) WHERE state IN ('running', 'serving', 'stopping');
-CREATE INDEX jobs_ready_by_key ON jobs (limit_key) WHERE state = 'ready' AND limit_key IS NOT NULL;
+-- The ready jobs of each rate key: whether a rate holds any job back (a
+-- worker waits for a rate's next start only then).
+CREATE INDEX jobs_ready_by_rate ON jobs (rate_key) WHERE state = 'ready' AND rate_key IS NOT NULL;
 
 -- For each rate ('queue' and a queue name, or 'key' and a job's rate key): the
 -- time (epoch seconds) from which it may start its next job. A row whose time

@@ -49,6 +49,7 @@ from instar.retry import Retry
 from instar.store import DEFAULT_DATABASE, open_store
 from instar.store.contract import EventFilter, JobFilter, WorkerInfo
 from instar.store.urls import redact
+from instar.tracing import carrier
 from instar.vocabulary import Actor
 from instar.worker.loop import Worker, WorkerReport, WorkerSettings
 
@@ -543,6 +544,7 @@ class App:
             after=tuple(
                 p.id if isinstance(p, Job) else check_id(p, "an id in after") for p in after
             ),
+            trace_context=carrier(),
         )
 
     # -- reading ----------------------------------------------------------------

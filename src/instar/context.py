@@ -37,6 +37,7 @@ from instar.payload import (
 )
 from instar.registry import JobDefinition, Placement, new_jobs
 from instar.store.contract import Held, Lease, Move, Note
+from instar.tracing import carrier
 from instar.vocabulary import AwakeableState, Trigger, job_actor
 
 PROGRESS_EVENT_INTERVAL = 5.0
@@ -264,7 +265,7 @@ class Context:
         """Create a child job, once however often this handler re-runs."""
         self._spawns += 1
         key = f"instar:child:{self.job.id}:{self._spawns}"
-        placement = Placement(key=key, parent_id=self.job.id)
+        placement = Placement(key=key, parent_id=self.job.id, trace_context=carrier())
         [spec] = new_jobs(
             definition, [kwargs], placement, max_payload_bytes=self._max_payload_bytes
         )

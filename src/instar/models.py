@@ -57,6 +57,8 @@ class Job:
     rerun: bool = False
     """The last run ended without using up its attempt (paused, suspended,
     released): the next run continues that attempt instead of counting a new one."""
+    trace_context: str | None = None
+    """The trace context of the code that enqueued it (``instar.tracing``), if any."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import tomllib
 import uuid
 from datetime import UTC, datetime
@@ -48,6 +50,7 @@ RUN_HERE = {"A first job", "Durable execution", "Following what happens",
             "PostgreSQL: many workers on many machines", "Retention", "Periodic jobs",
             "Listening to transitions", "Flow control"}  # fmt: skip
 RUN_ELSEWHERE = {"HTTP API"}  # against a server: tests/web/test_client.py
+RUN_APART = {"Tracing"}  # sets the process's one tracer provider: in a process of its own
 
 
 def run(code: str, namespace: dict[str, Any]) -> dict[str, Any]:
@@ -57,7 +60,7 @@ def run(code: str, namespace: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_every_python_block_of_the_readme_is_run_by_a_test() -> None:
-    assert set(BLOCKS) == RUN_HERE | RUN_ELSEWHERE
+    assert set(BLOCKS) == RUN_HERE | RUN_ELSEWHERE | RUN_APART
 
 
 def test_the_first_job_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -192,3 +195,15 @@ def test_the_readme_draws_the_layers_import_linter_checks() -> None:
     firsts = [line.split()[0] for line in drawn.group(1).splitlines() if line[:1].strip()]
     layers = [layer.split()[0].removeprefix("instar.") for layer in contract["layers"]]
     assert firsts[: len(layers) - 1] == layers[:-1]
+
+
+def test_the_tracing_example_puts_the_run_under_the_span_that_enqueued_it(
+    tmp_path: Path,
+) -> None:
+    script = tmp_path / "tracing_example.py"
+    script.write_text(BLOCKS["Tracing"])
+    ran = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "['ready -> running', 'running -> completed']"

@@ -38,6 +38,8 @@ class Placement:
     key: str | None = None
     after: tuple[int, ...] = ()
     parent_id: int | None = None
+    trace_context: str | None = None
+    """The enqueuing code's trace context (``instar.tracing.carrier``)."""
 
 
 def start_time(delay: float | None, run_at: datetime | None, now: float) -> float | None:
@@ -113,6 +115,7 @@ def new_jobs(
                 parent_id=placement.parent_id,
                 limit_key=limit_key,
                 rate_key=rate_key,
+                trace_context=placement.trace_context,
             )
         )
     return specs

@@ -62,6 +62,8 @@ class NewJob:
     """The key its concurrency limit counts by (``instar.registry.flow``), if it has one."""
     rate_key: str | None = None
     """The key its rate limit spaces starts by, if it has one."""
+    trace_context: str | None = None
+    """The trace context of the code that enqueued it (``instar.tracing``)."""
 
 
 @dataclass(slots=True)

@@ -118,6 +118,7 @@ def new_job_record(job_id: int, new: NewJob, created: datetime) -> Job:
         version=0,
         pause_timeout=new.pause_timeout,
         parent_id=new.parent_id,
+        trace_context=new.trace_context,
     )
 
 
@@ -128,13 +129,13 @@ def jobs_from(cursor: Cursor) -> list[Job]:
     (i_id, i_name, i_queue, i_state, i_priority, i_attempt, i_max, i_args, i_result, i_error,
      i_key, i_run_at, i_retry_at, i_created, i_updated, i_worker, i_token, i_expires,
      i_lease, i_cancel, i_progress, i_version, i_checkpoint, i_pause, i_wake, i_deadline,
-     i_pause_timeout, i_parent, i_rerun) = (
+     i_pause_timeout, i_parent, i_rerun, i_trace) = (
         at[c] for c in (
             "id", "name", "queue", "state", "priority", "attempt", "max_attempts", "args",
             "result", "error", "key", "run_at", "next_retry_at", "created_at", "updated_at",
             "worker", "lease_token", "lease_expires_at", "lease_seconds", "cancel_requested",
             "progress", "version", "checkpoint", "pause_requested", "wake_at",
-            "pause_deadline", "pause_timeout", "parent_id", "rerun",
+            "pause_deadline", "pause_timeout", "parent_id", "rerun", "trace_context",
         )
     )  # fmt: skip
     jobs = []
@@ -184,6 +185,7 @@ def jobs_from(cursor: Cursor) -> list[Job]:
                 pause_timeout=row[i_pause_timeout],
                 parent_id=row[i_parent],
                 rerun=bool(row[i_rerun]),
+                trace_context=row[i_trace],
             )
         )
     return jobs

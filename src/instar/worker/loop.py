@@ -65,6 +65,7 @@ from instar.registry import JobDefinition, Registry
 from instar.retention import Retention
 from instar.retry import Retry
 from instar.store.contract import ClaimRequest, Held, Move, Note, Recheck, WorkerInfo
+from instar.tracing import RunTracing
 from instar.vocabulary import Trigger
 from instar.worker.executor import call_async, call_sync, fatal, past_timeout
 from instar.worker.heartbeat import Heartbeat
@@ -138,6 +139,7 @@ class _Run:
     timer: asyncio.TimerHandle | None = None  # a def handler's timeout
     overran: bool = False  # a def handler past its timeout, still in its thread
     began: float = 0.0
+    span: Any = None  # the run's OpenTelemetry span (instar.tracing), if tracing is on
 
 
 def new_worker_id() -> str:
@@ -195,6 +197,7 @@ class Worker:
             definitions=list(registry.values()),
         )
         self._job_log = JobLog(self.id)
+        self._tracing = RunTracing()
         self._heartbeat = Heartbeat(engine, self._info(), self._held, self._heard)
         self._limits = registry.flow_limits() if isinstance(registry, Registry) else None
 
@@ -554,6 +557,7 @@ class Worker:
         self._job_log.started(job)
         if self.settings.observer is not None:
             self.settings.observer.started(job)
+        run.span = self._tracing.start(job)
         if definition.is_async:
             run.task = asyncio.create_task(self._execute(run), name=f"instar-job-{job.id}")
             run.task.add_done_callback(functools.partial(self._finished, run))
@@ -579,7 +583,8 @@ class Worker:
     async def _execute(self, run: _Run) -> None:
         """An ``async def`` handler's run, as a task on the loop."""
         try:
-            outcome = await call_async(run.definition, run.ctx, run.job.args)
+            with self._tracing.inside(run.span):
+                outcome = await call_async(run.definition, run.ctx, run.job.args)
         except asyncio.CancelledError:
             if not run.ctx.cancelled:
                 return  # released at shutdown: _stop_what_can_stop has reported it
@@ -594,7 +599,8 @@ class Worker:
         assert loop is not None
         if run.definition.options.timeout is not None:
             loop.call_soon_threadsafe(self._arm_timeout, run)
-        outcome = call_sync(run.definition, run.ctx, run.job.args)
+        with self._tracing.inside(run.span):
+            outcome = call_sync(run.definition, run.ctx, run.job.args)
         self._thread_ends.append((run, outcome))
         if not self._thread_ends_signalled:
             self._thread_ends_signalled = True
@@ -661,7 +667,8 @@ class Worker:
         if self._running.get(run.job.id) is not run:
             return
         del self._running[run.job.id]
-        self._queue_outcome(run.ctx.job, retry, outcome)
+        moves = self._queue_outcome(run.ctx.job, retry, outcome)
+        self._tracing.end(run.span, moves, outcome.error if isinstance(outcome, Raised) else None)
         self._start_when_rechecked()
 
     def _start_when_rechecked(self) -> None:
@@ -672,7 +679,7 @@ class Worker:
         ):
             self._start_buffered()
 
-    def _queue_outcome(self, job: Job, retry: Retry, outcome: Outcome) -> None:
+    def _queue_outcome(self, job: Job, retry: Retry, outcome: Outcome) -> list[Move]:
         moves = outcome_moves(
             job,
             outcome,
@@ -682,6 +689,7 @@ class Worker:
         )
         self._outbox.add(moves=moves)
         self._wake_threadsafe()
+        return moves
 
     def _report(self, entry: Note | Move) -> None:
         """Called from handlers, in any thread: queue a note (or a service's move

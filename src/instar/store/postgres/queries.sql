@@ -32,8 +32,8 @@ VALUES (%(version)s, %(name)s, extract(epoch FROM clock_timestamp()))
 -- One job, with its key's idempotency; the caller reads the existing job when skipped.
 INSERT INTO jobs (name, queue, state, priority, max_attempts, args, key, run_at,
                   lease_seconds, pause_timeout, parent_id, created_at, updated_at,
-                  limit_key, rate_key)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                  limit_key, rate_key, trace_context)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING
 RETURNING id
 
@@ -43,10 +43,10 @@ RETURNING id
 WITH job AS (
     INSERT INTO jobs (name, queue, state, priority, max_attempts, args, key, run_at,
                       lease_seconds, pause_timeout, parent_id, created_at, updated_at,
-                      limit_key, rate_key)
+                      limit_key, rate_key, trace_context)
     VALUES (%(name)s, %(queue)s, %(state)s, %(priority)s, %(max_attempts)s, %(args)s, %(key)s,
             %(run_at)s, %(lease_seconds)s, %(pause_timeout)s, %(parent_id)s, %(now)s, %(now)s,
-            %(limit_key)s, %(rate_key)s)
+            %(limit_key)s, %(rate_key)s, %(trace_context)s)
     ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING
     RETURNING id, state
 ), event AS (
@@ -63,15 +63,18 @@ WITH input AS (
         %(name)b::text[], %(queue)b::text[], %(state)b::text[], %(priority)b::integer[],
         %(max_attempts)b::integer[], %(args)b::text[], %(run_at)b::double precision[],
         %(lease_seconds)b::double precision[], %(pause_timeout)b::double precision[],
-        %(parent_id)b::bigint[], %(limit_key)b::text[], %(rate_key)b::text[]
+        %(parent_id)b::bigint[], %(limit_key)b::text[], %(rate_key)b::text[],
+        %(trace_context)b::text[]
     ) WITH ORDINALITY AS t(name, queue, state, priority, max_attempts, args, run_at,
-                           lease_seconds, pause_timeout, parent_id, limit_key, rate_key, n)
+                           lease_seconds, pause_timeout, parent_id, limit_key, rate_key,
+                           trace_context, n)
 ), inserted AS (
     INSERT INTO jobs (name, queue, state, priority, max_attempts, args, run_at,
                       lease_seconds, pause_timeout, parent_id, created_at, updated_at,
-                      limit_key, rate_key)
+                      limit_key, rate_key, trace_context)
     SELECT name, queue, state, priority, max_attempts, args, run_at,
-           lease_seconds, pause_timeout, parent_id, %(now)s, %(now)s, limit_key, rate_key
+           lease_seconds, pause_timeout, parent_id, %(now)s, %(now)s, limit_key, rate_key,
+           trace_context
     FROM input ORDER BY n
     RETURNING id, state
 ), event AS (

@@ -251,6 +251,7 @@ class PostgresStore(SQLStore):
                 "parent_id": [j.parent_id for j in jobs],
                 "limit_key": [j.limit_key for j in jobs],
                 "rate_key": [j.rate_key for j in jobs],
+                "trace_context": [j.trace_context for j in jobs],
                 "now": now,
                 "actor": actor,
                 "trigger": Trigger.ENQUEUED.value,
@@ -276,6 +277,7 @@ class PostgresStore(SQLStore):
                     now,
                     job.limit_key,
                     job.rate_key,
+                    job.trace_context,
                 ),
             ).fetchone()
             ids.append(None if row is None else row[0])
@@ -361,6 +363,7 @@ class PostgresStore(SQLStore):
             "parent_id": job.parent_id,
             "limit_key": job.limit_key,
             "rate_key": job.rate_key,
+            "trace_context": job.trace_context,
             "now": now,
             "actor": None if actor is None else safe_text(actor),
             "trigger": Trigger.ENQUEUED.value,

@@ -11,8 +11,8 @@ PRAGMA journal_mode = WAL;
 -- Positional parameters: this runs once per job on the enqueue path.
 INSERT INTO jobs (name, queue, state, priority, max_attempts, args, key, run_at,
                   lease_seconds, pause_timeout, parent_id, created_at, updated_at,
-                  limit_key, rate_key)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                  limit_key, rate_key, trace_context)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING
 
 -- name: insert_jobs_alike
@@ -20,8 +20,8 @@ ON CONFLICT (key) WHERE key IS NOT NULL DO NOTHING
 -- arguments' JSON texts, in the 6th place), in one statement and in order.
 INSERT INTO jobs (name, queue, state, priority, max_attempts, args, key, run_at,
                   lease_seconds, pause_timeout, parent_id, created_at, updated_at,
-                  limit_key, rate_key)
-SELECT ?1, ?2, ?3, ?4, ?5, value, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15
+                  limit_key, rate_key, trace_context)
+SELECT ?1, ?2, ?3, ?4, ?5, value, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16
 FROM json_each(?6) ORDER BY key
 
 -- name: max_job_id

@@ -272,6 +272,7 @@ class SQLiteStore(SQLStore):
                 now,
                 j.limit_key,
                 j.rate_key,
+                j.trace_context,
             )
             for j in jobs
         ]

@@ -1,0 +1,131 @@
+"""OpenTelemetry tracing, when ``opentelemetry-api`` is installed (the
+``tracing`` extra); without it this module imports nothing and does nothing.
+
+- Enqueue: the trace context of the code that enqueues (its current span, as
+  the W3C ``traceparent``/``tracestate`` fields of the configured propagator)
+  is stored with the job (``carrier``), at most ``MAX_CARRIER_BYTES``.
+- Run: each run is a span, ``instar.run <job name>`` (kind consumer), whose
+  parent is the enqueuing span, with the job's id, name, attempt and queue as
+  attributes; the handler runs inside it (a span the handler starts is its
+  child), and the run's transitions (its claim, its end) are its events. A
+  run that failed has an error status.
+
+A worker makes spans only when the application configured a tracer provider
+(``opentelemetry.trace.set_tracer_provider``); otherwise tracing costs one
+check per run. A stored context that is not what Instar wrote (edited in the
+database) is ignored: the run's span is then a root.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from instar.lifecycle import CLAIM, State
+from instar.models import Job
+from instar.store.contract import Move
+
+try:
+    from opentelemetry import context as otel_context
+    from opentelemetry import propagate, trace
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+except ImportError:  # the tracing extra is not installed
+    trace = None  # type: ignore[assignment]
+
+MAX_CARRIER_BYTES = 1024
+"""The largest trace context stored with a job (a traceparent is 55 bytes; the
+rest is room for a tracestate, which W3C caps at 512 characters)."""
+FAILED = frozenset({State.FAILED, State.BACKING_OFF, State.PAUSED})
+"""Where a run that raised ends (paused: its retries exhausted, on_exhausted="pause")."""
+
+
+def carrier() -> str | None:
+    """The current trace context as JSON text, or None (no valid span now, or
+    no OpenTelemetry)."""
+    if trace is None or not trace.get_current_span().get_span_context().is_valid:
+        return None
+    fields: dict[str, str] = {}
+    propagate.inject(fields)
+    text = json.dumps(fields, separators=(",", ":"))
+    return text if fields and len(text) <= MAX_CARRIER_BYTES else None
+
+
+def _parent(text: str | None) -> Any:
+    """The context a stored carrier describes, or None for a root span."""
+    if not text:
+        return None
+    try:
+        fields = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(fields, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in fields.items()
+    ):
+        return None
+    return propagate.extract(fields)
+
+
+class RunTracing:
+    """The spans of one worker's runs."""
+
+    def __init__(self) -> None:
+        self._tracer: Any = None
+
+    def start(self, job: Job) -> Any:
+        """A started span for this run of ``job``, or None when no tracer
+        provider is configured."""
+        if trace is None:
+            return None
+        provider = trace.get_tracer_provider()
+        if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+            return None
+        if self._tracer is None:
+            self._tracer = trace.get_tracer("instar")
+        span = self._tracer.start_span(
+            f"instar.run {job.name}",
+            context=_parent(job.trace_context),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "instar.job.id": job.id,
+                "instar.job.name": job.name,
+                "instar.job.attempt": job.attempt,
+                "instar.job.queue": job.queue,
+            },
+        )
+        span.add_event(_transition(*CLAIM), {"instar.trigger": "claimed"})
+        return span
+
+    def inside(self, span: Any) -> contextlib.AbstractContextManager[None]:
+        """Run the block with ``span`` current (in this thread or task)."""
+        return _NOTHING if span is None else _current(span)
+
+    def end(self, span: Any, moves: Sequence[Move], error: BaseException | None) -> None:
+        """End the run's span with the moves that end the run as its events."""
+        if span is None:
+            return
+        for move in moves:
+            span.add_event(
+                _transition(move.from_state, move.to_state), {"instar.trigger": move.trigger}
+            )
+        if error is not None and any(m.to_state in FAILED for m in moves):
+            span.record_exception(error)
+            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"[:500]))
+        span.end()
+
+
+_NOTHING = contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _current(span: Any) -> Iterator[None]:
+    token = otel_context.attach(trace.set_span_in_context(span))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+def _transition(left: State, entered: State) -> str:
+    return f"{left.value} -> {entered.value}"

@@ -154,6 +154,8 @@ class WorkerMetrics:
             buckets=RUN_BUCKETS,
             registry=registry,
         )
+        self.url = ""
+        """Where they are served (``serve_worker_metrics``)."""
         self._runs: dict[int, tuple[str, float]] = {}  # job id: name, monotonic start
         self._children: dict[tuple[object, ...], Any] = {}  # (metric, *labels): series
 
@@ -202,16 +204,18 @@ class WorkerMetrics:
 
 def serve_worker_metrics(app: App, host: str, port: int) -> WorkerMetrics:
     """Serve the database's and a worker's metrics at ``http://host:port/metrics``
-    from a thread of this process; returns the worker's, to pass to the worker as
-    its observer. ``ConfigurationError`` when the address cannot be bound."""
+    (port 0: any free one) from a thread of this process; returns the worker's,
+    to pass to the worker as its ``observer``, with their ``url``.
+    ``ConfigurationError`` when the address cannot be bound."""
     registry = CollectorRegistry(auto_describe=False)
     metrics = WorkerMetrics(registry, app.clock)
     registry.register(InstarCollector(app))
     try:
-        start_http_server(port, addr=host, registry=registry)
+        server, _ = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
         raise ConfigurationError(
             f"cannot serve metrics on {host}:{port} ({exc.strerror or exc}); "
             "choose another --metrics-port"
         ) from None
+    metrics.url = f"http://{host}:{server.server_port}/metrics"
     return metrics

@@ -48,7 +48,7 @@ def python_blocks() -> dict[str, str]:
 BLOCKS = python_blocks()
 RUN_HERE = {"A first job", "Durable execution", "Following what happens",
             "PostgreSQL: many workers on many machines", "Retention", "Periodic jobs",
-            "Listening to transitions", "Flow control"}  # fmt: skip
+            "Listening to transitions", "Flow control", "Metrics"}  # fmt: skip
 RUN_ELSEWHERE = {"HTTP API"}  # against a server: tests/web/test_client.py
 RUN_APART = {"Tracing"}  # sets the process's one tracer provider: in a process of its own
 
@@ -127,6 +127,15 @@ def test_the_flow_control_example_runs_one_sync_per_user_at_a_time(
             ("job", "readme.sync_account"),
             ("job", "readme.crawl"),
         }
+
+
+def test_the_metrics_example_serves_the_run_it_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    done = run(BLOCKS["Metrics"], {})
+    assert done["metrics"].url.startswith("http://127.0.0.1:")
+    done["app"].close()
 
 
 def test_the_periodic_example_enqueues_the_slot_and_its_handler_gets_it(

@@ -157,7 +157,7 @@ def _serve_metrics(app: App, host: str, port: int) -> RunObserver:
             "--metrics-port needs prometheus_client: pip install 'instar[metrics]'"
         ) from None
     observer = serve_worker_metrics(app, host, port)
-    log.info("metrics at http://%s:%d/metrics", host, port)
+    log.info("metrics at %s", observer.url)
     return observer
 
 

@@ -20,13 +20,19 @@ serves the database's at ``GET /api/v1/metrics``.
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections import Counter as Counter_
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from instar.app import App
@@ -139,27 +145,22 @@ class WorkerMetrics:
         self._heartbeats = Counter(
             "instar_heartbeats", "Heartbeats this worker sent", registry=registry
         )
-        self._run_seconds = Histogram(
-            "instar_job_run_seconds",
-            "How long this worker's runs took, by job name",
-            ["name"],
-            buckets=RUN_BUCKETS,
-            registry=registry,
+        self._run_seconds = _Histogram(
+            "instar_job_run_seconds", "How long this worker's runs took, by job name"
         )
-        self._queue_wait = Histogram(
+        self._queue_wait = _Histogram(
             "instar_job_queue_wait_seconds",
             "How long a job this worker claimed had waited: from its creation, or from "
             "its start or retry time when it had one, to its claim",
-            ["name"],
-            buckets=RUN_BUCKETS,
-            registry=registry,
         )
+        registry.register(self._run_seconds)
+        registry.register(self._queue_wait)
         self.url = ""
         """Where they are served (``serve_worker_metrics``)."""
         self._runs: dict[int, tuple[str, float]] = {}  # job id: name, monotonic start
         self._children: dict[tuple[object, ...], Any] = {}  # (metric, *labels): series
 
-    def _child(self, metric: Counter | Histogram, *labels: str) -> Any:
+    def _child(self, metric: Counter, *labels: str) -> Any:
         key = (id(metric), *labels)
         found = self._children.get(key)
         if found is None:
@@ -168,10 +169,11 @@ class WorkerMetrics:
 
     def claimed(self, jobs: Sequence[Job]) -> None:
         now = self.clock.now()
+        observe = self._queue_wait.observe
         for job in jobs:
             # A retry comes after any start time, which comes after the creation.
             since = job.next_retry_at or job.run_at or job.created_at
-            self._child(self._queue_wait, job.name).observe(max(0.0, now - since.timestamp()))
+            observe(job.name, now - since.timestamp())
         self._child(self._transitions, CLAIM[0].value, CLAIM[1].value).inc(len(jobs))
 
     def started(self, job: Job) -> None:
@@ -187,7 +189,7 @@ class WorkerMetrics:
             run = self._runs.pop(move.job_id, None)
             if run is None:
                 continue
-            self._child(self._run_seconds, run[0]).observe(now - run[1])
+            self._run_seconds.observe(run[0], now - run[1])
             if move.to_state is State.BACKING_OFF:
                 self._child(self._retries, run[0]).inc()
         for (left, entered), count in pairs.items():
@@ -200,6 +202,42 @@ class WorkerMetrics:
 
     def heartbeat(self) -> None:
         self._heartbeats.inc()
+
+
+_BOUNDS = [repr(float(b)) for b in RUN_BUCKETS] + ["+Inf"]
+"""The buckets' upper bounds as the text format writes them (``le``)."""
+
+
+class _Histogram(Collector):
+    """A histogram by job name, kept as plain bucket counts and exposed at each
+    scrape. prometheus_client's own takes a lock and builds its labels on each
+    observation: three times the cost, on every job. Observed from the
+    worker's event loop only; a scrape copies the counts."""
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self._counts: dict[str, list[int]] = {}  # name: count per bucket, then +Inf
+        self._sums: dict[str, float] = {}
+
+    def observe(self, label: str, seconds: float) -> None:
+        counts = self._counts.get(label)
+        if counts is None:
+            counts = self._counts[label] = [0] * (len(RUN_BUCKETS) + 1)
+            self._sums[label] = 0.0
+        seconds = max(0.0, seconds)
+        counts[bisect.bisect_left(RUN_BUCKETS, seconds)] += 1
+        self._sums[label] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=["name"])
+        for label, counts in list(self._counts.items()):
+            cumulative, total = [], 0
+            for bound, count in zip(_BOUNDS, list(counts), strict=True):
+                total += count
+                cumulative.append((bound, total))
+            family.add_metric([label], cumulative, self._sums.get(label, 0.0))
+        yield family
 
 
 def serve_worker_metrics(app: App, host: str, port: int) -> WorkerMetrics:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import subprocess
 import sys
@@ -48,7 +49,7 @@ def python_blocks() -> dict[str, str]:
 BLOCKS = python_blocks()
 RUN_HERE = {"A first job", "Durable execution", "Following what happens",
             "PostgreSQL: many workers on many machines", "Retention", "Periodic jobs",
-            "Listening to transitions", "Flow control", "Metrics"}  # fmt: skip
+            "Listening to transitions", "Flow control", "Metrics", "Command line"}  # fmt: skip
 RUN_ELSEWHERE = {"HTTP API"}  # against a server: tests/web/test_client.py
 RUN_APART = {"Tracing"}  # sets the process's one tracer provider: in a process of its own
 
@@ -127,6 +128,23 @@ def test_the_flow_control_example_runs_one_sync_per_user_at_a_time(
             ("job", "readme.sync_account"),
             ("job", "readme.crawl"),
         }
+
+
+def test_the_logging_example_gets_a_start_and_an_end_line_with_their_fields(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    jobs_logger = logging.getLogger("instar.jobs")
+    handlers, level = list(jobs_logger.handlers), jobs_logger.level
+    try:
+        done = run(BLOCKS["Command line"], {})
+        assert capsys.readouterr().out.strip() == (
+            "[('started', 'resize', None), ('ended', 'resize', 'completed')]"
+        )
+        done["app"].close()
+    finally:
+        jobs_logger.handlers[:] = handlers
+        jobs_logger.setLevel(level)
 
 
 def test_the_metrics_example_serves_the_run_it_counted(

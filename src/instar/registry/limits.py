@@ -72,7 +72,8 @@ def check_priority(value: object, *, for_code: bool = False) -> int:
     to ``MAX_PRIORITY``; higher runs first."""
     if isinstance(value, bool):
         raise _error("priority must be a whole number, got bool", for_code=for_code)
-    if not isinstance(value, SupportsIndex):
+    # An int first: the check against the protocol costs microseconds on each enqueue.
+    if not isinstance(value, int) and not isinstance(value, SupportsIndex):
         raise _error(
             f"priority must be a whole number, got {type(value).__name__} {value!r:.40}",
             for_code=for_code,

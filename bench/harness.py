@@ -746,10 +746,23 @@ ON CONFLICT (name) DO UPDATE SET event_id = excluded.event_id
 
 @dataclass(frozen=True)
 class Speeds:
-    """Claims of ready jobs and one-by-one enqueues on one database, at one moment."""
+    """Claims of ready jobs and one-by-one enqueues on one database, at one
+    moment, each taken in turns with the same on a control database that never
+    held the rows pruned (the control cancels the machine's drift between two
+    moments)."""
 
     claims: Claims | str
     enqueues: list[float]  # jobs/s, one run each
+    control_claims: Claims | str
+    control_enqueues: list[float]
+
+    def claims_against_control(self) -> float | None:
+        if isinstance(self.claims, str) or isinstance(self.control_claims, str):
+            return None
+        return self.claims.claims_per_second / self.control_claims.claims_per_second
+
+    def enqueues_against_control(self) -> float:
+        return statistics.median(self.enqueues) / statistics.median(self.control_enqueues)
 
 
 @dataclass(frozen=True)
@@ -764,34 +777,44 @@ class Pruned:
     after: Speeds
 
 
-def _speeds(url: str, sizes: Sizes) -> Speeds:
-    bulk_enqueue(url, (2 + sizes.claim_batches) * sizes.claim_limit, sizes.bulk_chunk)
-    found = claim_batches([url], sizes)
+def _speeds(url: str, control: str, sizes: Sizes) -> Speeds:
+    for each in (url, control):
+        bulk_enqueue(each, (2 + sizes.claim_batches) * sizes.claim_limit, sizes.bulk_chunk)
+    found = claim_batches([url, control], sizes)
     claims = found if isinstance(found, str) else found[0]
-    enqueues = [enqueue_one_by_one(url, max(100, sizes.enqueue_jobs // 3)) for _ in range(5)]
-    return Speeds(claims, enqueues)
+    control_claims = found if isinstance(found, str) else found[1]
+    jobs = max(100, sizes.enqueue_jobs // 3)
+    enqueues, control_enqueues = [], []
+    for _ in range(5):
+        enqueues.append(enqueue_one_by_one(url, jobs))
+        control_enqueues.append(enqueue_one_by_one(control, jobs))
+    return Speeds(claims, enqueues, control_claims, control_enqueues)
 
 
-def pruning(url: str, sizes: Sizes, fill: Callable[[], None], settle: Callable[[], None]) -> Pruned:
-    """``fill()`` adds ``sizes.pruned`` finished jobs older than retention, with
-    their events, counted by the rollup already; ``settle()`` runs before each
-    speed measurement (PostgreSQL: the VACUUM ANALYZE that autovacuum would run
-    after so many deletes). Speeds before, the whole prune timed (the call ``instar
-    prune`` makes, default retention), speeds after."""
+def pruning(
+    url: str, control: str, sizes: Sizes, fill: Callable[[], None], settle: Callable[[], None]
+) -> Pruned:
+    """``fill()`` adds ``sizes.pruned`` finished jobs older than retention to
+    ``url``, with their events, counted by the rollup already; ``settle()`` runs
+    before each speed measurement (PostgreSQL: the VACUUM ANALYZE that autovacuum
+    would run after so many deletes). Speeds before, the whole prune timed (the
+    call ``instar prune`` makes, default retention), speeds after; each speed in
+    turns with ``control``, a database that never held those jobs."""
     from instar.maintenance.pruning import prune_all
     from instar.retention import Retention
 
-    with make_app(url) as app:
-        app.engine  # noqa: B018  (creates and migrates)
+    for each in (url, control):
+        with make_app(each) as app:
+            app.engine  # noqa: B018  (creates and migrates)
     fill()
     settle()
-    before = _speeds(url, sizes)
+    before = _speeds(url, control, sizes)
     with make_app(url) as app:
         start = time.perf_counter()
         report = prune_all(app.engine, Retention())
         seconds = time.perf_counter() - start
     settle()
-    after = _speeds(url, sizes)
+    after = _speeds(url, control, sizes)
     return Pruned(sizes.pruned, sum(report.pruned.values()), seconds, before, after)
 
 
@@ -810,38 +833,50 @@ def pruning_rows(found: Pruned) -> list[Row]:
         )
     ]
     before, after = found.before, found.after
-    if isinstance(before.claims, Claims) and isinstance(after.claims, Claims):
+    claims_before, claims_after = before.claims_against_control(), after.claims_against_control()
+    if claims_before is not None and claims_after is not None:
+        assert isinstance(after.claims, Claims) and isinstance(before.claims, Claims)
         rows.append(
             judged(
                 f"claim {after.claims.limit} (engine call), after pruning {n}",
                 f"{after.claims.claims_per_second:,.0f} claims/s",
-                after.claims.claims_per_second,
-                before.claims.claims_per_second,
+                claims_after,
+                claims_before,
                 "before",
                 ">= 0.90x before",
                 0.9,
-                f"{after.claims.detail()}; before pruning: "
-                f"{before.claims.claims_per_second:,.0f} claims/s ({before.claims.detail()})",
+                f"each against a table that never held them, in turns: "
+                f"{claims_after:.2f}x it after, {claims_before:.2f}x before; after "
+                f"{after.claims.detail()}; before {before.claims.claims_per_second:,.0f} "
+                f"claims/s ({before.claims.detail()})",
             )
         )
     else:
-        reason = before.claims if isinstance(before.claims, str) else after.claims
+        reason = next(
+            c for c in (before.claims, after.claims, before.control_claims) if isinstance(c, str)
+        )
         rows.append(
             Row(f"claim, after pruning {n}", "-", "-", ">= 0.90x before", None, str(reason))
         )
-    b, a = statistics.median(before.enqueues), statistics.median(after.enqueues)
+    enqueue_before, enqueue_after = (
+        before.enqueues_against_control(),
+        after.enqueues_against_control(),
+    )
+    a = statistics.median(after.enqueues)
     rows.append(
         judged(
             f"enqueue one by one, after pruning {n}",
             f"{a:,.0f} /s",
-            a,
-            b,
+            enqueue_after,
+            enqueue_before,
             "before",
             ">= 0.90x before",
             0.9,
-            f"median of {len(after.enqueues)} runs "
+            f"each against a table that never held them, in turns: {enqueue_after:.2f}x it "
+            f"after, {enqueue_before:.2f}x before; after: median of {len(after.enqueues)} runs "
             f"({', '.join(f'{v:,.0f}' for v in after.enqueues)} /s); before: "
-            f"{b:,.0f} /s ({', '.join(f'{v:,.0f}' for v in before.enqueues)})",
+            f"{statistics.median(before.enqueues):,.0f} /s "
+            f"({', '.join(f'{v:,.0f}' for v in before.enqueues)})",
         )
     )
     return rows

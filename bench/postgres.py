@@ -210,7 +210,10 @@ class PostgresBench:
 
     def pruned(self) -> Pruned:
         """Old finished jobs pruned; claiming and enqueueing before and after."""
-        with self.schema("pruning") as (_, url, conn):
+        with (
+            self.schema("pruning") as (_, url, conn),
+            self.schema("pruning_control") as (_, control, _),
+        ):
 
             def fill() -> None:
                 params = {"now": time.time() - OLD, "rows": self.sizes.pruned}
@@ -225,7 +228,7 @@ class PostgresBench:
                 conn.execute(b"VACUUM ANALYZE events")
                 conn.execute(b"CHECKPOINT")
 
-            return pruning(url, self.sizes, fill, settle)
+            return pruning(url, control, self.sizes, fill, settle)
 
     def finished(self, rows: int) -> Finished:
         """A schema with no finished jobs and one with ``rows`` of them, side by

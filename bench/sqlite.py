@@ -289,7 +289,8 @@ class SqliteBench:
                 conn.execute(ROLLED_UP)
                 conn.execute("COMMIT")
 
-        return pruning(sqlite_url(path), self.sizes, fill, lambda: None)
+        control = sqlite_url(self.path("pruning-control"))
+        return pruning(sqlite_url(path), control, self.sizes, fill, lambda: None)
 
     def memory(self) -> Memory:
         """One burst worker through ``memory_to`` jobs (and a tail, so it is still

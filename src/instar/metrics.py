@@ -21,6 +21,7 @@ serves the database's at ``GET /api/v1/metrics``.
 from __future__ import annotations
 
 import bisect
+import logging
 import time
 from collections import Counter as Counter_
 from collections.abc import Iterator, Sequence
@@ -44,6 +45,8 @@ from instar.maintenance.state_flows import ROLLUP
 from instar.models import Job
 from instar.store.contract import Move
 
+log = logging.getLogger("instar.metrics")
+
 WORKERS_SEEN_WITHIN = 30.0
 """Seconds since a worker's last heartbeat for it to count as alive."""
 LEASED = frozenset(states_of_kind(Kind.LEASED))
@@ -59,6 +62,12 @@ class InstarCollector(Collector):
         self.app = app
 
     def collect(self) -> Iterator[Metric]:
+        try:
+            yield from self._collect()
+        except Exception as exc:  # the database is away: the other metrics are still served
+            log.warning("metrics: the database could not be read (%s)", exc)
+
+    def _collect(self) -> Iterator[Metric]:
         read = self.app.reader
         jobs = GaugeMetricFamily(
             "instar_jobs",
@@ -151,7 +160,8 @@ class WorkerMetrics:
         self._queue_wait = _Histogram(
             "instar_job_queue_wait_seconds",
             "How long a job this worker claimed had waited: from its creation, or from "
-            "its start or retry time when it had one, to its claim",
+            "its start or retry time when it had one, to its claim (a job back from a "
+            "sleep or a pause is not counted)",
         )
         registry.register(self._run_seconds)
         registry.register(self._queue_wait)
@@ -171,6 +181,8 @@ class WorkerMetrics:
         now = self.clock.now()
         observe = self._queue_wait.observe
         for job in jobs:
+            if job.wake_at is not None or job.pause_deadline is not None:
+                continue  # back from a sleep or a pause: when it became ready is not known
             # A retry comes after any start time, which comes after the creation.
             since = job.next_retry_at or job.run_at or job.created_at
             observe(job.name, now - since.timestamp())
@@ -194,6 +206,10 @@ class WorkerMetrics:
                 self._child(self._retries, run[0]).inc()
         for (left, entered), count in pairs.items():
             self._child(self._transitions, left.value, entered.value).inc(count)
+
+    def lost(self, job_ids: Sequence[int]) -> None:
+        for job_id in job_ids:
+            self._runs.pop(job_id, None)
 
     def maintained(self, report: MaintenanceReport) -> None:
         for service, count in report.moved.items():
@@ -255,5 +271,6 @@ def serve_worker_metrics(app: App, host: str, port: int) -> WorkerMetrics:
             f"cannot serve metrics on {host}:{port} ({exc.strerror or exc}); "
             "choose another --metrics-port"
         ) from None
-    metrics.url = f"http://{host}:{server.server_port}/metrics"
+    shown = f"[{host}]" if ":" in host else host  # an IPv6 address, in a URL
+    metrics.url = f"http://{shown}:{server.server_port}/metrics"
     return metrics

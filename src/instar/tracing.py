@@ -2,13 +2,14 @@
 ``tracing`` extra); without it this module imports nothing and does nothing.
 
 - Enqueue: the trace context of the code that enqueues (its current span, as
-  the W3C ``traceparent``/``tracestate`` fields of the configured propagator)
-  is stored with the job (``carrier``), at most ``MAX_CARRIER_BYTES``.
+  W3C ``traceparent``/``tracestate`` fields; never the baggage, which is user
+  data) is stored with the job (``carrier``), at most ``MAX_CARRIER_BYTES``.
 - Run: each run is a span, ``instar.run <job name>`` (kind consumer), whose
   parent is the enqueuing span, with the job's id, name, attempt and queue as
   attributes; the handler runs inside it (a span the handler starts is its
   child), and the run's transitions (its claim, its end) are its events. A
-  run that failed has an error status.
+  run that failed, or whose worker lost its lease, has an error status. The
+  span ends once the worker has written the run's end.
 
 A worker makes spans only when the application configured a tracer provider
 (``opentelemetry.trace.set_tracer_provider``); otherwise tracing costs one
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -29,10 +31,15 @@ from instar.store.contract import Move
 
 try:
     from opentelemetry import context as otel_context
-    from opentelemetry import propagate, trace
+    from opentelemetry import trace
     from opentelemetry.trace import SpanKind, Status, StatusCode
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 except ImportError:  # the tracing extra is not installed
     trace = None  # type: ignore[assignment]
+else:
+    W3C = TraceContextTextMapPropagator()
+
+log = logging.getLogger("instar.tracing")
 
 MAX_CARRIER_BYTES = 1024
 """The largest trace context stored with a job (a traceparent is 55 bytes; the
@@ -47,37 +54,50 @@ def carrier() -> str | None:
     if trace is None or not trace.get_current_span().get_span_context().is_valid:
         return None
     fields: dict[str, str] = {}
-    propagate.inject(fields)
+    W3C.inject(fields)  # traceparent and tracestate: never the baggage, user data
     text = json.dumps(fields, separators=(",", ":"))
     return text if fields and len(text) <= MAX_CARRIER_BYTES else None
 
 
 def _parent(text: str | None) -> Any:
-    """The context a stored carrier describes, or None for a root span."""
-    if not text:
-        return None
+    """The context a stored carrier describes; an empty one (a root span) for
+    none, or for text Instar did not write (not JSON, nested past the parser's
+    depth, not a mapping of strings)."""
+    root = otel_context.Context()
+    if not text or len(text) > MAX_CARRIER_BYTES:
+        return root
     try:
         fields = json.loads(text)
-    except ValueError:
-        return None
+    except (ValueError, RecursionError):
+        return root
     if not isinstance(fields, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in fields.items()
     ):
-        return None
-    return propagate.extract(fields)
+        return root
+    return W3C.extract(fields, context=root)
 
 
 class RunTracing:
-    """The spans of one worker's runs."""
+    """The spans of one worker's runs: started when a run starts, given its
+    ending moves when the run ends, and ended when the worker has written them
+    (or found it could not: the lease was lost)."""
 
     def __init__(self) -> None:
         self._tracer: Any = None
+        self._ending: dict[int, Any] = {}  # job id: span whose moves wait to be written
 
     def start(self, job: Job) -> Any:
         """A started span for this run of ``job``, or None when no tracer
-        provider is configured."""
+        provider is configured (or OpenTelemetry failed: a run never does)."""
         if trace is None:
             return None
+        try:
+            return self._start(job)
+        except Exception:
+            log.exception("job %d: no span for this run", job.id)
+            return None
+
+    def _start(self, job: Job) -> Any:
         provider = trace.get_tracer_provider()
         if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
             return None
@@ -101,9 +121,9 @@ class RunTracing:
         """Run the block with ``span`` current (in this thread or task)."""
         return _NOTHING if span is None else _current(span)
 
-    def end(self, span: Any, moves: Sequence[Move], error: BaseException | None) -> None:
-        """End the run's span with the moves that end the run as its events."""
-        if span is None:
+    def ending(self, span: Any, moves: Sequence[Move], error: BaseException | None) -> None:
+        """The run is over: its moves are queued for the next batch."""
+        if span is None or not moves:
             return
         for move in moves:
             span.add_event(
@@ -112,7 +132,32 @@ class RunTracing:
         if error is not None and any(m.to_state in FAILED for m in moves):
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"[:500]))
+        self._ending[moves[0].job_id] = span
+
+    def written(self, job_id: int, *, refused: bool = False) -> None:
+        """The batch wrote the run's moves (or refused them: the lease was lost)."""
+        span = self._ending.pop(job_id, None)
+        if span is None:
+            return
+        if refused:
+            self.lost(span)
+        else:
+            span.end()
+
+    def lost(self, span: Any) -> None:
+        """End a run whose worker lost its lease: nothing it did was written."""
+        if span is None:
+            return
+        span.add_event("lease lost")
+        span.set_status(Status(StatusCode.ERROR, "this worker lost the job's lease"))
         span.end()
+
+    def close(self) -> None:
+        """End the spans whose moves were never written (the worker stops)."""
+        for span in self._ending.values():
+            span.add_event("not written: the worker stopped")
+            span.end()
+        self._ending.clear()
 
 
 _NOTHING = contextlib.nullcontext()

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from opentelemetry import trace
+from opentelemetry import baggage, trace
+from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -176,3 +177,62 @@ print("ok")
     )
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.strip() == "ok"
+
+
+def test_a_run_without_a_stored_context_is_a_root_even_inside_a_span_of_the_worker(
+    database: str, spans: InMemorySpanExporter
+) -> None:
+    with instar.App(database) as app:
+
+        @app.job(name="tidy")
+        def tidy() -> None:
+            return None
+
+        plain = app.enqueue("tidy")
+        deep = app.enqueue("tidy")
+        execute_raw(
+            database, "UPDATE jobs SET trace_context = ? WHERE id = ?", ("[" * 100_000, deep.id)
+        )
+        with trace.get_tracer("ops").start_as_current_span("worker process"):
+            report = app.run_worker(burst=True)
+        assert report.completed == 2
+        assert app.get(plain.id).state is app.get(deep.id).state is instar.State.COMPLETED
+        runs = [s for s in spans.get_finished_spans() if s.name == "instar.run tidy"]
+        assert [s.parent for s in runs] == [None, None]
+
+
+def test_the_stored_context_never_carries_baggage(database: str) -> None:
+    with instar.App(database) as app:
+
+        @app.job(name="tidy")
+        def tidy() -> None:
+            return None
+
+        with trace.get_tracer("shop").start_as_current_span("checkout"):
+            token = otel_context.attach(baggage.set_baggage("user.email", "alice@example.com"))
+            try:
+                job = app.enqueue("tidy")
+            finally:
+                otel_context.detach(token)
+        stored = app.get(job.id).trace_context
+        assert stored is not None and "traceparent" in stored
+        assert "alice" not in stored and "baggage" not in stored
+
+
+def test_a_run_whose_worker_lost_the_lease_ends_its_span_with_an_error(
+    database: str, spans: InMemorySpanExporter
+) -> None:
+    with instar.App(database) as app:
+
+        @app.job(name="stolen")
+        def stolen(ctx: instar.Context) -> None:
+            execute_raw(
+                database, "UPDATE jobs SET lease_token = 'someone else' WHERE id = ?", (ctx.job_id,)
+            )
+            ctx.step("after the theft", lambda: 1)
+
+        app.enqueue("stolen")
+        app.run_worker(burst=True)
+        [run] = [s for s in spans.get_finished_spans() if s.name == "instar.run stolen"]
+        assert run.status.status_code.name == "ERROR"
+        assert [e.name for e in run.events][-1] == "lease lost"

@@ -284,6 +284,7 @@ class Worker:
             # resignation: it ends before the worker gives anything back.
             await asyncio.to_thread(self._sweeper.shutdown, True)
             await self._call(self._give_back)
+            self._tracing.close()
             self._threads.shutdown(wait=False, cancel_futures=True)
             if self._claims_db is not None:
                 self._claims_db.shutdown(wait=True)
@@ -655,6 +656,9 @@ class Worker:
             log.warning("job %d: this worker lost its lease; dropping the run", run.job.id)
             if self._running.get(run.job.id) is run:
                 del self._running[run.job.id]
+            self._tracing.lost(run.span)
+            if self.settings.observer is not None:
+                self.settings.observer.lost([run.job.id])
             return
         if run.ctx.cancelled:
             outcome = Cancelled()
@@ -668,7 +672,9 @@ class Worker:
             return
         del self._running[run.job.id]
         moves = self._queue_outcome(run.ctx.job, retry, outcome)
-        self._tracing.end(run.span, moves, outcome.error if isinstance(outcome, Raised) else None)
+        self._tracing.ending(
+            run.span, moves, outcome.error if isinstance(outcome, Raised) else None
+        )
         self._start_when_rechecked()
 
     def _start_when_rechecked(self) -> None:
@@ -839,7 +845,11 @@ class Worker:
     def _count_reports(self, moves: Sequence[Move], applied: Sequence[bool]) -> None:
         if self.settings.observer is not None:
             self.settings.observer.moved([m for m, ok in zip(moves, applied, strict=True) if ok])
+            refused = [m.job_id for m, ok in zip(moves, applied, strict=True) if not ok]
+            if refused:
+                self.settings.observer.lost(refused)
         for move, ok in zip(moves, applied, strict=True):
+            self._tracing.written(move.job_id, refused=not ok)
             if not ok:
                 self.report.refused += 1
                 log.warning(

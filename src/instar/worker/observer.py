@@ -25,6 +25,10 @@ class RunObserver(Protocol):
         """The moves of this worker's that one batch wrote (runs' ends among them)."""
         ...
 
+    def lost(self, job_ids: Sequence[int]) -> None:
+        """Runs that ended with nothing written: this worker lost their leases."""
+        ...
+
     def maintained(self, report: MaintenanceReport) -> None:
         """What a maintenance pass of this worker's moved, by service."""
         ...

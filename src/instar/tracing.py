@@ -44,8 +44,6 @@ log = logging.getLogger("instar.tracing")
 MAX_CARRIER_BYTES = 1024
 """The largest trace context stored with a job (a traceparent is 55 bytes; the
 rest is room for a tracestate, which W3C caps at 512 characters)."""
-FAILED = frozenset({State.FAILED, State.BACKING_OFF, State.PAUSED})
-"""Where a run that raised ends (paused: its retries exhausted, on_exhausted="pause")."""
 
 
 def carrier() -> str | None:
@@ -129,7 +127,7 @@ class RunTracing:
             span.add_event(
                 _transition(move.from_state, move.to_state), {"instar.trigger": move.trigger}
             )
-        if error is not None and any(m.to_state in FAILED for m in moves):
+        if error is not None:  # the handler raised: whatever the retry policy made of it
             span.record_exception(error)
             span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"[:500]))
         self._ending[moves[0].job_id] = span

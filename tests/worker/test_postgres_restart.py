@@ -141,7 +141,10 @@ class Cluster:
 def cluster() -> Iterator[Cluster]:
     bindir = _server_bindir()
     if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found")
+        missing = "PostgreSQL server binaries (initdb, pg_ctl) not found"
+        if os.environ.get("INSTAR_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"{missing} (INSTAR_REQUIRE_POSTGRES=1)")
+        pytest.skip(missing)
     root = Path(tempfile.mkdtemp(prefix="instar-pg-"))
     if os.geteuid() == 0:
         # root's pytest tmp_path is not reachable for the postgres user.

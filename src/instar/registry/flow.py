@@ -88,6 +88,13 @@ def fill_key(template: str, fields: tuple[str, ...], args: Mapping[str, Any], jo
     return key
 
 
+def _check_count(value: object, most: int, what: str) -> None:
+    """``ConfigurationError`` unless ``value`` is a whole number (not a bool)
+    from 1 to ``most``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise ConfigurationError(f"{what} must be a whole number from 1 to {most:,}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class Limit:
     """At most ``max`` jobs running at once per key (see the module)."""
@@ -96,15 +103,7 @@ class Limit:
     key: str | None = None
 
     def __post_init__(self) -> None:
-        if (
-            isinstance(self.max, bool)
-            or not isinstance(self.max, int)
-            or not 1 <= self.max <= MAX_CONCURRENCY
-        ):
-            raise ConfigurationError(
-                f"a concurrency limit must be a whole number from 1 to {MAX_CONCURRENCY:,}, "
-                f"got {self.max!r}"
-            )
+        _check_count(self.max, MAX_CONCURRENCY, "a concurrency limit")
         _template(self.key)
 
     @property
@@ -122,15 +121,7 @@ class Rate:
     key: str | None = None
 
     def __post_init__(self) -> None:
-        if (
-            isinstance(self.count, bool)
-            or not isinstance(self.count, int)
-            or not 1 <= self.count <= MAX_RATE_COUNT
-        ):
-            raise ConfigurationError(
-                f"a rate's count must be a whole number from 1 to {MAX_RATE_COUNT:,}, "
-                f"got {self.count!r}"
-            )
+        _check_count(self.count, MAX_RATE_COUNT, "a rate's count")
         if (
             isinstance(self.per, bool)
             or not isinstance(self.per, int | float)

@@ -11,8 +11,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# The browser tests drive Debian's chromium (Playwright cannot download its own here).
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev]'
+	command -v chromium >/dev/null || apt-get install -y -q chromium \
+		|| (apt-get update -q && apt-get install -y -q chromium)
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -31,7 +34,8 @@ unit: $(STAMP)
 
 # Test tiers, each a folder of tests/: unit (no database), store (the store
 # contract on both backends), engine (App, engine, maintenance), worker (workers,
-# processes, restarts), acceptance (the CLI as a subprocess, the demo).
+# processes, restarts), acceptance (the CLI as a subprocess, the demo), web (the
+# HTTP API), browser (the dashboard in chromium).
 test-fast: $(STAMP)
 	$(BIN)/pytest -q tests/unit tests/store tests/engine
 

@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 
-from bench import peers
+from bench import dashboard, peers
 from bench.bare import Bare, bare_postgres
 from bench.harness import (
     FINISH_CLAIMED,
@@ -229,6 +229,25 @@ class PostgresBench:
                 conn.execute(b"CHECKPOINT")
 
             return pruning(url, control, self.sizes, fill, settle)
+
+    def dashboard(self, rows: list[Row]) -> None:
+        """The dashboard's pages over ``sizes.pruned`` finished jobs, and the
+        transactions an open page's event stream adds while nothing moves."""
+        with self.schema("dashboard") as (_, url, conn):
+
+            def fill() -> None:
+                params = {"now": time.time(), "rows": self.sizes.pruned}
+                conn.execute(INSERT_FINISHED.encode(), params)
+                conn.execute(b"VACUUM ANALYZE jobs")
+
+            def transactions() -> int:
+                found = conn.execute(
+                    b"SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                    b"WHERE datname = current_database()"
+                ).fetchone()
+                return int(found[0]) if found else 0
+
+            dashboard.run(rows, self.sizes, url, "PostgreSQL", fill, transactions)
 
     def finished(self, rows: int) -> Finished:
         """A schema with no finished jobs and one with ``rows`` of them, side by

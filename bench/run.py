@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["INSTAR_BENCH_CODE"] = snapshot_source(tmp)
     # Imported only now, so that they (and Instar) come from the snapshot.
     from bench import postgres, web
+    from bench.dashboard import CAPTION as DASHBOARD_CAPTION
     from bench.harness import FULL, QUICK, cpu_table, out, progress
     from bench.sqlite import SqliteBench
 
@@ -170,8 +171,25 @@ def main(argv: list[str] | None = None) -> int:
             )
             statuses.append(status)
             rows += found
+        if args.backend in ("sqlite", "all"):
+            status, found = section(
+                "Dashboard, SQLite",
+                lite.dashboard,
+                lambda: "The dashboard (instar serve) on SQLite",
+                lambda: DASHBOARD_CAPTION,
+            )
+            statuses.append(status)
+            rows += found
         if args.backend in ("postgresql", "all"):
             status, found = section("PostgreSQL", pg.run, pg.title, pg.caption)
+            statuses.append(status)
+            rows += found
+            status, found = section(
+                "Dashboard, PostgreSQL",
+                pg.dashboard,
+                lambda: "The dashboard (instar serve) on PostgreSQL",
+                lambda: DASHBOARD_CAPTION,
+            )
             statuses.append(status)
             rows += found
             if pg.cpu_runs:

@@ -18,7 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench import peers
+from bench import dashboard, peers
 from bench.bare import bare_sqlite
 from bench.harness import (
     FINISH_CLAIMED,
@@ -291,6 +291,18 @@ class SqliteBench:
 
         control = sqlite_url(self.path("pruning-control"))
         return pruning(sqlite_url(path), control, self.sizes, fill, lambda: None)
+
+    def dashboard(self, rows: list[Row]) -> None:
+        """The dashboard's pages over ``sizes.pruned`` finished jobs."""
+        path = self.path("dashboard")
+
+        def fill() -> None:
+            with closing(sqlite3.connect(path, isolation_level=None, timeout=30)) as conn:
+                conn.execute("BEGIN")
+                conn.execute(INSERT_FINISHED, {"rows": self.sizes.pruned, "now": time.time()})
+                conn.execute("COMMIT")
+
+        dashboard.run(rows, self.sizes, sqlite_url(path), "SQLite", fill, None)
 
     def memory(self) -> Memory:
         """One burst worker through ``memory_to`` jobs (and a tail, so it is still

@@ -47,7 +47,7 @@ from instar.registry.limits import check_id, check_instant, check_limit, check_n
 from instar.retention import MAX_RETENTION, Period, Retention
 from instar.retry import Retry
 from instar.store import DEFAULT_DATABASE, open_store
-from instar.store.contract import EventFilter, JobFilter, WorkerInfo
+from instar.store.contract import ArgsMatch, EventFilter, JobFilter, WorkerInfo
 from instar.store.urls import redact
 from instar.tracing import carrier
 from instar.vocabulary import Actor
@@ -563,12 +563,15 @@ class App:
         parent: int | None = None,
         created_after: datetime | None = None,
         created_before: datetime | None = None,
+        args: str | None = None,
     ) -> list[Job]:
         """Jobs newest first, filtered by any of state, queue, name, parent (a
-        job's id: the jobs it spawned) and creation time (aware datetimes, both
-        bounds exclusive); at most ``limit`` (1 to 10,000). ``before``: only jobs
+        job's id: the jobs it spawned), creation time (aware datetimes, both
+        bounds exclusive) and a value in their arguments (``args``:
+        ``path:value``, such as ``user.email:bob@example.com``; see
+        ``ArgsMatch``); at most ``limit`` (1 to 10,000). ``before``: only jobs
         with a smaller id, so passing the last id of one page gives the next.
-        ``InvalidOption`` for a bad state, limit, id or time."""
+        ``InvalidOption`` for a bad state, limit, id, time or search."""
         return self.reader.jobs(
             JobFilter(
                 _state(state),
@@ -579,6 +582,7 @@ class App:
                 None if parent is None else check_id(parent, "parent"),
                 None if created_after is None else check_instant(created_after, "created_after"),
                 None if created_before is None else check_instant(created_before, "created_before"),
+                None if args is None else ArgsMatch.parse(args),
             )
         )
 

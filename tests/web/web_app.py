@@ -16,6 +16,11 @@ def mail(to: str) -> None:
     """Sent on the ``emails`` queue (for tokens limited to one queue)."""
 
 
+def signup(user: dict[str, str], password: str) -> str:
+    """Takes a secret among its arguments (the dashboard masks it)."""
+    return f"welcome {user.get('email', '?')}"
+
+
 def slow(ctx: instar.Context) -> str:
     """Runs until cancelled, checking in at checkpoints."""
     for _ in range(600):
@@ -34,6 +39,7 @@ def handlers(app: instar.App) -> instar.App:
     app.job(name="hello")(hello)
     app.job(name="mail", queue="emails")(mail)
     app.job(name="slow")(slow)
+    app.job(name="signup")(signup)
     app.job(name="approval")(approval)
     return app
 

@@ -26,6 +26,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from instar.errors import InvalidOption
 from instar.lifecycle import State
 from instar.models import (
     ApiToken,
@@ -192,6 +193,44 @@ class JobFilter:
     parent_id: int | None = None
     created_after: float | None = None
     created_before: float | None = None
+    args: ArgsMatch | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ArgsMatch:
+    """Jobs whose arguments hold ``value`` at ``path`` (keys from the top): a
+    string equal to it, or a number, true, false or null written as it."""
+
+    path: tuple[str, ...]
+    value: str
+
+    @classmethod
+    def parse(cls, text: str) -> ArgsMatch:
+        """``user.email:bob@example.com`` -> path ``("user", "email")``;
+        ``InvalidOption`` without a colon, with an empty key or a double quote."""
+        path, colon, value = text.partition(":")
+        keys = tuple(path.strip().split("."))
+        if not colon or not all(keys) or any('"' in k or len(k) > 200 for k in keys):
+            raise InvalidOption(
+                f"an arguments search is path:value, such as user.email:bob@example.com "
+                f"(keys without double quotes), not {text[:80]!r}"
+            )
+        return cls(keys, value.strip())
+
+    def candidates(self) -> tuple[str, str | None]:
+        """The value as JSON text: as a string, and as itself when it reads as
+        a number, true, false or null."""
+        as_string = json.dumps(self.value, ensure_ascii=False)
+        try:
+            literal = json.loads(self.value)
+        except ValueError:
+            return as_string, None
+        if isinstance(literal, (dict, list, str)):
+            return as_string, None
+        return as_string, json.dumps(literal)
+
+    def sqlite_path(self) -> str:
+        return "$" + "".join(f'."{k}"' for k in self.path)
 
 
 @dataclass(frozen=True, slots=True)

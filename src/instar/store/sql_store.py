@@ -31,6 +31,7 @@ from instar.models import (
 from instar.payload import safe_text
 from instar.store.contract import (
     Applied,
+    ArgsMatch,
     ClaimRequest,
     EventFilter,
     Held,
@@ -116,6 +117,10 @@ class SQLStore(ABC):
         """A list of ids or names as the backend's SQL takes it (a JSON text, an array)."""
 
     @abstractmethod
+    def args_path(self, match: ArgsMatch) -> Any:
+        """``match``'s path as the backend's JSON operator takes it."""
+
+    @abstractmethod
     def _before_commit(self, conn: Any, wakes: set[Wake]) -> None:
         """Tell other processes what this transaction did, if the backend must."""
 
@@ -180,7 +185,13 @@ class SQLStore(ABC):
             "parent": where.parent_id,
             "created_after": where.created_after,
             "created_before": where.created_before,
+            "args_path": None,
+            "args_text": None,
+            "args_literal": None,
         }
+        if where.args is not None:
+            params["args_path"] = self.args_path(where.args)
+            params["args_text"], params["args_literal"] = where.args.candidates()
         with self._read() as conn:
             return jobs_from(conn.execute(self.Q["list_jobs"], params))
 

@@ -42,7 +42,7 @@ from instar.lifecycle import State
 from instar.models import BulkRecord
 from instar.web.auth import check_queue, needs
 from instar.web.problems import Problem
-from instar.web.state import PREFIX, web_state
+from instar.web.state import PREFIX, WebState, web_state
 from instar.web.tokens import Principal
 
 log = logging.getLogger("instar.web")
@@ -116,7 +116,8 @@ class Progress(BaseModel):
     before: int | None = None
 
 
-def _preview(app: App, body: BulkBody) -> BulkShape:
+def preview(app: App, body: BulkBody) -> BulkShape:
+    """How many jobs ``body``'s filter matches now, by state, and how many its verb applies to."""
     until = app.reader.last_job_id()
     counts = app.reader.count_matching(body.filter.queue, body.filter.name, until)
     wanted = set(body.filter.state) or set(State)
@@ -269,15 +270,23 @@ def bulk(
     if who.queue is not None:
         check_queue(who, body.filter.queue or "(every queue)")
     web = web_state(request)
-    preview = _preview(web.app, body)
     if body.dry_run:
         response.status_code = 200
-        return preview
-    preview.id = secrets.token_hex(8)
+        return preview(web.app, body)
+    started = begin(web, body, who.name)
+    response.headers["Location"] = f"{request.url.path}/{started.id}"
+    return started
+
+
+def begin(web: WebState, body: BulkBody, actor: str) -> BulkShape:
+    """Start ``body``'s operation on this server (``actor``: who asked, the
+    actor of every event it causes); its preview, with its id."""
+    shape = preview(web.app, body)
+    shape.id = secrets.token_hex(8)
     now = web.app.clock.now()
     record = BulkRecord(
-        id=preview.id,
-        spec=Spec(preview=preview, actor=who.name, reason=body.reason).model_dump_json(),
+        id=shape.id,
+        spec=Spec(preview=shape, actor=actor, reason=body.reason).model_dump_json(),
         progress=Progress().model_dump_json(),
         done=False,
         owner=web.bulks.owner,
@@ -286,8 +295,13 @@ def bulk(
     )
     web.app.engine.store.add_bulk(record, forget_before=now - KEPT_FOR)
     web.bulks.start(record)
-    response.headers["Location"] = f"{request.url.path}/{preview.id}"
-    return preview
+    return shape
+
+
+def progress(web: WebState, operation_id: str) -> BulkShape | None:
+    """An operation's counts as last saved (None: no such operation)."""
+    record = web.app.engine.store.bulk(operation_id)
+    return None if record is None else _shape(record)
 
 
 @router.get("/bulk/{operation_id}", response_model=BulkShape)
@@ -296,10 +310,9 @@ def bulk_progress(
 ) -> BulkShape:
     """An operation's counts as last saved (after each page, and every 10 s), ``done`` once it
     has gone through every page."""
-    record = web_state(request).app.engine.store.bulk(operation_id)
-    if record is None:
+    shape = progress(web_state(request), operation_id)
+    if shape is None:
         raise Problem(404, "bulk_not_found", f"no bulk operation {operation_id!r}")
-    shape = _shape(record)
     if who.queue is not None:
         check_queue(who, shape.filter.queue or "(every queue)")
     return shape

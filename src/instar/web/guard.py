@@ -1,5 +1,6 @@
-"""Request bodies before any route sees them: JSON only (415 otherwise) and at
-most ``max_bytes`` (413), counted as the bytes arrive, whatever Content-Length
+"""Request bodies before any route sees them: JSON only under the API and
+URL-encoded forms only elsewhere (the dashboard's; 415 otherwise), at most
+``max_bytes`` (413), counted as the bytes arrive, whatever Content-Length
 claims."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from instar.web.problems import problem_response
+from instar.web.state import PREFIX
 
 _WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 
@@ -17,6 +19,10 @@ def _is_json(content_type: str) -> bool:
     return media == "application/json" or (
         media.startswith("application/") and media.endswith("+json")
     )
+
+
+def _is_form(content_type: str) -> bool:
+    return content_type.split(";", 1)[0].strip().lower() == "application/x-www-form-urlencoded"
 
 
 class BodyGuard:
@@ -52,11 +58,14 @@ class BodyGuard:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        if size and not _is_json(headers.get("content-type", "")):
+        api = scope["path"].startswith(PREFIX)
+        if size and not (_is_json if api else _is_form)(headers.get("content-type", "")):
             unsupported = problem_response(
                 415,
                 "unsupported_media_type",
-                "send the body as JSON (Content-Type: application/json)",
+                "send the body as JSON (Content-Type: application/json)"
+                if api
+                else "send the form URL-encoded (application/x-www-form-urlencoded)",
             )
             await unsupported(scope, receive, send)
             return

@@ -26,7 +26,7 @@ from fastapi import FastAPI
 
 from instar.app import App
 from instar.maintenance.state_flows import StateFlows
-from instar.web import admin, bulk, jobs, operations, stats, stream
+from instar.web import admin, bulk, dashboard, jobs, operations, stats, stream
 from instar.web.bulk import BulkRunner
 from instar.web.group_commit import GroupCommit
 from instar.web.guard import BodyGuard
@@ -94,5 +94,6 @@ def create_app(app: App, **settings: Any) -> FastAPI:
     # routers). The hot routes (jobs) come first.
     for router in routers:
         api.router.routes.extend(router.routes)
+    dashboard.install(api, api.state.instar)
     api.add_middleware(BodyGuard, max_bytes=chosen.max_body_bytes)
     return api

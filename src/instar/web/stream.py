@@ -28,6 +28,7 @@ from instar.lifecycle import State
 from instar.models import Event
 from instar.registry.limits import MAX_ID
 from instar.schemas import EventShape
+from instar.store.contract import EventFilter
 from instar.web.auth import needs, queue_filter
 from instar.web.problems import Problem
 from instar.web.state import PREFIX, WebState, web_state
@@ -36,6 +37,8 @@ from instar.web.tokens import Principal
 log = logging.getLogger("instar.web")
 router = APIRouter(prefix=PREFIX, tags=["events"])
 MAX_PAGE = 1000
+RETRY = b"retry: 1000\n\n"
+"""Tells a browser's EventSource to reconnect one second after a lost stream."""
 BATCH = 500
 """Frames sent in one write at most, when a client is behind (each write is a
 chunk through the server: one per event made the framing cost as much as the
@@ -129,7 +132,6 @@ async def stream(
     streams are open; a client too slow to keep up is cut off and resumes. A
     token limited to a queue follows that queue's jobs."""
     queue = queue_filter(who, queue)
-    web = web_state(request)
     start = after
     if last_event_id is not None:
         text = last_event_id.strip()
@@ -138,7 +140,13 @@ async def stream(
                 400, "bad_request", f"Last-Event-ID must be an event id, not {text!r:.40}"
             )
         start = int(text)
-    wanted = _state(state)
+    where = EventFilter(job_id=job, queue=queue, state=_state(state), name=name)
+    return await open_stream(web_state(request), start, where)
+
+
+async def open_stream(web: WebState, start: int | None, where: EventFilter) -> StreamingResponse:
+    """The live stream of the events after ``start`` (None: from now on) that
+    ``where`` keeps; 503 when ``max_streams`` are open already."""
     gap = None
     if start is None:
         start = await asyncio.to_thread(web.app.last_event_id)
@@ -152,10 +160,12 @@ async def stream(
             headers={"Retry-After": "5"},
         )
     web.streams += 1
-    feed = web.app.events_async(start, follow=True, job=job, queue=queue, state=wanted, name=name)
+    feed = web.app.events_async(
+        start, follow=True, job=where.job_id, queue=where.queue, state=where.state, name=where.name
+    )
     opening = gap_frame(start, gap) if gap is not None else b""
     return StreamingResponse(
-        _frames(web, feed, opening),
+        _frames(web, feed, RETRY + opening),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )

@@ -110,6 +110,8 @@ WHERE (%(state)s::text IS NULL OR state = %(state)s::text)
   AND (%(parent)s::bigint IS NULL OR parent_id = %(parent)s::bigint)
   AND (%(created_after)s::float8 IS NULL OR created_at > %(created_after)s::float8)
   AND (%(created_before)s::float8 IS NULL OR created_at < %(created_before)s::float8)
+  AND (%(args_path)s::text[] IS NULL
+       OR (args::jsonb #> %(args_path)s::text[])::text IN (%(args_text)s::text, %(args_literal)s::text))
 ORDER BY id DESC
 LIMIT %(limit)s
 

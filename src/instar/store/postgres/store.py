@@ -36,7 +36,7 @@ from instar.errors import (
 from instar.lifecycle import State
 from instar.models import Job
 from instar.payload import safe_text
-from instar.store.contract import SCAN_FACTOR, ClaimRequest, NewJob, Wake
+from instar.store.contract import SCAN_FACTOR, ArgsMatch, ClaimRequest, NewJob, Wake
 from instar.store.records import datetime_of, new_job_record
 from instar.store.sql_blocks import load_queries
 from instar.store.sql_store import SQLStore
@@ -288,6 +288,9 @@ class PostgresStore(SQLStore):
         row = conn.execute(Q["roll_up"], {"after": after, "limit": limit}).fetchone()
         assert row is not None
         return (after if row[0] is None else int(row[0])), int(row[1])
+
+    def args_path(self, match: ArgsMatch) -> Any:
+        return list(match.path)
 
     def _sql_list(self, ids: Sequence[int] | Sequence[str]) -> list[Any]:
         return list(ids)

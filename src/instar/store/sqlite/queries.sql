@@ -47,6 +47,7 @@ WHERE (:state IS NULL OR state = :state)
   AND (:parent IS NULL OR parent_id = :parent)
   AND (:created_after IS NULL OR created_at > :created_after)
   AND (:created_before IS NULL OR created_at < :created_before)
+  AND (:args_path IS NULL OR args -> :args_path IN (:args_text, :args_literal))
 ORDER BY id DESC
 LIMIT :limit
 

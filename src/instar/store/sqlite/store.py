@@ -31,7 +31,7 @@ from instar.errors import (
     InstarError,
     StoreRefused,
 )
-from instar.store.contract import SCAN_FACTOR, ClaimRequest, NewJob, Wake
+from instar.store.contract import SCAN_FACTOR, ArgsMatch, ClaimRequest, NewJob, Wake
 from instar.store.sql_blocks import load_queries
 from instar.store.sql_store import SQLStore
 
@@ -306,6 +306,9 @@ class SQLiteStore(SQLStore):
             conn.execute(Q["roll_up_flows"], params)
             conn.execute(Q["roll_up_totals"], params)
         return int(last or after), int(count)
+
+    def args_path(self, match: ArgsMatch) -> Any:
+        return match.sqlite_path()
 
     def _sql_list(self, ids: Sequence[int] | Sequence[str]) -> str:
         return json.dumps(list(ids))

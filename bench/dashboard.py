@@ -46,7 +46,9 @@ JUDGED = {"overview", "jobs, state=cancelled (50 of them)", "jobs, name and stat
 
 def _signed_in(base: str, token: str) -> httpx.Client:
     client = httpx.Client(base_url=base, timeout=60, follow_redirects=False)
-    answer = client.post("/login", data={"token": token, "next": "/"})
+    form = client.get("/login").text
+    csrf = form.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    answer = client.post("/login", data={"token": token, "next": "/", "csrf": csrf})
     if answer.status_code != 303:
         raise RuntimeError(f"sign-in failed: {answer.status_code}")
     return client
@@ -94,7 +96,8 @@ def run(
     command = ["-m", "instar.cli.main", "serve", "--database", url, "--port", str(port)]
     with _serving([sys.executable, *command], port, "/api/v1/health"):
         base = f"http://127.0.0.1:{port}"
-        with _signed_in(base, token) as client:
+        client = _signed_in(base, token)
+        try:
             for name, path in PAGES.items():
                 times = _timed(client, path)
                 p50 = statistics.median(times)
@@ -124,6 +127,8 @@ def run(
                     )
             if transactions is not None:
                 rows.append(_idle_stream(base, client, transactions, label))
+        finally:
+            client.close()
 
 
 def _idle_stream(

@@ -313,3 +313,55 @@ def test_the_event_stream_and_counts_need_a_session(dashboard: Dashboard) -> Non
         answer = httpx.get(f"{dashboard.url}{path}", timeout=5)
         assert answer.status_code == 401
         assert answer.headers["hx-redirect"].startswith("/login")
+
+
+@SQLITE_ONLY
+def test_a_sign_in_form_from_another_site_is_refused(dashboard: Dashboard) -> None:
+    answer = httpx.post(
+        f"{dashboard.url}/login", data={"token": dashboard.admin, "next": "/"}, timeout=10
+    )
+    assert answer.status_code == 403
+    assert "instar_session" not in answer.cookies
+
+
+@SQLITE_ONLY
+def test_an_open_overview_asks_nothing_while_nothing_moves_and_once_per_burst(
+    page: Page, dashboard: Dashboard
+) -> None:
+    page.goto(f"{dashboard.url}/")
+    expect(page.locator("#live-status")).to_have_text("live")
+    asked: list[str] = []
+    page.on("request", lambda request: asked.append(request.url))
+    page.wait_for_timeout(3000)  # nothing moves (a sleep that lets the page's events in)
+    assert asked == []
+    with dashboard.app() as app:
+        app.enqueue_many("hello", [{"name": f"b{n}"} for n in range(20)])
+    expect(page.locator("#count-ready")).to_have_text("20")
+    expect(page.locator("#activity li")).to_have_count(20)
+    page.wait_for_timeout(2000)  # room for any further request the burst would cause
+    assert [url for url in asked if "/ui/counts" in url] == [f"{dashboard.url}/ui/counts"]
+    assert [url for url in asked if "/ui/counts" not in url] == []
+
+
+@SQLITE_ONLY
+def test_the_job_list_keeps_its_filter_in_the_url_and_pages_stay_stable_while_jobs_arrive(
+    page: Page, dashboard: Dashboard
+) -> None:
+    with dashboard.app() as app:
+        first = app.enqueue_many("hello", [{"name": f"p{n}"} for n in range(60)])
+        app.enqueue("signup", {"user": {"email": "x@example.com"}, "password": "p"})
+    page.goto(f"{dashboard.url}/jobs")
+    page.fill("input[name=name]", "hello")
+    page.click("button:has-text('Filter')")
+    expect(page).to_have_url(re.compile(r"name=hello"))
+    expect(page.locator("table.jobs tbody tr")).to_have_count(50)
+    shown = page.locator("table.jobs tbody tr td:first-child").all_inner_texts()
+    with dashboard.app() as app:
+        app.enqueue_many("hello", [{"name": f"late{n}"} for n in range(5)])
+    page.click("#older")
+    rest = page.locator("table.jobs tbody tr td:first-child").all_inner_texts()
+    assert sorted(int(i) for i in shown + rest) == sorted(j.id for j in first)
+    page.goto(f"{dashboard.url}/jobs?args=name:p7")
+    expect(page.locator("table.jobs tbody tr")).to_have_count(1)
+    page.goto(f"{dashboard.url}/jobs?args=nonsense")
+    expect(page.locator(".problem")).to_contain_text("path:value")

@@ -73,8 +73,13 @@ def test_the_readme_curl_session_gives_the_answers_it_shows(tmp_path: Path) -> N
                 env[name] = value.strip('"')
                 continue
             if command.endswith("&"):
+                # exec: the shell becomes the server, so that terminate() stops it.
                 server = subprocess.Popen(
-                    command[:-1], shell=True, cwd=tmp_path, env=env, stderr=subprocess.DEVNULL
+                    f"exec {command[:-1]}",
+                    shell=True,
+                    cwd=tmp_path,
+                    env=env,
+                    stderr=subprocess.DEVNULL,
                 )
                 _wait_until_serving(f"http://localhost:{port}/api/v1/health")
                 continue

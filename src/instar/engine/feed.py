@@ -8,7 +8,7 @@ database dropped the connection, or in a new process.
 
 Following waits between pages for a wake-up: this process's commits, another
 process's commits (PostgreSQL NOTIFY on the schema's channel; SQLite's
-``PRAGMA data_version``, polled), or a fallback poll in case one was missed.
+``PRAGMA data_version``, polled), or, rarely, a fallback poll.
 """
 
 from __future__ import annotations
@@ -35,8 +35,12 @@ class FeedSettings:
     poll_interval: float = 0.02
     """Seconds between cheap checks for another process's commit (SQLite's
     data_version) or for events held back by an older open transaction."""
-    fallback_poll: float = 1.0
-    """Seconds after which a follower reads again even without a wake-up."""
+    fallback_poll: float = 30.0
+    """Seconds after which a follower reads again even without a wake-up: a
+    safety net only. Every commit wakes followers (this process's through the
+    engine, another's through NOTIFY or data_version, and a PostgreSQL
+    listener that reconnects wakes them all), so that a follower of a quiet
+    database sends no query (the dashboard's streams: issue 12)."""
     max_backoff: float = 5.0
     """Longest wait before reading again after the database failed a read."""
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-from instar.lifecycle import JOBS, State
+from instar.lifecycle import JOBS, KINDS, Kind, State
 from instar.models import (
     ApiToken,
     Awakeable,
@@ -583,15 +583,29 @@ class SQLStore(ABC):
             return [_bulk(row) for row in conn.execute(self.Q["take_bulks"], params).fetchall()]
 
 
-LIVE_COUNTS = "\nUNION ALL\n".join(
-    f"SELECT queue, '{state.value}', count(*) FROM jobs "
-    f"WHERE state = '{state.value}' GROUP BY queue"
-    for state in JOBS.states
-    if state not in JOBS.final
-)
-"""Jobs in each live state by queue: one query per state, each the exact
-predicate of that state's partial index, so that each reads only its jobs
-(built from the lifecycle table: a new live state is counted too)."""
+def _live_counts() -> str:
+    leased = [s for s in JOBS.states if KINDS[s] is Kind.LEASED]
+    listed = ", ".join(f"'{s.value}'" for s in leased)
+    parts = [
+        f"SELECT queue || '' AS q, state, count(*) FROM jobs WHERE state IN ({listed}) "
+        "GROUP BY q, state"
+    ]
+    parts += [
+        f"SELECT queue || '' AS q, '{state.value}', count(*) FROM jobs "
+        f"WHERE state = '{state.value}' GROUP BY q"
+        for state in JOBS.states
+        if state not in JOBS.final and state not in leased
+    ]
+    return "\nUNION ALL\n".join(parts)
+
+
+LIVE_COUNTS = _live_counts()
+"""Jobs in each live state by queue: one query per partial index, each with
+the exact predicate of that index (the leased states share one), so that each
+reads only its jobs (built from the lifecycle table: a new live state is
+counted too). The queue is grouped as an expression: grouped as the column,
+SQLite walks the whole (queue, id) index instead (1.7 s for 1,000,000
+finished jobs, against 2 ms)."""
 
 
 class _RolledBack(Exception):

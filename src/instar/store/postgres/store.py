@@ -327,6 +327,10 @@ class PostgresStore(SQLStore):
             try:
                 with psycopg.connect(self.conninfo, autocommit=True) as conn:
                     conn.execute(listen)
+                    if self._listening.is_set():
+                        # Back after a drop: what was notified meanwhile is lost,
+                        # so every follower reads again.
+                        self._heard(Wake.READY.value)
                     self._listening.set()
                     delay = 0.1
                     while not self._closing.is_set():

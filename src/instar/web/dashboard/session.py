@@ -27,6 +27,9 @@ from instar.web.state import WebState, read, web_state
 from instar.web.tokens import Principal, authenticate, digest
 
 COOKIE = "instar_session"
+LOGIN_COOKIE = "instar_login"
+"""The sign-in form's own nonce: its CSRF token is an HMAC of it, so that
+another site cannot sign a browser in under a token of its choosing."""
 KEY_NAME = "dashboard_sessions"
 LIFETIME = 12 * 3600
 """Seconds a session lasts (a working day); then the token is asked again."""
@@ -123,11 +126,27 @@ async def log_in(request: Request, secret: str) -> str | None:
     return _cookie(request.app.state.dashboard_key, digest(secret.strip()), web.app.clock.now())[0]
 
 
-def set_cookie(response: Response, value: str, secure: bool) -> None:
+def login_form(request: Request) -> tuple[str, str]:
+    """The sign-in form's CSRF token and the nonce cookie it is bound to."""
+    nonce = secrets.token_urlsafe(16)
+    return _sign(request.app.state.dashboard_key, f"login:{nonce}"), nonce
+
+
+def check_login_form(request: Request, sent: str) -> None:
+    """``Forbidden`` unless ``sent`` is the CSRF token of the form this browser loaded."""
+    nonce = request.cookies.get(LOGIN_COOKIE, "")
+    wanted = _sign(request.app.state.dashboard_key, f"login:{nonce}")
+    if not nonce or not hmac.compare_digest(sent.encode(), wanted.encode()):
+        raise Forbidden("this sign-in form is not one this dashboard showed you: load it again")
+
+
+def set_cookie(
+    response: Response, value: str, secure: bool, name: str = COOKIE, lifetime: int = LIFETIME
+) -> None:
     response.set_cookie(
-        COOKIE,
+        name,
         value,
-        max_age=LIFETIME,
+        max_age=lifetime,
         httponly=True,
         samesite="strict",
         secure=secure,

@@ -42,10 +42,13 @@ from instar.vocabulary import AwakeableState
 from instar.web.bulk import BulkBody, BulkFilter, begin, preview, progress
 from instar.web.dashboard import present, svg
 from instar.web.dashboard.session import (
+    LOGIN_COOKIE,
     Session,
+    check_login_form,
     check_post,
     current,
     log_in,
+    login_form,
     set_cookie,
 )
 from instar.web.state import WebState, web_state
@@ -110,22 +113,33 @@ def _queue(session: Session, asked: str | None) -> str | None:
 
 @router.get("/login")
 def login_page(request: Request, next: str = "/") -> HTMLResponse:
-    page = templates.get_template("login.html").render(next=_local(next), problem=None)
-    return HTMLResponse(page)
+    return _login_form(request, next, None, 200)
+
+
+def _login_form(request: Request, next: str, problem: str | None, status: int) -> HTMLResponse:
+    csrf, nonce = login_form(request)
+    page = templates.get_template("login.html").render(
+        next=_local(next), problem=problem, csrf=csrf
+    )
+    response = HTMLResponse(page, status)
+    set_cookie(response, nonce, request.url.scheme == "https", LOGIN_COOKIE, 3600)
+    return response
 
 
 @router.post("/login")
 async def login(
-    request: Request, token: Annotated[str, Form()], next: Annotated[str, Form()] = "/"
+    request: Request,
+    token: Annotated[str, Form()],
+    next: Annotated[str, Form()] = "/",
+    csrf: Annotated[str, Form()] = "",
 ) -> Response:
+    check_login_form(request, csrf)
     cookie = await log_in(request, token)
     if cookie is None:
-        page = templates.get_template("login.html").render(
-            next=_local(next), problem="That token is unknown or revoked."
-        )
-        return HTMLResponse(page, 401)
+        return _login_form(request, next, "That token is unknown or revoked.", 401)
     response = RedirectResponse(_local(next), 303)
     set_cookie(response, cookie, request.url.scheme == "https")
+    response.delete_cookie(LOGIN_COOKIE, path="/")
     return response
 
 
@@ -253,7 +267,7 @@ def jobs(
     found: list[Job] = []
     filters = {"state": state, "queue": queue, "name": name, "window": window, "args": args}
     try:
-        chosen = State(state) if state else None
+        chosen = _state(state)
         since = None
         if window:
             if window not in WINDOWS:
@@ -268,8 +282,6 @@ def jobs(
             created_after=since,
             args=args or None,
         )
-    except ValueError:
-        problem = f"unknown state {state!r}; states are {', '.join(s.value for s in State)}"
     except InvalidOption as bad:
         problem = str(bad)
     more = len(found) > PAGE
@@ -289,6 +301,18 @@ def jobs(
         windows=list(WINDOWS),
         bulk_ready=not (window or args),
     )
+
+
+def _state(text: str) -> State | None:
+    """The state a filter names (None: any); ``InvalidOption`` for another word."""
+    if not text:
+        return None
+    try:
+        return State(text)
+    except ValueError:
+        raise InvalidOption(
+            f"unknown state {text!r}; states are {', '.join(s.value for s in State)}"
+        ) from None
 
 
 def _bulk_body(verb: str, state: str, queue: str, name: str, session: Session) -> BulkBody:

@@ -123,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         "--no-memory", action="store_true", help="skip the memory run (the longest one)"
     )
     parser.add_argument(
+        "--dashboard-only",
+        action="store_true",
+        help="only the dashboard's figures (a few minutes), on the backends chosen",
+    )
+    parser.add_argument(
         "--strict", action="store_true", help="exit 1 when a figure misses its target"
     )
     parser.add_argument(
@@ -152,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     lite = SqliteBench(sizes, tmp / "sqlite")
     pg = postgres.PostgresBench(args.postgres_url, sizes, tmp / "postgresql")
     try:
-        if args.backend in ("sqlite", "all"):
+        if args.backend in ("sqlite", "all") and not args.dashboard_only:
             status, found = section(
                 "SQLite",
                 lambda into: lite.run(into, memory=not args.no_memory),
@@ -161,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             statuses.append(status)
             rows += found
-        if args.backend in ("sqlite", "all"):
+        if args.backend in ("sqlite", "all") and not args.dashboard_only:
             (tmp / "http").mkdir()
             status, found = section(
                 "HTTP",
@@ -180,10 +185,11 @@ def main(argv: list[str] | None = None) -> int:
             )
             statuses.append(status)
             rows += found
-        if args.backend in ("postgresql", "all"):
+        if args.backend in ("postgresql", "all") and not args.dashboard_only:
             status, found = section("PostgreSQL", pg.run, pg.title, pg.caption)
             statuses.append(status)
             rows += found
+        if args.backend in ("postgresql", "all"):
             status, found = section(
                 "Dashboard, PostgreSQL",
                 pg.dashboard,

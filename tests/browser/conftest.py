@@ -13,12 +13,14 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, Playwright, sync_playwright
 
@@ -94,10 +96,6 @@ class Dashboard:
             stderr=subprocess.PIPE,
             text=True,
         )
-        import time
-
-        import httpx
-
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -157,6 +155,18 @@ class Dashboard:
         )
         self.workers.append(process)
         return process
+
+    @contextmanager
+    def session(self, token: str | None = None) -> Iterator[httpx.Client]:
+        """An HTTP client signed in through the form, as a browser is (no JavaScript)."""
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            form = client.get("/login").text
+            csrf = form.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+            answer = client.post(
+                "/login", data={"token": token or self.admin, "next": "/", "csrf": csrf}
+            )
+            assert answer.status_code == 303, answer.text
+            yield client
 
     def sign_in(self, page: Page, token: str | None = None) -> None:
         page.goto(f"{self.url}/login")

@@ -365,3 +365,65 @@ def test_the_job_list_keeps_its_filter_in_the_url_and_pages_stay_stable_while_jo
     expect(page.locator("table.jobs tbody tr")).to_have_count(1)
     page.goto(f"{dashboard.url}/jobs?args=nonsense")
     expect(page.locator(".problem")).to_contain_text("path:value")
+
+
+@SQLITE_ONLY
+def test_a_token_that_may_not_read_cannot_sign_in(dashboard: Dashboard) -> None:
+    resolver = dashboard.token("resolver", "resolve")
+    with httpx.Client(base_url=dashboard.url, timeout=30) as client:
+        form = client.get("/login").text
+        csrf = form.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        answer = client.post("/login", data={"token": resolver, "next": "/", "csrf": csrf})
+        assert answer.status_code == 403
+        assert "needs a token with the &#39;read&#39; scope" in answer.text
+        assert "instar_session" not in client.cookies
+        assert client.get("/jobs").status_code in (303, 307)
+
+
+@SQLITE_ONLY
+def test_an_open_event_stream_ends_soon_after_its_token_is_revoked(dashboard: Dashboard) -> None:
+    secret = dashboard.token("watcher", "read")
+    with dashboard.session(secret) as client:
+        with client.stream("GET", "/ui/events", timeout=30) as stream:
+            time.sleep(5.5)  # past the stream's recheck interval
+            dashboard.cli("token", "revoke", "watcher")
+            with dashboard.app() as app:
+                job = app.enqueue("hello", {"name": "after revocation"})
+            received = b"".join(stream.iter_raw())  # ends: the server closed it
+        assert f'"job_id":{job.id}'.encode() not in received
+        assert client.get("/").status_code in (303, 307)  # back to sign in
+
+
+@SQLITE_ONLY
+def test_hostile_form_and_header_values_get_clear_answers_not_server_errors(
+    dashboard: Dashboard,
+) -> None:
+    with dashboard.app() as app:
+        job = app.enqueue("approval")
+    dashboard.worker()
+    with dashboard.app() as app:
+        wait_for(lambda: bool(app.awakeables(job.id)))
+        awakeable = app.awakeables(job.id)[0]
+    with dashboard.session() as client:
+        page = client.get("/awakeables").text
+        csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+        deep = client.post(
+            f"/awakeables/{awakeable.id}/resolve",
+            data={"csrf": csrf, "value": "[" * 5000 + "]" * 5000},
+        )
+        assert deep.status_code == 409 and "must be JSON" in deep.text
+        for path in ("/jobs/abc", "/jobs/0", "/jobs/99999999999999999999"):
+            assert client.get(path).status_code == 404, path
+        assert "before must be a job id" in client.get("/jobs?before=-1").text
+        assert "printable keys" in client.get("/jobs?args=a%00:1").text
+        odd = {b"Last-Event-ID": "\u00b2".encode("latin-1")}
+        with client.stream("GET", "/ui/events", headers=odd) as stream:
+            assert stream.status_code == 200  # read from now on, as without one
+    api = httpx.get(
+        f"{dashboard.url}/api/v1/events/stream",
+        headers={
+            b"Authorization": f"Bearer {dashboard.admin}".encode(),
+            b"Last-Event-ID": "\u00b2".encode("latin-1"),
+        },
+    )
+    assert api.status_code == 400

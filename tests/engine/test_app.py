@@ -108,6 +108,29 @@ def test_jobs_filters_by_state_queue_and_name(app: instar.App) -> None:
     assert len(app.jobs(limit=1)) == 1
 
 
+def test_jobs_are_found_by_a_value_in_their_arguments(app: instar.App) -> None:
+    @app.job(name="signup")
+    def signup(user: dict[str, object], tries: int = 0, admin: bool = False) -> None: ...
+
+    bob = signup.enqueue(user={"email": "bob@example.com", "age": 41}, tries=3, admin=True)
+    amy = signup.enqueue(user={"email": "amy@example.com", "age": 7}, tries=30)
+    odd = signup.enqueue(user={"email": "3"})
+
+    def found(text: str) -> list[int]:
+        return [job.id for job in app.jobs(args=text)]
+
+    assert found("user.email:bob@example.com") == [bob.id]
+    assert found("user.age:41") == [bob.id]
+    assert found("tries:30") == [amy.id]
+    assert found("admin:true") == [bob.id]
+    assert found("user.email:3") == [odd.id]  # a string, and the number 3: both match
+    assert found("user.email:nobody") == []
+    assert found("user.missing:x") == []
+    for bad in ("no colon", ":x", "user..email:x", 'user."x":y'):
+        with pytest.raises(instar.InvalidOption, match="path:value"):
+            app.jobs(args=bad)
+
+
 def test_unknown_job_name_is_refused_and_nothing_is_written(app: instar.App) -> None:
     _register(app)
     with pytest.raises(instar.UnknownJob, match="no job named 'thumbnail'"):

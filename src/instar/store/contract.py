@@ -210,10 +210,11 @@ class ArgsMatch:
         ``InvalidOption`` without a colon, with an empty key or a double quote."""
         path, colon, value = text.partition(":")
         keys = tuple(path.strip().split("."))
-        if not colon or not all(keys) or any('"' in k or len(k) > 200 for k in keys):
+        bad = any('"' in k or len(k) > 200 or not k.isprintable() for k in keys)
+        if not colon or not all(keys) or bad:
             raise InvalidOption(
                 f"an arguments search is path:value, such as user.email:bob@example.com "
-                f"(keys without double quotes), not {text[:80]!r}"
+                f"(printable keys without double quotes), not {text[:80]!r}"
             )
         return cls(keys, value.strip())
 

@@ -17,7 +17,8 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -29,7 +30,7 @@ from instar.models import Event
 from instar.registry.limits import MAX_ID
 from instar.schemas import EventShape
 from instar.store.contract import EventFilter
-from instar.web.auth import needs, queue_filter
+from instar.web.auth import needs, principal, queue_filter
 from instar.web.problems import Problem
 from instar.web.state import PREFIX, WebState, web_state
 from instar.web.tokens import Principal
@@ -37,6 +38,9 @@ from instar.web.tokens import Principal
 log = logging.getLogger("instar.web")
 router = APIRouter(prefix=PREFIX, tags=["events"])
 MAX_PAGE = 1000
+RECHECK = 5.0
+"""Seconds at most between two checks that a stream's token is still live,
+while events go out (a quiet stream checks at each keepalive)."""
 RETRY = b"retry: 1000\n\n"
 """Tells a browser's EventSource to reconnect one second after a lost stream."""
 BATCH = 500
@@ -135,18 +139,32 @@ async def stream(
     start = after
     if last_event_id is not None:
         text = last_event_id.strip()
-        if not text.isdigit() or len(text) > 19:
+        if not (text.isascii() and text.isdigit()) or len(text) > 19:
             raise Problem(
                 400, "bad_request", f"Last-Event-ID must be an event id, not {text!r:.40}"
             )
         start = int(text)
     where = EventFilter(job_id=job, queue=queue, state=_state(state), name=name)
-    return await open_stream(web_state(request), start, where)
+
+    async def still_allowed() -> bool:
+        try:
+            return (await principal(request)).grants("read")
+        except Problem:
+            return False
+
+    return await open_stream(web_state(request), start, where, still_allowed)
 
 
-async def open_stream(web: WebState, start: int | None, where: EventFilter) -> StreamingResponse:
+async def open_stream(
+    web: WebState,
+    start: int | None,
+    where: EventFilter,
+    still_allowed: Callable[[], Awaitable[bool]],
+) -> StreamingResponse:
     """The live stream of the events after ``start`` (None: from now on) that
-    ``where`` keeps; 503 when ``max_streams`` are open already."""
+    ``where`` keeps; 503 when ``max_streams`` are open already. The stream ends
+    once ``still_allowed`` says no (its token was revoked), asked before events
+    go out at most every ``RECHECK`` seconds, and at each keepalive."""
     gap = None
     if start is None:
         start = await asyncio.to_thread(web.app.last_event_id)
@@ -165,14 +183,17 @@ async def open_stream(web: WebState, start: int | None, where: EventFilter) -> S
     )
     opening = gap_frame(start, gap) if gap is not None else b""
     return StreamingResponse(
-        _frames(web, feed, RETRY + opening),
+        _frames(web, feed, still_allowed, RETRY + opening),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
 
 
 async def _frames(
-    web: WebState, feed: AsyncIterator[Event], opening: bytes = b""
+    web: WebState,
+    feed: AsyncIterator[Event],
+    still_allowed: Callable[[], Awaitable[bool]],
+    opening: bytes = b"",
 ) -> AsyncIterator[bytes]:
     """Frames from a bounded buffer that a task fills from the feed; a comment
     when nothing came for ``keepalive`` seconds; the end when the buffer filled
@@ -192,12 +213,20 @@ async def _frames(
     filler = asyncio.create_task(fill())
     try:
         yield b": stream open\n\n" + opening
+        checked = time.monotonic()
         while True:
             try:
                 event = await asyncio.wait_for(buffer.get(), web.settings.keepalive)
             except TimeoutError:
+                if not await still_allowed():
+                    return
+                checked = time.monotonic()
                 yield b": keepalive\n\n"
                 continue
+            if time.monotonic() - checked >= RECHECK:
+                if not await still_allowed():
+                    return
+                checked = time.monotonic()
             # Every event already buffered goes out in one write (up to BATCH).
             frames: list[bytes] = []
             while event is not None:

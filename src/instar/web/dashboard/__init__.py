@@ -55,7 +55,13 @@ class SecureHeaders:
 
 
 def _forbidden(request: Request, refused: Exception) -> Response:
+    """The reason, as a page; to an htmx request, as the page's notice line
+    (the part it asked for stays as it was)."""
     message = refused.message if isinstance(refused, Forbidden) else str(refused)
+    if request.headers.get("hx-request") == "true":
+        notice = templates.get_template("notice.html").render(message=message)
+        headers = {"HX-Retarget": "#stream-note", "HX-Reswap": "outerHTML"}
+        return HTMLResponse(notice, 403, headers)
     page = templates.get_template("forbidden.html").render(message=message)
     return HTMLResponse(page, 403)
 

@@ -19,12 +19,14 @@ MASK = "••••••"
 NONE = "\N{EN DASH}"
 """What a page shows for a value that is not there."""
 SECRET_KEY = re.compile(
-    r"pass(word|wd|phrase)?|secret|token|api[-_]?key|auth(orization)?|cookie|credential|"
-    r"private[-_]?key|session",
+    r"password|passwd|passphrase|secret|token|api[-_]?key|authorization|cookie|"
+    r"credential|private[-_]?key|session|(^|[-_.])(pass|pwd|auth)([-_.]|$)",
     re.IGNORECASE,
 )
 """Keys whose values the pages never show (the OWASP logging cheat sheet's list
-of data to exclude, as key names)."""
+of data to exclude, as key names): any key holding one of these words, and
+``pass``, ``pwd`` or ``auth`` as a whole part of a key (so ``author`` and
+``passenger`` stay shown)."""
 
 
 def masked(value: Any) -> Any:

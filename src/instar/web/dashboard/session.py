@@ -4,7 +4,10 @@ A token pasted once on ``/login`` becomes a session: an ``HttpOnly``,
 ``SameSite=Strict`` cookie holding the token's SHA-256 digest (never the
 token), a random session id and an expiry, signed with HMAC-SHA256 under a key
 kept in the database (so every server on the database accepts it). The token
-is looked up again on every request, so a revocation ends its sessions at once.
+is looked up again on every request (an open event stream asks again every few
+seconds), so a revocation ends its sessions. Signing out removes the cookie
+from the browser; a copy of it stays valid until it expires or its token is
+revoked (sessions are not stored on the server).
 
 Every form and every htmx request carries the session's CSRF token, an HMAC of
 the session id (OWASP's "signed double-submit" pattern): a page of another
@@ -114,15 +117,27 @@ async def current(request: Request) -> Session:
     token = await read(web, web.app.engine.store.token_by_digest, digest)
     if token is None:
         raise LoginNeeded
-    return Session(Principal(token.name, token.scopes, token.queue), _csrf(key, session_id))
+    session = Session(Principal(token.name, token.scopes, token.queue), _csrf(key, session_id))
+    if not session.may("read"):
+        raise Forbidden(
+            f"token {token.name!r} may not read jobs (it has {', '.join(sorted(token.scopes))}); "
+            "the dashboard needs a token with the 'read' scope"
+        )
+    return session
 
 
 async def log_in(request: Request, secret: str) -> str | None:
-    """A session cookie for a live token, or None."""
+    """A session cookie for a live token, or None; ``Forbidden`` for a token
+    without the ``read`` scope (every page reads)."""
     web = web_state(request)
     found = await read(web, authenticate, web.app.engine.store, secret.strip())
     if found is None:
         return None
+    if not found.grants("read"):
+        raise Forbidden(
+            f"token {found.name!r} may not read jobs (it has {', '.join(sorted(found.scopes))}); "
+            "the dashboard needs a token with the 'read' scope"
+        )
     return _cookie(request.app.state.dashboard_key, digest(secret.strip()), web.app.clock.now())[0]
 
 
@@ -154,13 +169,15 @@ def set_cookie(
     )
 
 
-async def check_post(request: Request, session: Session, scope: str, sent: str | None) -> None:
+async def check_post(
+    request: Request, session: Session, scope: str | None, sent: str | None
+) -> None:
     """``Forbidden`` unless ``sent`` (the form's or the header's CSRF token) is
-    the session's and its token has ``scope``."""
+    the session's and its token has ``scope`` (None: any token)."""
     sent = sent or request.headers.get("x-csrf-token", "")
     if not hmac.compare_digest(sent.encode(), session.csrf.encode()):
         raise Forbidden("this form is not one this dashboard showed you (no or a stale CSRF token)")
-    if not session.may(scope):
+    if scope is not None and not session.may(scope):
         raise Forbidden(
             f"token {session.principal.name!r} may not do this: it needs the {scope!r} scope"
         )

@@ -31,7 +31,6 @@ from instar.errors import (
     InvalidTransition,
     JobNotFound,
     SignalAlreadySettled,
-    VersionMismatch,
 )
 from instar.lifecycle import JOBS, MEANINGS, State
 from instar.maintenance.state_flows import ROLLUP
@@ -43,6 +42,8 @@ from instar.web.bulk import BulkBody, BulkFilter, begin, preview, progress
 from instar.web.dashboard import present, svg
 from instar.web.dashboard.session import (
     LOGIN_COOKIE,
+    Forbidden,
+    LoginNeeded,
     Session,
     check_login_form,
     check_post,
@@ -70,7 +71,9 @@ templates = Environment(
 )
 templates.filters["duration"] = present.duration
 templates.filters["pretty"] = present.pretty
-templates.globals.update(States=list(State), VERBS=VERBS, MEANINGS=MEANINGS)
+templates.globals.update(
+    States=list(State), VERBS=VERBS, MEANINGS=MEANINGS, final_states=JOBS.final
+)
 
 Current = Annotated[Session, Depends(current)]
 
@@ -145,7 +148,7 @@ async def login(
 
 @router.post("/logout")
 async def logout(request: Request, session: Current, csrf: Annotated[str, Form()] = "") -> Response:
-    await check_post(request, session, "read", csrf)
+    await check_post(request, session, None, csrf)
     response = RedirectResponse("/login", 303)
     response.delete_cookie("instar_session", path="/")
     return response
@@ -164,6 +167,11 @@ def login_redirect(request: Request, _: Exception) -> Response:
     return RedirectResponse(target, 303)
 
 
+@router.get("/favicon.ico")
+def favicon() -> Response:
+    return RedirectResponse("/ui/static/favicon.svg", 301)
+
+
 # -- the live parts ------------------------------------------------------------------
 
 
@@ -176,9 +184,17 @@ async def events(
 ) -> Response:
     """The timeline as it commits (SSE), after ``Last-Event-ID`` or ``after``."""
     header = request.headers.get("last-event-id", "").strip()
-    start = int(header) if header.isdigit() and len(header) < 19 else after
+    start = int(header) if header.isascii() and header.isdigit() and len(header) < 19 else after
     where = EventFilter(job_id=job, queue=session.principal.queue)
-    return await open_stream(web_state(request), start, where)
+
+    async def still_allowed() -> bool:
+        try:
+            await current(request)
+        except (LoginNeeded, Forbidden):
+            return False
+        return True
+
+    return await open_stream(web_state(request), start, where, still_allowed)
 
 
 def _counts(web: WebState, queue: str | None) -> dict[str, Any]:
@@ -226,7 +242,9 @@ def overview(request: Request, session: Current) -> HTMLResponse:
             elif flow.state is State.FAILED:
                 failed[slot] += flow.entered
     done, lost = sum(completed), sum(failed)
-    sample = app.reader.events_since(max(last_event - SAMPLE, 0), SAMPLE, EventFilter())
+    sample = app.reader.events_since(
+        max(last_event - SAMPLE, 0), SAMPLE, EventFilter(queue=session.principal.queue)
+    )
     return render(
         request,
         session,
@@ -259,14 +277,18 @@ def jobs(
     name: str = "",
     window: str = "",
     args: str = "",
-    before: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    before: str = "",
 ) -> HTMLResponse:
     """Jobs newest first, filtered; ``before``: the next page starts below this id."""
     web = web_state(request)
     problem = None
     found: list[Job] = []
+    queue = session.principal.queue or queue
     filters = {"state": state, "queue": queue, "name": name, "window": window, "args": args}
+    below = _job_id(before) if before else None
     try:
+        if before and below is None:
+            raise InvalidOption(f"before must be a job id, not {before[:40]!r}")
         chosen = _state(state)
         since = None
         if window:
@@ -278,7 +300,7 @@ def jobs(
             _queue(session, queue or None),
             name or None,
             PAGE + 1,
-            before,
+            below,
             created_after=since,
             args=args or None,
         )
@@ -297,7 +319,7 @@ def jobs(
         filters=filters,
         problem=problem,
         older=older,
-        newest=f"/jobs?{urlencode(kept)}" if before else None,
+        newest=f"/jobs?{urlencode(kept)}" if below else None,
         windows=list(WINDOWS),
         bulk_ready=not (window or args),
     )
@@ -316,7 +338,7 @@ def _state(text: str) -> State | None:
 
 
 def _bulk_body(verb: str, state: str, queue: str, name: str, session: Session) -> BulkBody:
-    chosen = [State(state)] if state else []
+    chosen = [s for s in [_state(state)] if s is not None]
     return BulkBody.model_validate(
         {
             "verb": verb,
@@ -342,10 +364,13 @@ async def bulk(
     """A bulk verb on every job the filter matches: previewed, then (``apply``) started."""
     await check_post(request, session, "operate", csrf)
     web = web_state(request)
+    if verb not in VERBS:
+        problem = f"unknown verb {verb[:40]!r}; the verbs are {', '.join(VERBS)}"
+        return render(request, session, "bulk.html", 400, problem=problem)
     try:
         body = _bulk_body(verb, state, queue, name, session)
-    except ValueError as bad:
-        return render(request, session, "bulk.html", 400, problem=str(bad).splitlines()[0])
+    except InvalidOption as bad:
+        return render(request, session, "bulk.html", 400, problem=str(bad))
     if body.filter.is_empty():
         return render(
             request,
@@ -399,10 +424,19 @@ def _job_context(web: WebState, session: Session, job_id: int) -> dict[str, Any]
     }
 
 
-@router.get("/jobs/{job_id}")
-def job_page(request: Request, session: Current, job_id: int) -> HTMLResponse:
-    if not 1 <= job_id <= MAX_ID:
-        return render(request, session, "missing.html", 404, what=f"job {job_id}")
+def _job_id(text: str) -> int | None:
+    """A job id from a path or a form (None: not one)."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
+        return None
+    number = int(text)
+    return number if 1 <= number <= MAX_ID else None
+
+
+@router.get("/jobs/{job_text}")
+def job_page(request: Request, session: Current, job_text: str) -> HTMLResponse:
+    job_id = _job_id(job_text)
+    if job_id is None:
+        return render(request, session, "missing.html", 404, what=f"job {job_text[:40]}")
     try:
         context = _job_context(web_state(request), session, job_id)
     except JobNotFound:
@@ -411,39 +445,34 @@ def job_page(request: Request, session: Current, job_id: int) -> HTMLResponse:
     return render(request, session, template, **context)
 
 
-@router.post("/jobs/{job_id}/{verb}")
+@router.post("/jobs/{job_text}/{verb}")
 async def job_verb(
     request: Request,
     session: Current,
-    job_id: int,
+    job_text: str,
     verb: str,
     csrf: Annotated[str, Form()] = "",
-    version: Annotated[int | None, Form()] = None,
     reason: Annotated[str, Form()] = "",
 ) -> HTMLResponse:
     """Apply ``verb`` as the session's token; the job's live part, with why when refused."""
     await check_post(request, session, "operate", csrf)
     web = web_state(request)
-    if verb not in VERBS or not 1 <= job_id <= MAX_ID:
-        return render(request, session, "missing.html", 404, what=f"{verb} on job {job_id}")
+    job_id = _job_id(job_text)
+    if verb not in VERBS or job_id is None:
+        what = f"{verb[:40]} on job {job_text[:40]}"
+        return render(request, session, "missing.html", 404, what=what)
     problem, status = None, 200
     try:
         job = web.app.get(job_id)
         if session.principal.queue not in (None, job.queue):
             raise JobNotFound(job_id)
-        getattr(web.app, verb)(
-            job_id, session.principal.name, if_version=version, reason=reason[:1000] or None
-        )
+        # No If-Match: the lifecycle table judges the job as it is now, and a
+        # refusal says why (the page shows the state it is in by then).
+        getattr(web.app, verb)(job_id, session.principal.name, reason=reason[:1000] or None)
     except JobNotFound:
         return render(request, session, "missing.html", 404, what=f"job {job_id}")
     except InvalidTransition as refused:
         problem, status = str(refused), 409
-    except VersionMismatch:
-        problem, status = (
-            f"job {job_id} changed since this page showed it; look at it again before "
-            f"you {verb} it",
-            409,
-        )
     context = _job_context(web, session, job_id)
     return render(request, session, "job_live.html", status, problem=problem, **context)
 
@@ -528,7 +557,7 @@ async def settle(
         if action == "resolve":
             try:
                 answer = json.loads(value or "null")
-            except ValueError as bad:
+            except (ValueError, RecursionError) as bad:
                 raise InvalidOption(
                     f'the value must be JSON (such as true, 3 or "yes"): {bad}'
                 ) from None

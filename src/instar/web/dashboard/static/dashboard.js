@@ -145,9 +145,19 @@
       source.onerror = function () {
         setStatus("reconnecting…", "reconnecting");
         if (source.readyState === EventSource.CLOSED) {
-          // Refused (e.g. the server restarted and said 503): start a new
-          // stream after the last event this page got.
-          setTimeout(function () { connect(resumeUrl()); }, 1000);
+          // Refused: a session that ended goes to sign in; otherwise (the
+          // server restarted, or said 503) a new stream starts after the last
+          // event this page got.
+          setTimeout(function () {
+            fetch("/ui/counts", { credentials: "same-origin" }).then(function (r) {
+              if (r.status === 401) {
+                const here = window.location.pathname + window.location.search;
+                window.location.assign("/login?next=" + encodeURIComponent(here));
+              } else {
+                connect(resumeUrl());
+              }
+            }, function () { connect(resumeUrl()); });
+          }, 1000);
         }
       };
       source.addEventListener("transition", function (message) {

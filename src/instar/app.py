@@ -30,6 +30,7 @@ from instar.engine.feed import EventFeed
 from instar.errors import ConfigurationError, InvalidOption
 from instar.lifecycle import JOBS, State, is_terminal
 from instar.listeners import Listener, Listeners, Subscription
+from instar.machines import MachineRuntime, Machines
 from instar.maintenance.pruning import PruneReport, prune_all
 from instar.models import Awakeable, Event, FlowLimitInfo, Job, QueueStats
 from instar.payload import DEFAULT_MAX_BYTES, encode
@@ -142,6 +143,9 @@ class App:
         self._open_lock = threading.Lock()
         self._subscriptions: list[Subscription] = []
         self._listeners: Listeners | None = None
+        self._machine_runtime = MachineRuntime(lambda: self.engine, self.registry)
+        self.machines = Machines(self._machine_runtime)
+        """User-defined durable state machines (``instar.machines``)."""
 
     @property
     def engine(self) -> Engine:
@@ -150,6 +154,7 @@ class App:
                 if self._engine is None:
                     store = open_store(self.database, read_only=self.read_only)
                     self._engine = Engine(store, self.clock)
+                    self._engine.replies = self._machine_runtime.deliver_replies
                     if self._subscriptions:
                         self._listeners = Listeners(self._engine, self._subscriptions)
         return self._engine
@@ -813,6 +818,7 @@ class App:
                 max_payload_bytes=self.max_payload_bytes,
                 **{"retention": self.retention, **settings},
             ),
+            machines=self._machine_runtime,
         )
 
     def run_worker(

@@ -39,6 +39,12 @@ class TransitionTable(Generic[T]):
     initial_only: frozenset[T] = frozenset()
     kinds: Mapping[T, str] = field(default_factory=dict)
     meanings: Mapping[T, str] = field(default_factory=dict)
+    parents: Mapping[T, T] = field(default_factory=dict)
+    """A nested state's parent (user-defined machines); drawn as composite states."""
+    initial_children: Mapping[T, T] = field(default_factory=dict)
+    """A compound state's initial child."""
+    labels: Mapping[tuple[T, T], str] = field(default_factory=dict)
+    """What a move is labelled with in drawings (a machine's event names)."""
 
     def allows(self, from_state: T, to_state: T) -> bool:
         return to_state in self.transitions.get(from_state, frozenset())
@@ -51,6 +57,10 @@ class TransitionTable(Generic[T]):
     def sources(self, to_state: T) -> frozenset[T]:
         """Every state from which ``to_state`` may be entered."""
         return frozenset(s for s, targets in self.transitions.items() if to_state in targets)
+
+    def reachable(self) -> set[T]:
+        """Every state some run reaches from an entry state."""
+        return _closure(self.entry, self.transitions)
 
     def problems(self) -> list[str]:
         """Every rule the table breaks (empty when it is valid):
@@ -89,7 +99,7 @@ class TransitionTable(Generic[T]):
                     f"the initial state {state} must not be entered again "
                     f"(entered from {_names(entered_from)})"
                 )
-        reachable = _closure(self.entry, self.transitions)
+        reachable = self.reachable()
         if states - reachable:
             found.append(f"unreachable states: {_names(states - reachable)}")
         for state in self.states:

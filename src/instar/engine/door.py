@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from instar.errors import InvalidTransition, SignalAlreadySettled
 from instar.lifecycle import ENTRY_STATES, State
 from instar.models import Awakeable, Job
 from instar.store.contract import (
+    Applied,
     ClaimRequest,
     Held,
     Lease,
@@ -66,6 +67,9 @@ class Engine:
         self.read = Reader(store)
         self._listeners: dict[Wake, list[Callable[[], None]]] = {w: [] for w in Wake}
         self._observers: list[Callable[[frozenset[int], float], None]] = []
+        self.replies: Callable[[Transaction, Sequence[int]], None] | None = None
+        """Called in the transaction where jobs that something awaits completed
+        (their ids): the durable machines deliver their jobs' replies there."""
         if store.supports_listen:
             store.watch(self._heard)
 
@@ -122,17 +126,46 @@ class Engine:
             self._tell(wakes)
             if self._observers:
                 self._moved(tx.moved(), now)
+            for call in tx.after_commit:
+                call()
+
+    def transaction(self) -> AbstractContextManager[Transaction]:
+        """One transaction for a writer above the engine that keeps its own
+        state beside the jobs' (the durable machines): jobs it creates go
+        through ``enqueue_in``; wake-ups and ``tx.after_commit`` calls happen
+        once it commits."""
+        return self._transaction()
+
+    def enqueue_in(self, tx: Transaction, jobs: Sequence[NewJob], actor: str | None) -> list[Job]:
+        """Create jobs that wait for no other inside ``tx`` (see ``enqueue``)."""
+        for job in jobs:
+            if job.state not in ENTRY_STATES or job.after:
+                raise InvalidTransition(0, "(new)", job.state.value, "not a state a job starts in")
+        return tx.insert_jobs(jobs, actor)
 
     def _apply(self, tx: Transaction, moves: Sequence[Move]) -> list[bool]:
         """Apply ``moves`` and everything they set off, round after round, in ``tx``."""
         applied = tx.apply_moves(moves)
+        self._reply(tx, moves, applied)
         follow = consequences(tx, moves, applied)
         for _ in range(_CASCADE_LIMIT):
             if not follow:
                 return applied.won
             then = tx.apply_moves(follow)
+            self._reply(tx, follow, then)
             follow = consequences(tx, follow, then)
         raise RuntimeError(f"moves kept setting off more moves for {_CASCADE_LIMIT} rounds")
+
+    def _reply(self, tx: Transaction, moves: Sequence[Move], applied: Applied) -> None:
+        if self.replies is None or not applied.awaited:
+            return
+        completed = [
+            m.job_id
+            for m, ok in zip(moves, applied.won, strict=True)
+            if ok and m.to_state is State.COMPLETED and m.job_id in applied.awaited
+        ]
+        if completed:
+            self.replies(tx, completed)
 
     # -- the writes ---------------------------------------------------------------
 

@@ -14,7 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from instar.engine import Engine
+from instar.machines import MachineRuntime
 from instar.maintenance.lease_rescue import LeaseRescue
+from instar.maintenance.machine_timers import MachineHistory, MachineTimers
 from instar.maintenance.pause_timeouts import PauseTimeouts
 from instar.maintenance.periodic import PeriodicJobs
 from instar.maintenance.pruning import Pruning
@@ -48,9 +50,14 @@ def default_services(
     engine: Engine,
     retention: Retention | None = None,
     definitions: Sequence[JobDefinition] = (),
+    machines: MachineRuntime | None = None,
 ) -> list[Service]:
     """Every service; ``definitions``: the code's jobs, whose schedules the
-    periodic service follows."""
+    periodic service follows; ``machines``: the App's durable machines, whose
+    timers and history retention it keeps."""
+    machine_services: list[Service] = (
+        [MachineTimers(machines), MachineHistory(machines)] if machines is not None else []
+    )
     return [
         PeriodicJobs(engine, definitions),
         Timers(engine),
@@ -59,6 +66,7 @@ def default_services(
         Waiters(engine),
         StateFlows(engine),
         Pruning(engine, retention or Retention()),
+        *machine_services,
     ]
 
 
@@ -71,6 +79,7 @@ class Maintenance:
         services: Sequence[Service] | None = None,
         retention: Retention | None = None,
         definitions: Sequence[JobDefinition] = (),
+        machines: MachineRuntime | None = None,
     ) -> None:
         self.engine = engine
         self.holder = holder
@@ -78,7 +87,7 @@ class Maintenance:
         self.services = (
             list(services)
             if services is not None
-            else default_services(engine, retention, definitions)
+            else default_services(engine, retention, definitions, machines)
         )
         self._lead_until = 0.0
 

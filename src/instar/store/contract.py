@@ -129,7 +129,8 @@ class Note:
 @dataclass(frozen=True, slots=True)
 class Applied:
     """What ``apply_moves`` did: for each move, whether it won; and which of the
-    jobs that moved have other jobs waiting on them (dependants, a joining parent)."""
+    jobs that moved have something waiting on them (dependants, a joining
+    parent, a durable machine's reply)."""
 
     won: list[bool]
     awaited: frozenset[int]
@@ -459,7 +460,187 @@ class DurableWrites(Protocol):
     def remove_dependencies(self, job_ids: Sequence[int], kind: DependencyKind) -> None: ...
 
 
-class Transaction(JobWrites, TimelineWrites, DurableWrites, Protocol):
+@dataclass(slots=True)
+class InstanceRow:
+    """One durable machine instance as stored (``instar.machines``)."""
+
+    machine: str
+    key: str
+    version: int
+    state: str
+    context_json: str
+    seq: int
+    final: bool
+    created_at: float
+    updated_at: float
+
+
+@dataclass(slots=True)
+class HistoryRow:
+    """One entry of an instance's history: what happened (``kind``: created,
+    event, timer, rolled_back, migrated), the state and context it left, and
+    which transition (its index in the definition) made it."""
+
+    machine: str
+    key: str
+    seq: int
+    at: float
+    kind: str
+    event: str | None
+    from_state: str | None
+    to_state: str
+    data_json: str | None
+    context_json: str
+    actor: str | None
+    transition: int | None
+    version: int
+    detail_json: str | None
+
+
+@dataclass(slots=True)
+class TimerRow:
+    """An armed ``after`` timer of an instance's state; ``seq``: the history
+    entry that armed it."""
+
+    id: int | None
+    machine: str
+    key: str
+    state: str
+    event: str
+    due_at: float
+    seq: int
+
+
+@dataclass(slots=True)
+class RefusalRow:
+    id: int | None
+    machine: str
+    key: str
+    at: float
+    event: str
+    state: str | None
+    reason: str
+    detail: str | None
+    actor: str | None
+
+
+@dataclass(slots=True)
+class Reply:
+    """A job an action enqueued, whose result becomes ``event`` of an instance."""
+
+    job_id: int
+    machine: str
+    key: str
+    event: str
+
+
+class MachineWrites(Protocol):
+    """The durable machines' writes, in the transaction of whatever caused them."""
+
+    def save_definition(self, name: str, version: int, body: str, digest: str) -> str | None:
+        """Keep a definition; None if it was new, else the digest already kept."""
+        ...
+
+    def definition_body(self, name: str, version: int | None) -> tuple[int, str] | None:
+        """(version, raw JSON) of ``name`` at ``version`` (None: the latest)."""
+        ...
+
+    def lock_instance(self, machine: str, key: str) -> InstanceRow | None:
+        """The instance, locked until the transaction ends (PostgreSQL)."""
+        ...
+
+    def insert_instance(self, row: InstanceRow) -> bool:
+        """False (nothing written) when the key exists already."""
+        ...
+
+    def update_instance(self, row: InstanceRow, expect_seq: int) -> bool:
+        """Compare-and-set on ``expect_seq``."""
+        ...
+
+    def append_history(self, rows: Sequence[HistoryRow]) -> None: ...
+
+    def history_entry(self, machine: str, key: str, seq: int) -> HistoryRow | None: ...
+
+    def arm_timers(self, timers: Sequence[TimerRow]) -> None: ...
+
+    def cancel_timers(self, machine: str, key: str, states: Sequence[str] | None) -> None:
+        """The instance's timers of ``states`` (None: every one) are dropped."""
+        ...
+
+    def take_timer(self, timer_id: int) -> bool:
+        """Delete a timer that is due; False when it is gone (fired or cancelled)."""
+        ...
+
+    def add_refusal(self, row: RefusalRow, keep: int) -> None:
+        """Log a refused event; the instance keeps its last ``keep`` refusals."""
+        ...
+
+    def send_outcome(self, machine: str, key: str, idempotency_key: str) -> str | None: ...
+
+    def save_send_outcome(
+        self, machine: str, key: str, idempotency_key: str, outcome_json: str
+    ) -> None: ...
+
+    def add_replies(self, replies: Sequence[Reply]) -> None: ...
+
+    def take_replies(self, job_ids: Sequence[int]) -> list[Reply]:
+        """The replies of these jobs, deleted: each is delivered once."""
+        ...
+
+    def save_retention(
+        self, machine: str, keep_last: int | None, keep_days: float | None
+    ) -> None: ...
+
+    def prune_history(
+        self, machine: str, keep_last: int | None, before: float | None, limit: int
+    ) -> int:
+        """Delete up to ``limit`` entries outside the kept bounds (never an
+        instance's last one); how many went."""
+        ...
+
+
+class MachineReads(Protocol):
+    def machine_definitions(self) -> list[tuple[str, int, str, float]]:
+        """(name, version, digest, created_at) of every definition kept."""
+        ...
+
+    def definition_body(self, name: str, version: int | None) -> tuple[int, str] | None: ...
+
+    def get_instance(self, machine: str, key: str) -> InstanceRow | None: ...
+
+    def list_instances(
+        self, machine: str, state: str | None, after: str | None, limit: int
+    ) -> list[InstanceRow]:
+        """Instances by key; ``state`` a leaf or superstate path (its whole subtree)."""
+        ...
+
+    def count_instances(self, machine: str) -> dict[str, int]:
+        """Instances per leaf state."""
+        ...
+
+    def history(
+        self, machine: str, key: str, since_seq: int = 0, last: int | None = None
+    ) -> list[HistoryRow]:
+        """Entries after ``since_seq``, oldest first; with ``last`` only that many
+        of the newest."""
+        ...
+
+    def refusals(self, machine: str, key: str, limit: int) -> list[RefusalRow]:
+        """The latest refusals, newest first."""
+        ...
+
+    def timers_of(self, machine: str, key: str) -> list[TimerRow]: ...
+
+    def due_machine_timers(self, now: float, limit: int) -> list[TimerRow]:
+        """Timers due at ``now``, earliest first."""
+        ...
+
+    def next_machine_timer_at(self) -> float | None: ...
+
+    def machine_retentions(self) -> list[tuple[str, int | None, float | None]]: ...
+
+
+class Transaction(JobWrites, TimelineWrites, DurableWrites, MachineWrites, Protocol):
     """Every write of one logical change; commits when its ``with`` block ends."""
 
     now: float
@@ -477,6 +658,10 @@ class Transaction(JobWrites, TimelineWrites, DurableWrites, Protocol):
         """The jobs this transaction moved (created ones included), when
         ``observed``: their moves' events are written at its ``now``."""
         ...
+
+    after_commit: list[Callable[[], None]]
+    """Calls to make once the transaction has committed (a durable machine's
+    listeners); never made when it rolls back."""
 
 
 # -- reads, role by role ----------------------------------------------------------
@@ -629,6 +814,7 @@ class FlowControl(Protocol):
 
 
 class Store(
+    MachineReads,
     JobReads,
     TimelineReads,
     DurableReads,

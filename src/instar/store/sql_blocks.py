@@ -80,9 +80,18 @@ def fill(name: str, sql: str) -> str:
     return _PLACEHOLDER.sub(replace, sql)
 
 
+QUERY_FILES = ("queries.sql", "machines.sql")
+"""A backend's named queries: the jobs' and the durable machines'."""
+
+
 def load_queries(package: str) -> Mapping[str, str]:
-    """A backend's ``queries.sql``, with the lifecycle's states filled in from
-    the table: the SQL names states by kind or through a checked placeholder."""
-    return MappingProxyType(
-        {name: fill(name, sql) for name, sql in load_blocks(package, "queries.sql").items()}
-    )
+    """A backend's queries (``QUERY_FILES``), with the lifecycle's states filled
+    in from the table: the SQL names states by kind or through a checked
+    placeholder. A name defined in two files is refused."""
+    queries: dict[str, str] = {}
+    for filename in QUERY_FILES:
+        for name, sql in load_blocks(package, filename).items():
+            if name in queries:
+                raise ValueError(f"{filename}: block {name!r} is defined in another file too")
+            queries[name] = fill(name, sql)
+    return MappingProxyType(queries)

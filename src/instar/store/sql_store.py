@@ -62,10 +62,11 @@ from instar.store.records import (
     rounds,
 )
 from instar.store.sql_blocks import load_migrations
+from instar.store.sql_machines import MachineReadsSQL, MachineWritesSQL
 from instar.vocabulary import AwakeableState, DependencyKind, Trigger
 
 
-class SQLStore(ABC):
+class SQLStore(MachineReadsSQL, ABC):
     """The shared body of the SQLite and PostgreSQL stores: reads and migrations.
     Writes live in ``SQLTransaction``."""
 
@@ -652,7 +653,7 @@ def _token(row: Sequence[Any]) -> ApiToken:
     )
 
 
-class SQLTransaction:
+class SQLTransaction(MachineWritesSQL):
     """Every write of one transaction, on one connection, at one time ``now``."""
 
     def __init__(self, store: SQLStore, conn: Any, now: float) -> None:
@@ -663,6 +664,7 @@ class SQLTransaction:
         self._wakes: set[Wake] = set()
         self._moved: set[int] = set()
         self.observed = False  # the engine says so when someone listens to its moves
+        self.after_commit: list[Callable[[], None]] = []
 
     def wakes(self) -> set[Wake]:
         return self._wakes

@@ -58,6 +58,7 @@ from instar.engine import (
 )
 from instar.errors import StoreRefused
 from instar.lifecycle import State
+from instar.machines import MachineRuntime
 from instar.maintenance.runner import Maintenance
 from instar.models import Job
 from instar.payload import DEFAULT_MAX_BYTES
@@ -152,6 +153,7 @@ class Worker:
         engine: Engine,
         registry: Mapping[str, JobDefinition],
         settings: WorkerSettings | None = None,
+        machines: MachineRuntime | None = None,
     ) -> None:
         self.engine = engine
         self.registry = registry
@@ -195,6 +197,7 @@ class Worker:
             self.id,
             retention=self.settings.retention,
             definitions=list(registry.values()),
+            machines=machines,
         )
         self._job_log = JobLog(self.id)
         self._tracing = RunTracing()

@@ -248,6 +248,7 @@ WHERE jobs.id = m.job_id AND jobs.state = m.from_state
   AND (m.version IS NULL OR jobs.version = m.version)
   AND (m.guard_token IS NULL OR jobs.lease_token = m.guard_token)
 RETURNING jobs.id, EXISTS (SELECT 1 FROM dependencies AS d WHERE d.depends_on = jobs.id)
+          OR EXISTS (SELECT 1 FROM machine_replies AS r WHERE r.job_id = jobs.id)
 
 -- name: claim
 -- SKIP LOCKED lets many workers claim side by side without waiting on each other.

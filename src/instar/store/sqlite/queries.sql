@@ -135,8 +135,9 @@ SELECT max(id) FROM events
 -- name: move_batch
 -- Many moves in one statement: each row of :moves is a JSON array in the order
 -- below. Compare-and-set on (id, state) plus the version or the lease token the
--- caller holds; RETURNING names the moves that won, and whether other jobs wait
--- on each (so the engine reads waiters only when there are some). Job ids must
+-- caller holds; RETURNING names the moves that won, and whether anything waits
+-- on each (other jobs, or a machine's reply; so the engine reads waiters only
+-- when there are some). Job ids must
 -- be distinct.
 UPDATE jobs
 SET state = m.to_state, version = jobs.version + 1, updated_at = :now,
@@ -161,6 +162,7 @@ WHERE jobs.id = m.job_id AND jobs.state = m.from_state
   AND (m.version IS NULL OR jobs.version = m.version)
   AND (m.guard_token IS NULL OR jobs.lease_token = m.guard_token)
 RETURNING jobs.id, EXISTS (SELECT 1 FROM dependencies AS d WHERE d.depends_on = jobs.id)
+          OR EXISTS (SELECT 1 FROM machine_replies AS r WHERE r.job_id = jobs.id)
 
 -- name: claim_any_queue
 -- One statement claims the whole batch; RETURNING order is not defined, so the caller sorts.

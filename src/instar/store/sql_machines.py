@@ -151,7 +151,7 @@ class MachineWritesSQL:
 
     def save_definition(self, name: str, version: int, body: str, digest: str) -> str | None:
         params = {"name": name, "version": version, "body": body, "digest": digest, "now": self.now}
-        if self.conn.execute(self.Q["machine_definition_save"], params).rowcount == 1:
+        if self.conn.execute(self.Q["machine_definition_save"], params).fetchone() is not None:
             return None
         row = self.conn.execute(
             self.Q["machine_definition_get"], {"name": name, "version": version}
@@ -169,12 +169,12 @@ class MachineWritesSQL:
 
     def insert_instance(self, row: InstanceRow) -> bool:
         params = _instance_params(row, self.now)
-        return bool(self.conn.execute(self.Q["machine_instance_insert"], params).rowcount == 1)
+        return self.conn.execute(self.Q["machine_instance_insert"], params).fetchone() is not None
 
     def update_instance(self, row: InstanceRow, expect_seq: int) -> bool:
         params = _instance_params(row, self.now)
         params["expect_seq"] = expect_seq
-        return bool(self.conn.execute(self.Q["machine_instance_update"], params).rowcount == 1)
+        return self.conn.execute(self.Q["machine_instance_update"], params).fetchone() is not None
 
     def append_history(self, rows: Sequence[HistoryRow]) -> None:
         if rows:
@@ -202,7 +202,8 @@ class MachineWritesSQL:
             self.conn.execute(self.Q["machine_timers_cancel"], params)
 
     def take_timer(self, timer_id: int) -> bool:
-        return bool(self.conn.execute(self.Q["machine_timer_take"], {"id": timer_id}).rowcount == 1)
+        taken = self.conn.execute(self.Q["machine_timer_take"], {"id": timer_id}).fetchone()
+        return taken is not None
 
     def add_refusal(self, row: RefusalRow, keep: int) -> None:
         params = asdict(row)

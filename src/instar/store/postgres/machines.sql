@@ -2,9 +2,12 @@
 
 -- name: machine_definition_save
 -- A (name, version) is written once; the caller compares digests when it exists.
+-- The writes the caller checks RETURN a row: a row count is not known yet in
+-- PostgreSQL's pipeline mode (a worker's exchange, where replies are delivered).
 INSERT INTO machine_definitions (name, version, body, digest, created_at)
 VALUES (%(name)s, %(version)s, %(body)s, %(digest)s, %(now)s)
 ON CONFLICT (name, version) DO NOTHING
+RETURNING version
 
 -- name: machine_definition_get
 SELECT version, body, digest FROM machine_definitions WHERE name = %(name)s AND version = %(version)s
@@ -31,6 +34,7 @@ INSERT INTO machine_instances (machine, key, version, state, context, seq, final
                                created_at, updated_at)
 VALUES (%(machine)s, %(key)s, %(version)s, %(state)s, %(context)s, %(seq)s, %(final)s, %(now)s, %(now)s)
 ON CONFLICT (machine, key) DO NOTHING
+RETURNING seq
 
 -- name: machine_instance_update
 -- Compare-and-set on the seq the caller read (under its lock): never lost, never doubled.
@@ -38,6 +42,7 @@ UPDATE machine_instances
 SET version = %(version)s, state = %(state)s, context = %(context)s, seq = %(seq)s, final = %(final)s,
     updated_at = %(now)s
 WHERE machine = %(machine)s AND key = %(key)s AND seq = %(expect_seq)s
+RETURNING seq
 
 -- name: machine_instances_list
 -- A state filter is a leaf or a superstate: the path itself or any path under it.
@@ -100,7 +105,7 @@ WHERE machine = %(machine)s AND key = %(key)s AND state = ANY(%(states)s)
 DELETE FROM machine_timers WHERE machine = %(machine)s AND key = %(key)s
 
 -- name: machine_timer_take
-DELETE FROM machine_timers WHERE id = %(id)s
+DELETE FROM machine_timers WHERE id = %(id)s RETURNING id
 
 -- name: machine_timers_due
 SELECT id, machine, key, state, event, due_at, seq FROM machine_timers

@@ -2,9 +2,12 @@
 
 -- name: machine_definition_save
 -- A (name, version) is written once; the caller compares digests when it exists.
+-- The writes the caller checks RETURN a row: a row count is not known yet in
+-- PostgreSQL's pipeline mode (a worker's exchange, where replies are delivered).
 INSERT INTO machine_definitions (name, version, body, digest, created_at)
 VALUES (:name, :version, :body, :digest, :now)
 ON CONFLICT (name, version) DO NOTHING
+RETURNING version
 
 -- name: machine_definition_get
 SELECT version, body, digest FROM machine_definitions WHERE name = :name AND version = :version
@@ -30,6 +33,7 @@ INSERT INTO machine_instances (machine, key, version, state, context, seq, final
                                created_at, updated_at)
 VALUES (:machine, :key, :version, :state, :context, :seq, :final, :now, :now)
 ON CONFLICT (machine, key) DO NOTHING
+RETURNING seq
 
 -- name: machine_instance_update
 -- Compare-and-set on the seq the caller read (under its lock): never lost, never doubled.
@@ -37,6 +41,7 @@ UPDATE machine_instances
 SET version = :version, state = :state, context = :context, seq = :seq, final = :final,
     updated_at = :now
 WHERE machine = :machine AND key = :key AND seq = :expect_seq
+RETURNING seq
 
 -- name: machine_instances_list
 -- A state filter is a leaf or a superstate: the path itself or any path under it.
@@ -98,7 +103,7 @@ WHERE machine = :machine AND key = :key AND state IN (SELECT value FROM json_eac
 DELETE FROM machine_timers WHERE machine = :machine AND key = :key
 
 -- name: machine_timer_take
-DELETE FROM machine_timers WHERE id = :id
+DELETE FROM machine_timers WHERE id = :id RETURNING id
 
 -- name: machine_timers_due
 SELECT id, machine, key, state, event, due_at, seq FROM machine_timers

@@ -129,12 +129,12 @@ class Engine:
             for call in tx.after_commit:
                 call()
 
-    def transaction(self) -> AbstractContextManager[Transaction]:
+    def transaction(self, *, pipeline: bool = False) -> AbstractContextManager[Transaction]:
         """One transaction for a writer above the engine that keeps its own
         state beside the jobs' (the durable machines): jobs it creates go
         through ``enqueue_in``; wake-ups and ``tx.after_commit`` calls happen
-        once it commits."""
-        return self._transaction()
+        once it commits. ``pipeline``: as ``Store.transaction``'s."""
+        return self._transaction(pipeline=pipeline)
 
     def enqueue_in(self, tx: Transaction, jobs: Sequence[NewJob], actor: str | None) -> list[Job]:
         """Create jobs that wait for no other inside ``tx`` (see ``enqueue``)."""

@@ -60,6 +60,7 @@ from instar.payload import encode
 from instar.registry import Placement, Registry, new_jobs
 from instar.registry.limits import check_text
 from instar.store.contract import (
+    Advance,
     HistoryRow,
     InstanceRow,
     NewJob,
@@ -78,6 +79,8 @@ REFUSALS_KEPT = 100
 MAX_SEND_DEPTH = 16
 """Events sent by actions, sent by actions …: a chain longer than this is refused."""
 MAX_KEY_BYTES = 512
+KNOWN_ROWS = 10_000
+"""Instance rows a process remembers for the one-write send (``_send_known``)."""
 
 Listener = Callable[[Happening], Any]
 LISTENER_KINDS = ("enter", "exit", "transition", "refusal")
@@ -192,6 +195,9 @@ class MachineRuntime:
         self._definitions: dict[tuple[str, int], Definition] = {}
         self._guards: dict[str, dict[str, Guard]] = {}
         self._listeners: list[tuple[str, str | None, str | None, Listener]] = []
+        self._known: dict[tuple[str, str], InstanceRow] = {}
+        """The last row of each instance this process wrote (its seq is what a
+        send compare-and-sets on; a stale one only costs the locked way)."""
 
     @property
     def engine(self) -> Engine:
@@ -333,6 +339,7 @@ class MachineRuntime:
             self._perform(tx, planned, actor, 0, happened)
             happened += [_happening("enter", row, s, values) for s in entered]
             tx.after_commit.append(lambda: self._tell(happened))
+        self._remember(row)
         return Instance.of(row)
 
     def send(
@@ -361,8 +368,12 @@ class MachineRuntime:
             isinstance(expect_seq, bool) or not isinstance(expect_seq, int)
         ):
             raise InvalidOption(f"expect_seq must be a whole number, not {expect_seq!r:.40}")
+        if idempotency_key is None:
+            known = self._send_known(machine, key, event, values, expect_seq, actor)
+            if known is not None:
+                return known
         happened: list[Happening] = []
-        with self.engine.transaction() as tx:
+        with self.engine.transaction(pipeline=True) as tx:
             result = self._send_in(
                 tx,
                 machine,
@@ -444,6 +455,8 @@ class MachineRuntime:
                 _happening("refusal", row, None, context, event=event, reason=outcome.reason)
             )
             result = SendResult(False, row.state, row.seq, outcome.reason, outcome.detail)
+            current = row
+            tx.after_commit.append(lambda: self._remember(current))
         else:
             result = self._accept(
                 tx,
@@ -480,73 +493,69 @@ class MachineRuntime:
         depth: int,
         happened: list[Happening],
     ) -> SendResult:
-        assert outcome.transition is not None
-        seq = row.seq + 1
-        final = definition.states[outcome.state].final
-        moved = InstanceRow(
-            row.machine,
-            row.key,
-            row.version,
-            outcome.state,
-            context_json,
-            seq,
-            final,
-            row.created_at,
-            tx.now,
+        advance = _advance(
+            definition, row, outcome, context_json, kind, event, data, actor, detail, tx.now
         )
-        if not tx.update_instance(moved, row.seq):
+        if not tx.advance_instance(advance):
             raise RuntimeError(f"{row.machine} {row.key!r} changed under its lock")
-        entry = HistoryRow(
-            row.machine,
-            row.key,
-            seq,
-            tx.now,
-            kind,
-            event,
-            row.state,
-            outcome.state,
-            json.dumps(data),
-            context_json,
-            actor,
-            outcome.transition.index,
-            row.version,
-            None if detail is None else json.dumps(detail),
-        )
-        tx.append_history([entry])
-        if final:
-            tx.cancel_timers(row.machine, row.key, None)
-        else:
-            tx.cancel_timers(row.machine, row.key, outcome.exited)
-            self._arm(tx, definition, moved, outcome.entered)
-        happened += [_happening("exit", moved, s, outcome.context) for s in outcome.exited]
-        happened.append(
-            _happening(
-                "transition", moved, None, outcome.context, event=event, from_state=row.state
-            )
-        )
-        happened += [_happening("enter", moved, s, outcome.context) for s in outcome.entered]
+        happened += _happenings(advance.moved, outcome, event, row.state)
         self._perform(tx, planned, actor, depth, happened)
-        return SendResult(True, outcome.state, seq)
+        tx.after_commit.append(lambda: self._remember(advance.moved))
+        return SendResult(True, outcome.state, advance.moved.seq)
+
+    def _send_known(
+        self,
+        machine: str,
+        key: str,
+        event: str,
+        data: dict[str, Any],
+        expect_seq: int | None,
+        actor: str | None,
+    ) -> SendResult | None:
+        """The send of an instance whose row this process knows, as one write
+        that compare-and-sets on that row's seq (PostgreSQL: one round trip).
+        None when the fast way does not apply (unknown or stale row, a refusal,
+        actions to perform): the caller takes the locked way."""
+        row = self._known.get((machine, key))
+        if row is None or (expect_seq is not None and expect_seq != row.seq):
+            return None
+        definition = self._definitions.get((machine, row.version))
+        if definition is None:
+            return None
+        context = json.loads(row.context_json)
+        outcome = decide(definition, row.state, context, event, data, self._guards.get(machine, {}))
+        if not outcome.accepted:
+            return None
+        try:
+            context_json = encode(outcome.context, what="the context", max_bytes=self.max_bytes)
+            planned = self._plan(
+                definition, row, outcome.context, data, outcome.exited, outcome.entered, row.seq + 1
+            )
+        except (PayloadError, _ActionError):
+            return None
+        if planned.jobs or planned.sends:
+            return None
+        now = self.engine.clock.now()
+        advance = _advance(
+            definition, row, outcome, context_json, "event", event, data, actor, None, now
+        )
+        if not self.engine.store.advance_one(advance, now):
+            self._known.pop((machine, key), None)
+            return None
+        self._remember(advance.moved)
+        self._tell(_happenings(advance.moved, outcome, event, row.state))
+        return SendResult(True, outcome.state, advance.moved.seq)
+
+    def _remember(self, row: InstanceRow) -> None:
+        if len(self._known) >= KNOWN_ROWS:
+            self._known.clear()
+        self._known[(row.machine, row.key)] = row
 
     def _arm(
         self, tx: Transaction, definition: Definition, row: InstanceRow, entered: Sequence[str]
     ) -> None:
-        if row.final:
-            return
-        tx.arm_timers(
-            [
-                TimerRow(
-                    None,
-                    row.machine,
-                    row.key,
-                    state,
-                    timer.event,
-                    tx.now + timer.delay_ms / 1000,
-                    row.seq,
-                )
-                for state, timer in timers_of(definition, entered)
-            ]
-        )
+        if not row.final:
+            tx.arm_timers(_timers(definition, row, entered, tx.now))
 
     def _plan(
         self,
@@ -745,6 +754,7 @@ class MachineRuntime:
                 tx.now,
             )
             tx.update_instance(restored, row.seq)
+            tx.after_commit.append(lambda: self._remember(restored))
             detail = json.dumps({"to_seq": to_seq, "reason": reason})
             tx.append_history(
                 [
@@ -816,6 +826,7 @@ class MachineRuntime:
                     tx.now,
                 )
                 tx.update_instance(migrated, row.seq)
+                self._known.pop((machine, row.key), None)
                 detail = json.dumps({"from_version": row.version, "state_map": mapping})
                 tx.append_history(
                     [
@@ -972,6 +983,77 @@ def _job_key(machine: str, key: str, seq: int, state: str, moment: str, index: i
     the action, so that the same action is never enqueued twice."""
     text = json.dumps([machine, key, seq, state, moment, index])
     return "machine:" + hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def _advance(
+    definition: Definition,
+    row: InstanceRow,
+    outcome: Outcome,
+    context_json: str,
+    kind: str,
+    event: str,
+    data: dict[str, Any],
+    actor: str | None,
+    detail: dict[str, Any] | None,
+    now: float,
+) -> Advance:
+    """The writes of an accepted ``outcome`` from ``row`` at ``now``."""
+    assert outcome.transition is not None
+    seq = row.seq + 1
+    final = definition.states[outcome.state].final
+    moved = InstanceRow(
+        row.machine,
+        row.key,
+        row.version,
+        outcome.state,
+        context_json,
+        seq,
+        final,
+        row.created_at,
+        now,
+    )
+    entry = HistoryRow(
+        row.machine,
+        row.key,
+        seq,
+        now,
+        kind,
+        event,
+        row.state,
+        outcome.state,
+        json.dumps(data),
+        context_json,
+        actor,
+        outcome.transition.index,
+        row.version,
+        None if detail is None else json.dumps(detail),
+    )
+    cancel = None if final else [s for s in outcome.exited if definition.states[s].after]
+    arm = [] if final else _timers(definition, moved, outcome.entered, now)
+    return Advance(moved, row.seq, entry, cancel, arm)
+
+
+def _timers(
+    definition: Definition, row: InstanceRow, entered: Sequence[str], now: float
+) -> list[TimerRow]:
+    """The timers of the states ``entered``, due from ``now``."""
+    return [
+        TimerRow(
+            None, row.machine, row.key, state, timer.event, now + timer.delay_ms / 1000, row.seq
+        )
+        for state, timer in timers_of(definition, entered)
+    ]
+
+
+def _happenings(
+    moved: InstanceRow, outcome: Outcome, event: str, from_state: str
+) -> list[Happening]:
+    """What listeners hear of an accepted event: exits, the transition, entries."""
+    return [
+        *(_happening("exit", moved, s, outcome.context) for s in outcome.exited),
+        _happening("transition", moved, None, outcome.context, event=event, from_state=from_state),
+        *(_happening("enter", moved, s, outcome.context) for s in outcome.entered),
+    ]
 
 
 def _happening(

@@ -534,6 +534,19 @@ class Reply:
     event: str
 
 
+@dataclass(slots=True)
+class Advance:
+    """One accepted change of an instance: the row it leaves (``moved``), the
+    seq it must be at now, its history entry, the states whose timers go
+    (``cancel``; None: every timer) and the timers armed."""
+
+    moved: InstanceRow
+    expect_seq: int
+    entry: HistoryRow
+    cancel: Sequence[str] | None
+    arm: Sequence[TimerRow]
+
+
 class MachineWrites(Protocol):
     """The durable machines' writes, in the transaction of whatever caused them."""
 
@@ -558,6 +571,13 @@ class MachineWrites(Protocol):
         ...
 
     def append_history(self, rows: Sequence[HistoryRow]) -> None: ...
+
+    def advance_instance(self, advance: Advance) -> bool:
+        """Write one accepted change: the instance compare-and-set on
+        ``advance.expect_seq``, its history entry, its timers; False (nothing
+        written) when the instance is no longer at that seq. PostgreSQL: one
+        statement."""
+        ...
 
     def history_entry(self, machine: str, key: str, seq: int) -> HistoryRow | None: ...
 
@@ -858,6 +878,12 @@ class Store(
         open transaction and commits or rolls back with it. ``pipeline``: send
         statements whose results are not read without waiting for each (the
         worker's batches; PostgreSQL's pipeline mode, nothing on SQLite)."""
+        ...
+
+    def advance_one(self, advance: Advance, now: float) -> bool:
+        """``Transaction.advance_instance`` as one atomic write on its own
+        (PostgreSQL: one statement in autocommit, one round trip): the durable
+        machines' send when this process knows the instance's seq already."""
         ...
 
     def enqueue_one(self, job: NewJob, actor: str | None, now: float) -> Job | None:

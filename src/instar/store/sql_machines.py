@@ -8,7 +8,14 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict
 from typing import Any
 
-from instar.store.contract import HistoryRow, InstanceRow, RefusalRow, Reply, TimerRow
+from instar.store.contract import (
+    Advance,
+    HistoryRow,
+    InstanceRow,
+    RefusalRow,
+    Reply,
+    TimerRow,
+)
 
 
 def _instance(row: Sequence[Any]) -> InstanceRow:
@@ -177,10 +184,38 @@ class MachineWritesSQL:
         return self.conn.execute(self.Q["machine_instance_update"], params).fetchone() is not None
 
     def append_history(self, rows: Sequence[HistoryRow]) -> None:
-        if rows:
-            self.conn.cursor().executemany(
-                self.Q["machine_history_insert"], [_history_params(r) for r in rows]
+        for row in rows:  # one by one: executemany syncs a pipeline of its own
+            self.conn.execute(self.Q["machine_history_insert"], _history_params(row))
+
+    def advance_instance(self, advance: Advance) -> bool:
+        """One statement where the backend has ``machine_advance`` (PostgreSQL:
+        data-modifying CTEs), else the same writes one by one (SQLite: a
+        statement costs microseconds there, the commit is what counts)."""
+        moved, entry = advance.moved, advance.entry
+        if "machine_advance" in self.Q:
+            params = _instance_params(moved, self.now)
+            params.update(
+                expect_seq=advance.expect_seq,
+                kind=entry.kind,
+                event=entry.event,
+                from_state=entry.from_state,
+                data=entry.data_json,
+                actor=entry.actor,
+                transition=entry.transition,
+                detail=entry.detail_json,
+                cancel_all=advance.cancel is None,
+                cancel=list(advance.cancel or ()),
+                arm_states=[t.state for t in advance.arm],
+                arm_events=[t.event for t in advance.arm],
+                arm_due=[t.due_at for t in advance.arm],
             )
+            return self.conn.execute(self.Q["machine_advance"], params).fetchone() is not None
+        if not self.update_instance(moved, advance.expect_seq):
+            return False
+        self.append_history([entry])
+        self.cancel_timers(moved.machine, moved.key, advance.cancel)
+        self.arm_timers(advance.arm)
+        return True
 
     def history_entry(self, machine: str, key: str, seq: int) -> HistoryRow | None:
         params = {"machine": machine, "key": key, "seq": seq}
@@ -188,11 +223,10 @@ class MachineWritesSQL:
         return None if row is None else _history(row)
 
     def arm_timers(self, timers: Sequence[TimerRow]) -> None:
-        if timers:
-            params = [asdict(t) for t in timers]
-            for p in params:
-                del p["id"]
-            self.conn.cursor().executemany(self.Q["machine_timers_arm"], params)
+        for timer in timers:
+            params = asdict(timer)
+            del params["id"]
+            self.conn.execute(self.Q["machine_timers_arm"], params)
 
     def cancel_timers(self, machine: str, key: str, states: Sequence[str] | None) -> None:
         if states is None:

@@ -30,6 +30,7 @@ from instar.models import (
 )
 from instar.payload import safe_text
 from instar.store.contract import (
+    Advance,
     Applied,
     ArgsMatch,
     ClaimRequest,
@@ -159,6 +160,10 @@ class SQLStore(MachineReadsSQL, ABC):
             yield tx
             if tx.wakes():
                 self._before_commit(conn, tx.wakes())
+
+    def advance_one(self, advance: Advance, now: float) -> bool:
+        with self.transaction(now) as tx:
+            return tx.advance_instance(advance)
 
     def enqueue_one(self, job: NewJob, actor: str | None, now: float) -> Job | None:
         """A job with a key goes the general way (None), which returns the job that

@@ -154,3 +154,32 @@ ON CONFLICT (machine) DO UPDATE SET keep_last = excluded.keep_last, keep_days = 
 
 -- name: machine_retentions
 SELECT machine, keep_last, keep_days FROM machine_retention ORDER BY machine
+
+-- name: machine_advance
+-- One accepted event in one statement: the instance compare-and-set on its seq,
+-- its history entry, the timers of the states it left dropped and those of the
+-- states it entered armed, each only if the compare-and-set won (all CTEs see
+-- the same snapshot: the DELETE never sees the rows the INSERT adds).
+WITH moved AS (
+    UPDATE machine_instances
+    SET version = %(version)s, state = %(state)s, context = %(context)s, seq = %(seq)s,
+        final = %(final)s, updated_at = %(now)s
+    WHERE machine = %(machine)s AND key = %(key)s AND seq = %(expect_seq)s
+    RETURNING seq
+), entry AS (
+    INSERT INTO machine_history (machine, key, seq, at, kind, event, from_state, to_state,
+                                 data, context, actor, transition, version, detail)
+    SELECT %(machine)s, %(key)s, %(seq)s, %(now)s, %(kind)s, %(event)s, %(from_state)s,
+           %(state)s, %(data)s, %(context)s, %(actor)s, %(transition)s, %(version)s, %(detail)s
+    FROM moved
+), dropped AS (
+    DELETE FROM machine_timers
+    WHERE machine = %(machine)s AND key = %(key)s AND EXISTS (SELECT 1 FROM moved)
+      AND (%(cancel_all)s OR state = ANY(%(cancel)s::text[]))
+), armed AS (
+    INSERT INTO machine_timers (machine, key, state, event, due_at, seq)
+    SELECT %(machine)s, %(key)s, a.state, a.event, a.due_at, %(seq)s
+    FROM moved, unnest(%(arm_states)s::text[], %(arm_events)s::text[],
+                       %(arm_due)s::float8[]) AS a (state, event, due_at)
+)
+SELECT seq FROM moved

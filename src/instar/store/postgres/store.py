@@ -36,10 +36,10 @@ from instar.errors import (
 from instar.lifecycle import State
 from instar.models import Job
 from instar.payload import safe_text
-from instar.store.contract import SCAN_FACTOR, ArgsMatch, ClaimRequest, NewJob, Wake
+from instar.store.contract import SCAN_FACTOR, Advance, ArgsMatch, ClaimRequest, NewJob, Wake
 from instar.store.records import datetime_of, new_job_record
 from instar.store.sql_blocks import load_queries
-from instar.store.sql_store import SQLStore
+from instar.store.sql_store import SQLStore, SQLTransaction
 from instar.store.urls import redact
 from instar.vocabulary import Trigger
 
@@ -389,6 +389,18 @@ class PostgresStore(SQLStore):
         if row is None:
             return None
         return new_job_record(int(row[0]), job, datetime_of(now))
+
+    def advance_one(self, advance: Advance, now: float) -> bool:
+        """One statement in autocommit (``machine_advance``): one round trip."""
+        try:
+            with self._pool.connection() as conn:
+                conn.autocommit = True
+                try:
+                    return SQLTransaction(self, conn, now).advance_instance(advance)
+                finally:
+                    conn.autocommit = False
+        except Exception as exc:
+            raise self._translate(exc) from exc
 
     def database_time(self) -> float:
         with self._read() as conn:

@@ -421,6 +421,23 @@ def test_a_stale_timer_is_discarded(frozen_app: instar.App, clock: FrozenClock) 
     assert app.machines.get("order", "A-1").state == "paid"
 
 
+def test_a_timer_that_cannot_fire_holds_back_no_other(
+    frozen_app: instar.App, clock: FrozenClock
+) -> None:
+    app = frozen_app
+    shop(app)
+    for key in ("A-1", "A-2", "A-3"):
+        app.machines.create("order", key, {"total": 10})
+    execute_raw(app.database, "UPDATE machine_instances SET context = '{' WHERE key = ?", ("A-2",))
+    clock.advance(1800)
+    assert fire_timers(app) == 2
+    assert [app.engine.store.get_instance("order", k).state for k in ("A-1", "A-3")] == [  # type: ignore[union-attr]
+        "cancelled",
+        "cancelled",
+    ]
+    assert timers(app, "order", "A-2") == [("placed", "payment_timeout", clock.now())]
+
+
 # -- 5. actions and replies --------------------------------------------------------------------
 
 

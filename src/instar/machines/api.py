@@ -230,6 +230,17 @@ class Machines:
     ) -> Definition:
         return await asyncio.to_thread(self.register_file, path, guards=guards)
 
+    async def register_text_async(
+        self, text: str, *, source: str = "<text>", guards: Mapping[str, Guard] | None = None
+    ) -> Definition:
+        return await asyncio.to_thread(self.register_text, text, source=source, guards=guards)
+
+    async def definition_async(self, name: str, version: int | None = None) -> Definition:
+        return await asyncio.to_thread(self.definition, name, version)
+
+    async def definitions_async(self) -> list[tuple[str, int]]:
+        return await asyncio.to_thread(self.definitions)
+
     async def create_async(
         self, machine: str, key: str, context: Mapping[str, Any] | None = None, **options: Any
     ) -> Instance:

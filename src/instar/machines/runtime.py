@@ -643,37 +643,64 @@ class MachineRuntime:
 
     # -- timers and replies ---------------------------------------------------------------
 
+    def fire_timers(self, timers: Sequence[TimerRow]) -> int:
+        """Send each due timer's event, once, all in one transaction (one
+        commit for the lot); if any of them fails, each goes again in a
+        transaction of its own, so that one bad instance holds back no other.
+        A timer that fired already or whose state was left (stale) is
+        discarded. Returns how many fired."""
+        try:
+            with self.engine.transaction() as tx:
+                fired = [self._fire_in(tx, timer) for timer in timers]
+        except Exception as exc:
+            if len(timers) == 1:
+                raise
+            log.info("firing %d timers together failed (%s); one by one", len(timers), exc)
+            fired = []
+            for timer in timers:
+                try:
+                    fired.append(self.fire_timer(timer))
+                except Exception as one:
+                    log.warning(
+                        "timer %s of %s %r failed (%s); the others go on",
+                        timer.event,
+                        timer.machine,
+                        timer.key,
+                        one,
+                    )
+        return sum(result is not None for result in fired)
+
     def fire_timer(self, timer: TimerRow) -> SendResult | None:
-        """Send a due timer's event, once: None when it had fired already or
-        its state was left (a stale timer is discarded)."""
-        happened: list[Happening] = []
+        """``fire_timers`` for one timer: its send, or None when discarded."""
         with self.engine.transaction() as tx:
-            row = tx.lock_instance(timer.machine, timer.key)
-            if not tx.take_timer(timer.id or 0):
-                return None
-            if row is None or row.final:
-                return None
-            definition = self._definition_in(tx, timer.machine, row.version)
-            if timer.state not in definition.states or timer.state not in definition.lineage(
-                row.state
-            ):
-                return None
-            late_ms = max(0, round((tx.now - timer.due_at) * 1000))
-            detail = {"state": timer.state, "due_at": timer.due_at, "late_ms": late_ms}
-            result = self._send_in(
-                tx,
-                timer.machine,
-                timer.key,
-                timer.event,
-                {},
-                kind="timer",
-                actor="timer",
-                depth=0,
-                happened=happened,
-                row=row,
-                detail=detail,
-            )
-            tx.after_commit.append(lambda: self._tell(happened))
+            return self._fire_in(tx, timer)
+
+    def _fire_in(self, tx: Transaction, timer: TimerRow) -> SendResult | None:
+        row = tx.lock_instance(timer.machine, timer.key)
+        if not tx.take_timer(timer.id or 0):
+            return None
+        if row is None or row.final:
+            return None
+        definition = self._definition_in(tx, timer.machine, row.version)
+        if timer.state not in definition.states or timer.state not in definition.lineage(row.state):
+            return None
+        late_ms = max(0, round((tx.now - timer.due_at) * 1000))
+        detail = {"state": timer.state, "due_at": timer.due_at, "late_ms": late_ms}
+        happened: list[Happening] = []
+        result = self._send_in(
+            tx,
+            timer.machine,
+            timer.key,
+            timer.event,
+            {},
+            kind="timer",
+            actor="timer",
+            depth=0,
+            happened=happened,
+            row=row,
+            detail=detail,
+        )
+        tx.after_commit.append(lambda: self._tell(happened))
         return result
 
     def deliver_replies(self, tx: Transaction, job_ids: Sequence[int]) -> None:

@@ -1,7 +1,8 @@
 """Durable machines' ``after`` timers and history retention.
 
 ``MachineTimers`` sends each due timer's event, once (the timer row is taken
-in the transaction that applies it); a timer whose state was left since is
+in the transaction that applies it; up to ``TIMERS_PER_TRANSACTION`` share
+one, and go one by one if any fails); a timer whose state was left since is
 discarded; a timer due while nothing ran fires at the next pass, its
 lateness recorded in the history entry. ``MachineHistory`` prunes history
 past each machine's retention, at most once a minute.
@@ -16,8 +17,10 @@ from instar.machines import MachineRuntime
 log = logging.getLogger("instar.maintenance")
 
 TIMER_BATCH = 1_000
-"""Timers fired per pass at most (one transaction each: one bad instance
-never holds back the others)."""
+"""Timers fired per pass at most."""
+TIMERS_PER_TRANSACTION = 100
+"""Timers fired in one transaction (one commit): when many come due at once,
+none waits behind a commit per timer."""
 
 
 class MachineTimers:
@@ -31,16 +34,16 @@ class MachineTimers:
         engine = self.machines.engine
         due = engine.store.due_machine_timers(engine.clock.now(), self.batch)
         fired = 0
-        for timer in due:
+        for start in range(0, len(due), TIMERS_PER_TRANSACTION):
+            chunk = due[start : start + TIMERS_PER_TRANSACTION]
             try:
-                if self.machines.fire_timer(timer) is not None:
-                    fired += 1
+                fired += self.machines.fire_timers(chunk)
             except Exception as exc:
                 log.warning(
-                    "timer %s of %s %r failed (%s); the others go on",
-                    timer.event,
-                    timer.machine,
-                    timer.key,
+                    "timer %s of %s %r failed (%s)",
+                    chunk[0].event,
+                    chunk[0].machine,
+                    chunk[0].key,
                     exc,
                 )
         return fired

@@ -174,7 +174,7 @@ class MachineWritesSQL:
     def update_instance(self, row: InstanceRow, expect_seq: int) -> bool:
         params = _instance_params(row, self.now)
         params["expect_seq"] = expect_seq
-        return bool(self.conn.execute(self.Q["machine_instance_update"], params).rowcount == 1)
+        return self.conn.execute(self.Q["machine_instance_update"], params).fetchone() is not None
 
     def append_history(self, rows: Sequence[HistoryRow]) -> None:
         if rows:

@@ -22,7 +22,7 @@ from rich.console import Console
 
 import instar
 from instar.demo import handlers, processes, run_demo, story
-from instar.demo.story import APPROVAL, REGIONS, REPORT_PAGES
+from instar.demo.story import APPROVAL, ORDERS, REGIONS, REPORT_PAGES, SHIPPED, UNDERPAID, UNPAID
 from instar.lifecycle import State
 from instar.models import Progress
 
@@ -81,6 +81,11 @@ def test_the_demo_shows_every_ending_and_leaves_them_in_the_database(
     assert "Jobs by final state" in text
     assert "Timeline of" in text
     assert "paused and resumed" in text
+    shipped_title = "(paid, then shipped once its stock job replied): now fulfilment.shipped"
+    assert f"History of order {SHIPPED} {shipped_title}" in text
+    assert (
+        f"History of order {UNPAID} (never paid: cancelled by its 3s timer): now cancelled" in text
+    )
     assert re.search(r"^Took \d+\.\ds\.$", text, re.MULTILINE), text
     assert "demo failed" not in text
 
@@ -228,6 +233,52 @@ def test_the_demo_shows_every_ending_and_leaves_them_in_the_database(
         workers = {
             e.worker for job in app.jobs() for e in app.history(job.id) if e.worker is not None
         }
+        # An order paid (after a payment short of its total was refused) and
+        # shipped: its packing state enqueued reserve_stock, whose result came
+        # back as stock_reserved and moved it on, through the guard, in a worker.
+        m = app.machines
+        shipped = m.get("order", SHIPPED)
+        assert (shipped.state, shipped.final) == ("fulfilment.shipped", False)
+        assert shipped.context == {
+            "order_id": SHIPPED,
+            "total": ORDERS[SHIPPED],
+            "paid": ORDERS[SHIPPED],
+            "carrier": "dhl",
+        }
+        [refused] = m.refusals("order", SHIPPED)
+        assert (refused.event, refused.reason, refused.actor) == ("pay", "condition_false", "demo")
+        assert f"order {SHIPPED}: pay {UNDERPAID} refused (condition_false" in text
+        reserve = only("reserve_stock")
+        assert (reserve.state, reserve.args) == (State.COMPLETED, {"order": SHIPPED})
+        entries = m.history("order", SHIPPED)
+        assert [(e.event, e.to_state, e.actor) for e in entries] == [
+            (None, "placed", "demo"),
+            ("pay", "paid", "demo"),
+            ("ship", "fulfilment.packing", "demo"),
+            ("stock_reserved", "fulfilment.shipped", f"job {reserve.id}"),
+        ]
+        enqueued = app.history(reserve.id)[0]
+        assert abs((enqueued.at - entries[2].at).total_seconds()) < 0.001, "enqueued by ship"
+        completed = next(e for e in app.history(reserve.id) if e.to_state is State.COMPLETED)
+        assert entries[3].at == completed.at, "the reply moved it as the job completed"
+        assert entries[3].data == reserve.result
+        assert f"order {SHIPPED}: fulfilment.packing → fulfilment.shipped (stock_reserved " in text
+        assert f"the reply of #{reserve.id})" in text
+
+        # An order never paid: its payment timer cancelled it, in a worker.
+        unpaid = m.get("order", UNPAID)
+        assert (unpaid.state, unpaid.final) == ("cancelled", True)
+        placed, timed_out = m.history("order", UNPAID)
+        assert (timed_out.kind, timed_out.event, timed_out.actor) == (
+            "timer",
+            "payment_timeout",
+            "timer",
+        )
+        waited = (timed_out.at - placed.at).total_seconds()
+        assert waited >= 2.99, f"cancelled {waited:.2f}s after it was placed, not 3s"
+        assert m.refusals("order", UNPAID) == []
+        assert f"order {UNPAID}: placed → cancelled (its timer payment_timeout" in text
+        assert all(m.verify("order", key).ok for key in ORDERS)
     pids = {int(worker.rsplit(":", 2)[1]) for worker in workers}
     assert len(pids) == 3  # A, the killed B, and C
     assert not [pid for pid in pids if _alive(pid)], "the demo left worker processes behind"
@@ -260,6 +311,8 @@ def test_the_live_view_fits_an_80_column_terminal(tmp_path: Path) -> None:
         log = (tmp_path / "worker.log").open("ab")
         killed = processes.WorkerProcess("B", ("ingest",), done, log, killed=True)
         tour = story.Tour(client, client.database, tmp_path, narrow, plan, [killed])
+        tour.open_orders()
+        tour.refresh_orders()
         tour.refresh()  # it tells the enqueued jobs' first moves: leave those lines out
         out.seek(0)
         out.truncate()
@@ -284,6 +337,7 @@ def test_the_live_view_fits_an_80_column_terminal(tmp_path: Path) -> None:
     assert table.count("└ price_region") == 3
     assert table.count("B (killed)") == 1  # only the running job is flagged
     assert "freed" in table
+    assert f"orders: {SHIPPED} fulfilment.packing  {UNPAID} placed" in table
     rows = [line.split()[0] for line in lines if line.startswith("#")]
     assert rows == [f"#{job_id}" for job_id in tour.table_order()]
     assert rows.index(f"#{plan.parent}") + 1 == rows.index("#901"), "children under the parent"

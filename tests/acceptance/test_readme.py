@@ -19,6 +19,7 @@ import pytest
 import instar
 from instar.clock import FrozenClock
 from instar.diagram import render
+from instar.machines import InvalidMachine
 from instar.vocabulary import Actor, AwakeableState, DependencyKind, Trigger
 from tests.conftest import POSTGRES, _postgres_or_skip
 
@@ -49,7 +50,8 @@ def python_blocks() -> dict[str, str]:
 BLOCKS = python_blocks()
 RUN_HERE = {"A first job", "Durable execution", "Following what happens",
             "PostgreSQL: many workers on many machines", "Retention", "Periodic jobs",
-            "Listening to transitions", "Flow control", "Metrics", "Command line"}  # fmt: skip
+            "Listening to transitions", "Flow control", "Metrics", "Command line",
+            "Durable machines"}  # fmt: skip
 RUN_ELSEWHERE = {"HTTP API"}  # against a server: tests/web/test_client.py
 RUN_APART = {"Tracing"}  # sets the process's one tracer provider: in a process of its own
 
@@ -182,6 +184,122 @@ def test_the_listener_example_hears_the_failure(
     monkeypatch.chdir(tmp_path)
     done = run(BLOCKS["Listening to transitions"], {})
     assert done["alerts"] == ["job 1 failed: card declined (retries-exhausted)"]
+
+
+def section(heading: str) -> str:
+    """The text of the README's ``## heading`` section."""
+    found = re.search(rf"^## {re.escape(heading)}\n(.*?)(?=^## )", README, re.S | re.M)
+    assert found is not None, heading
+    return found.group(1)
+
+
+MACHINES = section("Durable machines")
+ORDER_DIAGRAM, AGENT_DIAGRAM = re.findall(r"```mermaid\n(.*?)```", MACHINES, re.S)
+[AGENT_TOML] = re.findall(r"```toml\n(.*?)```", MACHINES, re.S)
+
+
+def test_the_order_machine_example_runs_and_prints_what_it_says(
+    database: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code = BLOCKS["Durable machines"].replace('"sqlite:///shop.db"', repr(database))
+    assert code != BLOCKS["Durable machines"]
+    done = run(code, {})
+    app: instar.App = done["app"]
+    with app:
+        printed = capsys.readouterr().out.splitlines()
+        said = [line.removeprefix("# ") for line in code.splitlines()]
+        history = [line for line in said if re.fullmatch(r"\d \w+ \w+ [\w.]+ -> [\w.]+", line)]
+        assert printed == ["condition_false", "fulfilment.shipped", *history, "paid", "True"]
+        assert len(history) == 4
+        m = app.machines
+        order = m.get("order", "A-1001")
+        assert (order.state, order.seq, order.context["paid"]) == ("paid", 5, 120)
+        [rolled] = m.history("order", "A-1001", since_seq=4)
+        assert (rolled.kind, rolled.detail) == (
+            "rolled_back",
+            {"to_seq": 2, "reason": "shipped by mistake; the parcel is back"},
+        )
+        [refused] = m.refusals("order", "A-1001")
+        assert (refused.event, refused.reason) == ("pay", "condition_false")
+        [job] = app.jobs()
+        assert (job.name, job.args, job.result) == (
+            "shop.reserve_stock",
+            {"order": "A-1001"},
+            {"order": "A-1001", "carrier": "dhl"},
+        )
+        # The same payment again is the first one's outcome, not a refusal.
+        again = m.send("order", "A-1001", "pay", {"amount": 120}, idempotency_key="psp-evt-42")
+        assert (again.accepted, again.seq) == (True, 2)
+        assert ORDER_DIAGRAM.strip() == m.diagram("order").strip(), "the README draws it"
+
+
+def _agent_app(database: str) -> instar.App:
+    """An App with the jobs the README's agent enqueues: tests pass on the second run."""
+    app = instar.App(database)
+    runs = []
+
+    @app.job(name="agent.plan")
+    def plan(task: str) -> dict[str, Any]:
+        return {"steps": [f"read {task}", "change", "test"]}
+
+    @app.job(name="agent.write_code")
+    def write_code(plan: list[str]) -> dict[str, Any]:
+        return {"files": len(plan)}
+
+    @app.job(name="agent.run_tests")
+    def run_tests() -> dict[str, Any]:
+        runs.append(1)
+        return {"passed": len(runs) >= 2, "failures": 0 if len(runs) >= 2 else 3}
+
+    return app
+
+
+def test_the_agent_machine_in_toml_registers_and_runs_to_done(
+    database: str, tmp_path: Path
+) -> None:
+    (tmp_path / "agent.toml").write_text(AGENT_TOML)
+    with _agent_app(database) as app:
+        m = app.machines
+        definition = m.register_file(tmp_path / "agent.toml")
+        assert definition.warnings == ()
+        assert AGENT_DIAGRAM.strip() == m.diagram("agent").strip(), "the README draws it"
+        m.create("agent", "fix-42", {"task": "issue 42", "author": "bot"})
+        app.run_worker(burst=True)
+        waiting = m.get("agent", "fix-42")
+        assert (waiting.state, waiting.context["attempts"], waiting.context["tests_passed"]) == (
+            "review",
+            2,
+            True,
+        )
+        assert m.send("agent", "fix-42", "approve", {"reviewer": "bot"}).reason == (
+            "condition_false"
+        ), "its author cannot approve it"
+        assert m.send("agent", "fix-42", "approve", {"reviewer": "ada"}).state == "done"
+        moves = [(e.event, e.to_state) for e in m.history("agent", "fix-42")]
+        assert moves == [
+            (None, "planning"),
+            ("plan_ready", "coding.writing"),
+            ("code_written", "coding.testing"),
+            ("tests_ran", "coding.writing"),
+            ("code_written", "coding.testing"),
+            ("tests_ran", "review"),
+            ("approve", "done"),
+        ]
+        assert m.verify("agent", "fix-42").ok
+
+
+def test_the_readme_quotes_the_problem_a_misspelt_state_gives(tmp_path: Path) -> None:
+    misspelt = AGENT_TOML.replace('to = "review"\n', 'to = "reveiw"\n', 1)
+    assert misspelt != AGENT_TOML
+    app = instar.App(f"sqlite:///{tmp_path / 'agent.db'}")
+    with app, pytest.raises(InvalidMachine) as refused:
+        app.machines.register_text(misspelt, source="agent.toml")
+    [problem] = refused.value.problems
+    assert f"(`{problem}`)" in " ".join(MACHINES.split())
 
 
 def test_enqueueing_inside_your_own_transaction_runs() -> None:

@@ -2,15 +2,19 @@
 
 The worker subprocesses load this ``app`` (``instar.demo.handlers:app``); a worker
 started with ``--database`` points it at the demo's file. The story enqueues
-these jobs by name through a second App on the same database.
+these jobs by name through a second App on the same database, and registers
+the ``order`` machine (``ORDER``) there; the workers only need its guard, to
+deliver the stock job's reply.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import instar
+from instar.machines import Machine, context, enqueue, event
 
 app = instar.App()
 """The demo's handlers; a worker started with ``--database`` points it at the demo's file."""
@@ -155,3 +159,69 @@ def build_catalog(ctx: instar.Context, regions: dict[str, int]) -> dict[str, Any
     ]
     priced = ctx.join(children)
     return {"regions": len(children), "prices": sum(priced)}
+
+
+# -- a durable machine: an order, whose packing enqueues a job that replies ------
+
+PAYMENT_WINDOW = "3s"
+"""How long an order waits for its payment in the demo (a shop would wait 30m)."""
+
+CARRIERS = frozenset({"dhl", "ups"})
+"""The carriers that collect today: the guard of the move to shipped asks."""
+
+
+@app.job(name="reserve_stock")
+def reserve_stock(ctx: instar.Context, order: str) -> dict[str, Any]:
+    """Entered with the order's packing state; its result is the order's
+    ``stock_reserved`` event, delivered as the job completes."""
+    ctx.progress(0, 1, f"reserving stock for {order}")
+    time.sleep(0.4)
+    ctx.progress(1, 1, f"stock reserved for {order}")
+    return {"order": order, "carrier": "dhl", "parcels": 2}
+
+
+def carrier_available(context: Mapping[str, Any], data: Mapping[str, Any]) -> bool:
+    """The guard of packing -> shipped: a carrier that collects today."""
+    return data.get("carrier") in CARRIERS
+
+
+def order_machine() -> Machine:
+    """The order of the README, with the demo's short payment window."""
+    order = Machine(
+        "order", version=1, initial="placed", context={"order_id": "", "total": 0, "paid": 0}
+    )
+    order.event("pay", amount="number")
+    order.state("placed", after=[(PAYMENT_WINDOW, "payment_timeout")])
+    order.state("paid")
+    order.state("fulfilment", initial="packing", after=[("7d", "lost")])
+    reserve = enqueue("reserve_stock", args={"order": context("order_id")}, reply="stock_reserved")
+    order.state("fulfilment.packing", enter=[reserve])
+    order.state("fulfilment.shipped")
+    order.state("delivered", final=True)
+    order.state("cancelled", final=True)
+    order.transition(
+        "placed",
+        "pay",
+        "paid",
+        when=event("amount").ge(context("total")),
+        set={"paid": event("amount")},
+    )
+    order.transition("placed", "payment_timeout", "cancelled")
+    order.transition("paid", "ship", "fulfilment")
+    order.transition(
+        "fulfilment.packing",
+        "stock_reserved",
+        "fulfilment.shipped",
+        guard=carrier_available,
+        set={"carrier": event("carrier")},
+    )
+    order.transition("fulfilment.shipped", "deliver", "delivered")
+    order.transition(["fulfilment", "paid"], "cancel", "cancelled")
+    order.transition("fulfilment", "lost", "cancelled")
+    return order
+
+
+ORDER = order_machine()
+"""Registered by the story; its guard is known to every worker (below)."""
+
+app.machines.use_guards(ORDER)  # opens nothing: the workers learn the guard by name

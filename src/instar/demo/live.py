@@ -1,6 +1,9 @@
 """What the demo draws: the live view of its jobs and workers while the tour runs,
 and the tables it prints at the end (jobs by final state, a job's timeline).
 
+It also draws the demo's orders (instances of a durable machine): their states
+in the live view, and each one's history at the end.
+
 These functions only render what they are given; the story reads the database
 and decides what to show. Colours and the words for a move come from
 ``instar.display``, shared with the CLI.
@@ -8,7 +11,9 @@ and decides what to show. Colours and the words for a move come from
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -27,6 +32,7 @@ from instar.display import (
     state_text,
 )
 from instar.lifecycle import State
+from instar.machines import HistoryEntry, Instance
 from instar.models import Event, Job
 
 WIDE = 100
@@ -40,8 +46,10 @@ def live_view(
     *,
     elapsed: float,
     width: int,
+    orders: Sequence[Instance] = (),
 ) -> RenderableType:
-    """The live view: counts by state, a row per job (in the order given), the workers."""
+    """The live view: counts by state, a row per job (in the order given), the
+    workers, and the orders' states."""
     summary = Text(f"+{elapsed:5.2f}s  ", style="dim")
     summary.append_text(state_counts(counts))
     wide = width >= WIDE
@@ -72,7 +80,21 @@ def live_view(
     for worker in workers:
         status = "killed" if worker.killed else "running"
         line.append(f"{worker.label} pid {worker.pid} {status}  ")
-    return Group(summary, table, line)
+    if not orders:
+        return Group(summary, table, line)
+    states = Text("orders: ", style="dim")
+    for order in orders:
+        states.append(f"{order.key} ")
+        states.append(order.state, style=order_style(order))
+        states.append("  ")
+    return Group(summary, table, line, states)
+
+
+def order_style(order: Instance) -> str:
+    """Green once shipped or delivered, red when cancelled, yellow on the way."""
+    if order.final:
+        return "bold red" if order.state == "cancelled" else "bold green"
+    return "green" if order.state.endswith("shipped") else "yellow"
 
 
 def worker_cell(worker: WorkerProcess | None, job: Job) -> Text:
@@ -128,5 +150,40 @@ def timeline_table(
             mover(event, label),
             explain(event, label),
             style="dim" if note else None,
+        )
+    return table
+
+
+def order_history_table(
+    order: Instance, entries: Iterable[HistoryEntry], why: str, *, started: float
+) -> Table:
+    """An order's history, with times relative to ``started`` (an epoch time):
+    each entry with what it set in the context, a timer's entry with how late
+    it fired."""
+    table = Table(
+        title=f"History of order {order.key} ({why}): now {order.state}",
+        title_justify="left",
+        header_style="bold",
+    )
+    for column in ("seq", "at", "event", "from", "to", "by"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("detail")
+    before: dict[str, Any] = {}
+    for entry in entries:
+        changed = {k: v for k, v in entry.context.items() if k not in before or before[k] != v}
+        before = entry.context
+        detail = "  ".join(f"{k}={json.dumps(v)}" for k, v in changed.items())
+        if entry.kind == "timer":
+            late = (entry.detail or {}).get("late_ms", 0) / 1000
+            detail = f"fired {late:.2f}s after it was due" + (f"  {detail}" if detail else "")
+        by = entry.actor or ""
+        table.add_row(
+            str(entry.seq),
+            f"+{entry.at.timestamp() - started:.2f}s",
+            entry.event or entry.kind,
+            entry.from_state or "",
+            Text(entry.to_state, style=order_style(order) if entry.to_state == order.state else ""),
+            f"#{by.removeprefix('job ')}'s reply" if by.startswith("job ") else by,
+            detail,
         )
     return table

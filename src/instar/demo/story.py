@@ -3,13 +3,18 @@
 The demo enqueues through its own App on the demo's database, then steers the
 workers from outside the way an operator would: it cancels a running job,
 SIGKILLs a worker mid-job, pauses a job that works in steps and resumes it,
-and answers a job waiting for a signal. Everything the workers do (retries,
-timers, lease rescue, replaying steps, waking parents and dependants) happens
-inside the worker processes; the story only watches, steers and narrates.
+and answers a job waiting for a signal. It also places two orders, instances
+of a durable machine: one is paid and shipped, and its packing state enqueues
+a job whose result comes back as the order's next event; the other is never
+paid and its payment timer cancels it. Everything the workers do (retries,
+timers, lease rescue, replaying steps, waking parents and dependants,
+delivering a job's reply, firing a machine's timer) happens inside the worker
+processes; the story only watches, steers and narrates.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import tempfile
 import time
@@ -23,8 +28,8 @@ from rich.table import Table
 from rich.text import Text
 
 import instar
-from instar.demo.handlers import INGEST_LEASE, app
-from instar.demo.live import final_table, live_view, timeline_table
+from instar.demo.handlers import INGEST_LEASE, ORDER, PAYMENT_WINDOW, app
+from instar.demo.live import final_table, live_view, order_history_table, timeline_table
 from instar.demo.processes import (
     WorkerProcess,
     interrupt_on_sigterm,
@@ -35,6 +40,7 @@ from instar.demo.processes import (
 )
 from instar.display import describe, is_note, is_step
 from instar.lifecycle import State, is_terminal
+from instar.machines import HistoryEntry, Instance
 from instar.models import Job
 from instar.store.urls import redact
 
@@ -53,6 +59,16 @@ APPROVAL = {"by": "grace", "note": "goodwill"}
 
 REGIONS = {"eu": 6, "us": 8, "apac": 4}
 """The catalog's children: one per region, pricing this many products each."""
+
+ORDERS = {"A-1001": 120, "A-1002": 45}
+"""The orders the demo places, with their totals: the first is paid and
+shipped, the second never paid."""
+
+SHIPPED, UNPAID = ORDERS
+"""Their keys, by the part each plays."""
+
+UNDERPAID = 80
+"""What the demo first pays for the shipped order: short of its total, refused."""
 
 QUIET_JOBS = frozenset({"resize_image", "price_region"})
 """Jobs whose ordinary moves the live table shows well enough: not narrated."""
@@ -153,11 +169,18 @@ class Tour:
     resumed: bool = False
     suspended_seen: float | None = None
     resolved: bool = False
+    orders: dict[str, Instance] = field(default_factory=dict)
+    """The orders placed so far, as last read."""
+    order_seq: dict[str, int] = field(default_factory=dict)
+    """The last history entry told, by order."""
+    order_jobs: list[int] = field(default_factory=list)
+    """Jobs the orders' actions enqueued."""
 
     @property
     def tracked(self) -> list[int]:
-        """Every job the demo watches: the ones it enqueued and their children."""
-        return [*self.plan.all, *self.children]
+        """Every job the demo watches: the ones it enqueued, their children, and
+        the jobs the orders enqueued."""
+        return [*self.plan.all, *self.children, *self.order_jobs]
 
     # -- narration --------------------------------------------------------------
 
@@ -193,7 +216,75 @@ class Tour:
                 continue  # the live table shows these; the story keeps to the twists
             self.say(f"#{job.id} [bold]{job.name}[/]: {describe(event, self.worker_label)}")
 
+    def narrate_order(self, key: str) -> None:
+        """Tell the moves of an order since the last ones told, from its history."""
+        last = self.order_seq.get(key, 0)
+        for entry in self.client.machines.history(ORDER.name, key, since_seq=last):
+            self.order_seq[key] = entry.seq
+            if entry.kind == "created":
+                continue  # the opening line said so
+            self.say(f"order [bold]{key}[/]: {escape(order_move(entry))}")
+
     # -- the steps of the story ---------------------------------------------------
+
+    def open_orders(self) -> None:
+        """Register the order machine and place the orders: pay the first (short
+        of its total first, refused) and ship it; leave the second unpaid."""
+        machines = self.client.machines
+        machines.register(ORDER)
+        for key, total in ORDERS.items():
+            self.orders[key] = machines.create(
+                ORDER.name, key, {"order_id": key, "total": total}, actor="demo"
+            )
+        self.say(
+            f"placed orders {SHIPPED} ({ORDERS[SHIPPED]} EUR) and {UNPAID} ({ORDERS[UNPAID]} EUR), "
+            f"instances of the durable machine '{ORDER.name}'; an order unpaid after "
+            f"{PAYMENT_WINDOW} is cancelled by its timer",
+            style="cyan",
+        )
+        short = machines.send(ORDER.name, SHIPPED, "pay", {"amount": UNDERPAID}, actor="demo")
+        self.say(
+            f"order [bold]{SHIPPED}[/]: pay {UNDERPAID} refused ({short.reason}: "
+            f"{escape(short.detail or '')})"
+        )
+        machines.send(ORDER.name, SHIPPED, "pay", {"amount": ORDERS[SHIPPED]}, actor="demo")
+        machines.send(ORDER.name, SHIPPED, "ship", actor="demo")
+        self.narrate_order(SHIPPED)
+        self.order_jobs = [job.id for job in self.client.jobs(name="reserve_stock")]
+        for job_id in self.order_jobs:
+            self.say(
+                f"#{job_id} [bold]reserve_stock[/] enqueued by order {SHIPPED}'s packing state, "
+                "in the same transaction; its result will come back as stock_reserved",
+                style="cyan",
+            )
+
+    def refresh_orders(self) -> None:
+        """Re-read the orders and tell their new moves; a reply they refused
+        leaves the story hanging: stop at once, saying why."""
+        for key in self.orders:
+            order = self.client.machines.get(ORDER.name, key)
+            if order.seq != self.orders[key].seq:
+                self.narrate_order(key)
+            self.orders[key] = order
+        if SHIPPED not in self.orders:
+            return
+        refused = self.client.machines.refusals(ORDER.name, SHIPPED)
+        stuck = [r for r in refused if r.event == "stock_reserved"]
+        if stuck:
+            raise DemoError(
+                f"order {SHIPPED} refused its stock_reserved reply: {stuck[0].reason} "
+                f"({stuck[0].detail})"
+            )
+
+    def orders_settled(self) -> bool:
+        """The shipped order has shipped and the unpaid one has ended."""
+        shipped, unpaid = self.orders.get(SHIPPED), self.orders.get(UNPAID)
+        return (
+            shipped is not None
+            and shipped.state == "fulfilment.shipped"
+            and unpaid is not None
+            and unpaid.final
+        )
 
     def start(self, label: str, queues: tuple[str, ...], concurrency: int) -> WorkerProcess:
         worker = start_worker(label, queues, self.database, self.folder, concurrency)
@@ -251,9 +342,11 @@ class Tour:
                 )
 
     def done(self) -> bool:
-        """Every demo job has been seen and has reached a terminal state."""
+        """Every demo job has been seen and has reached a terminal state, and
+        the orders have settled."""
         jobs = [self.jobs.get(job_id) for job_id in self.tracked]
-        return all(job is not None and is_terminal(job.state) for job in jobs)
+        ended = all(job is not None and is_terminal(job.state) for job in jobs)
+        return ended and (not self.orders or self.orders_settled())
 
     def run(self, live: Live) -> None:
         """Drive the story: start workers, cancel, kill, until every job has ended."""
@@ -262,12 +355,16 @@ class Tour:
         deadline = time.monotonic() + DEADLINE
         while True:
             self.refresh()
+            self.refresh_orders()
             self.check_workers()
             live.update(self.render())
             if self.done():
                 return
             if time.monotonic() > deadline:
-                raise DemoError(f"the jobs did not all finish within {DEADLINE:.0f}s")
+                orders = ", ".join(f"{k} {o.state}" for k, o in self.orders.items())
+                raise DemoError(
+                    f"the jobs did not all finish within {DEADLINE:.0f}s (orders: {orders})"
+                )
             if fragile is None and any(j.worker for j in self.jobs.values()):
                 # A is up and leads maintenance, so it will rescue B's job when B dies.
                 fragile = self.start("B", ("ingest",), concurrency=2)
@@ -357,7 +454,7 @@ class Tour:
             order.append(job_id)
             if job_id == self.plan.parent:
                 order += sorted(self.children)
-        return order
+        return order + sorted(self.order_jobs)
 
     def render(self) -> RenderableType:
         """The live view: counts by state, every demo job seen so far, the workers."""
@@ -368,6 +465,7 @@ class Tour:
             self.workers,
             elapsed=self.elapsed(),
             width=self.console.width,
+            orders=list(self.orders.values()),
         )
 
     def timeline(self, job_id: int, why: str, *, moves_and_steps: bool = False) -> Table:
@@ -378,6 +476,27 @@ class Tour:
         return timeline_table(
             self.jobs[job_id], events, why, started=self.started, label=self.worker_label
         )
+
+    def order_history(self, key: str, why: str) -> Table:
+        """An order's history, timed from the start of the demo."""
+        entries = self.client.machines.history(ORDER.name, key)
+        return order_history_table(self.orders[key], entries, why, started=self.started)
+
+
+def order_move(entry: HistoryEntry) -> str:
+    """One history entry in words: ``placed -> paid (pay {"amount": 120}, demo)``."""
+    why = entry.event or entry.kind
+    if entry.kind == "timer":
+        late = (entry.detail or {}).get("late_ms", 0) / 1000
+        why = f"its timer {entry.event}, fired {late:.2f}s after it was due"
+    elif entry.data:
+        why += " " + json.dumps(entry.data)
+    by = entry.actor or ""
+    if by.startswith("job "):
+        return f"{entry.from_state} → {entry.to_state} ({why}: the reply of #{by[4:]})"
+    if entry.kind == "timer":
+        return f"{entry.from_state} → {entry.to_state} ({why})"
+    return f"{entry.from_state} → {entry.to_state} ({why}, {by})"
 
 
 def run_demo(database: str | None, console: Console) -> int:
@@ -399,6 +518,7 @@ def run_demo(database: str | None, console: Console) -> int:
             "to pause, a mail to send after it, a refund that needs approval and a "
             "catalog built by children"
         )
+        tour.open_orders()
         try:
             with Live(
                 tour.render(), console=console, refresh_per_second=10, transient=True
@@ -422,9 +542,16 @@ def run_demo(database: str | None, console: Console) -> int:
                 plan.paused, "paused and resumed; its moves and steps", moves_and_steps=True
             )
         )
+        console.print()
+        console.print(tour.order_history(SHIPPED, "paid, then shipped once its stock job replied"))
+        console.print()
+        console.print(
+            tour.order_history(UNPAID, f"never paid: cancelled by its {PAYMENT_WINDOW} timer")
+        )
         console.print(
             f"\nExplore it: [bold]instar jobs --database {shown}[/]  ·  "
-            f"[bold]instar show {plan.paused} --database {shown}[/]"
+            f"[bold]instar show {plan.paused} --database {shown}[/]\n"
+            f"{' ' * 12}[bold]instar machines history {ORDER.name} {SHIPPED} --database {shown}[/]"
         )
         console.print(f"Took {tour.elapsed():.1f}s.")
         return 0

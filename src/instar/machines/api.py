@@ -70,6 +70,17 @@ class Machines:
         raw, locate = read_text(text, source)
         return self.runtime.register(raw, locate=locate, guards=guards)
 
+    def use_guards(self, machine: Machine | str, guards: Mapping[str, Guard] | None = None) -> None:
+        """Make a machine's guards known to this process without registering it
+        (nothing is opened): a process that sends events, delivers its jobs'
+        replies or fires its timers needs the guards of the transitions it
+        takes, and a guard it does not know refuses the event (``guard_error``).
+        For a worker module whose database comes from the command line."""
+        if isinstance(machine, Machine):
+            self.runtime.use_guards(machine.name, {**machine.guards, **(guards or {})})
+        else:
+            self.runtime.use_guards(machine, guards or {})
+
     def definition(self, name: str, version: int | None = None) -> Definition:
         return self.runtime.definition(name, version)
 

@@ -244,6 +244,16 @@ class MachineRuntime:
         self._definitions[(definition.name, definition.version)] = definition
         return definition
 
+    def use_guards(self, machine: str, guards: Mapping[str, Guard]) -> None:
+        """Know ``machine``'s guards in this process without registering it (the
+        database is not opened): for a worker whose database is chosen on the
+        command line, which delivers job replies and fires timers."""
+        check_machine_name(machine)
+        for guard_name, fn in guards.items():
+            if not callable(fn):
+                raise InvalidMachine(machine, [f"guard {guard_name!r} is not a function"])
+        self._guards[machine] = {**self._guards.get(machine, {}), **guards}
+
     def _job_known(self, job: str) -> bool:
         try:
             self.registry.find(job)

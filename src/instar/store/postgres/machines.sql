@@ -38,6 +38,8 @@ RETURNING seq
 
 -- name: machine_instance_update
 -- Compare-and-set on the seq the caller read (under its lock): never lost, never doubled.
+-- RETURNING, not the row count: in PostgreSQL's pipeline mode (a worker's batch, where
+-- replies are delivered) the count is unknown until the results are read.
 UPDATE machine_instances
 SET version = %(version)s, state = %(state)s, context = %(context)s, seq = %(seq)s, final = %(final)s,
     updated_at = %(now)s

@@ -37,6 +37,8 @@ RETURNING seq
 
 -- name: machine_instance_update
 -- Compare-and-set on the seq the caller read (under its lock): never lost, never doubled.
+-- RETURNING, not the row count: in PostgreSQL's pipeline mode (a worker's batch, where
+-- replies are delivered) the count is unknown until the results are read.
 UPDATE machine_instances
 SET version = :version, state = :state, context = :context, seq = :seq, final = :final,
     updated_at = :now

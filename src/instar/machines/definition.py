@@ -25,7 +25,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from instar.errors import InstarError
+from instar.errors import InstarError, InvalidOption
 from instar.table import TransitionTable
 
 MAX_STATES = 1_000
@@ -233,6 +233,23 @@ class Definition:
             entry=frozenset({self.leaf(self.initial)}),
             final=frozenset(p for p in leaves if self.states[p].final),
         )
+
+
+def check_machine_name(name: object) -> str:
+    """A machine's name as a caller passes it; ``InvalidOption`` otherwise."""
+    if not isinstance(name, str) or not _MACHINE.fullmatch(name):
+        raise InvalidOption(
+            f"machine name {_shown(name)} must be 1 to 128 ASCII letters, digits, '_', '-' "
+            "or '.', starting with a letter or '_'"
+        )
+    return name
+
+
+def check_event(name: object) -> str:
+    """An event's name as a caller passes it; ``InvalidOption`` otherwise."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise InvalidOption(f"event name {_shown(name)} {_NAME_RULE}")
+    return name
 
 
 def digest_of(raw: Mapping[str, Any]) -> str:

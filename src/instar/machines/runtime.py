@@ -27,13 +27,13 @@ from typing import Any
 from instar.engine import Engine
 from instar.errors import InstarError, InvalidOption, PayloadError, UnknownJob
 from instar.machines.definition import (
-    _MACHINE,
-    _NAME,
     Definition,
     Enqueue,
     InvalidMachine,
     Locate,
     Send,
+    check_event,
+    check_machine_name,
     compile_definition,
 )
 from instar.machines.interpret import (
@@ -167,20 +167,6 @@ class _Planned:
 
 def check_key(key: object) -> str:
     return check_text(key, "instance key", max_bytes=MAX_KEY_BYTES, printable=False)
-
-
-def check_machine_name(name: object) -> str:
-    if not isinstance(name, str) or not _MACHINE.fullmatch(name):
-        raise InvalidOption(f"machine name {name!r:.60} is not a machine's name")
-    return name
-
-
-def check_event(name: object) -> str:
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise InvalidOption(
-            f"event name {name!r:.60} must be 1 to 64 ASCII letters, digits, '_' or '-'"
-        )
-    return name
 
 
 class MachineRuntime:

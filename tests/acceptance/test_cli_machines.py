@@ -108,7 +108,8 @@ def test_an_instance_lives_its_life_from_the_command_line(database: str, ticket_
     assert made.returncode == 0, made.stderr
     assert (json.loads(made.stdout)["state"], json.loads(made.stdout)["seq"]) == ("open", 1)
     with instar.App(database) as app:
-        app.machines.create("ticket", "T-2")
+        # Text that looks like markup prints as it is.
+        app.machines.create("ticket", "[/T-2]", {"note": "[bold]urgent[/]"})
 
     # A guard that says no: refused, exit 3, the reason and detail on stderr.
     said_no = instar_cli(
@@ -155,9 +156,10 @@ def test_an_instance_lives_its_life_from_the_command_line(database: str, ticket_
     assert shown["timers"] == []
     assert [r["reason"] for r in shown["refusals"]] == ["condition_false", "guard_false"]
     assert shown["refusals"][0]["actor"] == "cli"
-    waiting = instar_cli("machines", "show", "ticket", "T-2", database=database)
+    waiting = instar_cli("machines", "show", "ticket", "[/T-2]", database=database)
     assert waiting.returncode == 0, waiting.stderr
     assert "stale from open at" in waiting.stdout  # its armed timer
+    assert '"note": "[bold]urgent[/]"' in waiting.stdout
 
     working = instar_cli(
         "machines", "list", "ticket", "--state", "working", "--json", database=database
@@ -166,7 +168,7 @@ def test_an_instance_lives_its_life_from_the_command_line(database: str, ticket_
     assert [i["key"] for i in listed["instances"]] == ["T-1"]
     assert listed["counts"] == {"open": 1, "working": 1, "working.fixing": 1}
     table = instar_cli("machines", "list", "ticket", database=database).stdout
-    assert "T-1" in table and "T-2" in table and "showing 2 of 2 instances" in table
+    assert "T-1" in table and "[/T-2]" in table and "showing 2 of 2 instances" in table
 
     entries = json.loads(
         instar_cli("machines", "history", "ticket", "T-1", "--json", database=database).stdout

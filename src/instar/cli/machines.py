@@ -514,7 +514,7 @@ def definitions(database: str | None, as_json: bool) -> None:
         table.add_column(column, no_wrap=column != "name", overflow="fold")
     for name, version, digest, at in found:
         registered = datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S")
-        table.add_row(name, str(version), registered, digest[:12])
+        table.add_row(Text(name), str(version), registered, digest[:12])
     out.print(table)
 
 
@@ -646,7 +646,7 @@ def _instances_table(found: list[Instance]) -> Table:
         if instance.final:
             state.append(" (final)", style="dim")
         table.add_row(
-            instance.key,
+            Text(printable(instance.key)),
             state,
             str(instance.seq),
             str(instance.version),
@@ -675,7 +675,7 @@ def _counts_table(definition: Definition, counts: Mapping[str, int]) -> Table:
     ordered += sorted(s for s in counts if s not in definition.states)
     for state in ordered:
         depth = state.count(".")
-        table.add_row("  " * depth + state.rsplit(".", 1)[-1], f"{counts[state]:,}")
+        table.add_row(Text("  " * depth + state.rsplit(".", 1)[-1]), f"{counts[state]:,}")
     return table
 
 
@@ -734,9 +734,9 @@ def _history_table(entries: list[HistoryEntry]) -> Table:
             str(entry.seq),
             entry.at.astimezone(UTC).strftime(stamp)[:-3],
             entry.kind,
-            entry.event or "",
-            move,
-            entry.actor or "",
-            " ".join(said),
+            Text(entry.event or ""),
+            Text(move),
+            Text(printable(entry.actor or "")),
+            Text(printable(" ".join(said))),
         )
     return table

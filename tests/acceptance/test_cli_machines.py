@@ -226,7 +226,7 @@ def test_verify_all_names_each_instance_whose_history_was_tampered_with(
     assert report["failing"][0]["problems"]
 
 
-def test_diagram_and_definitions(database: str) -> None:
+def test_a_machine_is_drawn_and_its_definitions_listed(database: str) -> None:
     with instar.App(database) as app:
         app.machines.register_text(TICKET, guards=GUARDS)
         app.machines.create("ticket", "T-1", {"key": "T-1"})
@@ -238,6 +238,14 @@ def test_diagram_and_definitions(database: str) -> None:
     assert "    open --> working : start" in lines
     assert "    working__triage --> working__fixing : escalate" in lines
     assert "    class open current" in lines
+
+    as_data = json.loads(
+        instar_cli("machines", "diagram", "ticket", "--json", database=database).stdout
+    )
+    states = {s["state"]: s for s in as_data["states"]}
+    assert states["open"]["entry"] and states["closed"]["final"]
+    assert states["working.fixing"]["parent"] == "working"
+    assert {"state": "working", "events": ["start"]} in states["open"]["moves_to"]
 
     listed = instar_cli("machines", "definitions", "--json", database=database)
     assert [(d["name"], d["version"]) for d in json.loads(listed.stdout)] == [("ticket", 1)]

@@ -473,15 +473,28 @@ def verify(
     help="Draw this version (default: the latest; with --instance, the instance's).",
 )
 @database_option
+@json_option
 @reports_errors
 def diagram(
-    name: str, fmt: str, instance: str | None, version: int | None, database: str | None
+    name: str,
+    fmt: str,
+    instance: str | None,
+    version: int | None,
+    database: str | None,
+    as_json: bool,
 ) -> None:
     """Draw machine NAME: nested states as composite states, moves labelled with
-    their events."""
+    their events (--json: the states and their moves as data)."""
     if instance is not None and version is not None:
         raise InvalidOption("--instance draws the instance's own version; leave out --version")
     with opened_app(database, read_only=True) as app:
+        if as_json:
+            current = None if instance is None else app.machines.get(name, instance)
+            if current is not None:
+                version = current.version
+            definition = app.machines.definition(name, version)
+            print_json(_diagram_json(definition, None if current is None else current.state))
+            return
         drawn = app.machines.diagram(name, cast(Format, fmt), instance=instance, version=version)
     click.echo(drawn)
 
@@ -603,6 +616,31 @@ def _definition_json(definition: Definition) -> dict[str, Any]:
         "transitions": len(definition.transitions),
         "guards": sorted(definition.guards),
         "warnings": list(definition.warnings),
+    }
+
+
+def _diagram_json(definition: Definition, current: str | None) -> dict[str, Any]:
+    """The machine as data: each state (compound ones too) with its parent,
+    whether instances start or end in it, and where each event written on it
+    leads; ``current``: where the instance asked about is."""
+    table = definition.table()
+    return {
+        "name": definition.name,
+        "version": definition.version,
+        "current": current,
+        "states": [
+            {
+                "state": state,
+                "parent": table.parents.get(state),
+                "entry": state in table.entry,
+                "final": state in table.final,
+                "moves_to": [
+                    {"state": target, "events": table.labels[(state, target)].split(", ")}
+                    for target in table.targets(state)
+                ],
+            }
+            for state in table.states
+        ],
     }
 
 

@@ -75,7 +75,7 @@ guards_option = click.option(
 @click.group()
 def machines() -> None:
     """Durable state machines: register, create, send, show, list, history,
-    rollback, verify, diagram.
+    rollback, verify, diagram, definitions.
 
     A refused event exits 3 and says why (its reason and detail) on stderr;
     verify exits 1 when any instance does not replay its history. Other errors

@@ -198,7 +198,8 @@ def moment(at: datetime, now: datetime | None = None) -> str:
 
 def field_value(value: Any, now: datetime | None = None) -> RenderableType:
     """A job's field in a cell: states in their colour, times readable, ``-`` for none,
-    JSON for structures; text and renderables as they are."""
+    JSON for structures; text as it is (never read as markup: a value may hold
+    ``[/x]``), and ``Text`` as given."""
     if isinstance(value, Text):
         return value
     if isinstance(value, State):
@@ -207,10 +208,10 @@ def field_value(value: Any, now: datetime | None = None) -> RenderableType:
         return moment(value, now)
     if isinstance(value, Progress):
         total = "" if value.total is None else f"/{value.total:g}"
-        return f"{value.current:g}{total} {value.message or ''}".strip()
+        return Text(f"{value.current:g}{total} {value.message or ''}".strip())
     if isinstance(value, bool):
         return "yes" if value else "no"
-    return cell(value)
+    return Text(cell(value))
 
 
 def fields_table(fields: Mapping[str, Any], now: datetime | None = None) -> Table:

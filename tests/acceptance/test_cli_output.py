@@ -140,6 +140,17 @@ def test_show_keeps_the_longest_trigger_names_whole_at_80_columns(
     assert len(longest) == len("dependency-failed")  # the widths are planned for these names
 
 
+def test_show_prints_arguments_that_look_like_markup_as_they_are(here: Path, database: str) -> None:
+    with instar.App(database) as app:
+
+        @app.job(name="resize", queue="images")
+        def resize(path: str, width: int) -> None: ...
+
+        job_id = resize.enqueue(path="[/tmp]/[bold]a.png", width=2).id
+    shown = ok(run(here, database, "show", str(job_id)))
+    assert '"path": "[/tmp]/[bold]a.png"' in shown
+
+
 def test_jobs_fits_80_columns_says_how_many_and_pages(here: Path, database: str) -> None:
     ids = [enqueue(here, database, "record", {"n": n}) for n in range(5)]
     listed = ok(run(here, database, "jobs", "--limit", "3"))

@@ -138,10 +138,25 @@ def load_app(app_ref: str | None, database: str | None, *, read_only: bool = Fal
 
 
 def _import_app(app_ref: str) -> App:
-    module_name, _, attr = app_ref.partition(":")
+    app = import_object(app_ref, "--app", example="tasks:app")
+    if not isinstance(app, App):
+        module_name, _, attr = app_ref.partition(":")
+        raise ConfigurationError(
+            f"--app {app_ref!r}: {attr!r} in {module_name} is not an instar.App"
+        )
+    return app
+
+
+def import_object(ref: str, option: str, *, example: str) -> object:
+    """The attribute ``attr`` of module ``module`` for ``ref`` given as
+    ``module:attr`` to ``option`` (imported from the current folder first).
+    ``ConfigurationError`` (one line, naming ``option`` and showing ``example``)
+    for a malformed reference, a module that cannot be imported or a missing
+    attribute."""
+    module_name, _, attr = ref.partition(":")
     if not module_name or not attr:
         raise ConfigurationError(
-            f"--app {app_ref!r} must look like module:attribute, e.g. tasks:app"
+            f"{option} {ref!r} must look like module:attribute, e.g. {example}"
         )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -152,26 +167,25 @@ def _import_app(app_ref: str) -> App:
             module_name == exc.name or module_name.startswith(exc.name + ".")
         ):
             raise ConfigurationError(
-                f"cannot import {module_name!r} for --app {app_ref!r}: no module named "
+                f"cannot import {module_name!r} for {option} {ref!r}: no module named "
                 f"{exc.name!r}; run instar from the folder that holds it, or set PYTHONPATH"
             ) from None
-        raise ConfigurationError(_import_failure(module_name, app_ref, exc)) from None
+        raise ConfigurationError(_import_failure(module_name, option, ref, exc)) from None
     except SystemExit as exc:
         raise ConfigurationError(
-            f"cannot import {module_name!r} for --app {app_ref!r}: it called "
+            f"cannot import {module_name!r} for {option} {ref!r}: it called "
             f"sys.exit({exc.code!r}) while being imported"
         ) from None
     except Exception as exc:
-        raise ConfigurationError(_import_failure(module_name, app_ref, exc)) from None
-    app = getattr(module, attr, None)
-    if not isinstance(app, App):
-        raise ConfigurationError(
-            f"--app {app_ref!r}: {attr!r} in {module_name} is not an instar.App"
-        )
-    return app
+        raise ConfigurationError(_import_failure(module_name, option, ref, exc)) from None
+    missing = object()
+    found = getattr(module, attr, missing)
+    if found is missing:
+        raise ConfigurationError(f"{option} {ref!r}: {module_name} has no {attr!r}")
+    return found
 
 
-def _import_failure(module_name: str, app_ref: str, exc: BaseException) -> str:
+def _import_failure(module_name: str, option: str, ref: str, exc: BaseException) -> str:
     """One line: the module, the error's type and message, and where it was raised."""
     where = ""
     message = str(exc)
@@ -192,7 +206,7 @@ def _import_failure(module_name: str, app_ref: str, exc: BaseException) -> str:
         message = message[:299] + "…"
     located = f" ({where})" if where else ""
     return (
-        f"cannot import {module_name!r} for --app {app_ref!r}: "
+        f"cannot import {module_name!r} for {option} {ref!r}: "
         f"{type(exc).__name__}: {message}{located}"
     )
 

@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from instar.cli import database, jobs, periodic, queues, signals, web, worker
+from instar.cli import database, jobs, machines, periodic, queues, signals, web, worker
 from instar.cli.common import InstarGroup, setup_logging
 
 
@@ -36,6 +36,7 @@ for _command in (
     *worker.COMMANDS,
     *database.COMMANDS,
     *web.COMMANDS,
+    *machines.COMMANDS,
 ):
     cli.add_command(_command)
 

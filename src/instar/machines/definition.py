@@ -79,7 +79,8 @@ class InvalidMachine(InstarError, ValueError):
         self.name = name
         self.problems = list(problems)
         listed = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"machine {name!r} is invalid ({len(self.problems)} problems):\n{listed}")
+        count = f"{len(self.problems)} problem{'' if len(self.problems) == 1 else 's'}"
+        super().__init__(f"machine {name!r} is invalid ({count}):\n{listed}")
 
 
 # -- the compiled form -----------------------------------------------------------------------

@@ -122,10 +122,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-memory", action="store_true", help="skip the memory run (the longest one)"
     )
-    parser.add_argument(
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument(
         "--dashboard-only",
         action="store_true",
         help="only the dashboard's figures (a few minutes), on the backends chosen",
+    )
+    only.add_argument(
+        "--machines-only",
+        action="store_true",
+        help="only the durable machines' figures (a few minutes), on the backends chosen",
     )
     parser.add_argument(
         "--strict", action="store_true", help="exit 1 when a figure misses its target"
@@ -137,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="instar-bench-"))
     os.environ["INSTAR_BENCH_CODE"] = snapshot_source(tmp)
     # Imported only now, so that they (and Instar) come from the snapshot.
-    from bench import postgres, web
+    from bench import machines, postgres, web
     from bench.dashboard import CAPTION as DASHBOARD_CAPTION
     from bench.harness import FULL, QUICK, cpu_table, out, progress
     from bench.sqlite import SqliteBench
@@ -156,8 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     (tmp / "postgresql").mkdir()
     lite = SqliteBench(sizes, tmp / "sqlite")
     pg = postgres.PostgresBench(args.postgres_url, sizes, tmp / "postgresql")
+    one_section = args.dashboard_only or args.machines_only
     try:
-        if args.backend in ("sqlite", "all") and not args.dashboard_only:
+        if args.backend in ("sqlite", "all") and not one_section:
             status, found = section(
                 "SQLite",
                 lambda into: lite.run(into, memory=not args.no_memory),
@@ -166,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             statuses.append(status)
             rows += found
-        if args.backend in ("sqlite", "all") and not args.dashboard_only:
+        if args.backend in ("sqlite", "all") and not one_section:
             (tmp / "http").mkdir()
             status, found = section(
                 "HTTP",
@@ -176,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             statuses.append(status)
             rows += found
-        if args.backend in ("sqlite", "all"):
+        if args.backend in ("sqlite", "all") and not args.machines_only:
             status, found = section(
                 "Dashboard, SQLite",
                 lite.dashboard,
@@ -185,16 +192,36 @@ def main(argv: list[str] | None = None) -> int:
             )
             statuses.append(status)
             rows += found
-        if args.backend in ("postgresql", "all") and not args.dashboard_only:
+        if args.backend in ("sqlite", "all") and not args.dashboard_only:
+            machines_start = os.getloadavg()[0]
+            status, found = section(
+                "Machines, SQLite",
+                lambda into: machines.sqlite_section(into, sizes, tmp / "sqlite"),
+                lambda: machines.sqlite_title(machines_start),
+                lambda: machines.CAPTION,
+            )
+            statuses.append(status)
+            rows += found
+        if args.backend in ("postgresql", "all") and not one_section:
             status, found = section("PostgreSQL", pg.run, pg.title, pg.caption)
             statuses.append(status)
             rows += found
-        if args.backend in ("postgresql", "all"):
+        if args.backend in ("postgresql", "all") and not args.machines_only:
             status, found = section(
                 "Dashboard, PostgreSQL",
                 pg.dashboard,
                 lambda: "The dashboard (instar serve) on PostgreSQL",
                 lambda: DASHBOARD_CAPTION,
+            )
+            statuses.append(status)
+            rows += found
+        if args.backend in ("postgresql", "all") and not args.dashboard_only:
+            machines_start = os.getloadavg()[0]
+            status, found = section(
+                "Machines, PostgreSQL",
+                lambda into: machines.postgres_section(into, pg),
+                lambda: machines.postgres_title(machines_start),
+                lambda: machines.CAPTION,
             )
             statuses.append(status)
             rows += found

@@ -23,6 +23,7 @@ are the API's.
 from __future__ import annotations
 
 import json
+import os
 import selectors
 import sqlite3
 import statistics
@@ -56,6 +57,7 @@ from bench.harness import (
     wait_for,
 )
 from bench.noop_app import make_app
+from bench.system import CpuSplit, machine_cpu_seconds, postgres_cpu_seconds
 from instar import App
 from instar.machines import Machine
 
@@ -153,11 +155,14 @@ def prepared(url: str) -> App:
 
 @dataclass(frozen=True)
 class Rounds:
-    """Sends/s to one instance and the raw limit, one of each per round, in turns."""
+    """Sends/s to one instance and the raw limit, one of each per round, in
+    turns; and, in the same rounds, sends to one instance from two Apps in
+    turn (as from two processes)."""
 
     sends: list[float]
     raw: list[float]
     counts: list[int]
+    shared: list[float]
 
     @property
     def send_rate(self) -> float:
@@ -167,16 +172,20 @@ class Rounds:
     def raw_rate(self) -> float:
         return statistics.median(self.raw)
 
+    @property
+    def shared_rate(self) -> float:
+        return statistics.median(self.shared)
 
-def sends_to_one(app: App, key: str, seconds: float, most: int) -> tuple[float, int]:
+
+def sends_to_one(apps: Sequence[App], key: str, seconds: float, most: int) -> tuple[float, int]:
     """``m.send(toggle, key, "go")`` in a loop for ``seconds`` (or ``most``
-    sends): sends/s and how many."""
-    m = app.machines
+    sends), from each of ``apps`` in turn: sends/s and how many."""
+    machines = [app.machines for app in apps]
     n = 0
     start = time.perf_counter()
     deadline = start + seconds
     while n < most and time.perf_counter() < deadline:
-        result = m.send("toggle", key, "go")
+        result = machines[n % len(machines)].send("toggle", key, "go")
         if not result.accepted:
             raise BenchError(f"a send was refused: {result.reason} {result.detail}")
         n += 1
@@ -185,21 +194,25 @@ def sends_to_one(app: App, key: str, seconds: float, most: int) -> tuple[float, 
 
 def one_instance(url: str, sizes: MachineSizes, raw: Callable[[int], float]) -> Rounds:
     """Rounds of sends to one instance, each after a round of ``raw(r)`` (the
-    raw limit, rows/s, on a fresh table)."""
-    sends, raws, counts = [], [], []
-    with prepared(url) as app:
+    raw limit, rows/s, on a fresh table) and before a round of sends to
+    another instance from two Apps in turn."""
+    sends, raws, counts, shared = [], [], [], []
+    with prepared(url) as app, prepared(url) as other:
         app.machines.create("toggle", "one")
-        sends_to_one(app, "one", 0.2, 50)  # connection, statements, caches
+        app.machines.create("toggle", "two")
+        sends_to_one([app], "one", 0.2, 50)  # connection, statements, caches
+        sends_to_one([app, other], "two", 0.2, 50)
         before = app.machines.get("toggle", "one").seq
         for r in range(sizes.rounds):
             raws.append(raw(r))
-            found, n = sends_to_one(app, "one", sizes.send_seconds, sizes.send_max)
+            found, n = sends_to_one([app], "one", sizes.send_seconds, sizes.send_max)
             sends.append(found)
             counts.append(n)
+            shared.append(sends_to_one([app, other], "two", sizes.send_seconds, sizes.send_max)[0])
         final = app.machines.get("toggle", "one")
     if final.seq != before + sum(counts):
         raise BenchError(f"{sum(counts)} sends took the instance from seq {before} to {final.seq}")
-    return Rounds(sends, raws, counts)
+    return Rounds(sends, raws, counts, shared)
 
 
 def one_instance_rows(found: Rounds, label: str, raw_what: str) -> list[Row]:
@@ -228,6 +241,19 @@ def one_instance_rows(found: Rounds, label: str, raw_what: str) -> list[Row]:
             f"{per_send:.2f} ms per send; a --go--> b --go--> a, add n=1 each; every send "
             "accepted and counted in the instance's seq",
         ),
+        judged(
+            f"send, one instance, from two Apps in turn, {label}",
+            f"{found.shared_rate:,.0f} sends/s",
+            found.shared_rate,
+            found.raw_rate,
+            "raw",
+            "-",
+            None,
+            f"median of {len(found.shared)} rounds "
+            f"({', '.join(f'{v:,.0f}' for v in found.shared)} /s), in the same rounds; "
+            f"{1000 / found.shared_rate:.2f} ms per send: each App finds the instance moved "
+            "by the other since it last wrote it (as two processes sending to one instance do)",
+        ),
     ]
 
 
@@ -243,14 +269,15 @@ def sender_main(argv: Sequence[str]) -> int:
     keys = [f"t-{i}" for i in range(first, instances, step)]
     with make_app(url) as app:
         m = app.machines
-        m.get("toggle", keys[0])  # open the database before the start
-        m.send("toggle", keys[0], "go")
+        for key in keys:  # untimed: the first send of a row this process never wrote is locked
+            m.send("toggle", key, "go")
         print("ready", flush=True)
         line = sys.stdin.readline().split()
         if not line or line[0] != "go":
             return 2
         seconds = float(line[1])
         n, i = 0, 0
+        cpu = time.process_time()
         start = time.perf_counter()
         deadline = start + seconds
         while time.perf_counter() < deadline:
@@ -260,7 +287,9 @@ def sender_main(argv: Sequence[str]) -> int:
             n += 1
             i = (i + 1) % len(keys)
         elapsed = time.perf_counter() - start
-    print(json.dumps({"sends": n + 1, "timed": n, "seconds": elapsed}), flush=True)
+        cpu = time.process_time() - cpu
+    report = {"sends": n + len(keys), "timed": n, "seconds": elapsed, "cpu": cpu}
+    print(json.dumps(report), flush=True)
     return 0
 
 
@@ -272,6 +301,16 @@ class Parallel:
     timed: int
     seconds: float
     create_seconds: float
+    cpu: CpuSplit  # over the timed window; "workers": the sending processes
+
+    def cpu_note(self) -> str:
+        """Where the machine's CPU went while the processes sent, and per send."""
+        cpu, n = self.cpu, max(1, self.timed)
+        server = "" if cpu.server is None else f" + postgres {cpu.server / n * 1e6:,.0f}"
+        return (
+            f"{cpu.describe('senders')}; CPU per send: senders {cpu.workers / n * 1e6:,.0f}"
+            f"{server} µs"
+        )
 
     @property
     def total(self) -> float:
@@ -308,6 +347,9 @@ def several_processes(url: str, sizes: MachineSizes, tmp: Path) -> Parallel:
             procs.append(proc)
         for proc, log in zip(procs, logs, strict=True):
             _expect_line(proc, "ready", log, 60)
+        server_before = postgres_cpu_seconds()
+        busy_before = machine_cpu_seconds()[0]
+        window = time.monotonic()
         for proc in procs:
             assert proc.stdin is not None
             proc.stdin.write(f"go {sizes.parallel_seconds}\n")
@@ -318,6 +360,18 @@ def several_processes(url: str, sizes: MachineSizes, tmp: Path) -> Parallel:
             if "error" in report:
                 raise BenchError(f"a sender failed: {report['error']}:\n{log_tail(log)}")
             reports.append(report)
+        window = time.monotonic() - window
+        server_after = postgres_cpu_seconds()
+        server = (
+            None if server_before is None or server_after is None else server_after - server_before
+        )
+        cpu = CpuSplit(
+            window,
+            sum(float(r["cpu"]) for r in reports),
+            server,
+            machine_cpu_seconds()[0] - busy_before,
+            os.cpu_count() or 1,
+        )
     with prepared(url) as app:
         seqs = sum(i.seq - 1 for i in app.machines.instances("toggle"))
     if seqs != sum(int(r["sends"]) for r in reports):
@@ -332,6 +386,7 @@ def several_processes(url: str, sizes: MachineSizes, tmp: Path) -> Parallel:
         sum(int(r["timed"]) for r in reports),
         max(float(r["seconds"]) for r in reports),
         create_seconds,
+        cpu,
     )
 
 
@@ -386,9 +441,10 @@ def parallel_row(found: Parallel, one: float | None) -> Row:
         ">= 2.00x 1 instance",
         2.0,
         f"{found.timed:,} sends in {found.seconds:.1f} s, each process to its own "
-        f"{found.instances // found.processes} instances in turn ({per} /s); every send counted "
-        f"in the instances' seqs; the {found.instances:,} instances created through the API "
-        f"in {found.create_seconds:.1f} s",
+        f"{found.instances // found.processes} instances in turn ({per} /s), after one untimed "
+        "send to each (a process's first send to a row it never wrote goes the locked way); "
+        f"every send counted in the instances' seqs; the {found.instances:,} instances "
+        f"created through the API in {found.create_seconds:.1f} s; {found.cpu_note()}",
     )
 
 

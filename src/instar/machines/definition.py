@@ -25,7 +25,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from instar.errors import InstarError, InvalidOption
+from instar.errors import InvalidMachine, InvalidOption
 from instar.table import TransitionTable
 
 MAX_STATES = 1_000
@@ -64,23 +64,6 @@ JSON_TYPES: Mapping[str, Callable[[Any], bool]] = {
 OPERATORS = ("eq", "ne", "lt", "le", "gt", "ge", "in", "exists")
 
 Source = Literal["literal", "context", "event"]
-
-
-class InvalidMachine(InstarError, ValueError):
-    """A definition that breaks a rule; ``problems`` lists every one, each with
-    where it is."""
-
-    exit_code = 2
-    http_status = 422
-    code = "invalid_machine"
-    retriable = False
-
-    def __init__(self, name: str, problems: Sequence[str]) -> None:
-        self.name = name
-        self.problems = list(problems)
-        listed = "\n".join(f"  - {p}" for p in self.problems)
-        count = f"{len(self.problems)} problem{'' if len(self.problems) == 1 else 's'}"
-        super().__init__(f"machine {name!r} is invalid ({count}):\n{listed}")
 
 
 # -- the compiled form -----------------------------------------------------------------------

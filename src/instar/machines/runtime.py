@@ -25,11 +25,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from instar.engine import Engine
-from instar.errors import InstarError, InvalidOption, PayloadError, UnknownJob
+from instar.errors import (
+    Conflict,
+    DefinitionConflict,
+    InstanceExists,
+    InstanceNotFound,
+    InvalidMachine,
+    InvalidOption,
+    MachineNotFound,
+    PayloadError,
+    UnknownJob,
+)
 from instar.machines.definition import (
     Definition,
     Enqueue,
-    InvalidMachine,
     Locate,
     Send,
     check_event,
@@ -84,71 +93,6 @@ KNOWN_ROWS = 10_000
 
 Listener = Callable[[Happening], Any]
 LISTENER_KINDS = ("enter", "exit", "transition", "refusal")
-
-
-class MachineNotFound(InstarError):
-    exit_code = 4
-    http_status = 404
-    code = "machine_not_found"
-    retriable = False
-
-    def __init__(self, name: str, version: int | None = None) -> None:
-        at = "" if version is None else f" version {version}"
-        super().__init__(
-            f"no machine {name!r}{at} is registered; register it first "
-            "(app.machines.register or `instar machines register FILE`)"
-        )
-
-
-class InstanceNotFound(InstarError):
-    exit_code = 4
-    http_status = 404
-    code = "instance_not_found"
-    retriable = False
-
-    def __init__(self, machine: str, key: str) -> None:
-        super().__init__(f"machine {machine!r} has no instance {key!r}; create it first")
-
-
-class InstanceExists(InstarError):
-    exit_code = 3
-    http_status = 409
-    code = "instance_exists"
-    retriable = False
-
-    def __init__(self, machine: str, key: str) -> None:
-        super().__init__(f"machine {machine!r} already has an instance {key!r}")
-
-
-class Conflict(InstarError):
-    """A send with ``expect_seq`` found the instance moved on: read it again, decide again."""
-
-    exit_code = 3
-    http_status = 409
-    code = "conflict"
-    retriable = False
-
-    def __init__(self, machine: str, key: str, expected: int, found: int) -> None:
-        self.expected = expected
-        self.found = found
-        super().__init__(
-            f"{machine} {key!r} is at seq {found}, not {expected}: another event came first; "
-            "read the instance again and decide again"
-        )
-
-
-class DefinitionConflict(InstarError):
-    exit_code = 3
-    http_status = 409
-    code = "definition_conflict"
-    retriable = False
-
-    def __init__(self, name: str, version: int) -> None:
-        super().__init__(
-            f"machine {name!r} version {version} is registered already with a different "
-            f"definition; a version never changes: register the new text as version "
-            f"{version + 1} and migrate instances to it (migrate)"
-        )
 
 
 class _ActionError(Exception):

@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from instar.machines.definition import InvalidMachine, Locate
+from instar.errors import InvalidMachine
+from instar.machines.definition import Locate
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 """A machine file larger than this is refused before it is parsed."""

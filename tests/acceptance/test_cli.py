@@ -16,7 +16,12 @@ import instar.app as instar_app
 from instar.app import App
 from instar.cli.main import cli
 from instar.diagram import render
-from instar.errors import InvalidOption, InvalidTransition, JobNotFound
+from instar.errors import (
+    InstanceNotFound,
+    InvalidOption,
+    InvalidTransition,
+    JobNotFound,
+)
 from instar.maintenance.state_flows import StateFlows
 from instar.retry import Retry
 from instar.store import open_store
@@ -321,7 +326,7 @@ def test_a_worker_waits_for_an_unreachable_database_and_says_so() -> None:
 
 
 def test_every_app_a_command_opens_is_closed_again(
-    db: str, monkeypatch: pytest.MonkeyPatch
+    db: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """Each command runs in this process; every store its App opened, on success or on
     error, must be closed by the time the command returns."""
@@ -397,6 +402,25 @@ def test_every_app_a_command_opens_is_closed_again(
     run("pause-periodic", "hourly", *schedules)
     run("resume-periodic", "hourly", *schedules)
     run("pause-periodic", "weekly", *schedules, code=InvalidOption.exit_code)
+    machine = tmp_path / "door.toml"
+    machine.write_text(
+        '[machine]\nname = "door"\nversion = 1\ninitial = "shut"\n'
+        "[states.shut]\n[states.gone]\nfinal = true\n"
+        '[[transitions]]\nfrom = "shut"\non = "remove"\nto = "gone"\n'
+    )
+    run("machines", "register", str(machine))
+    run("machines", "create", "door", "d1")
+    run("machines", "send", "door", "d1", "open", code=InvalidTransition.exit_code)
+    run("machines", "send", "door", "d1", "remove")
+    run("machines", "show", "door", "d1")
+    run("machines", "show", "door", "d9", code=InstanceNotFound.exit_code)
+    run("machines", "list", "door")
+    run("machines", "history", "door", "d1")
+    run("machines", "rollback", "door", "d1", "--to-seq", "1", "--reason", "back")
+    run("machines", "verify", "door", "d1")
+    run("machines", "verify", "--all")
+    run("machines", "diagram", "door")
+    run("machines", "definitions")
     # serve runs until it is stopped: tests/web starts and stops it as a subprocess.
     untried = {"lifecycle", "demo", "serve"}
     assert tried == set(cli.commands) - untried, "a command is not tried here"

@@ -47,6 +47,8 @@ POSTGRES_ONLY = {
     "listen": "wake-ups through LISTEN",
     "database_time": "the server's clock (SQLite's is this machine's)",
     "enqueue_one": "one statement, one round trip (SQLite enqueues in-process)",
+    "machine_advance": "a machine's accepted event in one statement (data-modifying CTEs)",
+    "machine_advance_untimed": "machine_advance when no timer is dropped or armed",
 }
 COLUMNS_ONLY_ON = {
     ("postgresql", "events", "tx"): "the transaction that wrote an event: the feed's order",

@@ -225,8 +225,8 @@ def update(
 ) -> dict[str, Any]:
     """The context after ``transition``'s ``set``, ``add`` and ``unset`` (values
     read from the context before the update)."""
-    before = copy.deepcopy(dict(context))
-    after = copy.deepcopy(before)
+    before = context  # only read: each value taken from it is copied
+    after = copy.deepcopy(dict(context))
     for key, value in transition.set.items():
         found = resolve(value, before, data)
         if found is MISSING:

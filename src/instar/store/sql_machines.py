@@ -174,7 +174,8 @@ class MachineWritesSQL:
     def update_instance(self, row: InstanceRow, expect_seq: int) -> bool:
         params = _instance_params(row, self.now)
         params["expect_seq"] = expect_seq
-        return bool(self.conn.execute(self.Q["machine_instance_update"], params).rowcount == 1)
+        # Rows, not rowcount: in a pipelined transaction rowcount is -1 until a sync.
+        return len(self.conn.execute(self.Q["machine_instance_update"], params).fetchall()) == 1
 
     def append_history(self, rows: Sequence[HistoryRow]) -> None:
         if rows:

@@ -34,10 +34,13 @@ ON CONFLICT (machine, key) DO NOTHING
 
 -- name: machine_instance_update
 -- Compare-and-set on the seq the caller read (under its lock): never lost, never doubled.
+-- RETURNING: the caller reads a row, not rowcount, which a pipelined transaction
+-- (a worker's batch, where replies are delivered) does not know yet.
 UPDATE machine_instances
 SET version = %(version)s, state = %(state)s, context = %(context)s, seq = %(seq)s, final = %(final)s,
     updated_at = %(now)s
 WHERE machine = %(machine)s AND key = %(key)s AND seq = %(expect_seq)s
+RETURNING seq
 
 -- name: machine_instances_list
 -- A state filter is a leaf or a superstate: the path itself or any path under it.

@@ -33,10 +33,13 @@ ON CONFLICT (machine, key) DO NOTHING
 
 -- name: machine_instance_update
 -- Compare-and-set on the seq the caller read (under its lock): never lost, never doubled.
+-- RETURNING: the caller reads a row, not rowcount, which a pipelined transaction
+-- (a worker's batch, where replies are delivered) does not know yet.
 UPDATE machine_instances
 SET version = :version, state = :state, context = :context, seq = :seq, final = :final,
     updated_at = :now
 WHERE machine = :machine AND key = :key AND seq = :expect_seq
+RETURNING seq
 
 -- name: machine_instances_list
 -- A state filter is a leaf or a superstate: the path itself or any path under it.

@@ -110,8 +110,9 @@ DELETE FROM machine_timers WHERE machine = %(machine)s AND key = %(key)s
 DELETE FROM machine_timers WHERE id = %(id)s RETURNING id
 
 -- name: machine_timers_due
+-- Timers due at the same moment fire in the order they were armed.
 SELECT id, machine, key, state, event, due_at, seq FROM machine_timers
-WHERE due_at <= %(now)s ORDER BY due_at LIMIT %(limit)s
+WHERE due_at <= %(now)s ORDER BY due_at, id LIMIT %(limit)s
 
 -- name: machine_timer_next
 SELECT min(due_at) FROM machine_timers

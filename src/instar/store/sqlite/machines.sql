@@ -108,8 +108,9 @@ DELETE FROM machine_timers WHERE machine = :machine AND key = :key
 DELETE FROM machine_timers WHERE id = :id RETURNING id
 
 -- name: machine_timers_due
+-- Timers due at the same moment fire in the order they were armed.
 SELECT id, machine, key, state, event, due_at, seq FROM machine_timers
-WHERE due_at <= :now ORDER BY due_at LIMIT :limit
+WHERE due_at <= :now ORDER BY due_at, id LIMIT :limit
 
 -- name: machine_timer_next
 SELECT min(due_at) FROM machine_timers

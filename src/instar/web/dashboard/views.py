@@ -481,11 +481,14 @@ async def job_verb(
 
 
 @router.get("/queues")
-def queues(request: Request, session: Current) -> HTMLResponse:
+def queues(request: Request, session: Current, acted: str | None = None) -> HTMLResponse:
+    """``acted``: the queue just paused or resumed, listed even when none of
+    its jobs is live any more (the counts list only queues with live jobs and
+    those rolled up, so a queue whose last job just ended would vanish)."""
     web = web_state(request)
     counted = _counts(web, session.principal.queue)
     paused = {q.queue for q in web.app.reader.queues() if q.paused}
-    names = sorted(set(counted["queues"]) | paused)
+    names = sorted(set(counted["queues"]) | paused | ({acted[:200]} if acted else set()))
     if session.principal.queue is not None:
         names = [n for n in names if n == session.principal.queue]
     return render(
@@ -515,7 +518,7 @@ async def queue_action(
         (app.pause_queue if action == "pause" else app.resume_queue)(name)
     except InvalidOption as bad:
         return render(request, session, "missing.html", 400, what=str(bad))
-    return RedirectResponse("/queues", 303)
+    return RedirectResponse(f"/queues?{urlencode({'acted': name})}", 303)
 
 
 @router.get("/workers")

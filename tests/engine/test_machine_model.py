@@ -43,6 +43,7 @@ from hypothesis.stateful import (
 
 import instar
 from instar.clock import FrozenClock
+from instar.engine import Returned, outcome_moves
 from instar.machines import Conflict, InstanceExists, InstanceNotFound, Machine
 from instar.machines import context as context_ref
 from instar.machines import enqueue as enqueue_action
@@ -61,6 +62,8 @@ SEND_TARGET = "k1"
 DEFAULTS: dict[str, Any] = {"n": 0, "me": ""}
 LEASE = 5.0
 MAX_ATTEMPTS = 3
+BURST_LIMIT = 30
+"""Jobs one burst may run; replies that make jobs for ever run one pass at a time."""
 WORKER_PATIENCE = 30.0
 """Seconds of real time a burst worker may take (a few jobs: well under one)."""
 MAX_SEND_DEPTH = 16
@@ -206,8 +209,11 @@ class Spec:
     def final(self, path: str) -> bool:
         return self.states[path].final
 
-    def __repr__(self) -> str:  # what a failing example prints: the definition
-        return f"<{'TOML' if self.as_toml else 'builder'} definition>\n{toml_text(self)}"
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        """What a failing example shows: the definition as TOML (registered as
+        that text, or written with the builder)."""
+        written = "TOML" if self.as_toml else "the builder's"
+        printer.text(f"Spec(<{written} form of>\n{toml_text(self)})")
 
 
 _OPS = ("lt", "le", "gt", "ge", "eq", "ne")
@@ -264,11 +270,16 @@ def _transition(
     )
 
 
-def _actions(draw: st.DrawFn) -> list[ActionSpec]:
+def _actions(draw: st.DrawFn, sends: list[SendSpec]) -> list[ActionSpec]:
+    """One or two actions; a ``send`` only while ``sends`` (of the whole
+    machine) is empty. Two sends, each re-entering a state that sends both
+    again, would make 2**16 events in one transaction (MAX_SEND_DEPTH bounds
+    the depth of sends, not their number)."""
     out: list[ActionSpec] = []
     for _ in range(draw(st.integers(1, 2))):
-        if draw(st.integers(0, 4)) == 0:
-            out.append(SendSpec(draw(st.sampled_from(ALPHABET)), draw(st.booleans())))
+        if not sends and draw(st.integers(0, 4)) == 0:
+            sends.append(SendSpec(draw(st.sampled_from(ALPHABET)), draw(st.booleans())))
+            out.append(sends[-1])
         else:
             reply = draw(st.none() | st.sampled_from(ALPHABET))
             out.append(EnqueueSpec(draw(st.sampled_from(sorted(JOBS))), reply))
@@ -292,8 +303,8 @@ def specs(draw: st.DrawFn) -> Spec:
 
     tops = [add(None) for _ in range(draw(st.integers(2, 4)))]
     last = tops[-1]
-    for _ in range(draw(st.integers(0, 6))):
-        if last.count(".") < 3 and draw(st.booleans()):
+    for _ in range(draw(st.integers(0, 7))):
+        if last.count(".") < 3 and draw(st.integers(0, 2)) > 0:
             last = add(last)  # deeper: a chain down to four levels
         else:
             last = add(draw(st.sampled_from([p for p in states if p.count(".") < 3])))
@@ -322,19 +333,27 @@ def specs(draw: st.DrawFn) -> Spec:
     movable = [p for p in states if not states[p].final]
     for _ in range(draw(st.integers(2, 8))):
         sources = draw(st.lists(st.sampled_from(movable), min_size=1, max_size=2, unique=True))
-        target = draw(st.sampled_from(list(states)))
+        # Mostly into states that go on: a final one ends an instance's story.
+        target = draw(st.sampled_from(movable if draw(st.integers(0, 3)) else list(states)))
         spec.transitions.append(draw(_transition(tuple(sources), target)))
+    for path, state in states.items():
+        if not state.children or not draw(st.booleans()):
+            continue
+        # From a superstate into itself or below: it is left and entered again.
+        inside = [p for p in states if p == path or p.startswith(f"{path}.")]
+        spec.transitions.append(draw(_transition((path,), draw(st.sampled_from(inside)))))
     order = draw(st.permutations(range(len(spec.transitions))))
     spec.transitions = [spec.transitions[i] for i in order]
 
+    sends: list[SendSpec] = []
     for state in states.values():
-        if not state.final and draw(st.integers(0, 2)) == 0:
+        if not state.final and draw(st.integers(0, 1 if state.children else 2)) == 0:
             for _ in range(draw(st.integers(1, 2))):
                 state.after.append((draw(st.integers(1, 10)), draw(st.sampled_from(ALPHABET))))
         if draw(st.integers(0, 3)) == 0:
-            state.enter = _actions(draw)
+            state.enter = _actions(draw, sends)
         if draw(st.integers(0, 7)) == 0:
-            state.exit = _actions(draw)
+            state.exit = _actions(draw, sends)
     return spec
 
 
@@ -756,12 +775,20 @@ class Model:
             fired += 1
         return fired
 
-    def run_jobs(self) -> None:
-        """A worker of one slot: ready jobs in the order made, each one's reply
-        delivered when it completes; jobs those replies make run after."""
-        self.run_queue = [j for j in self.jobs if j.state == "ready"]
-        while self.run_queue:
-            job = self.run_queue.pop(0)
+    def run_jobs(self, burst: bool, limit: int | None = None) -> bool:
+        """Run the ready jobs in the order made, each one's reply delivered when
+        it completes. ``burst``: a worker of one slot, which also runs the jobs
+        those replies make, after them, until none is left (False once more
+        than ``limit`` ran: replies that make jobs for ever); else one pass
+        over the jobs ready now."""
+        queue = [j for j in self.jobs if j.state == "ready"]
+        self.run_queue = queue if burst else None
+        ran = 0
+        while queue:
+            job = queue.pop(0)
+            ran += 1
+            if limit is not None and ran > limit:
+                return False
             job.attempts += 1
             job.state = "completed"
             if job.reply is not None:
@@ -769,6 +796,7 @@ class Model:
                 data = result if isinstance(result, dict) else {"result": result}
                 self.send(job.key, job.reply, data, kind="event", actor=job, detail={"job": job})
         self.run_queue = None
+        return True
 
 
 def _resolved(value: Any) -> Any:
@@ -874,6 +902,7 @@ def steps() -> st.SearchStrategy[Step]:
         st.builds(RunJobs),
         st.builds(Create, st.sampled_from(KEYS), st.integers(-1, 3)),
         st.builds(Rollback, st.integers(0, 1_000)),
+        st.builds(Rollback, st.integers(0, 1_000)),
         st.builds(WorkerDies),
         st.builds(Restart),
     ]
@@ -949,6 +978,7 @@ class MachinesAgreeWithTheModel(RuleBasedStateMachine):
         self.model = Model(spec, self.clock.now())
         self.app = self.open_app()
         self.create("k0", n)
+        self.create(SEND_TARGET, n + 1)
 
     def teardown(self) -> None:
         if self.app is not None:
@@ -1043,9 +1073,33 @@ class MachinesAgreeWithTheModel(RuleBasedStateMachine):
         self.model_.rollback(key, to_seq, reason)
 
     def run_jobs(self) -> None:
-        if any(j.state == "ready" for j in self.model_.jobs):
+        """A burst worker, unless the replies would make jobs for ever (the
+        model, tried on a copy, runs more than ``BURST_LIMIT``): then one pass
+        over the jobs ready now, each completed in a transaction of its own
+        (the worker's way: its reply is delivered there)."""
+        model = self.model_
+        ready = [j for j in model.jobs if j.state == "ready"]
+        if not ready:
+            return
+        if copy.deepcopy(model).run_jobs(burst=True, limit=BURST_LIMIT):
             _burst(self.m)
-            self.model_.run_jobs()
+            model.run_jobs(burst=True)
+            return
+        engine = self.m.engine
+        claim = ClaimRequest("one-pass", len(ready), None, names=list(JOBS))
+        claimed = engine.exchange([], [], claim).claimed
+        assert [j.id for j in claimed] == [j.id for j in ready]
+        for job in claimed:
+            result = JOBS[job.name](**job.args)
+            moves = outcome_moves(
+                job,
+                Returned(result),
+                retry=instar.Retry(max_attempts=MAX_ATTEMPTS),
+                now=self.clock.now(),
+                max_payload_bytes=self.m.max_payload_bytes,
+            )
+            assert engine.exchange(moves, [], None).applied == [True]
+        model.run_jobs(burst=False)
 
     def worker_dies_holding_a_job(self) -> None:
         """A worker claims the oldest ready job and is gone: a new App on the

@@ -13,7 +13,7 @@ import instar
 from instar.clock import FrozenClock
 from instar.engine import Returned, outcome_moves
 from instar.errors import ConfigurationError, PayloadError
-from instar.store.contract import ClaimRequest
+from instar.store.contract import ClaimRequest, RateHold
 
 
 def _claim(app: instar.App, worker: str, limit: int = 10) -> list[instar.Job]:
@@ -99,6 +99,33 @@ def test_a_rate_spaces_the_starts_evenly_however_many_claim(limited: instar.App)
         clock.advance(60)  # no burst after a quiet minute: still one start per 5 s
         assert [j.id for j in _claim(app, "w1")] == [jobs[2].id]
         assert _claim(app, "w2") == []
+
+
+def test_a_rate_that_reopened_after_a_claim_judged_it_says_so_until_the_next_claim(
+    limited: instar.App,
+) -> None:
+    """A worker's claim may judge a rate a moment before it reopens: asked
+    afterwards, the rate has no next start left, and only ``came_due`` tells
+    the idle worker to claim again rather than sleep the fallback poll."""
+    with limited as app:
+        clock = app.clock
+        assert isinstance(clock, FrozenClock)
+        for _ in range(3):
+            app.enqueue("paced")
+        _claim(app, "w1")
+        judged = clock.now()
+        assert _claim(app, "w2") == []  # closed for 5 s
+        hold = app.engine.read.rate_hold(clock.now(), judged)
+        assert hold.next_start == pytest.approx(judged + 5.0)
+        assert not hold.came_due
+        clock.advance(5.1)
+        assert app.engine.read.rate_hold(clock.now(), judged) == RateHold(None, True)
+        assert len(_claim(app, "w2")) == 1
+        hold = app.engine.read.rate_hold(clock.now(), clock.now())
+        assert hold.next_start == pytest.approx(clock.now() + 5.0)
+        assert not hold.came_due
+        clock.advance(60)  # long reopened before this claim was judged: nothing came due since
+        assert app.engine.read.rate_hold(clock.now(), clock.now() - 1) == RateHold(None, False)
 
 
 def test_instar_limits_show_each_declared_limit_with_what_runs_and_waits(
@@ -228,11 +255,13 @@ def test_a_rate_forgotten_once_its_time_has_passed_holds_nothing_back(
         assert app.engine.store.forget_rates(clock.now(), 100) == 0  # still holding starts back
         clock.advance(5.5)
         assert app.engine.store.forget_rates(clock.now(), 100) == 1
-        assert app.engine.read.next_rate_start(clock.now()) is None
+        assert app.engine.read.rate_hold(clock.now(), 0.0) == RateHold(None, False)
         assert [j.id for j in _claim(app, "w1")] == [jobs[1].id]
-        assert app.engine.read.next_rate_start(clock.now()) is None  # nothing waits on it
+        assert app.engine.read.rate_hold(clock.now(), 0.0).next_start is None  # nothing waits
         app.enqueue("paced")
-        assert app.engine.read.next_rate_start(clock.now()) == pytest.approx(clock.now() + 5.0)
+        hold = app.engine.read.rate_hold(clock.now(), 0.0)
+        assert hold.next_start == pytest.approx(clock.now() + 5.0)
+        assert not hold.came_due
 
 
 def test_jobs_enqueued_without_the_limit_count_under_their_name(database: str) -> None:

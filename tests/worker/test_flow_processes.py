@@ -101,11 +101,12 @@ def test_a_rate_of_10_per_second_holds_within_10_percent_over_5_seconds_across_w
         _wait_until(lambda: sum(client.get(j.id).state is State.COMPLETED for j in jobs) >= 56, 30)
     starts = sorted(start for start, _, _ in _runs(client, jobs, by_id=False))
     in_five_seconds = [s for s in starts if s < starts[0] + 5.0]
-    # The rate is a ceiling: never above 10 % over it. Below it is throughput:
-    # on PostgreSQL this machine now shows 24 to 40 starts in the window, with
-    # pauses of about 1.1 s between some starts, at this session's code and at
-    # the previous stop's alike (an open question, in the closing note); the
-    # floor only catches a stall.
-    assert 20 <= len(in_five_seconds) <= 55
+    # The rate is a ceiling: never above 10 % over it. Below it is throughput a
+    # loaded machine may slow a little, but an idle worker never sleeps its
+    # fallback poll while a rate it waits on reopens: CI once saw 1.1-s pauses
+    # (likely both workers' claims judging the rate closed a moment before it
+    # reopened, then finding no rate holding anything back).
+    assert 40 <= len(in_five_seconds) <= 55
     gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert max(gaps) < 0.6
     assert min(gaps) >= 0.1 - 0.01  # never two starts closer than one interval

@@ -16,6 +16,7 @@ from instar.store.contract import (
     EventFilter,
     JobFilter,
     PruningMarks,
+    RateHold,
     Scanned,
     StateFlow,
     Store,
@@ -64,8 +65,8 @@ class Reader:
     def flow_limits(self) -> list[FlowLimitInfo]:
         return self._store.flow_limits()
 
-    def next_rate_start(self, now: float) -> float | None:
-        return self._store.next_rate_start(now)
+    def rate_hold(self, now: float, since: float) -> RateHold:
+        return self._store.rate_hold(now, since)
 
     def awakeable(self, awakeable_id: str) -> Awakeable:
         """The awakeable; ``AwakeableNotFound`` if no awakeable has this id."""

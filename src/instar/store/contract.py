@@ -181,6 +181,18 @@ jobs of a key or queue that reached its limit within the same batch."""
 
 
 @dataclass(frozen=True, slots=True)
+class RateHold:
+    """What the rates that hold ready jobs back say to an idle worker:
+    ``next_start``, the earliest time after now (epoch seconds) one of them may
+    start a job, or None; ``came_due``, whether one of them reopened between the
+    ``since`` and the ``now`` asked about (a claim judged a moment before may have
+    found it closed)."""
+
+    next_start: float | None
+    came_due: bool
+
+
+@dataclass(frozen=True, slots=True)
 class JobFilter:
     """Which jobs to list, newest first: any of state, queue, name and parent,
     created after and before (epoch seconds, both exclusive); at most ``limit``;
@@ -822,9 +834,10 @@ class FlowControl(Protocol):
         """Every declared limit, with how many of its jobs run and wait."""
         ...
 
-    def next_rate_start(self, now: float) -> float | None:
-        """The earliest time after ``now`` (epoch seconds) at which a rate that
-        holds jobs back may start one, or None."""
+    def rate_hold(self, now: float, since: float) -> RateHold:
+        """The rates that hold ready jobs back, as of ``now`` (epoch seconds):
+        the earliest next start after ``now``, and whether one reopened after
+        ``since`` (a rate with no ready job waiting counts for neither)."""
         ...
 
     def forget_rates(self, before: float, limit: int) -> int:

@@ -42,6 +42,7 @@ from instar.store.contract import (
     NewJob,
     Note,
     PruningMarks,
+    RateHold,
     Recheck,
     Request,
     Scanned,
@@ -328,10 +329,12 @@ class SQLStore(MachineReadsSQL, ABC):
             rows = conn.execute(self.Q["flow_limits"]).fetchall()
         return [FlowLimitInfo(*row) for row in rows]
 
-    def next_rate_start(self, now: float) -> float | None:
+    def rate_hold(self, now: float, since: float) -> RateHold:
         with self._read() as conn:
-            row = conn.execute(self.Q["next_rate_start"], {"now": now}).fetchone()
-        return None if row is None or row[0] is None else float(row[0])
+            row = conn.execute(self.Q["rate_hold"], {"now": now, "since": since}).fetchone()
+        if row is None:
+            return RateHold(None, False)
+        return RateHold(None if row[0] is None else float(row[0]), bool(row[1]))
 
     def forget_rates(self, before: float, limit: int) -> int:
         with self._write() as conn:

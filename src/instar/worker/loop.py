@@ -65,7 +65,7 @@ from instar.payload import DEFAULT_MAX_BYTES
 from instar.registry import JobDefinition, Registry
 from instar.retention import Retention
 from instar.retry import Retry
-from instar.store.contract import ClaimRequest, Held, Move, Note, Recheck, WorkerInfo
+from instar.store.contract import ClaimRequest, Held, Move, Note, RateHold, Recheck, WorkerInfo
 from instar.tracing import RunTracing
 from instar.vocabulary import Trigger
 from instar.worker.executor import call_async, call_sync, fatal, past_timeout
@@ -164,6 +164,8 @@ class Worker:
         self.report = WorkerReport()
         self._running: dict[int, _Run] = {}
         self._buffer: deque[tuple[Job, float]] = deque()  # claimed ahead, with when
+        self._claim_judged = 0.0  # the clock's time just before the last claim
+        self._rate_rechecked = False  # the last idle turned back for a rate that came due
         self._thread_ends: deque[tuple[_Run, Outcome | None]] = deque()  # from pool threads
         self._thread_ends_signalled = False
         self._backlog = False
@@ -240,6 +242,7 @@ class Worker:
                 recheck = [job.id for job, _ in self._buffer]
                 if moves or notes or wanted or (recheck and self._free_slots()):
                     claim = self._claim_request(wanted)
+                    self._claim_judged = self.engine.clock.now()
                     try:
                         batch = await self._exchange(moves, notes, claim, recheck)
                     except StoreRefused as refused:
@@ -270,7 +273,7 @@ class Worker:
                         quiet_passes = 0
                     else:
                         quiet_passes += 1
-                        if quiet_passes > 1 and await self._next_rate_start() is None:
+                        if quiet_passes > 1 and (await self._rate_hold()).next_start is None:
                             break
                     if quiet_passes <= 1:
                         continue
@@ -436,9 +439,16 @@ class Worker:
         give_up = time.monotonic() + self.settings.fallback_poll_interval
         if free:
             # A job a rate holds back can start at a time no commit announces.
-            next_start = await self._next_rate_start()
-            if next_start is not None:
-                give_up = min(give_up, next_start)
+            hold = await self._rate_hold()
+            if hold.came_due and not self._rate_rechecked:
+                # The last claim may have judged a rate a moment before it
+                # reopened: claim once more before sleeping (once per sleep, so
+                # jobs nobody here may start never make it spin).
+                self._rate_rechecked = True
+                return marker
+            self._rate_rechecked = False
+            if hold.next_start is not None:
+                give_up = min(give_up, hold.next_start)
         while not self._wake.is_set():
             if free and time.monotonic() >= give_up:
                 return marker
@@ -454,14 +464,17 @@ class Worker:
         self._wake.clear()
         return marker
 
-    async def _next_rate_start(self) -> float | None:
-        """When (``time.monotonic``) a rate of this worker's jobs may next start
-        one, if a rate holds starts back now; None otherwise."""
+    async def _rate_hold(self) -> RateHold:
+        """The rates that hold this worker's jobs back: ``next_start`` as
+        ``time.monotonic``, and whether one reopened since the last claim was
+        judged. Nothing held when none of its jobs has a rate."""
         if self._limits is None or self._limits.fastest_interval is None:
-            return None
+            return RateHold(None, False)
         now = self.engine.clock.now()
-        next_start = await self._call(self.engine.read.next_rate_start, now)
-        return None if next_start is None else time.monotonic() + (next_start - now)
+        hold = await self._call(self.engine.read.rate_hold, now, self._claim_judged)
+        if hold.next_start is None:
+            return hold
+        return RateHold(time.monotonic() + (hold.next_start - now), hold.came_due)
 
     async def _take_up_lost_claims(self) -> bool:
         """A batch that claimed jobs failed, but its commit may have reached the

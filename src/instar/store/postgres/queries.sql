@@ -850,11 +850,14 @@ SELECT f.kind, f.name, f.concurrency, f.key, f.rate_count, f.rate_per, f.rate_ke
        f.seen_at
 FROM flow_limits AS f ORDER BY f.kind DESC, f.name
 
--- name: next_rate_start
--- The earliest next start of a rate that holds a ready job back (a rate row
--- with none waiting wakes nobody).
-SELECT min(r.next_start) FROM rate_limits AS r
-WHERE r.next_start > %(now)s
+-- name: rate_hold
+-- The rates that hold a ready job back (a rate row with none waiting counts for
+-- nothing): the earliest next start after now, and whether one reopened after
+-- `since` (1 when so).
+SELECT min(CASE WHEN r.next_start > %(now)s THEN r.next_start END),
+       coalesce(max(CASE WHEN r.next_start <= %(now)s THEN 1 ELSE 0 END), 0)
+FROM rate_limits AS r
+WHERE r.next_start > %(since)s
   AND ((r.kind = 'key'
         AND EXISTS (SELECT 1 FROM jobs WHERE state = {state:ready} AND rate_key = r.key))
     OR (r.kind = 'queue'

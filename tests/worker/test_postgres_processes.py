@@ -236,3 +236,29 @@ def test_a_sigkilled_worker_process_loses_no_jobs_and_only_its_jobs_in_flight_ru
             (State.READY, State.RUNNING, "claimed"),
             (State.RUNNING, State.COMPLETED, "completed"),
         ], f"job {n}"
+
+
+def _listening_backends(database: str) -> int:
+    """Connections of this test's schema that LISTEN for wake-ups."""
+    schema = database.rsplit("schema=", 1)[1]
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE query = %s",
+            (f'LISTEN "instar_{schema}"',),
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_an_app_that_only_enqueues_is_sent_no_wake_ups_and_a_worker_listens(
+    client: instar.App, database: str, tmp_path: Path
+) -> None:
+    client.enqueue("record", {"n": 0})
+    assert _listening_backends(database) == 0  # no notification goes to the producer
+    log, err = tmp_path / "runs.log", tmp_path / "worker.err"
+    with worker_process(database, log, err) as proc:
+        wait_until(lambda: started(proc, err), what="worker started")
+        assert _listening_backends(database) == 1
+        client.enqueue("record", {"n": 1})
+        wait_until(lambda: len(runs_of(log)) == 2, timeout=10, what="both jobs ran")
+    wait_until(lambda: _listening_backends(database) == 0, timeout=10, what="the worker's gone")

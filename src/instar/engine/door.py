@@ -11,6 +11,7 @@ here), their events, the bookkeeping they imply and the moves they set off
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
@@ -70,8 +71,8 @@ class Engine:
         self.replies: Callable[[Transaction, Sequence[int]], None] | None = None
         """Called in the transaction where jobs that something awaits completed
         (their ids): the durable machines deliver their jobs' replies there."""
-        if store.supports_listen:
-            store.watch(self._heard)
+        self._watching = False  # the store is told to watch at the first subscription
+        self._subscribing = threading.Lock()
 
     # -- wake-ups -------------------------------------------------------------
 
@@ -80,8 +81,14 @@ class Engine:
     ) -> Callable[[], None]:
         """Call ``listener`` (from any thread) after a commit, here or in another
         process where the store can tell, that made jobs ready (``Wake.READY``)
-        or appended any event (``Wake.EVENTS``). Returns the undo."""
-        self._listeners[wake] = [*self._listeners[wake], listener]
+        or appended any event (``Wake.EVENTS``). Returns the undo. The first
+        subscription makes a store that can listen to other processes start
+        listening (an engine nobody subscribes to, a producer's, hears nothing)."""
+        with self._subscribing:
+            self._listeners[wake] = [*self._listeners[wake], listener]
+            if self.store.supports_listen and not self._watching:
+                self._watching = True
+                self.store.watch(self._heard)
 
         def unsubscribe() -> None:
             self._listeners[wake] = [f for f in self._listeners[wake] if f is not listener]

@@ -907,7 +907,8 @@ class Store(
 
     def watch(self, listener: Callable[[Wake], None]) -> None:
         """Where ``supports_listen``: call ``listener`` whenever another process
-        commits events (``Wake.READY`` when jobs became ready)."""
+        commits events (``Wake.READY`` when jobs became ready). Listening starts
+        with the first call, which returns once it is in place."""
         ...
 
     def change_marker(self) -> int:

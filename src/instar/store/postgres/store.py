@@ -104,10 +104,9 @@ class PostgresStore(SQLStore):
         self._listeners: list[Callable[[Wake], None]] = []
         self._closing = threading.Event()
         self._listening = threading.Event()
-        self._listener = threading.Thread(target=self._listen, name="instar-listen", daemon=True)
-        self._listener.start()
-        # Jobs enqueued right after this returns must not slip past an idle worker.
-        self._listening.wait(timeout=connect_timeout)
+        self._listen_timeout = connect_timeout
+        self._listener: threading.Thread | None = None  # started by the first watch
+        self._watch_lock = threading.Lock()
 
     # -- plumbing ---------------------------------------------------------------
 
@@ -306,18 +305,33 @@ class PostgresStore(SQLStore):
 
     def close(self) -> None:
         self._closing.set()
-        try:
-            with self._pool.connection() as conn:
-                # Wakes the listening thread so it can end now.
-                conn.execute(Q["notify"], {"channel": self.channel, "payload": "close"})
-        except psycopg.Error:
-            pass  # the server is gone: the listener ends at its next timeout
+        with self._watch_lock:
+            listener = self._listener
+        if listener is not None:
+            try:
+                with self._pool.connection() as conn:
+                    # Wakes the listening thread so it can end now.
+                    conn.execute(Q["notify"], {"channel": self.channel, "payload": "close"})
+            except psycopg.Error:
+                pass  # the server is gone: the listener ends at its next timeout
         self._pool.close()
-        self._listener.join(timeout=5)
+        if listener is not None:
+            listener.join(timeout=5)
 
     def watch(self, listener: Callable[[Wake], None]) -> None:
-        """Call ``listener`` (in the listening thread) when any process commits events."""
-        self._listeners = [*self._listeners, listener]
+        """Call ``listener`` (in the listening thread) when any process commits
+        events. The first call starts listening, on a connection of its own, and
+        returns once the LISTEN is in place (or ``connect_timeout`` has passed):
+        a job enqueued afterwards does not slip past. A process that never
+        watches (one that only enqueues) is sent no notification."""
+        with self._watch_lock:
+            self._listeners = [*self._listeners, listener]
+            if self._listener is None and not self._closing.is_set():
+                self._listener = threading.Thread(
+                    target=self._listen, name="instar-listen", daemon=True
+                )
+                self._listener.start()
+        self._listening.wait(timeout=self._listen_timeout)
 
     def _listen(self) -> None:
         """LISTEN on a dedicated connection; reconnect with backoff when it drops."""

@@ -338,8 +338,11 @@ class SQLiteStore(SQLStore):
         return time.time()
 
     def change_marker(self) -> int:
-        with self._lock:
-            return int(self._conn.execute(Q["data_version"]).fetchone()[0])
+        """SQLite's data version, on the calling thread's own reading connection
+        (no lock, a few microseconds): it changes with every commit of another
+        connection, this store's writer included."""
+        with self._read() as conn:
+            return int(conn.execute(Q["data_version"]).fetchone()[0])
 
 
 def _split_statements(script: str) -> list[str]:

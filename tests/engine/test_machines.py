@@ -27,6 +27,7 @@ from instar.machines import (
     context,
     enqueue,
     event,
+    send,
 )
 from instar.maintenance.machine_timers import MachineHistory, MachineTimers
 from instar.maintenance.runner import Maintenance
@@ -481,6 +482,39 @@ def test_an_action_that_cannot_run_refuses_the_event_and_enqueues_nothing(app: i
     assert "enter action 1 of fulfilment.packing" in (refused.detail or "")
     assert "shop.reserve_stock" in (refused.detail or "")
     assert app.jobs() == [] and m.get("order", "A-1").state == "paid"
+
+
+def test_events_sent_by_actions_are_bounded_per_transaction_however_they_fan_out(
+    app: instar.App,
+) -> None:
+    """A root whose entry sends to 32 instances, each of which sends to 32
+    more: 1,056 events in one transaction, past the 1,000 allowed. The events
+    that would go past are refused as ``action_error`` and the rest stands."""
+    fan = 32
+    root = Machine("root", 1, initial="idle")
+    root.state("idle").state("fired", enter=[send("mid", f"m{i}", "go") for i in range(fan)])
+    root.transition("idle", "go", "fired")
+    mid = Machine("mid", 1, initial="idle")
+    mid.state("idle").state("fired", enter=[send("leaf", f"l{i}", "go") for i in range(fan)])
+    mid.transition("idle", "go", "fired")
+    leaf = Machine("leaf", 1, initial="a", context={"n": 0})
+    leaf.state("a").state("b")
+    leaf.transition("a", "go", "b", add={"n": 1}).transition("b", "go", "a", add={"n": 1})
+    m = app.machines
+    for machine in (root, mid, leaf):
+        m.register(machine)
+    m.create("root", "r")
+    for i in range(fan):
+        m.create("mid", f"m{i}")
+        m.create("leaf", f"l{i}")
+    assert m.send("root", "r", "go").accepted
+    fired = [i for i in range(fan) if m.get("mid", f"m{i}").state == "fired"]
+    assert fired == list(range(30))  # 32 + 30 x 32 = 992 sends; a 31st would pass 1,000
+    assert all(m.get("leaf", f"l{i}").context == {"n": 30} for i in range(fan))
+    for i in (30, 31):
+        (refusal,) = m.refusals("mid", f"m{i}")
+        assert refusal.reason == "action_error"
+        assert "more than 1,000 events in one transaction" in (refusal.detail or "")
 
 
 def test_a_refused_reply_is_logged_and_the_job_still_completes(app: instar.App) -> None:

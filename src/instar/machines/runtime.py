@@ -21,7 +21,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from instar.engine import Engine
@@ -87,6 +87,10 @@ REFUSALS_KEPT = 100
 """Refusals each instance keeps (the newest)."""
 MAX_SEND_DEPTH = 16
 """Events sent by actions, sent by actions …: a chain longer than this is refused."""
+MAX_CASCADE_SENDS = 1_000
+"""Events that actions may send in one transaction, however they fan out: an
+event whose actions would send more is refused (without it, 32 sends a state
+nested 16 deep could write without end in one transaction)."""
 MAX_KEY_BYTES = 512
 KNOWN_ROWS = 10_000
 """Instance rows a process remembers for the one-write send (``_send_known``)."""
@@ -97,6 +101,28 @@ LISTENER_KINDS = ("enter", "exit", "transition", "refusal")
 
 class _ActionError(Exception):
     """An entry or exit action that cannot be performed: the event is refused."""
+
+
+@dataclass
+class _Cascade:
+    """What one call's events set off, in its one transaction: the happenings
+    told to listeners after the commit, and how many more events actions may
+    still send (``MAX_CASCADE_SENDS``)."""
+
+    happened: list[Happening] = field(default_factory=list)
+    sends_left: int = MAX_CASCADE_SENDS
+
+    def spend(self, planned: _Planned, depth: int) -> None:
+        """Count the sends of an event's actions; ``_ActionError`` past either limit."""
+        if not planned.sends:
+            return
+        if depth >= MAX_SEND_DEPTH:
+            raise _ActionError(f"actions sent events more than {MAX_SEND_DEPTH} deep")
+        if len(planned.sends) > self.sends_left:
+            raise _ActionError(
+                f"actions sent more than {MAX_CASCADE_SENDS:,} events in one transaction"
+            )
+        self.sends_left -= len(planned.sends)
 
 
 @dataclass
@@ -234,7 +260,7 @@ class MachineRuntime:
         check_machine_name(machine)
         check_key(key)
         given = self._data(context, f"the context of {machine} {key!r}")
-        happened: list[Happening] = []
+        cascade = _Cascade()
         with self.engine.transaction() as tx:
             definition = self._definition_in(tx, machine, version)
             state = definition.leaf(definition.initial)
@@ -254,6 +280,7 @@ class MachineRuntime:
             entered = entry_path(definition, state)
             try:
                 planned = self._plan(definition, row, values, {}, [], entered, 1)
+                cascade.spend(planned, 0)
             except _ActionError as exc:
                 raise InvalidOption(f"cannot create {machine} {key!r}: {exc}") from None
             if not tx.insert_instance(row):
@@ -276,9 +303,9 @@ class MachineRuntime:
             )
             tx.append_history([entry])
             self._arm(tx, definition, row, entered)
-            self._perform(tx, planned, actor, 0, happened)
-            happened += [_happening("enter", row, s, values) for s in entered]
-            tx.after_commit.append(lambda: self._tell(happened))
+            self._perform(tx, planned, actor, 0, cascade)
+            cascade.happened += [_happening("enter", row, s, values) for s in entered]
+            tx.after_commit.append(lambda: self._tell(cascade.happened))
         self._remember(row)
         return Instance.of(row)
 
@@ -312,7 +339,7 @@ class MachineRuntime:
             known = self._send_known(machine, key, event, values, expect_seq, actor)
             if known is not None:
                 return known
-        happened: list[Happening] = []
+        cascade = _Cascade()
         with self.engine.transaction() as tx:
             result = self._send_in(
                 tx,
@@ -323,11 +350,11 @@ class MachineRuntime:
                 kind="event",
                 actor=actor,
                 depth=0,
-                happened=happened,
+                cascade=cascade,
                 idempotency_key=idempotency_key,
                 expect_seq=expect_seq,
             )
-            tx.after_commit.append(lambda: self._tell(happened))
+            tx.after_commit.append(lambda: self._tell(cascade.happened))
         return result
 
     def _data(self, data: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
@@ -350,7 +377,7 @@ class MachineRuntime:
         kind: str,
         actor: str | None,
         depth: int,
-        happened: list[Happening],
+        cascade: _Cascade,
         idempotency_key: str | None = None,
         expect_seq: int | None = None,
         row: InstanceRow | None = None,
@@ -382,8 +409,7 @@ class MachineRuntime:
                 planned = self._plan(
                     definition, row, outcome.context, data, outcome.exited, outcome.entered, seq
                 )
-                if depth >= MAX_SEND_DEPTH and planned.sends:
-                    raise _ActionError(f"actions sent events more than {MAX_SEND_DEPTH} deep")
+                cascade.spend(planned, depth)
             except PayloadError as exc:
                 outcome = Outcome(False, "invalid_data", str(exc))
             except _ActionError as exc:
@@ -392,7 +418,7 @@ class MachineRuntime:
             assert outcome.reason is not None
             self._refuse(tx, machine, key, row.state, event, outcome.reason, outcome.detail, actor)
             if self._listeners:
-                happened.append(
+                cascade.happened.append(
                     _happening("refusal", row, None, context, event=event, reason=outcome.reason)
                 )
             result = SendResult(False, row.state, row.seq, outcome.reason, outcome.detail)
@@ -412,7 +438,7 @@ class MachineRuntime:
                 actor,
                 detail,
                 depth,
-                happened,
+                cascade,
             )
         if idempotency_key is not None:
             tx.save_send_outcome(machine, key, idempotency_key, json.dumps(result.as_dict()))
@@ -432,7 +458,7 @@ class MachineRuntime:
         actor: str | None,
         detail: dict[str, Any] | None,
         depth: int,
-        happened: list[Happening],
+        cascade: _Cascade,
     ) -> SendResult:
         advance = _advance(
             definition, row, outcome, context_json, kind, event, data, actor, detail, tx.now
@@ -440,8 +466,8 @@ class MachineRuntime:
         if not tx.advance_instance(advance):
             raise RuntimeError(f"{row.machine} {row.key!r} changed under its lock")
         if self._listeners:  # each happening copies the context: none unless someone listens
-            happened += _happenings(advance.moved, outcome, event, row.state)
-        self._perform(tx, planned, actor, depth, happened)
+            cascade.happened += _happenings(advance.moved, outcome, event, row.state)
+        self._perform(tx, planned, actor, depth, cascade)
         tx.after_commit.append(lambda: self._remember(advance.moved))
         return SendResult(True, outcome.state, advance.moved.seq)
 
@@ -545,7 +571,7 @@ class MachineRuntime:
         planned: _Planned,
         actor: str | None,
         depth: int,
-        happened: list[Happening],
+        cascade: _Cascade,
     ) -> None:
         if planned.jobs:
             created = self.engine.enqueue_in(tx, [spec for spec, _ in planned.jobs], actor)
@@ -566,7 +592,7 @@ class MachineRuntime:
                 kind="event",
                 actor=actor,
                 depth=depth + 1,
-                happened=happened,
+                cascade=cascade,
                 raise_missing=False,
             )
 
@@ -629,7 +655,7 @@ class MachineRuntime:
             return None
         late_ms = max(0, round((tx.now - timer.due_at) * 1000))
         detail = {"state": timer.state, "due_at": timer.due_at, "late_ms": late_ms}
-        happened: list[Happening] = []
+        cascade = _Cascade()
         result = self._send_in(
             tx,
             timer.machine,
@@ -639,11 +665,11 @@ class MachineRuntime:
             kind="timer",
             actor="timer",
             depth=0,
-            happened=happened,
+            cascade=cascade,
             row=row,
             detail=detail,
         )
-        tx.after_commit.append(lambda: self._tell(happened))
+        tx.after_commit.append(lambda: self._tell(cascade.happened))
         return result
 
     def deliver_replies(self, tx: Transaction, job_ids: Sequence[int]) -> None:
@@ -681,7 +707,7 @@ class MachineRuntime:
                 kind="event",
                 actor=f"job {reply.job_id}",
                 depth=0,
-                happened=happened,
+                cascade=_Cascade(happened),  # each reply's events counted on their own
                 detail={"job": reply.job_id},
                 raise_missing=False,
             )

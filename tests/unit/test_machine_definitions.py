@@ -118,6 +118,28 @@ to = "loop"
     assert any("loop" in w and "no path to a final state" in w for w in definition.warnings)
 
 
+def test_a_superstate_move_does_not_leave_a_final_child_in_the_reachability_checks() -> None:
+    """An instance in a final state takes no event: a move its superstate
+    declares reaches nothing from there (the runtime refuses it as final_state)."""
+    text = """
+[machine]
+name = "m"
+version = 1
+initial = "job"
+[states.job]
+initial = "done"
+[states.job.states.done]
+final = true
+[states.after]
+final = true
+[[transitions]]
+from = "job"
+on = "next"
+to = "after"
+"""
+    assert any("unreachable state after" in p for p in problems_of(text))
+
+
 def test_initial_states_compound_states_and_durations_are_checked() -> None:
     two_initials = GOOD.replace("[states.closed]", "[states.closed]\ninitial = true").replace(
         'initial = "closed"', 'initial = "open"'

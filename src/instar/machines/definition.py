@@ -206,6 +206,8 @@ class Definition:
         leaves = [p for p, s in self.states.items() if not s.children]
         moves: dict[str, set[str]] = {leaf: set() for leaf in leaves}
         for leaf in leaves:
+            if self.states[leaf].final:
+                continue  # an instance in a final state takes no event, its ancestors' neither
             for ancestor in self.lineage(leaf):
                 for t in self.transitions:
                     if ancestor in t.sources:

@@ -467,8 +467,10 @@ class MachineRuntime:
             raise RuntimeError(f"{row.machine} {row.key!r} changed under its lock")
         if self._listeners:  # each happening copies the context: none unless someone listens
             cascade.happened += _happenings(advance.moved, outcome, event, row.state)
-        self._perform(tx, planned, actor, depth, cascade)
+        # Remembered before the actions run: one that sends to this instance again
+        # moves it on, and the row it leaves is the one to remember.
         tx.after_commit.append(lambda: self._remember(advance.moved))
+        self._perform(tx, planned, actor, depth, cascade)
         return SendResult(True, outcome.state, advance.moved.seq)
 
     def _send_known(

@@ -266,7 +266,8 @@ def sender_main(argv: Sequence[str]) -> int:
     its App is open, starts on a line ``go SECONDS`` on stdin, and prints
     ``{"sends": n, "seconds": s}`` when the time is up."""
     url, first, step, instances = argv[0], int(argv[1]), int(argv[2]), int(argv[3])
-    keys = [f"t-{i}" for i in range(first, instances, step)]
+    keys = [f"t-{i}" for i in range(first, instances, step) if instances >= step]
+    keys = keys or [f"t-{i}" for i in range(instances)]  # fewer than processes: share them
     with make_app(url) as app:
         m = app.machines
         for key in keys:  # untimed: the first send of a row this process never wrote is locked
@@ -317,13 +318,18 @@ class Parallel:
         return sum(self.rates)
 
 
-def several_processes(url: str, sizes: MachineSizes, tmp: Path) -> Parallel:
-    """``sizes.instances`` instances (created through the API), then
-    ``sizes.processes`` sending processes, started together once each is ready;
-    the sends each instance received checked against its seq afterwards."""
+def several_processes(
+    url: str, sizes: MachineSizes, tmp: Path, instances: int | None = None
+) -> Parallel:
+    """``instances`` instances (``sizes.instances`` by default; created through
+    the API), then ``sizes.processes`` sending processes, started together once
+    each is ready; the sends each instance received checked against its seq
+    afterwards. With fewer instances than processes, every process sends to
+    every instance (one instance: all of them contend for its row)."""
+    instances = sizes.instances if instances is None else instances
     with prepared(url) as app:
         start = time.perf_counter()
-        for i in range(sizes.instances):
+        for i in range(instances):
             app.machines.create("toggle", f"t-{i}")
         create_seconds = time.perf_counter() - start
     logs = [tmp / f"sender-{i}.log" for i in range(sizes.processes)]
@@ -332,7 +338,7 @@ def several_processes(url: str, sizes: MachineSizes, tmp: Path) -> Parallel:
         procs = []
         for i, log in enumerate(logs):
             command = [sys.executable, "-m", "bench.machines", "send", url, str(i)]
-            command += [str(sizes.processes), str(sizes.instances)]
+            command += [str(sizes.processes), str(instances)]
             err = stack.enter_context(log.open("ab"))
             proc = subprocess.Popen(
                 command,
@@ -381,7 +387,7 @@ def several_processes(url: str, sizes: MachineSizes, tmp: Path) -> Parallel:
         )
     return Parallel(
         sizes.processes,
-        sizes.instances,
+        instances,
         [int(r["timed"]) / float(r["seconds"]) for r in reports],
         sum(int(r["timed"]) for r in reports),
         max(float(r["seconds"]) for r in reports),
@@ -445,6 +451,22 @@ def parallel_row(found: Parallel, one: float | None) -> Row:
         "send to each (a process's first send to a row it never wrote goes the locked way); "
         f"every send counted in the instances' seqs; the {found.instances:,} instances "
         f"created through the API in {found.create_seconds:.1f} s; {found.cpu_note()}",
+    )
+
+
+def contended_row(found: Parallel, one: float | None) -> Row:
+    per = ", ".join(f"{r:,.0f}" for r in found.rates)
+    return judged(
+        f"send, one instance, {found.processes} processes",
+        f"{found.total:,.0f} sends/s",
+        found.total,
+        one,
+        "1 instance",
+        "-",
+        None,
+        f"{found.timed:,} sends in {found.seconds:.1f} s, every process to the same instance "
+        f"({per} /s): each finds the row moved by another and takes its lock; for comparison "
+        f"with the 1,000 instances above; {found.cpu_note()}",
     )
 
 
@@ -705,6 +727,15 @@ def postgres_section(rows: list[Row], pg: PostgresBench) -> None:
     parallel = attempt(rows, "send, several processes, PostgreSQL", several)
     if parallel is not None:
         rows.append(parallel_row(parallel, found.send_rate if found else None))
+    progress.print(f"PostgreSQL machines: {msizes.processes} processes, one instance ...")
+
+    def contended() -> Parallel:
+        with pg.schema("machines_contended") as (_, url, _):
+            return several_processes(url, msizes, pg.tmp, instances=1)
+
+    shared = attempt(rows, "send, one instance, several processes, PostgreSQL", contended)
+    if shared is not None:
+        rows.append(contended_row(shared, found.send_rate if found else None))
     progress.print(f"PostgreSQL machines: timers, {msizes.armed:,} armed ...")
 
     def timers() -> Timers:

@@ -262,3 +262,23 @@ def test_an_app_that_only_enqueues_is_sent_no_wake_ups_and_a_worker_listens(
         client.enqueue("record", {"n": 1})
         wait_until(lambda: len(runs_of(log)) == 2, timeout=10, what="both jobs ran")
     wait_until(lambda: _listening_backends(database) == 0, timeout=10, what="the worker's gone")
+
+
+def test_an_enqueue_after_the_server_dropped_the_connection_fails_once_then_reconnects(
+    client: instar.App, database: str
+) -> None:
+    first = client.enqueue("record", {"n": 0})
+    with psycopg.connect(POSTGRES, autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE pid <> pg_backend_pid() AND query LIKE %s",
+            ("%INSERT INTO jobs%",),
+        ).fetchone()
+    assert killed is not None and killed[0] >= 1
+    try:
+        client.enqueue("record", {"n": 1})
+    except instar.errors.DatabaseUnavailable as exc:  # it cannot know whether that one was written
+        assert "unavailable" in str(exc)
+    after = client.enqueue("record", {"n": 2})
+    assert after.id > first.id
+    assert client.get(after.id).state is State.READY

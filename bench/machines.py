@@ -710,7 +710,8 @@ def postgres_section(rows: list[Row], pg: PostgresBench) -> None:
     progress.print("PostgreSQL machines: send to one instance, in turns with raw commits ...")
 
     def one() -> Rounds:
-        with pg.schema("machines_one") as (_, url, _):
+        with pg.schema("machines_one") as (_, url, conn):
+            conn.execute(b"CHECKPOINT")  # what the sections before wrote is flushed now, untimed
             return one_instance(url, msizes, lambda r: pg.raw_limit()[0])
 
     found = attempt(rows, "send, one instance, PostgreSQL", one)
@@ -721,7 +722,8 @@ def postgres_section(rows: list[Row], pg: PostgresBench) -> None:
     )
 
     def several() -> Parallel:
-        with pg.schema("machines_parallel") as (_, url, _):
+        with pg.schema("machines_parallel") as (_, url, conn):
+            conn.execute(b"CHECKPOINT")
             return several_processes(url, msizes, pg.tmp)
 
     parallel = attempt(rows, "send, several processes, PostgreSQL", several)
@@ -730,7 +732,8 @@ def postgres_section(rows: list[Row], pg: PostgresBench) -> None:
     progress.print(f"PostgreSQL machines: {msizes.processes} processes, one instance ...")
 
     def contended() -> Parallel:
-        with pg.schema("machines_contended") as (_, url, _):
+        with pg.schema("machines_contended") as (_, url, conn):
+            conn.execute(b"CHECKPOINT")
             return several_processes(url, msizes, pg.tmp, instances=1)
 
     shared = attempt(rows, "send, one instance, several processes, PostgreSQL", contended)

@@ -437,36 +437,34 @@ def _stop_text(proc: subprocess.Popen[str]) -> None:
 
 
 def parallel_row(found: Parallel, one: float | None) -> Row:
+    """The several-processes figure: judged (>= 2x one instance) when they send
+    to instances of their own; for comparison only when they share one."""
     per = ", ".join(f"{r:,.0f}" for r in found.rates)
+    shared = found.instances < found.processes
+    if shared:
+        label = f"send, one instance, {found.processes} processes"
+        how = (
+            f"every process to the same instance ({per} /s): each finds the row moved by "
+            "another and takes its lock; for comparison with the 1,000 instances above"
+        )
+    else:
+        label = f"send, {found.instances:,} instances, {found.processes} processes"
+        how = (
+            f"each process to its own {found.instances // found.processes} instances in turn "
+            f"({per} /s), after one untimed send to each (a process's first send to a row it "
+            f"never wrote goes the locked way); every send counted in the instances' seqs; the "
+            f"{found.instances:,} instances created through the API in "
+            f"{found.create_seconds:.1f} s"
+        )
     return judged(
-        f"send, {found.instances:,} instances, {found.processes} processes",
+        label,
         f"{found.total:,.0f} sends/s",
         found.total,
         one,
         "1 instance",
-        ">= 2.00x 1 instance",
-        2.0,
-        f"{found.timed:,} sends in {found.seconds:.1f} s, each process to its own "
-        f"{found.instances // found.processes} instances in turn ({per} /s), after one untimed "
-        "send to each (a process's first send to a row it never wrote goes the locked way); "
-        f"every send counted in the instances' seqs; the {found.instances:,} instances "
-        f"created through the API in {found.create_seconds:.1f} s; {found.cpu_note()}",
-    )
-
-
-def contended_row(found: Parallel, one: float | None) -> Row:
-    per = ", ".join(f"{r:,.0f}" for r in found.rates)
-    return judged(
-        f"send, one instance, {found.processes} processes",
-        f"{found.total:,.0f} sends/s",
-        found.total,
-        one,
-        "1 instance",
-        "-",
-        None,
-        f"{found.timed:,} sends in {found.seconds:.1f} s, every process to the same instance "
-        f"({per} /s): each finds the row moved by another and takes its lock; for comparison "
-        f"with the 1,000 instances above; {found.cpu_note()}",
+        "-" if shared else ">= 2.00x 1 instance",
+        None if shared else 2.0,
+        f"{found.timed:,} sends in {found.seconds:.1f} s, {how}; {found.cpu_note()}",
     )
 
 
@@ -738,7 +736,7 @@ def postgres_section(rows: list[Row], pg: PostgresBench) -> None:
 
     shared = attempt(rows, "send, one instance, several processes, PostgreSQL", contended)
     if shared is not None:
-        rows.append(contended_row(shared, found.send_rate if found else None))
+        rows.append(parallel_row(shared, found.send_rate if found else None))
     progress.print(f"PostgreSQL machines: timers, {msizes.armed:,} armed ...")
 
     def timers() -> Timers:

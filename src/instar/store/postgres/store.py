@@ -248,10 +248,11 @@ class PostgresStore(SQLStore):
             "queues": None if claim.queues is None else list(claim.queues),
             "names": None if claim.names is None else list(claim.names),
         }
-        conn.execute(Q["claim_plan"])
         if claim.limits is None:
+            conn.execute(Q["claim_plan_generic"])
             claimed = conn.execute(Q["claim"], params, binary=True)
         else:
+            conn.execute(Q["claim_plan"])
             # Under limits: find the limits the candidates are under, lock them,
             # then count and claim again, now that no other claim under them can
             # commit before this one (only jobs under these locks are taken).

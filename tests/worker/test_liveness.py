@@ -19,10 +19,12 @@ import pytest
 
 import instar
 from instar.clock import DatabaseClock, FrozenClock
+from instar.engine import Outcome, Returned
 from instar.lifecycle import State
 from instar.maintenance import lease_rescue
 from instar.maintenance.runner import Maintenance
 from instar.store.contract import Term
+from instar.worker import loop as loop_module
 from instar.worker.loop import RECHECKED_LATELY
 from tests.conftest import running_worker
 from tests.factory import job_in
@@ -497,6 +499,48 @@ def test_sys_exit_in_a_handler_fails_its_job_and_the_worker_goes_on(app: instar.
             assert (failed.state, failed.attempt) == (S.FAILED, 1)
             assert failed.error is not None and "SystemExit" in failed.error["message"]
         assert app.wait(after.enqueue().id, timeout=10).result == "still working"
+
+
+@pytest.mark.parametrize("kind", ["def", "async def"])
+def test_a_fault_of_the_workers_own_ending_one_run_fails_that_job_and_the_others_go_on(
+    app: instar.App,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    kind: str,
+) -> None:
+    """Planning the move that ends a run is Instar's code, not the handler's; if
+    it ever raises, the job still ends (failed, no retry) instead of staying
+    running under a worker that keeps its lease alive, and the jobs ending
+    beside it are not held up."""
+    if kind == "def":
+
+        @app.job(name="task", retry=instar.Retry(max_attempts=3))
+        def task(n: int) -> int:
+            return n
+
+    else:
+
+        @app.job(name="task", retry=instar.Retry(max_attempts=3))
+        async def task(n: int) -> int:
+            return n
+
+    real = loop_module.outcome_moves
+
+    def outcome_moves(job: instar.Job, outcome: Outcome, **kwargs: Any) -> Any:
+        if job.args == {"n": 1} and isinstance(outcome, Returned):
+            raise RuntimeError("a move nobody could plan")
+        return real(job, outcome, **kwargs)
+
+    monkeypatch.setattr(loop_module, "outcome_moves", outcome_moves)
+    jobs = [task.enqueue(n=n) for n in range(6)]
+    with caplog.at_level(logging.ERROR, logger="instar"), running_worker(app, concurrency=6):
+        ended = [app.wait(job.id, timeout=10) for job in jobs]
+    assert [(j.state, j.result) for j in ended] == [
+        (S.COMPLETED, 0), (S.FAILED, None), *((S.COMPLETED, n) for n in range(2, 6))
+    ]
+    assert ended[1].attempt == 1 and ended[1].error is not None
+    assert "a move nobody could plan" in ended[1].error["message"]
+    assert f"job {jobs[1].id}: the worker could not end its run" in caplog.text
 
 
 def test_maintenance_forgets_workers_unheard_of_for_a_day(

@@ -29,7 +29,6 @@ maintenance leadership at once.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import signal
@@ -589,18 +588,28 @@ class Worker:
         run.span = self._tracing.start(job)
         if definition.is_async:
             run.task = asyncio.create_task(self._execute(run), name=f"instar-job-{job.id}")
-            run.task.add_done_callback(functools.partial(self._finished, run))
         else:
             self._threads.submit(self._run_in_thread, run)
 
-    def _finished(self, run: _Run, task: asyncio.Task[None]) -> None:
-        """A run's task ended. If it ended by an error of Instar's own (an outcome it
-        could not even plan), the job still ends, failed, and the error is logged:
-        nothing is left running unseen, no exception goes unretrieved."""
-        if task.cancelled() or task.exception() is None:
-            return
-        error = task.exception()
-        assert error is not None
+    async def _execute(self, run: _Run) -> None:
+        """An ``async def`` handler's run, as a task on the loop. It never raises
+        (so no callback per task has to look at how it ended)."""
+        try:
+            try:
+                with self._tracing.inside(run.span):
+                    outcome = await call_async(run.definition, run.ctx, run.job.args)
+            except asyncio.CancelledError:
+                if not run.ctx.cancelled:
+                    return  # released at shutdown: _stop_what_can_stop has reported it
+                outcome = Cancelled()
+            self._ended(run, outcome)
+        except Exception as error:
+            self._could_not_end(run, error)
+
+    def _could_not_end(self, run: _Run, error: Exception) -> None:
+        """An error of Instar's own (an outcome it could not even plan) ended a
+        run: the job still ends, failed, and the error is logged; nothing is left
+        running unseen."""
         log.error("job %d: the worker could not end its run: %r", run.job.id, error)
         if self._running.get(run.job.id) is run:
             try:
@@ -608,17 +617,6 @@ class Worker:
             except Exception as exc:
                 log.error("job %d: left to its lease: %r", run.job.id, exc)
                 self._running.pop(run.job.id, None)
-
-    async def _execute(self, run: _Run) -> None:
-        """An ``async def`` handler's run, as a task on the loop."""
-        try:
-            with self._tracing.inside(run.span):
-                outcome = await call_async(run.definition, run.ctx, run.job.args)
-        except asyncio.CancelledError:
-            if not run.ctx.cancelled:
-                return  # released at shutdown: _stop_what_can_stop has reported it
-            outcome = Cancelled()
-        self._ended(run, outcome)
 
     def _run_in_thread(self, run: _Run) -> None:
         """A ``def`` handler's run, in a pool thread; its end goes back to the loop,
@@ -640,7 +638,11 @@ class Worker:
         # point either is taken below or signals again.
         self._thread_ends_signalled = False
         while self._thread_ends:
-            self._thread_done(*self._thread_ends.popleft())
+            run, outcome = self._thread_ends.popleft()
+            try:
+                self._thread_done(run, outcome)
+            except Exception as error:
+                self._could_not_end(run, error)
 
     def _arm_timeout(self, run: _Run) -> None:
         timeout = run.definition.options.timeout
@@ -698,8 +700,8 @@ class Worker:
         lately (else the loop's next batch rechecks them first)."""
         if self._running.get(run.job.id) is not run:
             return
+        moves = self._queue_outcome(run.ctx.job, retry, outcome)  # may raise: still running
         del self._running[run.job.id]
-        moves = self._queue_outcome(run.ctx.job, retry, outcome)
         self._tracing.ending(
             run.span, moves, outcome.error if isinstance(outcome, Raised) else None
         )

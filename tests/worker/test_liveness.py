@@ -536,7 +536,9 @@ def test_a_fault_of_the_workers_own_ending_one_run_fails_that_job_and_the_others
     with caplog.at_level(logging.ERROR, logger="instar"), running_worker(app, concurrency=6):
         ended = [app.wait(job.id, timeout=10) for job in jobs]
     assert [(j.state, j.result) for j in ended] == [
-        (S.COMPLETED, 0), (S.FAILED, None), *((S.COMPLETED, n) for n in range(2, 6))
+        (S.COMPLETED, 0),
+        (S.FAILED, None),
+        *((S.COMPLETED, n) for n in range(2, 6)),
     ]
     assert ended[1].attempt == 1 and ended[1].error is not None
     assert "a move nobody could plan" in ended[1].error["message"]

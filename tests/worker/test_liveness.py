@@ -20,11 +20,11 @@ import pytest
 import instar
 from instar.clock import DatabaseClock, FrozenClock
 from instar.engine import Outcome, Returned
+from instar.engine import outcome_moves as engine_outcome_moves
 from instar.lifecycle import State
 from instar.maintenance import lease_rescue
 from instar.maintenance.runner import Maintenance
 from instar.store.contract import Term
-from instar.worker import loop as loop_module
 from instar.worker.loop import RECHECKED_LATELY
 from tests.conftest import running_worker
 from tests.factory import job_in
@@ -524,14 +524,14 @@ def test_a_fault_of_the_workers_own_ending_one_run_fails_that_job_and_the_others
         async def task(n: int) -> int:
             return n
 
-    real = loop_module.outcome_moves
+    real = engine_outcome_moves
 
     def outcome_moves(job: instar.Job, outcome: Outcome, **kwargs: Any) -> Any:
         if job.args == {"n": 1} and isinstance(outcome, Returned):
             raise RuntimeError("a move nobody could plan")
         return real(job, outcome, **kwargs)
 
-    monkeypatch.setattr(loop_module, "outcome_moves", outcome_moves)
+    monkeypatch.setattr("instar.worker.loop.outcome_moves", outcome_moves)
     jobs = [task.enqueue(n=n) for n in range(6)]
     with caplog.at_level(logging.ERROR, logger="instar"), running_worker(app, concurrency=6):
         ended = [app.wait(job.id, timeout=10) for job in jobs]

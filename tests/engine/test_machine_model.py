@@ -175,6 +175,7 @@ class TransitionSpec:
     guard: str | None = None
     set: tuple[tuple[str, int | Ref], ...] = ()
     add: tuple[tuple[str, int | Ref], ...] = ()
+    unset: tuple[str, ...] = ()
 
 
 @dataclass
@@ -259,6 +260,7 @@ def _transition(
         adds.append(("n", draw(st.sampled_from(_AMOUNTS))))
     if draw(st.integers(0, 3)) == 0:
         adds.append(("m", 1))
+    unset = ("m",) if draw(st.integers(0, 3)) == 0 else ()
     return TransitionSpec(
         sources,
         event if event is not None else draw(st.sampled_from(ALPHABET)),
@@ -267,6 +269,7 @@ def _transition(
         guard,
         tuple(updates),
         tuple(adds),
+        unset,
     )
 
 
@@ -415,6 +418,9 @@ def toml_text(spec: Spec) -> str:
             if pairs:
                 body = ", ".join(f"{k} = {_toml_value(v)}" for k, v in pairs)
                 lines.append(f"{part} = {{ {body} }}")
+        if t.unset:
+            keys = ", ".join(f'"{k}"' for k in t.unset)
+            lines.append(f"unset = [{keys}]")
         lines.append("")
     return "\n".join(lines)
 
@@ -460,6 +466,7 @@ def builder_machine(spec: Spec) -> Machine:
             guard=None if t.guard is None else GUARDS[t.guard],
             set={k: _builder_value(v) for k, v in t.set} or None,
             add={k: _builder_value(v) for k, v in t.add} or None,
+            unset=t.unset,
         )
     return machine
 
@@ -555,7 +562,7 @@ class Model:
     def updated(
         self, t: TransitionSpec, context: Mapping[str, Any], data: Mapping[str, Any]
     ) -> dict[str, Any] | None:
-        """The context after ``t``'s set and add (read from the context before),
+        """The context after ``t``'s set, add and unset (read from the context before),
         or None when a value is missing or not a number."""
         before = copy.deepcopy(dict(context))
         after = copy.deepcopy(before)
@@ -575,6 +582,8 @@ class Model:
             if not isinstance(amount, int) or not isinstance(current, int):
                 return None
             after[key] = current + amount
+        for key in t.unset:
+            after.pop(key, None)
         return after
 
     def decide(

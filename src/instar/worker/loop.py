@@ -83,6 +83,13 @@ PREFETCH_PAUSE = 5.0
 MAX_CLAIM = 500
 """Jobs one batch claims at most."""
 
+MAX_AHEAD = 4 * MAX_CLAIM
+"""Jobs a worker claims ahead at most, however fast it goes: a job held in memory
+costs about 1 KB, so a worker's memory does not grow with its pace (``make
+bench``, SQLite, 300,000 no-op jobs: RSS from job 10,000 on +8.3 % uncapped, with
+a buffer of ~7,000 jobs at 14,000 jobs/s; +0.7 % capped, for 2-4 % of
+throughput)."""
+
 RECHECKED_LATELY = 0.1
 """Seconds after a batch rechecked the jobs claimed ahead during which a slot that
 frees starts the next of them at once, without waiting for the next batch."""
@@ -366,16 +373,17 @@ class Worker:
 
     def _claims_wanted(self) -> int:
         """Free slots, plus, while the queue has a backlog, as many jobs ahead as
-        this worker starts in half its ``claim_ahead_wait`` at its current pace:
-        the batch grows with the pace, not with the number of slots, and a job
-        claimed ahead is one that will start soon. No claiming ahead for a while
-        after a job claimed ahead had to go back (it would only come back again)."""
+        this worker starts in half its ``claim_ahead_wait`` at its current pace
+        (``MAX_AHEAD`` at most): the batch grows with the pace, not with the
+        number of slots, and a job claimed ahead is one that will start soon.
+        No claiming ahead for a while after a job claimed ahead had to go back
+        (it would only come back again)."""
         if self._stopping:
             return 0
         ahead = 0
         if self._backlog and time.monotonic() >= self._prefetch_after:
             soon = self._pace.per_second() * self.settings.claim_ahead_wait / 2
-            ahead = max(self.settings.concurrency, int(soon))
+            ahead = max(self.settings.concurrency, min(int(soon), MAX_AHEAD))
         wanted = self._free_slots() + ahead - len(self._buffer)
         return max(0, min(wanted, MAX_CLAIM))
 

@@ -40,6 +40,7 @@ POSTGRES_ONLY = {
     "claim_plan": "the claim walks jobs_ready in order even where statistics are stale",
     "roll_up": "a batch of the feed in commit order (tx, id) counted in one statement",
     "claim_plan_reset": "the end of claim_plan",
+    "claim_plan_generic": "claim_plan with the plans first made kept: no planning at each claim",
     "lock_limits": "claims under one limit take turns (SQLite has one writer anyway)",
     "limit_locks": "the limits a claim's candidates are under, which it then locks",
     "claim_plan_no_jit": "a claim under limits is not compiled for its disabled sorts",

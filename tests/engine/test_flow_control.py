@@ -70,6 +70,18 @@ def test_a_job_held_back_by_its_key_stays_ready_and_is_claimed_when_the_slot_fre
         assert [j.id for j in _claim(app, "w2")] == [second.id]
 
 
+def test_jobs_enqueued_together_keep_their_own_keys_and_their_order(
+    limited: instar.App,
+) -> None:
+    with limited as app:
+        jobs = app.enqueue_many("sync_user", [{"user": 7}, {"user": 8}, {"user": 7}])
+        assert [app.get(job.id).args for job in jobs] == [{"user": 7}, {"user": 8}, {"user": 7}]
+        assert jobs[0].id < jobs[1].id < jobs[2].id
+        claimed = _claim(app, "w1")
+        assert sorted(j.id for j in claimed) == [jobs[0].id, jobs[1].id]
+        assert [len(app.history(job.id)) for job in jobs] == [2, 2, 1]
+
+
 def test_a_queue_limit_counts_the_jobs_of_every_worker_and_leaves_other_queues_alone(
     limited: instar.App,
 ) -> None:

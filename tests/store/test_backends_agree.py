@@ -21,7 +21,6 @@ SQLITE_ONLY = {
     "pragmas": "WAL and the busy timeout are per connection",
     "data_version": "how other processes' commits are noticed",
     "max_job_id": "bulk insert numbers rows under the write lock",
-    "insert_jobs_alike": "bulk insert of jobs alike but for their arguments, from a JSON array",
     "quick_check": "a check of the file's pages (PostgreSQL checks its own)",
     "claim_any_queue": "no array type: one claim per queue filter shape",
     "claim_from_queues": "no array type: one claim per queue filter shape",

@@ -66,6 +66,34 @@ class NewJob:
     trace_context: str | None = None
     """The trace context of the code that enqueued it (``instar.tracing``)."""
 
+    def shared(self) -> tuple[Any, ...]:
+        """Every column but the arguments: what jobs of one ``enqueue_many`` share."""
+        return (
+            self.name,
+            self.queue,
+            self.state,
+            self.priority,
+            self.max_attempts,
+            self.key,
+            self.run_at,
+            self.lease_seconds,
+            self.pause_timeout,
+            self.parent_id,
+            self.limit_key,
+            self.rate_key,
+            self.trace_context,
+        )
+
+
+def alike_but_args(jobs: Sequence[NewJob]) -> bool:
+    """Whether several jobs without keys differ only in their arguments: a
+    backend then inserts them in one statement that takes the shared columns
+    once and the arguments as one JSON array."""
+    if len(jobs) < 2 or jobs[0].key is not None:
+        return False
+    shared = jobs[0].shared()
+    return all(job.shared() == shared for job in jobs)
+
 
 @dataclass(slots=True)
 class Move:

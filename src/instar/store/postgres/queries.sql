@@ -84,6 +84,30 @@ WITH input AS (
 )
 SELECT id FROM inserted ORDER BY id
 
+-- name: insert_jobs_alike
+-- Many jobs without keys alike but for their arguments (a JSON array of the
+-- arguments' JSON texts) and their first events, in one statement: the shared
+-- columns are sent once. The ids come back as one array, in the caller's order.
+WITH inserted AS (
+    INSERT INTO jobs (name, queue, state, priority, max_attempts, args, run_at,
+                      lease_seconds, pause_timeout, parent_id, created_at, updated_at,
+                      limit_key, rate_key, trace_context)
+    SELECT %(name)s::text, %(queue)s::text, %(state)s::text, %(priority)s::integer,
+           %(max_attempts)s::integer, t.args, %(run_at)s::double precision,
+           %(lease_seconds)s::double precision, %(pause_timeout)s::double precision,
+           %(parent_id)s::bigint, %(now)s::double precision, %(now)s::double precision,
+           %(limit_key)s::text, %(rate_key)s::text, %(trace_context)s::text
+    FROM json_array_elements_text(%(args)s::json) WITH ORDINALITY AS t(args, n)
+    ORDER BY n
+    RETURNING id, state
+), event AS (
+    INSERT INTO events (job_id, at, from_state, to_state, trigger, attempt, worker, actor, detail)
+    SELECT id, %(now)s::double precision, NULL, state, %(trigger)s::text, 0, NULL,
+           %(actor)s::text, NULL
+    FROM inserted ORDER BY id
+)
+SELECT array_agg(id ORDER BY id) FROM inserted
+
 -- name: insert_enqueued_events
 -- The first event of each new job, in one statement.
 INSERT INTO events (job_id, at, from_state, to_state, trigger, attempt, worker, actor, detail)

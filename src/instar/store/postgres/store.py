@@ -10,6 +10,7 @@ its own schema beside an application's tables (``?schema=instar``).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import threading
@@ -36,7 +37,15 @@ from instar.errors import (
 from instar.lifecycle import State
 from instar.models import Job
 from instar.payload import safe_text
-from instar.store.contract import SCAN_FACTOR, Advance, ArgsMatch, ClaimRequest, NewJob, Wake
+from instar.store.contract import (
+    SCAN_FACTOR,
+    Advance,
+    ArgsMatch,
+    ClaimRequest,
+    NewJob,
+    Wake,
+    alike_but_args,
+)
 from instar.store.records import datetime_of, new_job_record
 from instar.store.sql_blocks import load_queries
 from instar.store.sql_store import SQLStore, SQLTransaction
@@ -273,6 +282,32 @@ class PostgresStore(SQLStore):
     def _insert_rows(
         self, conn: psycopg.Connection[Any], jobs: Sequence[NewJob], now: float, actor: str | None
     ) -> list[int | None]:
+        if alike_but_args(jobs):
+            # Jobs and their events in one statement: the shared columns once,
+            # the arguments as one JSON array (psycopg dumps arrays element by
+            # element in Python: 13 arrays cost ~17 µs a job, this ~0.2).
+            first = jobs[0]
+            params = {
+                "name": first.name,
+                "queue": first.queue,
+                "state": first.state.value,
+                "priority": first.priority,
+                "max_attempts": first.max_attempts,
+                "args": json.dumps([j.args_json for j in jobs]),
+                "run_at": first.run_at,
+                "lease_seconds": first.lease_seconds,
+                "pause_timeout": first.pause_timeout,
+                "parent_id": first.parent_id,
+                "limit_key": first.limit_key,
+                "rate_key": first.rate_key,
+                "trace_context": first.trace_context,
+                "now": now,
+                "actor": actor,
+                "trigger": Trigger.ENQUEUED.value,
+            }
+            row = conn.execute(Q["insert_jobs_alike"], params, binary=True).fetchone()
+            assert row is not None, "an aggregate returns one row"
+            return list(row[0])
         if len(jobs) > 1 and all(j.key is None for j in jobs):
             # Jobs and their events in one statement, the columns as arrays sent
             # in binary (no quoting of each element).

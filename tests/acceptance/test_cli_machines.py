@@ -299,7 +299,7 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(database: str, tmp_pat
 
 def test_every_machines_command_has_help() -> None:
     runner = CliRunner()
-    group = cli.commands["machines"]
+    group = cli.get_command(click.Context(cli), "machines")
     assert isinstance(group, click.Group)
     for name, command in group.commands.items():
         assert command.help, name

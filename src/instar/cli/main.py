@@ -1,21 +1,50 @@
 """The ``instar`` command: the click group and its commands, gathered from one module per topic.
 
 The commands are thin shells over the App; none touches SQL. ``instar.cli.common`` holds what
-they share, including how an error becomes a line on stderr and an exit code.
+they share, including how an error becomes a line on stderr and an exit code. A topic's module
+is imported when one of its commands runs (every one of them for ``--help``): a worker process
+does not load the dashboard's, the machines' or the output schemas' code.
 """
 
 from __future__ import annotations
 
+import importlib
 import io
 import sys
 
 import click
 
-from instar.cli import database, jobs, machines, periodic, queues, signals, web, worker
 from instar.cli.common import InstarGroup, setup_logging
 
+TOPICS: dict[str, tuple[str, ...]] = {
+    "jobs": ("enqueue", "jobs", "show", "cancel", "retry", "pause", "resume", "stop"),
+    "signals": ("resolve", "reject"),
+    "queues": ("queues", "pause-queue", "resume-queue"),
+    "periodic": ("periodic", "pause-periodic", "resume-periodic"),
+    "worker": ("worker",),
+    "database": ("migrate", "lifecycle", "demo", "prune"),
+    "web": ("serve", "token"),
+    "machines": ("machines",),
+}
+"""Each module of ``instar.cli`` and the names of the commands in its ``COMMANDS``."""
 
-@click.group(cls=InstarGroup, context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(InstarGroup):
+    """The group whose commands are imported from their topic's module on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(name for names in TOPICS.values() for name in names)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        for topic, names in TOPICS.items():
+            if cmd_name in names:
+                module = importlib.import_module(f"instar.cli.{topic}")
+                found: tuple[click.Command, ...] = module.COMMANDS
+                return next(command for command in found if command.name == cmd_name)
+        return None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="instar")
 def cli() -> None:
     """Instar: durable jobs with an explicit lifecycle.
@@ -26,19 +55,6 @@ def cli() -> None:
     job name, 6 bad payload, 7 bad configuration.
     """
     setup_logging()
-
-
-for _command in (
-    *jobs.COMMANDS,
-    *signals.COMMANDS,
-    *queues.COMMANDS,
-    *periodic.COMMANDS,
-    *worker.COMMANDS,
-    *database.COMMANDS,
-    *web.COMMANDS,
-    *machines.COMMANDS,
-):
-    cli.add_command(_command)
 
 
 def main() -> None:

@@ -21,8 +21,9 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 from instar.clock import Clock, DatabaseClock
 from instar.engine import Engine, Operator, Reader
@@ -30,7 +31,6 @@ from instar.engine.feed import EventFeed
 from instar.errors import ConfigurationError, InvalidOption
 from instar.lifecycle import JOBS, State, is_terminal
 from instar.listeners import Listener, Listeners, Subscription
-from instar.machines import MachineRuntime, Machines
 from instar.maintenance.pruning import PruneReport, prune_all
 from instar.models import Awakeable, Event, FlowLimitInfo, Job, QueueStats
 from instar.payload import DEFAULT_MAX_BYTES, encode
@@ -53,6 +53,10 @@ from instar.store.urls import redact
 from instar.tracing import carrier
 from instar.vocabulary import Actor
 from instar.worker.loop import Worker, WorkerReport, WorkerSettings
+
+if TYPE_CHECKING:
+    from instar.machines import MachineRuntime, Machines
+    from instar.store.contract import Transaction
 
 log = logging.getLogger("instar.app")
 
@@ -143,9 +147,24 @@ class App:
         self._open_lock = threading.Lock()
         self._subscriptions: list[Subscription] = []
         self._listeners: Listeners | None = None
-        self._machine_runtime = MachineRuntime(lambda: self.engine, self.registry)
-        self.machines = Machines(self._machine_runtime)
-        """User-defined durable state machines (``instar.machines``)."""
+
+    @cached_property
+    def machines(self) -> Machines:
+        """User-defined durable state machines (``instar.machines``). Their code
+        is imported on first use: an App without machines does not load it."""
+        from instar.machines import Machines
+
+        return Machines(self._machine_runtime)
+
+    @cached_property
+    def _machine_runtime(self) -> MachineRuntime:
+        from instar.machines import MachineRuntime
+
+        return MachineRuntime(lambda: self.engine, self.registry)
+
+    def _deliver_replies(self, tx: Transaction, job_ids: Sequence[int]) -> None:
+        """The engine's hook for jobs that machines await (none without machines)."""
+        self._machine_runtime.deliver_replies(tx, job_ids)
 
     @property
     def engine(self) -> Engine:
@@ -154,7 +173,7 @@ class App:
                 if self._engine is None:
                     store = open_store(self.database, read_only=self.read_only)
                     self._engine = Engine(store, self.clock)
-                    self._engine.replies = self._machine_runtime.deliver_replies
+                    self._engine.replies = self._deliver_replies
                     if self._subscriptions:
                         self._listeners = Listeners(self._engine, self._subscriptions)
         return self._engine
@@ -818,7 +837,7 @@ class App:
                 max_payload_bytes=self.max_payload_bytes,
                 **{"retention": self.retention, **settings},
             ),
-            machines=self._machine_runtime,
+            machines=lambda: self._machine_runtime,
         )
 
     def run_worker(

@@ -1068,7 +1068,8 @@ class MachinesAgreeWithTheModel(RuleBasedStateMachine):
     def advance_and_fire_timers(self, seconds: float) -> None:
         self.clock.advance(seconds)
         self.model_.now = self.clock.now()
-        fired = MachineTimers(self.m.machines.runtime).run_once()
+        runtime = self.m.machines.runtime
+        fired = MachineTimers(runtime.engine, lambda: runtime).run_once()
         assert fired == self.model_.fire_due()
 
     def rollback(self, pick: int) -> None:

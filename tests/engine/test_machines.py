@@ -163,7 +163,7 @@ def shop(app: instar.App) -> None:
 
 
 def fire_timers(app: instar.App) -> int:
-    return MachineTimers(app.machines.runtime).run_once()
+    return MachineTimers(app.engine, lambda: app.machines.runtime).run_once()
 
 
 def timers(app: instar.App, machine: str, key: str) -> list[tuple[str, str, float]]:
@@ -373,7 +373,8 @@ def test_a_due_timer_fires_once_whoever_runs_maintenance(
     shop(app)
     app.machines.create("order", "A-1", {"total": 10})
     clock.advance(1800)
-    leaders = [Maintenance(app.engine, f"w{i}", machines=app.machines.runtime) for i in range(2)]
+    runtime = app.machines.runtime
+    leaders = [Maintenance(app.engine, f"w{i}", machines=lambda: runtime) for i in range(2)]
     fired = [leader.run_if_leader() for leader in leaders]
     assert [r["machine_timers"] if r else None for r in fired] == [1, None]
     assert fire_timers(app) == 0
@@ -778,7 +779,7 @@ def test_history_retention_keeps_the_last_entries_and_verify_and_rollback_still_
     for _ in range(9):
         m.send("counter", "c", "tick")
     m.retain("counter", keep_last=3)
-    assert MachineHistory(m.runtime).run_once() == 7
+    assert MachineHistory(app.engine).run_once() == 7
     assert [h.seq for h in m.history("counter", "c")] == [8, 9, 10]
     assert m.verify("counter", "c").ok
     with pytest.raises(instar.errors.InvalidOption, match="pruned by its retention"):

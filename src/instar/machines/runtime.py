@@ -869,17 +869,6 @@ class MachineRuntime:
         with self.engine.transaction() as tx:
             tx.save_retention(machine, keep_last, keep_days)
 
-    def prune(self, limit: int = 1_000) -> int:
-        """One pass of history retention: up to ``limit`` entries per machine."""
-        pruned = 0
-        for machine, keep_last, keep_days in self.engine.store.machine_retentions():
-            with self.engine.transaction() as tx:
-                before = None if keep_days is None else tx.now - keep_days * 86_400
-                if keep_last is None and before is None:
-                    continue
-                pruned += tx.prune_history(machine, keep_last, before, limit)
-        return pruned
-
     # -- reads ---------------------------------------------------------------------------------
 
     def get(self, machine: str, key: str) -> Instance:

@@ -10,11 +10,11 @@ others still run.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from instar.engine import Engine
-from instar.machines import MachineRuntime
 from instar.maintenance.lease_rescue import LeaseRescue
 from instar.maintenance.machine_timers import MachineHistory, MachineTimers
 from instar.maintenance.pause_timeouts import PauseTimeouts
@@ -26,6 +26,9 @@ from instar.maintenance.timers import Timers
 from instar.maintenance.waiters import Waiters
 from instar.registry import JobDefinition
 from instar.retention import Retention
+
+if TYPE_CHECKING:
+    from instar.machines import MachineRuntime
 
 log = logging.getLogger("instar.maintenance")
 
@@ -50,13 +53,13 @@ def default_services(
     engine: Engine,
     retention: Retention | None = None,
     definitions: Sequence[JobDefinition] = (),
-    machines: MachineRuntime | None = None,
+    machines: Callable[[], MachineRuntime] | None = None,
 ) -> list[Service]:
     """Every service; ``definitions``: the code's jobs, whose schedules the
-    periodic service follows; ``machines``: the App's durable machines, whose
-    timers and history retention it keeps."""
+    periodic service follows; ``machines``: the App's durable machines (built
+    on first call), whose timers and history retention it keeps."""
     machine_services: list[Service] = (
-        [MachineTimers(machines), MachineHistory(machines)] if machines is not None else []
+        [MachineTimers(engine, machines), MachineHistory(engine)] if machines is not None else []
     )
     return [
         PeriodicJobs(engine, definitions),
@@ -79,7 +82,7 @@ class Maintenance:
         services: Sequence[Service] | None = None,
         retention: Retention | None = None,
         definitions: Sequence[JobDefinition] = (),
-        machines: MachineRuntime | None = None,
+        machines: Callable[[], MachineRuntime] | None = None,
     ) -> None:
         self.engine = engine
         self.holder = holder

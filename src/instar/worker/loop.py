@@ -41,7 +41,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from instar.context import Context
 from instar.engine import (
@@ -57,7 +57,6 @@ from instar.engine import (
 )
 from instar.errors import StoreRefused
 from instar.lifecycle import State
-from instar.machines import MachineRuntime
 from instar.maintenance.runner import Maintenance
 from instar.models import Job
 from instar.payload import DEFAULT_MAX_BYTES
@@ -72,6 +71,9 @@ from instar.worker.heartbeat import Heartbeat
 from instar.worker.job_log import JobLog
 from instar.worker.observer import RunObserver
 from instar.worker.outbox import Outbox
+
+if TYPE_CHECKING:
+    from instar.machines import MachineRuntime
 
 log = logging.getLogger("instar.worker")
 
@@ -160,7 +162,7 @@ class Worker:
         engine: Engine,
         registry: Mapping[str, JobDefinition],
         settings: WorkerSettings | None = None,
-        machines: MachineRuntime | None = None,
+        machines: Callable[[], MachineRuntime] | None = None,
     ) -> None:
         self.engine = engine
         self.registry = registry

@@ -19,6 +19,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from instar.human_time import duration, moment
 from instar.lifecycle import State, is_terminal
 from instar.models import Event, Job, Progress
 from instar.vocabulary import Actor, Trigger
@@ -167,33 +168,6 @@ def current_phase(timeline: Sequence[Event]) -> str | None:
         elif event.trigger == Trigger.PHASE and isinstance(event.detail, dict):
             phase = event.detail.get("phase")
     return phase
-
-
-def duration(seconds: float) -> str:
-    """A duration for people: ``0.08s``, ``12.3s``, ``4m 05s``, ``2h 03m``, ``3d 04h``."""
-    seconds = max(0.0, seconds)
-    if seconds < 10:
-        return f"{seconds:.2f}s"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m {secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours}h {minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d {hours:02d}h"
-
-
-def moment(at: datetime, now: datetime | None = None) -> str:
-    """A time for people, in UTC to the millisecond; with ``now``, how far away it is
-    (``in 4m 10s``, ``3.20s ago``)."""
-    text = at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] + " UTC"
-    if now is None:
-        return text
-    ahead = (at - now).total_seconds()
-    return f"{text} (in {duration(ahead)})" if ahead >= 0 else f"{text} ({duration(-ahead)} ago)"
 
 
 def field_value(value: Any, now: datetime | None = None) -> RenderableType:

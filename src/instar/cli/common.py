@@ -21,22 +21,44 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 import click
-from rich.console import Console
-from rich.markup import escape
 
 from instar.app import App, DatabaseSource
 from instar.errors import ConfigurationError, InstarError, InvalidOption
 from instar.registry.limits import MAX_ID, shown, utf8_problem
 from instar.store.urls import redact
 
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    out: Console
+    """The console on stdout."""
+    err: Console
+    """The console on stderr."""
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+def __getattr__(name: str) -> Console:
+    """``out`` and ``err``, made on first use: Rich (~50 ms of imports) is not
+    loaded by a command that prints nothing through it, such as a worker until
+    its last line."""
+    if name not in ("out", "err"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return _console(name)
+
+
+def _console(name: str) -> Console:
+    found: Console | None = globals().get(name)
+    if found is None:
+        from rich.console import Console
+
+        found = globals()[name] = Console(stderr=name == "err", highlight=False, soft_wrap=True)
+    return found
+
 
 database_option = click.option(
     "--database",
@@ -64,12 +86,16 @@ def printable(text: str) -> str:
 
 def error_line(message: str) -> None:
     """One line on stderr: ``error: message``."""
-    err.print(f"[bold red]error:[/] {escape(printable(message))}", markup=True)
+    from rich.markup import escape
+
+    _console("err").print(f"[bold red]error:[/] {escape(printable(message))}", markup=True)
 
 
 def note_line(message: str) -> None:
     """One line on stderr: ``note: message`` (a choice the user may not expect)."""
-    err.print(f"[yellow]note:[/] {escape(printable(message))}", markup=True)
+    from rich.markup import escape
+
+    _console("err").print(f"[yellow]note:[/] {escape(printable(message))}", markup=True)
 
 
 def reports_errors(fn: Callable[P, R]) -> Callable[P, R]:
@@ -235,7 +261,7 @@ def opened_app(
 
 def print_json(data: Any) -> None:
     """Print JSON-compatible data (a shape's ``as_json()``, or a list or dict of them)."""
-    out.print_json(json.dumps(data))
+    _console("out").print_json(json.dumps(data))
 
 
 def read_json(text: str, option: str) -> Any:

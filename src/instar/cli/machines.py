@@ -40,8 +40,9 @@ from instar.cli.common import (
     reports_errors,
 )
 from instar.diagram import Format
-from instar.display import cell, fields_table, moment
+from instar.display import cell, fields_table
 from instar.errors import ConfigurationError, InvalidOption
+from instar.human_time import moment
 from instar.machines import (
     Definition,
     HistoryEntry,

@@ -18,7 +18,6 @@ from instar.cli.common import (
     JsonFormatter,
     app_option,
     database_option,
-    err,
     json_option,
     opened_app,
     print_json,
@@ -135,7 +134,7 @@ def worker(
         record = logging.makeLogRecord({"name": log.name, "levelname": "INFO", "msg": done})
         sys.stderr.write(JsonFormatter().format(record) + "\n")
     else:
-        err.print(done)
+        click.echo(done, err=True)
     if any(
         t.is_alive() and not t.daemon
         for t in threading.enumerate()

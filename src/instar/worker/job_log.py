@@ -24,7 +24,7 @@ import logging
 import time
 from typing import Any
 
-from instar.display import duration
+from instar.human_time import duration
 from instar.lifecycle import State, is_leased
 from instar.models import Job
 from instar.store.contract import Move

@@ -122,6 +122,8 @@ class JobDefinition:
         """The (concurrency key, rate key) of a job with these arguments: its
         limits' key templates filled in, or its name where a limit has no key;
         None where it has no such limit. ``PayloadError`` (``fill_key``)."""
+        if self.options.concurrency is None and self.options.rate is None:
+            return None, None
         keys: list[str | None] = []
         for limit in (self.options.concurrency, self.options.rate):
             if limit is None:

@@ -89,7 +89,7 @@ def new_jobs(
     what = f"arguments of job {definition.name!r}"
     specs = []
     for args in many_args:
-        if not isinstance(args, Mapping):
+        if type(args) is not dict and not isinstance(args, Mapping):
             raise InvalidOption(
                 f"job arguments must be a mapping of names to values, got {type(args).__name__}"
             )

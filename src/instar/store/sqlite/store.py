@@ -262,42 +262,22 @@ class SQLiteStore(SQLStore):
     def _insert_rows(
         self, conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float, actor: str | None
     ) -> list[int | None]:
-        rows = [
-            (
-                j.name,
-                j.queue,
-                j.state.value,
-                j.priority,
-                j.max_attempts,
-                j.args_json,
-                j.key,
-                j.run_at,
-                j.lease_seconds,
-                j.pause_timeout,
-                j.parent_id,
-                now,
-                now,
-                j.limit_key,
-                j.rate_key,
-                j.trace_context,
-            )
-            for j in jobs
-        ]
         if len(jobs) > 1 and all(j.key is None for j in jobs):
             # No key can collide, so ids are consecutive under the write lock.
             first = conn.execute(Q["max_job_id"]).fetchone()[0] + 1
             if alike_but_args(jobs):
                 # One statement reads the arguments from a JSON array (about 4x executemany).
-                params = (*rows[0][:5], json.dumps([j.args_json for j in jobs]), *rows[0][6:])
+                row = _row(jobs[0], now)
+                params = (*row[:5], json.dumps([j.args_json for j in jobs]), *row[6:])
                 conn.execute(Q["insert_jobs_alike"], params)
             else:
-                conn.executemany(Q["insert_job"], rows)
-            new = range(first, first + len(rows))
+                conn.executemany(Q["insert_job"], [_row(j, now) for j in jobs])
+            new = range(first, first + len(jobs))
             self._first_events(conn, new, now, actor)
             return list(new)
         ids: list[int | None] = []
-        for row in rows:
-            cursor = conn.execute(Q["insert_job"], row)
+        for job in jobs:
+            cursor = conn.execute(Q["insert_job"], _row(job, now))
             ids.append(int(cursor.lastrowid or 0) if cursor.rowcount else None)
         self._first_events(conn, [i for i in ids if i is not None], now, actor)
         return ids
@@ -360,3 +340,25 @@ def _split_statements(script: str) -> list[str]:
                 statements.append(buffer.strip())
             buffer = ""
     return statements
+
+
+def _row(job: NewJob, now: float) -> tuple[Any, ...]:
+    """The parameters of ``insert_job`` for one job."""
+    return (
+        job.name,
+        job.queue,
+        job.state.value,
+        job.priority,
+        job.max_attempts,
+        job.args_json,
+        job.key,
+        job.run_at,
+        job.lease_seconds,
+        job.pause_timeout,
+        job.parent_id,
+        now,
+        now,
+        job.limit_key,
+        job.rate_key,
+        job.trace_context,
+    )

@@ -147,6 +147,7 @@ class App:
         self._open_lock = threading.Lock()
         self._subscriptions: list[Subscription] = []
         self._listeners: Listeners | None = None
+        self._runtime: MachineRuntime | None = None
 
     @cached_property
     def machines(self) -> Machines:
@@ -156,11 +157,17 @@ class App:
 
         return Machines(self._machine_runtime)
 
-    @cached_property
+    @property
     def _machine_runtime(self) -> MachineRuntime:
-        from instar.machines import MachineRuntime
+        """Built once, under the lock (two runtimes would each keep their own
+        registered machines); ``cached_property`` takes no lock from Python 3.12 on."""
+        if self._runtime is None:
+            with self._open_lock:
+                if self._runtime is None:
+                    from instar.machines import MachineRuntime
 
-        return MachineRuntime(lambda: self.engine, self.registry)
+                    self._runtime = MachineRuntime(lambda: self.engine, self.registry)
+        return self._runtime
 
     def _deliver_replies(self, tx: Transaction, job_ids: Sequence[int]) -> None:
         """The engine's hook for jobs that machines await (none without machines)."""

@@ -93,6 +93,28 @@ def note_params(note: Note, now: float) -> dict[str, Any]:
     }
 
 
+def new_job_params(job: NewJob, now: float) -> tuple[Any, ...]:
+    """The parameters of ``insert_job`` (either backend) for one new job."""
+    return (
+        job.name,
+        job.queue,
+        job.state.value,
+        job.priority,
+        job.max_attempts,
+        job.args_json,
+        job.key,
+        job.run_at,
+        job.lease_seconds,
+        job.pause_timeout,
+        job.parent_id,
+        now,
+        now,
+        job.limit_key,
+        job.rate_key,
+        job.trace_context,
+    )
+
+
 def new_job_record(job_id: int, new: NewJob, created: datetime) -> Job:
     return Job(
         id=job_id,

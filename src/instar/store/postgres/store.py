@@ -46,7 +46,7 @@ from instar.store.contract import (
     Wake,
     alike_but_args,
 )
-from instar.store.records import datetime_of, new_job_record
+from instar.store.records import datetime_of, new_job_params, new_job_record
 from instar.store.sql_blocks import load_queries
 from instar.store.sql_store import SQLStore, SQLTransaction
 from instar.store.urls import redact
@@ -332,27 +332,7 @@ class PostgresStore(SQLStore):
             return [row[0] for row in conn.execute(Q["insert_jobs_bulk"], columns)]
         ids: list[int | None] = []
         for job in jobs:
-            row = conn.execute(
-                Q["insert_job"],
-                (
-                    job.name,
-                    job.queue,
-                    job.state.value,
-                    job.priority,
-                    job.max_attempts,
-                    job.args_json,
-                    job.key,
-                    job.run_at,
-                    job.lease_seconds,
-                    job.pause_timeout,
-                    job.parent_id,
-                    now,
-                    now,
-                    job.limit_key,
-                    job.rate_key,
-                    job.trace_context,
-                ),
-            ).fetchone()
+            row = conn.execute(Q["insert_job"], new_job_params(job, now)).fetchone()
             ids.append(None if row is None else row[0])
         self._first_events(conn, [i for i in ids if i is not None], now, actor)
         return ids

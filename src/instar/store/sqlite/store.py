@@ -39,6 +39,7 @@ from instar.store.contract import (
     Wake,
     alike_but_args,
 )
+from instar.store.records import new_job_params
 from instar.store.sql_blocks import load_queries
 from instar.store.sql_store import SQLStore
 
@@ -267,17 +268,17 @@ class SQLiteStore(SQLStore):
             first = conn.execute(Q["max_job_id"]).fetchone()[0] + 1
             if alike_but_args(jobs):
                 # One statement reads the arguments from a JSON array (about 4x executemany).
-                row = _row(jobs[0], now)
+                row = new_job_params(jobs[0], now)
                 params = (*row[:5], json.dumps([j.args_json for j in jobs]), *row[6:])
                 conn.execute(Q["insert_jobs_alike"], params)
             else:
-                conn.executemany(Q["insert_job"], [_row(j, now) for j in jobs])
+                conn.executemany(Q["insert_job"], [new_job_params(j, now) for j in jobs])
             new = range(first, first + len(jobs))
             self._first_events(conn, new, now, actor)
             return list(new)
         ids: list[int | None] = []
         for job in jobs:
-            cursor = conn.execute(Q["insert_job"], _row(job, now))
+            cursor = conn.execute(Q["insert_job"], new_job_params(job, now))
             ids.append(int(cursor.lastrowid or 0) if cursor.rowcount else None)
         self._first_events(conn, [i for i in ids if i is not None], now, actor)
         return ids
@@ -340,25 +341,3 @@ def _split_statements(script: str) -> list[str]:
                 statements.append(buffer.strip())
             buffer = ""
     return statements
-
-
-def _row(job: NewJob, now: float) -> tuple[Any, ...]:
-    """The parameters of ``insert_job`` for one job."""
-    return (
-        job.name,
-        job.queue,
-        job.state.value,
-        job.priority,
-        job.max_attempts,
-        job.args_json,
-        job.key,
-        job.run_at,
-        job.lease_seconds,
-        job.pause_timeout,
-        job.parent_id,
-        now,
-        now,
-        job.limit_key,
-        job.rate_key,
-        job.trace_context,
-    )

@@ -191,3 +191,16 @@ def test_an_enqueue_on_an_idle_connection_joins_the_transaction_it_starts(
         conn.rollback()
     with pytest.raises(instar.JobNotFound):
         app.get(job.id)
+
+
+def test_a_claim_alone_tells_other_processes_of_its_events(app: instar.App, schema: str) -> None:
+    from instar.store.contract import ClaimRequest, Wake
+
+    job = app.enqueue("add", {"a": 1, "b": 2})
+    with instar.App(f"{POSTGRES}?schema={schema}") as other:
+        heard = threading.Event()
+        other.engine.subscribe(heard.set, Wake.EVENTS)  # listening once it returns
+        batch = app.engine.exchange([], [], ClaimRequest("w1", 5, None, names=["add"]))
+        assert [claimed.id for claimed in batch.claimed] == [job.id]
+        assert heard.wait(10), "the claim's events were never announced"
+    assert [e.trigger for e in app.history(job.id)] == ["enqueued", "claimed"]

@@ -13,7 +13,16 @@ from instar.errors import ConfigurationError
 from instar.lifecycle import State
 from instar.models import BulkRecord, Job
 from instar.store import open_store
-from instar.store.contract import ClaimRequest, Held, JobFilter, NewJob, Request, Store, Term
+from instar.store.contract import (
+    ClaimRequest,
+    Held,
+    JobFilter,
+    NewJob,
+    Recheck,
+    Request,
+    Store,
+    Term,
+)
 
 NOW = 1_800_000_000.0
 
@@ -122,6 +131,48 @@ def test_claimers_racing_never_share_a_job(database: str) -> None:
     assert sorted(everything) == list(range(1, 401))
     for s in stores:
         s.close()
+
+
+def test_a_claim_alone_takes_jobs_in_order_with_their_events_and_rechecks_the_rest(
+    store: Store,
+) -> None:
+    low, high, last = insert(store, [new_job(), new_job(priority=5), new_job()])
+    claimed, rechecked = store.claim_alone(ClaimRequest("w1", 2, None), [], NOW)
+    assert [j.id for j in claimed] == [high.id, low.id]
+    assert all((j.state, j.worker, j.attempt) == (State.RUNNING, "w1", 1) for j in claimed)
+    assert all(j.lease_token for j in claimed)
+    assert rechecked == []
+    claims = [store.events(job.id)[-1] for job in (high, low)]
+    assert [(e.from_state, e.to_state, e.trigger, e.worker) for e in claims] == [
+        (State.READY, State.RUNNING, "claimed", "w1"),
+    ] * 2
+    assert claims[0].id < claims[1].id  # the events in the order the claim took the jobs
+
+    # The jobs it claimed, rechecked with the next claim: the one cancelled since says so.
+    assert request_cancel(store, low.id)
+    claimed, rechecked = store.claim_alone(ClaimRequest("w1", 5, None), [high.id, low.id], NOW)
+    assert [j.id for j in claimed] == [last.id]
+    assert rechecked == [Recheck(low.id, True, True, False, False)]
+    claimed, rechecked = store.claim_alone(ClaimRequest("w1", 5, None), [], NOW)
+    assert (claimed, rechecked) == ([], [])
+
+
+def test_claims_alone_racing_on_one_store_never_share_a_job(database: str) -> None:
+    store = open_store(database)
+    insert(store, [new_job() for _ in range(300)])
+    taken: list[list[int]] = [[] for _ in range(4)]
+
+    def drain(i: int) -> None:
+        while got := store.claim_alone(ClaimRequest(f"w{i}", 7, None), [], NOW)[0]:
+            taken[i].extend(job.id for job in got)
+
+    threads = [threading.Thread(target=drain, args=(i,)) for i in range(len(taken))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(job_id for share in taken for job_id in share) == list(range(1, 301))
+    store.close()
 
 
 def test_a_key_is_inserted_once_even_within_one_batch(store: Store) -> None:

@@ -193,7 +193,17 @@ class Engine:
     ) -> BatchResult:
         """A worker's turn, in one transaction: its notes, the moves that end its
         runs (and what they set off), what changed for the jobs it claimed ahead
-        (``recheck``: their ids), then a claim of new jobs."""
+        (``recheck``: their ids), then a claim of new jobs. A claim with no
+        reports goes through ``Store.claim_alone`` (one round trip on
+        PostgreSQL)."""
+        if claim is not None and not finished and not notes:
+            now = self.clock.now()
+            claimed, rechecked = self.store.claim_alone(claim, recheck, now)
+            if claimed:
+                self._tell({Wake.EVENTS})
+                if self._observers:
+                    self._moved((job.id for job in claimed), now)
+            return BatchResult([], claimed, rechecked)
         with self._transaction(pipeline=True) as tx:
             tx.append_notes(notes)
             applied = self._apply(tx, finished) if finished else []

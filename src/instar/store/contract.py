@@ -927,6 +927,16 @@ class Store(
         machines' send when this process knows the instance's seq already."""
         ...
 
+    def claim_alone(
+        self, claim: ClaimRequest, recheck: Sequence[int], now: float
+    ) -> tuple[list[Job], list[Recheck]]:
+        """``Transaction.recheck`` of ``recheck`` and ``Transaction.claim``, with
+        nothing else to write (a worker's claim while its reports go elsewhere,
+        or while it has none): (the claimed jobs in claim order, the rechecks).
+        PostgreSQL, without limits: the claim, its events and the wake-up as one
+        statement in autocommit, sent with the recheck: one round trip."""
+        ...
+
     def enqueue_one(self, job: NewJob, actor: str | None, now: float) -> Job | None:
         """Insert one job that waits for no other (ready or scheduled), its first
         event and the wake-up, as one atomic write (PostgreSQL: one statement, one

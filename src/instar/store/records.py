@@ -7,7 +7,7 @@ backend's ``SELECT *`` may list them in any order.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -15,7 +15,7 @@ from instar.clock import to_datetime
 from instar.lifecycle import State
 from instar.models import Awakeable, Event, Job, Progress
 from instar.payload import decode, safe_text
-from instar.store.contract import Held, Move, NewJob, Note
+from instar.store.contract import Held, Move, NewJob, Note, Recheck
 from instar.vocabulary import AwakeableState
 
 
@@ -215,6 +215,17 @@ def jobs_from(cursor: Cursor) -> list[Job]:
 
 def held_from(row: tuple[Any, ...]) -> Held:
     return Held(row[0], State(row[1]), bool(row[2]), bool(row[3]))
+
+
+def recheck_from(row: Sequence[Any]) -> Recheck:
+    """A row of the ``recheck`` query: id, held, cancel, pause, queue paused."""
+    return Recheck(row[0], bool(row[1]), bool(row[2]), bool(row[3]), bool(row[4]))
+
+
+def in_claim_order(jobs: Iterable[Job]) -> list[Job]:
+    """Claimed jobs in the order the claim took them (the claim's RETURNING
+    order is not defined): highest priority first, then the oldest."""
+    return sorted(jobs, key=lambda j: (-j.priority, j.id))
 
 
 def awakeables_from(cursor: Cursor) -> list[Awakeable]:

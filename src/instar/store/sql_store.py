@@ -57,10 +57,12 @@ from instar.store.records import (
     datetime_of,
     events_from,
     held_from,
+    in_claim_order,
     jobs_from,
     moves_json,
     new_job_record,
     note_params,
+    recheck_from,
     rounds,
 )
 from instar.store.sql_blocks import load_migrations
@@ -165,6 +167,13 @@ class SQLStore(MachineReadsSQL, ABC):
     def advance_one(self, advance: Advance, now: float) -> bool:
         with self.transaction(now) as tx:
             return tx.advance_instance(advance)
+
+    def claim_alone(
+        self, claim: ClaimRequest, recheck: Sequence[int], now: float
+    ) -> tuple[list[Job], list[Recheck]]:
+        with self.transaction(now, pipeline=True) as tx:
+            rechecked = tx.recheck(claim.worker, recheck) if recheck else []
+            return tx.claim(claim), rechecked
 
     def enqueue_one(self, job: NewJob, actor: str | None, now: float) -> Job | None:
         """A job with a key goes the general way (None), which returns the job that
@@ -753,8 +762,7 @@ class SQLTransaction(MachineWritesSQL):
     def claim(self, request: ClaimRequest) -> list[Job]:
         if request.limit <= 0:
             return []
-        rows = jobs_from(self.store._claim(self.conn, request, self.now))
-        claimed = sorted(rows, key=lambda j: (-j.priority, j.id))
+        claimed = in_claim_order(jobs_from(self.store._claim(self.conn, request, self.now)))
         if claimed:
             params = {
                 "ids": self.store._sql_list([j.id for j in claimed]),
@@ -793,10 +801,7 @@ class SQLTransaction(MachineWritesSQL):
         if not job_ids:
             return []
         params = {"worker": worker, "ids": self.store._sql_list(job_ids)}
-        return [
-            Recheck(row[0], bool(row[1]), bool(row[2]), bool(row[3]), bool(row[4]))
-            for row in self.conn.execute(self.Q["recheck"], params)
-        ]
+        return [recheck_from(row) for row in self.conn.execute(self.Q["recheck"], params)]
 
     def register_worker(self, worker: WorkerInfo) -> None:
         params = {

@@ -295,6 +295,21 @@ WHERE id = ANY(ARRAY(SELECT id FROM jobs
                      FOR UPDATE SKIP LOCKED))
 RETURNING *
 
+-- name: claim_alone_rest
+-- A claim with nothing else to write (no reports): its events and the wake-up
+-- in the same statement, run in autocommit (one round trip), after the claim
+-- composed in front of it as "claimed" (PostgresStore.claim_alone). The
+-- session it runs in plans as claim_plan_generic does. The wake-up comes only
+-- when a job was claimed.
+logged AS (
+    INSERT INTO events (job_id, at, from_state, to_state, trigger, attempt, worker, actor, detail)
+    SELECT id, %(now)s, {claim_from}, {claim_to}, %(trigger)s, attempt, worker, NULL, NULL
+    FROM claimed ORDER BY priority DESC, id
+), woke AS (
+    SELECT pg_notify(%(channel)s, %(payload)s) FROM (SELECT FROM claimed LIMIT 1) AS any_claimed
+)
+SELECT claimed.* FROM claimed, woke
+
 -- name: flow_candidates
 -- The first part of a claim under flow control (instar.registry.flow), which
 -- limit_locks or claim_limited completes: the ready jobs in order, but none

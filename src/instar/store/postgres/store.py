@@ -43,10 +43,18 @@ from instar.store.contract import (
     ArgsMatch,
     ClaimRequest,
     NewJob,
+    Recheck,
     Wake,
     alike_but_args,
 )
-from instar.store.records import datetime_of, new_job_params, new_job_record
+from instar.store.records import (
+    datetime_of,
+    in_claim_order,
+    jobs_from,
+    new_job_params,
+    new_job_record,
+    recheck_from,
+)
 from instar.store.sql_blocks import load_queries
 from instar.store.sql_store import SQLStore, SQLTransaction
 from instar.store.urls import redact
@@ -62,6 +70,8 @@ Q = load_queries("instar.store.postgres")
 # finds their limits' locks, or what claims among them.
 _LIMIT_LOCKS = f"WITH {Q['flow_candidates']}\n{Q['limit_locks']}"
 _CLAIM_LIMITED = f"WITH {Q['flow_candidates']}\n{Q['claim_limited']}"
+# A claim alone: the claim, then its events and wake-up in the same statement.
+_CLAIM_ALONE = f"WITH claimed AS (\n{Q['claim']}\n),\n{Q['claim_alone_rest']}"
 
 
 class PostgresStore(SQLStore):
@@ -117,8 +127,10 @@ class PostgresStore(SQLStore):
         self._listen_timeout = connect_timeout
         self._listener: threading.Thread | None = None  # started by the first watch
         self._watch_lock = threading.Lock()
-        self._solo: psycopg.Cursor[Any] | None = None  # see _autocommit
-        self._solo_lock = threading.Lock()
+        self._solo = _OwnConnection(self.conninfo, self._options, self._where)
+        # Claims plan as claim_plan_generic says, for the whole session: a claim
+        # alone is one statement, with no transaction to SET LOCAL in.
+        self._claimer = _OwnConnection(self.conninfo, self._options + _CLAIM_PLANS, self._where)
 
     # -- plumbing ---------------------------------------------------------------
 
@@ -148,38 +160,19 @@ class PostgresStore(SQLStore):
 
     @contextmanager
     def _autocommit(self) -> Iterator[psycopg.Cursor[Any]]:
-        """A cursor in autocommit for a write of one statement. The store's own,
-        on a connection kept open in that mode, when no other thread is using
-        it: no hand-off through the pool, no switch of mode and no new cursor,
-        about 35 µs of this process's CPU a write (``make bench``: a durable
-        machine's send); otherwise one on a pooled connection, switched to
-        autocommit for the call. A connection that broke is dropped, and the
-        next call opens another."""
-        if not self._solo_lock.acquire(blocking=False):
-            with self._pool.connection() as conn:
-                conn.autocommit = True
-                try:
-                    yield conn.cursor()
-                finally:
-                    conn.autocommit = False
-            return
-        try:
-            if self._closing.is_set():
-                raise ConfigurationError(f"the store of {self._where} is closed")
-            if self._solo is None or self._solo.connection.closed:
-                conn = psycopg.connect(
-                    self.conninfo, autocommit=True, options=self._options, connect_timeout=5
-                )
-                self._solo = conn.cursor()
-            cursor = self._solo
-            try:
+        """A cursor in autocommit for a write of one statement: the store's own
+        (``_OwnConnection``) when no other thread is using it, otherwise one on a
+        pooled connection, switched to autocommit for the call."""
+        with self._solo.cursor(self._closing) as cursor:
+            if cursor is not None:
                 yield cursor
-            except psycopg.OperationalError:
-                self._solo = None
-                cursor.connection.close()
-                raise
-        finally:
-            self._solo_lock.release()
+                return
+        with self._pool.connection() as conn:
+            conn.autocommit = True
+            try:
+                yield conn.cursor()
+            finally:
+                conn.autocommit = False
 
     @contextmanager
     def _inside(self, connection: psycopg.Connection[Any]) -> Iterator[psycopg.Connection[Any]]:
@@ -369,10 +362,8 @@ class PostgresStore(SQLStore):
             except psycopg.Error:
                 pass  # the server is gone: the listener ends at its next timeout
         self._pool.close()
-        with self._solo_lock:  # a write on it ends first
-            if self._solo is not None:
-                self._solo.connection.close()
-                self._solo = None
+        self._solo.close()
+        self._claimer.close()
         if listener is not None:
             listener.join(timeout=5)
 
@@ -466,6 +457,47 @@ class PostgresStore(SQLStore):
         except Exception as exc:
             raise self._translate(exc) from exc
 
+    def claim_alone(
+        self, claim: ClaimRequest, recheck: Sequence[int], now: float
+    ) -> tuple[list[Job], list[Recheck]]:
+        """One round trip, in autocommit, on the store's claiming connection: the
+        recheck (a read) and the claim with its events and wake-up (one
+        statement) sent together. A claim under limits takes locks first and
+        goes the general way (a transaction), as it does when another thread of
+        this process is claiming."""
+        if claim.limits is None:
+            try:
+                with self._claimer.cursor(self._closing) as cursor:
+                    if cursor is not None:
+                        return self._claim_in_one_trip(cursor, claim, recheck, now)
+            except Exception as exc:
+                raise self._translate(exc) from exc
+        return super().claim_alone(claim, recheck, now)
+
+    def _claim_in_one_trip(
+        self, cursor: psycopg.Cursor[Any], claim: ClaimRequest, recheck: Sequence[int], now: float
+    ) -> tuple[list[Job], list[Recheck]]:
+        conn = cursor.connection
+        checked = None
+        with conn.pipeline():
+            if recheck:
+                checked = conn.execute(Q["recheck"], {"worker": claim.worker, "ids": list(recheck)})
+            if claim.limit > 0:
+                params = {
+                    "worker": claim.worker,
+                    "now": now,
+                    "limit": claim.limit,
+                    "queues": None if claim.queues is None else list(claim.queues),
+                    "names": None if claim.names is None else list(claim.names),
+                    "trigger": Trigger.CLAIMED.value,
+                    "channel": self.channel,
+                    "payload": Wake.EVENTS.value,
+                }
+                cursor.execute(_CLAIM_ALONE, params, binary=True)
+        claimed = in_claim_order(jobs_from(cursor)) if claim.limit > 0 else []
+        rechecked = [] if checked is None else [recheck_from(row) for row in checked]
+        return claimed, rechecked
+
     def database_time(self) -> float:
         with self._read() as conn:
             row = conn.execute(Q["database_time"]).fetchone()
@@ -478,6 +510,56 @@ class PostgresStore(SQLStore):
 
 
 _READ_ONLY = " -c default_transaction_read_only=on"
+_CLAIM_PLANS = " -c enable_sort=off -c plan_cache_mode=force_generic_plan -c jit=off"
+"""The claiming connection's session: claim_plan_generic's settings, and no JIT
+(the sort of the claim's events, priced as enable_sort=off prices every sort,
+would otherwise be compiled: hundreds of milliseconds, see claim_plan_no_jit)."""
+
+
+class _OwnConnection:
+    """A connection of the store's own in autocommit, for writes of one statement
+    (one round trip each) that one thread at a time makes: no hand-off through
+    the pool, no switch of mode and no new cursor, about 35 µs of this
+    process's CPU a write (``make bench``: a durable machine's send). Opened on
+    first use; a connection that broke is dropped, and the next use opens
+    another."""
+
+    def __init__(self, conninfo: str, options: str, where: str) -> None:
+        self._conninfo, self._options, self._where = conninfo, options, where
+        self._cursor: psycopg.Cursor[Any] | None = None
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def cursor(self, closing: threading.Event) -> Iterator[psycopg.Cursor[Any] | None]:
+        """Its cursor, or None while another thread uses it (the caller goes
+        through the pool instead). Raises ``ConfigurationError`` once the store
+        is closing."""
+        if not self._lock.acquire(blocking=False):
+            yield None
+            return
+        try:
+            if closing.is_set():
+                raise ConfigurationError(f"the store of {self._where} is closed")
+            if self._cursor is None or self._cursor.connection.closed:
+                conn = psycopg.connect(
+                    self._conninfo, autocommit=True, options=self._options, connect_timeout=5
+                )
+                self._cursor = conn.cursor()
+            cursor = self._cursor
+            try:
+                yield cursor
+            except psycopg.OperationalError:
+                self._cursor = None
+                cursor.connection.close()
+                raise
+        finally:
+            self._lock.release()
+
+    def close(self) -> None:
+        with self._lock:  # a write on it ends first
+            if self._cursor is not None:
+                self._cursor.connection.close()
+                self._cursor = None
 
 
 def _first_line(exc: BaseException) -> str:

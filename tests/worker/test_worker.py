@@ -370,6 +370,43 @@ def test_an_idle_worker_picks_up_a_job_enqueued_later(app: instar.App) -> None:
         assert app.wait(job.id, timeout=10).result == "pong"
 
 
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_a_claim_that_empties_the_queue_is_not_followed_by_another_at_once(
+    database: str,
+) -> None:
+    # PostgreSQL: the next job comes with a wake-up from the database (SQLite's
+    # worker polls, and its own commit counts as a change there). The job comes
+    # from another App, as from another process: one wake-up.
+    started, release = threading.Event(), threading.Event()
+    claims: list[int] = []
+    with instar.App(database) as worker_app, instar.App(database) as client:
+
+        @worker_app.job(name="hold")
+        def hold() -> None:
+            started.set()
+            release.wait(10)
+
+        exchange = worker_app.engine.exchange
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            batch = exchange(*args, **kwargs)
+            claim = args[2] if len(args) > 2 else kwargs.get("claim")
+            if claim is not None and claim.limit > 0:
+                claims.append(len(batch.claimed))
+            return batch
+
+        worker_app.engine.exchange = counted  # type: ignore[method-assign]
+        client.registry.add(hold)
+        with running_worker(worker_app, concurrency=4):
+            time.sleep(0.1)
+            claims.clear()
+            client.enqueue("hold")
+            assert started.wait(10)
+            time.sleep(0.3)
+            assert claims == [1]  # one claim took the job; none followed it at once
+            release.set()
+
+
 def test_a_worker_from_another_app_notices_new_jobs_through_the_database(database: str) -> None:
     with instar.App(database) as worker_app, instar.App(database) as client:
 

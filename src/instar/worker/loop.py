@@ -269,7 +269,11 @@ class Worker:
                     self._take_claimed(batch, wanted)
                     if batch.claimed or moves or notes:
                         quiet_passes = 0
+                    if moves or notes or self._backlog:
                         continue
+                    # A claim that found fewer jobs than it wanted emptied the
+                    # queue: the next comes with a wake-up, not by claiming again
+                    # at once (a round trip the new jobs' threads would wait on).
                 if self._outbox:
                     continue
                 if self.settings.burst and not self._running and not self._stopping:

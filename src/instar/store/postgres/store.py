@@ -75,9 +75,11 @@ _CLAIM_ALONE = f"WITH claimed AS (\n{Q['claim']}\n),\n{Q['claim_alone_rest']}"
 
 
 class PostgresStore(SQLStore):
-    """``pool_size``: connections per process at most; a worker holds up to four
-    at once (its batches, its claims, its heartbeat, maintenance) besides the
-    one it listens on, and what its handlers enqueue takes the rest."""
+    """``pool_size``: pooled connections per process at most; a worker holds up
+    to four at once (its batches, its claims under limits, its heartbeat,
+    maintenance), and what its handlers enqueue takes the rest. Beside the pool:
+    the connection it listens on, and two of the store's own in autocommit (one
+    for writes of one statement, one for claims with nothing else to write)."""
 
     supports_listen = True
     local_reads = False

@@ -38,6 +38,8 @@ def encode(value: Any, *, what: str, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
 
     Raises ``PayloadError`` for values that are not JSON (a set, NaN, an object)
     and for JSON over ``max_bytes`` bytes, naming ``what`` it was."""
+    if value is None and max_bytes >= 4:
+        return "null"  # what most handlers return: no encoder call for it (~2 µs a job)
     try:
         text = _encoder.encode(value)
         if not text.isascii():

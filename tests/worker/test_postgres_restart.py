@@ -27,7 +27,7 @@ import pytest
 
 import instar
 from instar.lifecycle import State
-from instar.store.contract import Applied, ClaimRequest, Move
+from instar.store.contract import Applied, Move
 from instar.store.sql_store import SQLTransaction
 from tests.conftest import running_worker
 from tests.jobs_app import app as jobs_app
@@ -264,23 +264,17 @@ def test_a_batch_whose_connection_dies_mid_transaction_is_retried_whole(
         time.sleep(0.005)
         return n
 
-    real_claim = SQLTransaction.claim
     real_apply = SQLTransaction.apply_moves
-    moved_in: set[int] = set()  # transactions (by id) that have applied moves
     failures: list[int] = []
 
-    def apply_and_mark(tx: SQLTransaction, moves: Sequence[Move]) -> Applied:
-        moved_in.add(id(tx))
-        return real_apply(tx, moves)
-
-    def claim_once_dead(tx: SQLTransaction, request: ClaimRequest) -> list[instar.Job]:
-        if not failures and id(tx) in moved_in:
-            failures.append(request.limit)
+    def apply_then_die_once(tx: SQLTransaction, moves: Sequence[Move]) -> Applied:
+        applied = real_apply(tx, moves)
+        if not failures:
+            failures.append(len(moves))
             raise psycopg.OperationalError("terminating connection due to administrator command")
-        return real_claim(tx, request)
+        return applied
 
-    monkeypatch.setattr(SQLTransaction, "apply_moves", apply_and_mark)
-    monkeypatch.setattr(SQLTransaction, "claim", claim_once_dead)
+    monkeypatch.setattr(SQLTransaction, "apply_moves", apply_then_die_once)
     jobs = app.enqueue_many("tick", [{"n": n} for n in range(200)])
     with running_worker(app, concurrency=2) as worker:
         # Well inside the 30 s lease: a claim the worker dropped cannot be rescued in time.

@@ -11,13 +11,21 @@ past its timeout keeps its thread until it returns.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from instar.context import Context
 from instar.control import CancelNow, LeaseLost, PauseNow, Suspend
 from instar.engine import Cancelled, Outcome, Paused, Raised, Returned, Suspended
 from instar.errors import Fatal
 from instar.registry import JobDefinition
+
+log = logging.getLogger("instar.worker")
+
+T = TypeVar("T")
 
 
 def outcome_of(error: BaseException) -> Outcome | None:
@@ -86,3 +94,52 @@ def fatal(error: BaseException) -> Exception:
     )
     wrapped.__cause__ = error
     return wrapped
+
+
+class HandlerThreads(Generic[T]):
+    """The threads that run ``def`` handlers: ``target(item)`` for each item
+    given, in the first thread free, each thread taking the next item from one
+    queue. Threads start as they are needed, up to ``size``; they are daemons,
+    so a handler that never returns does not hold the process at its exit.
+
+    Cheaper than a ``ThreadPoolExecutor`` for calls this short (no future per
+    call, no lock taken to hand one over): 20,000 no-op calls handed from an
+    event loop and their ends handed back, ~12 µs of CPU a call against ~29
+    (throwaway script, Python 3.11, 2 cores)."""
+
+    def __init__(self, size: int, target: Callable[[T], None], name: str) -> None:
+        self._size = size
+        self._target = target
+        self._name = name
+        self._items: queue.SimpleQueue[T | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+
+    def submit(self, item: T, in_flight: int) -> None:
+        """Run ``target(item)`` in a thread. ``in_flight``: items given whose call
+        has not returned, this one included (a thread starts while there are
+        fewer threads than that)."""
+        if len(self._threads) < min(in_flight, self._size):
+            thread = threading.Thread(
+                target=self._serve, name=f"{self._name}_{len(self._threads)}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+        self._items.put(item)
+
+    def shutdown(self) -> None:
+        """Items not taken yet are dropped (their calls never start); each thread
+        ends once its call returns, and none is waited for."""
+        try:
+            while True:
+                self._items.get_nowait()
+        except queue.Empty:
+            pass
+        for _ in self._threads:
+            self._items.put(None)
+
+    def _serve(self) -> None:
+        while (item := self._items.get()) is not None:
+            try:
+                self._target(item)
+            except Exception:  # the target reports its own outcome: this is a bug
+                log.exception("a handler thread's call failed")

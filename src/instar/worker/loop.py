@@ -66,7 +66,7 @@ from instar.retry import Retry
 from instar.store.contract import ClaimRequest, Held, Move, Note, RateHold, Recheck, WorkerInfo
 from instar.tracing import RunTracing
 from instar.vocabulary import Trigger
-from instar.worker.executor import call_async, call_sync, fatal, past_timeout
+from instar.worker.executor import HandlerThreads, call_async, call_sync, fatal, past_timeout
 from instar.worker.heartbeat import Heartbeat
 from instar.worker.job_log import JobLog
 from instar.worker.observer import RunObserver
@@ -200,9 +200,8 @@ class Worker:
         )
         # Maintenance sweeps on a thread of their own: never in the way of a batch.
         self._sweeper = ThreadPoolExecutor(1, thread_name_prefix="instar-maintenance")
-        self._threads = ThreadPoolExecutor(
-            self.settings.concurrency, thread_name_prefix="instar-job"
-        )
+        self._threads = HandlerThreads(self.settings.concurrency, self._run_in_thread, "instar-job")
+        self._in_threads = 0  # def handlers given to a thread whose end is not taken yet
         self._maintenance = Maintenance(
             engine,
             self.id,
@@ -304,7 +303,7 @@ class Worker:
             await asyncio.to_thread(self._sweeper.shutdown, True)
             await self._call(self._give_back)
             self._tracing.close()
-            self._threads.shutdown(wait=False, cancel_futures=True)
+            self._threads.shutdown()
             if self._claims_db is not None:
                 self._claims_db.shutdown(wait=True)
             self._db.shutdown(wait=True)
@@ -604,7 +603,8 @@ class Worker:
         if definition.is_async:
             run.task = asyncio.create_task(self._execute(run), name=f"instar-job-{job.id}")
         else:
-            self._threads.submit(self._run_in_thread, run)
+            self._in_threads += 1
+            self._threads.submit(run, self._in_threads)
 
     async def _execute(self, run: _Run) -> None:
         """An ``async def`` handler's run, as a task on the loop. It never raises
@@ -679,6 +679,7 @@ class Worker:
         self._ended(run, Raised(past_timeout(run.ctx, run.definition)))
 
     def _thread_done(self, run: _Run, outcome: Outcome | None) -> None:
+        self._in_threads -= 1
         if run.timer is not None:
             run.timer.cancel()
         if run.overran:

@@ -245,13 +245,7 @@ class PostgresStore(SQLStore):
         conn.execute(script)
 
     def _claim(self, conn: psycopg.Connection[Any], claim: ClaimRequest, now: float) -> Any:
-        params = {
-            "worker": claim.worker,
-            "now": now,
-            "limit": claim.limit,
-            "queues": None if claim.queues is None else list(claim.queues),
-            "names": None if claim.names is None else list(claim.names),
-        }
+        params = _claim_params(claim, now)
         if claim.limits is None:
             conn.execute(Q["claim_plan_generic"])
             claimed = conn.execute(Q["claim"], params, binary=True)
@@ -485,16 +479,10 @@ class PostgresStore(SQLStore):
             if recheck:
                 checked = conn.execute(Q["recheck"], {"worker": claim.worker, "ids": list(recheck)})
             if claim.limit > 0:
-                params = {
-                    "worker": claim.worker,
-                    "now": now,
-                    "limit": claim.limit,
-                    "queues": None if claim.queues is None else list(claim.queues),
-                    "names": None if claim.names is None else list(claim.names),
-                    "trigger": Trigger.CLAIMED.value,
-                    "channel": self.channel,
-                    "payload": Wake.EVENTS.value,
-                }
+                params = _claim_params(claim, now)
+                params.update(
+                    trigger=Trigger.CLAIMED.value, channel=self.channel, payload=Wake.EVENTS.value
+                )
                 cursor.execute(_CLAIM_ALONE, params, binary=True)
         claimed = in_claim_order(jobs_from(cursor)) if claim.limit > 0 else []
         rechecked = [] if checked is None else [recheck_from(row) for row in checked]
@@ -509,6 +497,17 @@ class PostgresStore(SQLStore):
     def change_marker(self) -> int:
         """Counts ready notifications: changes when another process made a job ready."""
         return self._marker
+
+
+def _claim_params(claim: ClaimRequest, now: float) -> dict[str, Any]:
+    """The parameters every claim statement takes."""
+    return {
+        "worker": claim.worker,
+        "now": now,
+        "limit": claim.limit,
+        "queues": None if claim.queues is None else list(claim.queues),
+        "names": None if claim.names is None else list(claim.names),
+    }
 
 
 _READ_ONLY = " -c default_transaction_read_only=on"

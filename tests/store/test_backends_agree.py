@@ -36,6 +36,7 @@ POSTGRES_ONLY = {
     "insert_jobs_bulk": "bulk insert through unnest with ordinality",
     "claim": "one claim with an optional queue array",
     "claim_alone_rest": "a claim alone is one statement in autocommit (a data-modifying CTE)",
+    "move_alone_rest": "moves alone are one statement in autocommit (a data-modifying CTE)",
     "notify": "wake-ups through NOTIFY",
     "claim_plan": "the claim walks jobs_ready in order even where statistics are stale",
     "roll_up": "a batch of the feed in commit order (tx, id) counted in one statement",

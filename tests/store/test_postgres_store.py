@@ -6,12 +6,15 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 
 import psycopg
 import pytest
 
 import instar
+from instar.engine import Returned, outcome_moves
 from instar.lifecycle import State
+from instar.store.contract import ClaimRequest, Move, Wake
 from tests.conftest import POSTGRES, _postgres_or_skip
 
 
@@ -194,8 +197,6 @@ def test_an_enqueue_on_an_idle_connection_joins_the_transaction_it_starts(
 
 
 def test_a_claim_alone_tells_other_processes_of_its_events(app: instar.App, schema: str) -> None:
-    from instar.store.contract import ClaimRequest, Wake
-
     job = app.enqueue("add", {"a": 1, "b": 2})
     with instar.App(f"{POSTGRES}?schema={schema}") as other:
         heard = threading.Event()
@@ -204,3 +205,52 @@ def test_a_claim_alone_tells_other_processes_of_its_events(app: instar.App, sche
         assert [claimed.id for claimed in batch.claimed] == [job.id]
         assert heard.wait(10), "the claim's events were never announced"
     assert [e.trigger for e in app.history(job.id)] == ["enqueued", "claimed"]
+
+
+def _running_and_done(app: instar.App, worker: str) -> tuple[instar.Job, list[Move]]:
+    """A job of "add" claimed by ``worker``, and the moves that complete it."""
+    [job] = app.engine.exchange([], [], ClaimRequest(worker, 1, None, names=["add"])).claimed
+    now = app.clock.now()
+    done = outcome_moves(job, Returned(3), retry=instar.Retry(), now=now, max_payload_bytes=1000)
+    return job, done
+
+
+def test_reports_alone_are_written_at_once_and_tell_other_processes(
+    app: instar.App, schema: str
+) -> None:
+    app.enqueue("add", {"a": 1, "b": 2})
+    job, done = _running_and_done(app, "w1")
+    with instar.App(f"{POSTGRES}?schema={schema}") as other:
+        heard = threading.Event()
+        other.engine.subscribe(heard.set, Wake.EVENTS)  # listening once it returns
+        assert app.engine.exchange(done, [], None).applied == [True]
+        assert heard.wait(10), "the completion's event was never announced"
+    assert app.get(job.id).state is State.COMPLETED
+    assert [e.trigger for e in app.history(job.id)] == ["enqueued", "claimed", "completed"]
+
+
+def test_moves_alone_leave_a_job_others_wait_on_and_a_stale_report_to_a_transaction(
+    app: instar.App,
+) -> None:
+    """``apply_alone`` writes only moves that set off nothing and win: the job a
+    dependant waits on, and a report whose lease token is stale, are left as
+    they were (no move, no event, no refusal note) for the engine's transaction."""
+    awaited = app.enqueue("add", {"a": 1, "b": 2})
+    app.enqueue("add", {"a": 0, "b": 0}, after=[awaited.id])
+    stale = app.enqueue("add", {"a": 2, "b": 2})
+    plain = app.enqueue("add", {"a": 3, "b": 3})
+    _, awaited_done = _running_and_done(app, "w1")
+    _, stale_done = _running_and_done(app, "w1")
+    _, plain_done = _running_and_done(app, "w1")
+    stale_done = [replace(move, guard_token="not-its-token") for move in stale_done]
+    moves = [*awaited_done, *stale_done, *plain_done]
+    before = {job.id: app.history(job.id) for job in (awaited, stale)}
+
+    assert app.engine.store.apply_alone(moves, app.clock.now()) == [False, False, True]
+    assert [app.get(j.id).state for j in (awaited, stale, plain)] == [
+        State.RUNNING,
+        State.RUNNING,
+        State.COMPLETED,
+    ]
+    assert {job_id: app.history(job_id) for job_id in before} == before
+    assert app.history(plain.id)[-1].trigger == "completed"

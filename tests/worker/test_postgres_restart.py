@@ -28,7 +28,8 @@ import pytest
 import instar
 from instar.lifecycle import State
 from instar.store.contract import Applied, Move
-from instar.store.sql_store import SQLTransaction
+from instar.store.postgres.store import PostgresStore
+from instar.store.sql_store import SQLStore, SQLTransaction
 from tests.conftest import running_worker
 from tests.jobs_app import app as jobs_app
 from tests.worker.test_postgres_processes import runs_of, started, wait_until, worker_process
@@ -275,6 +276,9 @@ def test_a_batch_whose_connection_dies_mid_transaction_is_retried_whole(
         return applied
 
     monkeypatch.setattr(SQLTransaction, "apply_moves", apply_then_die_once)
+    # Reports go through a transaction: none is written alone (one statement, which
+    # commits whole or not at all), as they are when the jobs have dependants.
+    monkeypatch.setattr(PostgresStore, "apply_alone", SQLStore.apply_alone)
     jobs = app.enqueue_many("tick", [{"n": n} for n in range(200)])
     with running_worker(app, concurrency=2) as worker:
         # Well inside the 30 s lease: a claim the worker dropped cannot be rescued in time.

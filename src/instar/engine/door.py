@@ -21,7 +21,7 @@ from typing import Any
 from instar.clock import Clock, DatabaseClock
 from instar.engine.moves import plan_move
 from instar.engine.reads import Reader
-from instar.engine.waiting import consequences, release, start_or_fail
+from instar.engine.waiting import consequences, release, sets_off_nothing, start_or_fail
 from instar.errors import InvalidTransition, SignalAlreadySettled
 from instar.lifecycle import ENTRY_STATES, State
 from instar.models import Awakeable, Job
@@ -130,9 +130,7 @@ class Engine:
             yield tx
             wakes = set(tx.wakes())
         if connection is None:  # the caller's transaction has not committed yet
-            self._tell(wakes)
-            if self._observers:
-                self._moved(tx.moved(), now)
+            self._written(wakes, tx.moved(), now)
             for call in tx.after_commit:
                 call()
 
@@ -194,22 +192,59 @@ class Engine:
         """A worker's turn, in one transaction: its notes, the moves that end its
         runs (and what they set off), what changed for the jobs it claimed ahead
         (``recheck``: their ids), then a claim of new jobs. A claim with no
-        reports goes through ``Store.claim_alone`` (one round trip on
-        PostgreSQL)."""
+        reports goes through ``Store.claim_alone``, and reports with no claim
+        through ``Store.apply_alone`` first (each one round trip on PostgreSQL)."""
+        if claim is not None and claim.limit <= 0 and not recheck:
+            claim = None  # nothing to claim, nothing to recheck
         if claim is not None and not finished and not notes:
             now = self.clock.now()
             claimed, rechecked = self.store.claim_alone(claim, recheck, now)
             if claimed:
-                self._tell({Wake.EVENTS})
-                if self._observers:
-                    self._moved((job.id for job in claimed), now)
+                self._written({Wake.EVENTS}, [job.id for job in claimed], now)
             return BatchResult([], claimed, rechecked)
+        if claim is None and not notes and self._alone(finished):
+            return BatchResult(self._apply_alone(finished), [])
         with self._transaction(pipeline=True) as tx:
             tx.append_notes(notes)
             applied = self._apply(tx, finished) if finished else []
             rechecked = tx.recheck(claim.worker, recheck) if claim and recheck else []
             claimed = tx.claim(claim) if claim is not None else []
         return BatchResult(applied, claimed, rechecked)
+
+    @staticmethod
+    def _alone(moves: Sequence[Move]) -> bool:
+        """Moves ``Store.apply_alone`` may take: of distinct jobs, none setting
+        off anything by itself."""
+        return (
+            bool(moves)
+            and all(sets_off_nothing(move) for move in moves)
+            and len({move.job_id for move in moves}) == len(moves)
+        )
+
+    def _apply_alone(self, moves: Sequence[Move]) -> list[bool]:
+        """``moves`` through ``Store.apply_alone``; those it left (a stale report,
+        a job others wait on) in a transaction, with what they set off."""
+        now = self.clock.now()
+        won = self.store.apply_alone(moves, now)
+        taken = [move for move, ok in zip(moves, won, strict=True) if ok]
+        if taken:
+            ready = any(move.to_state is State.READY for move in taken)
+            wakes = {Wake.EVENTS, Wake.READY} if ready else {Wake.EVENTS}
+            self._written(wakes, [move.job_id for move in taken], now)
+        left = [i for i, ok in enumerate(won) if not ok]
+        if left:
+            with self._transaction() as tx:
+                rest = self._apply(tx, [moves[i] for i in left])
+            for i, ok in zip(left, rest, strict=True):
+                won[i] = ok
+        return won
+
+    def _written(self, wakes: set[Wake], job_ids: Iterable[int], now: float) -> None:
+        """A write has committed: listeners hear of ``wakes``, observers of the
+        jobs it moved."""
+        self._tell(wakes)
+        if self._observers:
+            self._moved(job_ids, now)
 
     def enqueue(
         self, jobs: Sequence[NewJob], actor: str | None = None, connection: Any = None
@@ -228,9 +263,7 @@ class Engine:
             one = self.store.enqueue_one(jobs[0], actor, now)
             if one is not None:
                 ready = one.state is State.READY
-                self._tell({Wake.EVENTS, Wake.READY} if ready else {Wake.EVENTS})
-                if self._observers:
-                    self._moved((one.id,), now)
+                self._written({Wake.EVENTS, Wake.READY} if ready else {Wake.EVENTS}, [one.id], now)
                 return [one]
             # Its key exists: the transaction below returns the job that has it.
         with self._transaction(connection) as tx:

@@ -28,6 +28,17 @@ from instar.vocabulary import Actor, AwakeableState, DependencyKind, Trigger
 _DEPENDENCY_FAILED = frozenset({State.FAILED, State.CANCELLED})
 
 
+def sets_off_nothing(move: Move) -> bool:
+    """Whether ``move`` sets off nothing by itself: what ``consequences`` would
+    plan for it depends only on whether jobs wait on its job (which the store
+    sees as it applies it: ``Store.apply_alone``)."""
+    return (
+        move.from_state is not State.SUSPENDED
+        and not move.timing_out
+        and not (move.to_state is State.SUSPENDED and (move.awaiting or move.joining))
+    )
+
+
 def consequences(tx: Transaction, moves: Sequence[Move], applied: Applied) -> list[Move]:
     """The moves that ``moves`` (as ``applied``) set off, with the bookkeeping
     they imply written through ``tx``; the caller applies them in ``tx`` too."""

@@ -937,6 +937,19 @@ class Store(
         statement in autocommit, sent with the recheck: one round trip."""
         ...
 
+    def apply_alone(self, moves: Sequence[Move], now: float) -> list[bool]:
+        """Apply ``moves`` with nothing else to write, where the backend can do it
+        without a transaction of the caller's: a move is applied, with its event
+        and the wake-up, when it wins its compare-and-set and no job waits on its
+        job (a dependant, a machine's reply). Which were applied, in order; the
+        caller applies the rest in a transaction (a stale report is refused there,
+        with its note; a job others wait on sets them off there). The caller
+        passes only moves that set off nothing by themselves
+        (``engine.waiting.sets_off_nothing``), of distinct jobs. A backend may
+        leave every move to the caller. PostgreSQL: one statement in
+        autocommit, one round trip."""
+        ...
+
     def enqueue_one(self, job: NewJob, actor: str | None, now: float) -> Job | None:
         """Insert one job that waits for no other (ready or scheduled), its first
         event and the wake-up, as one atomic write (PostgreSQL: one statement, one

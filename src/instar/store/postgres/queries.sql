@@ -248,6 +248,8 @@ LIMIT 1
 -- order below. Compare-and-set on (id, state) plus the version or the lease
 -- token the caller holds; RETURNING names the moves that won, and whether other
 -- jobs wait on each (so the engine reads waiters only when there are some).
+-- With %(alone)s, only moves of jobs nothing waits on (PostgresStore.apply_alone:
+-- the others are left to a transaction).
 UPDATE jobs
 SET state = m.to_state, version = jobs.version + 1, updated_at = %(now)s,
     attempt = m.attempt, max_attempts = m.max_attempts, run_at = m.run_at,
@@ -271,8 +273,10 @@ FROM (
 WHERE jobs.id = m.job_id AND jobs.state = m.from_state
   AND (m.version IS NULL OR jobs.version = m.version)
   AND (m.guard_token IS NULL OR jobs.lease_token = m.guard_token)
+  AND NOT (%(alone)s AND (EXISTS (SELECT 1 FROM dependencies AS d WHERE d.depends_on = jobs.id)
+                          OR EXISTS (SELECT 1 FROM machine_replies AS r WHERE r.job_id = jobs.id)))
 RETURNING jobs.id, EXISTS (SELECT 1 FROM dependencies AS d WHERE d.depends_on = jobs.id)
-          OR EXISTS (SELECT 1 FROM machine_replies AS r WHERE r.job_id = jobs.id)
+          OR EXISTS (SELECT 1 FROM machine_replies AS r WHERE r.job_id = jobs.id) AS awaited
 
 -- name: claim
 -- SKIP LOCKED lets many workers claim side by side without waiting on each other.
@@ -294,6 +298,24 @@ WHERE id = ANY(ARRAY(SELECT id FROM jobs
                      LIMIT %(limit)s
                      FOR UPDATE SKIP LOCKED))
 RETURNING *
+
+-- name: move_alone_rest
+-- Moves that set off nothing (no job waits on theirs), with nothing else to
+-- write: their events and the wake-up in the same statement, run in autocommit
+-- (one round trip), after move_batch (with %(alone)s) composed in front of it
+-- as "moved" (PostgresStore.apply_alone). The events in the moves' order; the
+-- wake-up only when a move won.
+logged AS (
+    INSERT INTO events (job_id, at, from_state, to_state, trigger, attempt, worker, actor, detail)
+    SELECT moved.id, %(now)s, e ->> 1, e ->> 2, e ->> 18, (e ->> 3)::integer,
+           e ->> 19, e ->> 20, e ->> 21
+    FROM jsonb_array_elements(%(moves)s::jsonb) WITH ORDINALITY AS t(e, n)
+    JOIN moved ON moved.id = (e ->> 0)::bigint
+    ORDER BY n
+), woke AS (
+    SELECT pg_notify(%(channel)s, %(payload)s) FROM (SELECT FROM moved LIMIT 1) AS any_moved
+)
+SELECT moved.id FROM moved, woke
 
 -- name: claim_alone_rest
 -- A claim with nothing else to write (no reports): its events and the wake-up

@@ -42,6 +42,7 @@ from instar.store.contract import (
     Advance,
     ArgsMatch,
     ClaimRequest,
+    Move,
     NewJob,
     Recheck,
     Wake,
@@ -51,6 +52,7 @@ from instar.store.records import (
     datetime_of,
     in_claim_order,
     jobs_from,
+    moves_json,
     new_job_params,
     new_job_record,
     recheck_from,
@@ -72,6 +74,8 @@ _LIMIT_LOCKS = f"WITH {Q['flow_candidates']}\n{Q['limit_locks']}"
 _CLAIM_LIMITED = f"WITH {Q['flow_candidates']}\n{Q['claim_limited']}"
 # A claim alone: the claim, then its events and wake-up in the same statement.
 _CLAIM_ALONE = f"WITH claimed AS (\n{Q['claim']}\n),\n{Q['claim_alone_rest']}"
+# Moves alone: the moves of jobs nothing waits on, then their events and wake-up.
+_MOVE_ALONE = f"WITH moved AS (\n{Q['move_batch']}\n),\n{Q['move_alone_rest']}"
 
 
 class PostgresStore(SQLStore):
@@ -452,6 +456,25 @@ class PostgresStore(SQLStore):
                 return SQLTransaction(self, cursor, now).advance_instance(advance)
         except Exception as exc:
             raise self._translate(exc) from exc
+
+    def apply_alone(self, moves: Sequence[Move], now: float) -> list[bool]:
+        """One statement in autocommit (``move_batch`` with ``alone``, then
+        ``move_alone_rest``): the moves, their events and the wake-up commit
+        together, in one round trip."""
+        ready = any(move.to_state is State.READY for move in moves)
+        try:
+            params = {
+                "moves": moves_json(moves),  # data it refuses is refused as the database's
+                "now": now,
+                "alone": True,
+                "channel": self.channel,
+                "payload": (Wake.READY if ready else Wake.EVENTS).value,
+            }
+            with self._autocommit() as cursor:
+                won = {row[0] for row in cursor.execute(_MOVE_ALONE, params)}
+        except Exception as exc:
+            raise self._translate(exc) from exc
+        return [move.job_id in won for move in moves]
 
     def claim_alone(
         self, claim: ClaimRequest, recheck: Sequence[int], now: float

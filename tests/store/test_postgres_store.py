@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 
 import psycopg
 import pytest
 
 import instar
-from instar.engine import Returned, outcome_moves
+from instar.engine import ReportsPartlyWritten, Returned, outcome_moves
 from instar.lifecycle import State
-from instar.store.contract import ClaimRequest, Move, Wake
+from instar.store.contract import Applied, ClaimRequest, Move, Wake
+from instar.store.sql_store import SQLTransaction
 from tests.conftest import POSTGRES, _postgres_or_skip
 
 
@@ -254,3 +255,35 @@ def test_moves_alone_leave_a_job_others_wait_on_and_a_stale_report_to_a_transact
     ]
     assert {job_id: app.history(job_id) for job_id in before} == before
     assert app.history(plain.id)[-1].trigger == "completed"
+
+
+def test_reports_written_alone_before_the_rest_failed_are_named(
+    app: instar.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Moves written alone are committed before the transaction of those left
+    (here, a job with a dependant) fails: the error says which were written,
+    so that only the rest are sent again (which then win, refusing nothing)."""
+    awaited = app.enqueue("add", {"a": 1, "b": 2})
+    dependant = app.enqueue("add", {"a": 0, "b": 0}, after=[awaited.id])
+    plain = app.enqueue("add", {"a": 3, "b": 3})
+    _, awaited_done = _running_and_done(app, "w1")
+    _, plain_done = _running_and_done(app, "w1")
+    real_apply = SQLTransaction.apply_moves
+
+    def fail(tx: SQLTransaction, moves: Sequence[Move]) -> Applied:
+        raise psycopg.OperationalError("the server went away mid-transaction")
+
+    monkeypatch.setattr(SQLTransaction, "apply_moves", fail)
+    with pytest.raises(ReportsPartlyWritten) as partly:
+        app.engine.exchange([*awaited_done, *plain_done], [], None)
+    assert partly.value.written == [False, True]
+    assert isinstance(partly.value.__cause__, instar.DatabaseUnavailable)
+    states = [app.get(job.id).state for job in (awaited, dependant, plain)]
+    assert states == [State.RUNNING, State.PENDING, State.COMPLETED]
+
+    monkeypatch.setattr(SQLTransaction, "apply_moves", real_apply)
+    assert app.engine.exchange(awaited_done, [], None).applied == [True]
+    states = [app.get(job.id).state for job in (awaited, dependant, plain)]
+    assert states == [State.COMPLETED, State.READY, State.COMPLETED]
+    triggers = [e.trigger for job in (awaited, plain) for e in app.history(job.id)]
+    assert "refused" not in triggers

@@ -297,3 +297,47 @@ def test_a_batch_whose_connection_dies_mid_transaction_is_retried_whole(
     for job in jobs:
         moves = [e.to_state for e in app.history(job.id) if e.from_state != e.to_state]
         assert moves == [State.READY, State.RUNNING, State.COMPLETED], f"job {job.id}: {moves}"
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_reports_written_before_a_batch_failed_are_not_sent_again(
+    app: instar.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of reports, some written alone (jobs nothing waits on) and some
+    through a transaction (jobs with a dependant), whose transaction meets the
+    dead connection once: the worker sends again only what was not written, so
+    no report is refused and every job completes once, its dependant after it."""
+
+    @app.job(name="tick")
+    def tick(n: int) -> int:
+        time.sleep(0.002)
+        return n
+
+    real_apply = SQLTransaction.apply_moves
+    failures: list[int] = []
+
+    def die_once(tx: SQLTransaction, moves: Sequence[Move]) -> Applied:
+        if not failures:
+            failures.append(len(moves))
+            raise psycopg.OperationalError("terminating connection due to administrator command")
+        return real_apply(tx, moves)
+
+    monkeypatch.setattr(SQLTransaction, "apply_moves", die_once)
+    parents = app.enqueue_many("tick", [{"n": n} for n in range(100)])
+    dependants = [app.enqueue("tick", {"n": -p.id}, after=[p.id]) for p in parents[::2]]
+    jobs = [*parents, *dependants]
+    with running_worker(app, concurrency=4) as worker:
+        wait_until(
+            lambda: app.counts().get(State.COMPLETED, 0) == len(jobs),
+            timeout=15,
+            what="all jobs completed",
+            state=lambda: (app.counts(), worker.report),
+        )
+    assert failures, "a transaction of reports should have failed once"
+    assert (worker.report.completed, worker.report.refused) == (len(jobs), 0)
+    for job in jobs:
+        events = app.history(job.id)
+        assert "refused" not in [e.trigger for e in events], f"job {job.id}"
+        moves = [e.to_state for e in events if e.from_state != e.to_state]
+        assert moves[-2:] == [State.RUNNING, State.COMPLETED], f"job {job.id}: {moves}"
+        assert moves.count(State.COMPLETED) == 1, f"job {job.id}: {moves}"

@@ -9,7 +9,7 @@
 - ``reads``: the read API; ``feed``: the event feed.
 """
 
-from instar.engine.door import BatchResult, Engine
+from instar.engine.door import BatchResult, Engine, ReportsPartlyWritten
 from instar.engine.moves import error_record, plan_move
 from instar.engine.outcomes import (
     Cancelled,
@@ -35,6 +35,7 @@ __all__ = [
     "Raised",
     "Reader",
     "Released",
+    "ReportsPartlyWritten",
     "Returned",
     "Suspended",
     "error_record",

@@ -7,12 +7,16 @@ call is one store transaction holding the whole logical change: the moves
 (each checked by ``plan_move`` against the lifecycle table before it gets
 here), their events, the bookkeeping they imply and the moves they set off
 (``instar.engine.waiting``). Listeners hear of it once it has committed.
+The one exception: a worker's reports with nothing else to write, where each
+move that sets off nothing is a whole change of its own and may commit alone
+(``Engine.exchange``, ``Store.apply_alone``).
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -45,6 +49,22 @@ from instar.store.contract import (
 from instar.vocabulary import Trigger
 
 _CASCADE_LIMIT = 10_000  # rounds of consequences in one transaction: a chain this long is a bug
+
+
+class ReportsPartlyWritten(Exception):
+    """``Engine.exchange`` wrote some of a worker's reports, each a whole change
+    of its own, before writing the rest failed (the error it is raised from):
+    ``written`` says which, in order. The caller keeps only the rest, to write
+    again (the moves written would now be refused: their leases are spent)."""
+
+    def __init__(self, written: list[bool]) -> None:
+        super().__init__(f"{sum(written)} of {len(written)} reports written before the rest failed")
+        self.written = written
+
+
+def _wakes(ready: bool) -> set[Wake]:
+    """What listeners hear of a write: new events, and jobs ready if ``ready``."""
+    return {Wake.EVENTS, Wake.READY} if ready else {Wake.EVENTS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +213,9 @@ class Engine:
         runs (and what they set off), what changed for the jobs it claimed ahead
         (``recheck``: their ids), then a claim of new jobs. A claim with no
         reports goes through ``Store.claim_alone``, and reports with no claim
-        through ``Store.apply_alone`` first (each one round trip on PostgreSQL)."""
+        and no notes as ``_apply_alone`` says (each one round trip on
+        PostgreSQL). Raises ``ReportsPartlyWritten`` when some reports were
+        written and the rest failed."""
         if claim is not None and claim.limit <= 0 and not recheck:
             claim = None  # nothing to claim, nothing to recheck
         if claim is not None and not finished and not notes:
@@ -202,7 +224,7 @@ class Engine:
             if claimed:
                 self._written({Wake.EVENTS}, [job.id for job in claimed], now)
             return BatchResult([], claimed, rechecked)
-        if claim is None and not notes and self._alone(finished):
+        if claim is None and finished and not notes:
             return BatchResult(self._apply_alone(finished), [])
         with self._transaction(pipeline=True) as tx:
             tx.append_notes(notes)
@@ -211,30 +233,34 @@ class Engine:
             claimed = tx.claim(claim) if claim is not None else []
         return BatchResult(applied, claimed, rechecked)
 
-    @staticmethod
-    def _alone(moves: Sequence[Move]) -> bool:
-        """Moves ``Store.apply_alone`` may take: of distinct jobs, none setting
-        off anything by itself."""
-        return (
-            bool(moves)
-            and all(sets_off_nothing(move) for move in moves)
-            and len({move.job_id for move in moves}) == len(moves)
-        )
-
     def _apply_alone(self, moves: Sequence[Move]) -> list[bool]:
-        """``moves`` through ``Store.apply_alone``; those it left (a stale report,
-        a job others wait on) in a transaction, with what they set off."""
+        """Which of ``moves`` won: those that set off nothing by themselves (of
+        jobs with one move here) through ``Store.apply_alone``, each a whole
+        change of its own; what it left (a stale report, a job others wait on)
+        and the rest in one transaction, with what they set off. Raises
+        ``ReportsPartlyWritten`` when that transaction fails after some moves
+        were written alone."""
         now = self.clock.now()
-        won = self.store.apply_alone(moves, now)
-        taken = [move for move, ok in zip(moves, won, strict=True) if ok]
-        if taken:
-            ready = any(move.to_state is State.READY for move in taken)
-            wakes = {Wake.EVENTS, Wake.READY} if ready else {Wake.EVENTS}
-            self._written(wakes, [move.job_id for move in taken], now)
+        per_job = Counter(move.job_id for move in moves)
+        alone = [i for i, m in enumerate(moves) if per_job[m.job_id] == 1 and sets_off_nothing(m)]
+        won = [False] * len(moves)
+        if alone:
+            applied = self.store.apply_alone([moves[i] for i in alone], now)
+            for i, ok in zip(alone, applied, strict=True):
+                won[i] = ok
+            taken = [move for move, ok in zip(moves, won, strict=True) if ok]
+            if taken:
+                ready = any(move.to_state is State.READY for move in taken)
+                self._written(_wakes(ready), [move.job_id for move in taken], now)
         left = [i for i, ok in enumerate(won) if not ok]
         if left:
-            with self._transaction() as tx:
-                rest = self._apply(tx, [moves[i] for i in left])
+            try:
+                with self._transaction(pipeline=True) as tx:
+                    rest = self._apply(tx, [moves[i] for i in left])
+            except Exception as error:
+                if any(won):
+                    raise ReportsPartlyWritten(won) from error
+                raise
             for i, ok in zip(left, rest, strict=True):
                 won[i] = ok
         return won
@@ -262,8 +288,7 @@ class Engine:
             now = self.clock.now()
             one = self.store.enqueue_one(jobs[0], actor, now)
             if one is not None:
-                ready = one.state is State.READY
-                self._written({Wake.EVENTS, Wake.READY} if ready else {Wake.EVENTS}, [one.id], now)
+                self._written(_wakes(one.state is State.READY), [one.id], now)
                 return [one]
             # Its key exists: the transaction below returns the job that has it.
         with self._transaction(connection) as tx:

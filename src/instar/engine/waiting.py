@@ -29,9 +29,10 @@ _DEPENDENCY_FAILED = frozenset({State.FAILED, State.CANCELLED})
 
 
 def sets_off_nothing(move: Move) -> bool:
-    """Whether ``move`` sets off nothing by itself: what ``consequences`` would
-    plan for it depends only on whether jobs wait on its job (which the store
-    sees as it applies it: ``Store.apply_alone``)."""
+    """Whether ``move`` sets off nothing by itself: what ``consequences`` (and
+    the engine's replies to machines) would plan for it depends only on whether
+    anything waits on its job, which the store sees as it applies it
+    (``Store.apply_alone``)."""
     return (
         move.from_state is not State.SUSPENDED
         and not move.timing_out

@@ -940,14 +940,16 @@ class Store(
     def apply_alone(self, moves: Sequence[Move], now: float) -> list[bool]:
         """Apply ``moves`` with nothing else to write, where the backend can do it
         without a transaction of the caller's: a move is applied, with its event
-        and the wake-up, when it wins its compare-and-set and no job waits on its
-        job (a dependant, a machine's reply). Which were applied, in order; the
-        caller applies the rest in a transaction (a stale report is refused there,
-        with its note; a job others wait on sets them off there). The caller
-        passes only moves that set off nothing by themselves
+        and the wake-up, when it wins its compare-and-set and nothing waits on
+        its job (a dependant, a machine's reply). Which were applied, in order;
+        the caller applies the rest in a transaction (a stale report is refused
+        there, with its note; a job others wait on sets them off there). The
+        caller passes only moves that set off nothing by themselves
         (``engine.waiting.sets_off_nothing``), of distinct jobs. A backend may
         leave every move to the caller. PostgreSQL: one statement in
-        autocommit, one round trip."""
+        autocommit, one round trip; its wake-up says jobs became ready when any
+        of the moves goes to ready, applied or not (a wake-up too many costs a
+        claim that finds nothing)."""
         ...
 
     def enqueue_one(self, job: NewJob, actor: str | None, now: float) -> Job | None:

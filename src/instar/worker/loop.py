@@ -33,7 +33,6 @@ import logging
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -52,6 +51,7 @@ from instar.engine import (
     Paused,
     Raised,
     Released,
+    ReportsPartlyWritten,
     outcome_moves,
     refused_report_moves,
 )
@@ -253,15 +253,14 @@ class Worker:
                     self._claim_judged = self.engine.clock.now()
                     try:
                         batch = await self._exchange(moves, notes, claim, recheck)
-                    except StoreRefused as refused:
-                        # One report the database cannot store must not hold back the rest.
-                        log.warning(
-                            "a batch was refused (%s); writing its reports one by one", refused
-                        )
-                        await self._call(self._write_one_by_one, moves, notes)
+                    except ReportsPartlyWritten as partly:
+                        written = [m for m, ok in zip(moves, partly.written, strict=True) if ok]
+                        self._count_reports(written, [True] * len(written))
+                        rest = [m for m, ok in zip(moves, partly.written, strict=True) if not ok]
+                        await self._batch_failed(partly.__cause__ or partly, rest, notes)
                         continue
-                    except Exception:
-                        await self._retry_later(moves, notes)
+                    except Exception as error:
+                        await self._batch_failed(error, moves, notes)
                         continue
                     self._failures = 0
                     self._count_reports(moves, batch.applied)
@@ -509,8 +508,8 @@ class Worker:
         ready). False while the database cannot answer."""
         try:
             claimed = await self._call(self.engine.read.claimed_by, self.id)
-        except Exception:
-            await self._retry_later([], [])
+        except Exception as error:
+            await self._retry_later(error, [], [])
             return False
         known = set(self._running) | {job.id for job, _ in self._buffer}
         known |= self._outbox.job_ids()
@@ -524,12 +523,24 @@ class Worker:
         self._claims_unsure = False
         return True
 
-    async def _retry_later(self, moves: list[Move], notes: list[Note]) -> None:
-        """The database refused a batch (locked past the busy timeout, disk full,
-        gone): keep its reports for the next try and back off, up to 5 s."""
+    async def _batch_failed(
+        self, error: BaseException, moves: list[Move], notes: list[Note]
+    ) -> None:
+        """Writing a batch's reports failed with ``error``. Data the database
+        refuses: the reports one by one (one report it cannot store must not
+        hold back the rest). Anything else (locked past the busy timeout, disk
+        full, gone): keep them for the next try and back off, up to 5 s."""
+        if isinstance(error, StoreRefused):
+            log.warning("a batch was refused (%s); writing its reports one by one", error)
+            await self._call(self._write_one_by_one, moves, notes)
+        else:
+            await self._retry_later(error, moves, notes)
+
+    async def _retry_later(
+        self, error: BaseException, moves: list[Move], notes: list[Note]
+    ) -> None:
         self._failures += 1
         delay = min(5.0, 0.05 * 2**self._failures)
-        error = sys.exc_info()[1]
         log.warning("writing a batch failed (%s); trying again in %.2fs", error, delay)
         self._outbox.put_back(moves, notes)
         await asyncio.sleep(delay)

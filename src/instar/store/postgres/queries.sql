@@ -249,7 +249,7 @@ LIMIT 1
 -- token the caller holds; RETURNING names the moves that won, and whether other
 -- jobs wait on each (so the engine reads waiters only when there are some).
 -- With %(alone)s, only moves of jobs nothing waits on (PostgresStore.apply_alone:
--- the others are left to a transaction).
+-- the others are left to a transaction), and none is awaited.
 UPDATE jobs
 SET state = m.to_state, version = jobs.version + 1, updated_at = %(now)s,
     attempt = m.attempt, max_attempts = m.max_attempts, run_at = m.run_at,
@@ -275,8 +275,10 @@ WHERE jobs.id = m.job_id AND jobs.state = m.from_state
   AND (m.guard_token IS NULL OR jobs.lease_token = m.guard_token)
   AND NOT (%(alone)s AND (EXISTS (SELECT 1 FROM dependencies AS d WHERE d.depends_on = jobs.id)
                           OR EXISTS (SELECT 1 FROM machine_replies AS r WHERE r.job_id = jobs.id)))
-RETURNING jobs.id, EXISTS (SELECT 1 FROM dependencies AS d WHERE d.depends_on = jobs.id)
-          OR EXISTS (SELECT 1 FROM machine_replies AS r WHERE r.job_id = jobs.id) AS awaited
+RETURNING jobs.id,
+          NOT %(alone)s
+          AND (EXISTS (SELECT 1 FROM dependencies AS d WHERE d.depends_on = jobs.id)
+               OR EXISTS (SELECT 1 FROM machine_replies AS r WHERE r.job_id = jobs.id)) AS awaited
 
 -- name: claim
 -- SKIP LOCKED lets many workers claim side by side without waiting on each other.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from math import isfinite
 from typing import Any, Protocol
 
 from instar.clock import to_datetime
@@ -43,11 +44,17 @@ def rounds(moves: Sequence[Move]) -> list[list[Move]]:
     return rounds
 
 
-def moves_json(moves: Sequence[Move]) -> str:
-    """The moves as JSON arrays, in the column order ``move_batch`` reads (0-17)
-    and then what their events need (18-21: trigger, reporter, actor, detail)."""
-    return json.dumps(
-        [
+def move_rows(moves: Sequence[Move]) -> list[tuple[Any, ...]]:
+    """The moves as rows, in the column order ``move_batch`` reads (0-17) and
+    then what their events need (18-21: trigger, reporter, actor, detail).
+    Raises ``ValueError`` for a time that is not a finite number (NaN or
+    infinity: no database orders them, and SQLite would store NaN as NULL)."""
+    rows = []
+    for m in moves:
+        for at in (m.run_at, m.next_retry_at, m.lease_expires_at, m.wake_at, m.pause_deadline):
+            if at is not None and not isfinite(at):
+                raise ValueError(f"job {m.job_id}: a time of its {m.trigger} move is {at}")
+        rows.append(
             (
                 m.job_id,
                 m.from_state.value,
@@ -72,10 +79,13 @@ def moves_json(moves: Sequence[Move]) -> str:
                 _text(m.actor),
                 m.detail_json,
             )
-            for m in moves
-        ],
-        allow_nan=False,
-    )
+        )
+    return rows
+
+
+def moves_json(moves: Sequence[Move]) -> str:
+    """``move_rows`` as a JSON array of arrays."""
+    return json.dumps(move_rows(moves))
 
 
 def _text(value: str | None) -> str | None:

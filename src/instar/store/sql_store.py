@@ -59,7 +59,6 @@ from instar.store.records import (
     held_from,
     in_claim_order,
     jobs_from,
-    moves_json,
     new_job_record,
     note_params,
     recheck_from,
@@ -120,6 +119,12 @@ class SQLStore(MachineReadsSQL, ABC):
     @abstractmethod
     def _sql_list(self, ids: Sequence[int] | Sequence[str]) -> Any:
         """A list of ids or names as the backend's SQL takes it (a JSON text, an array)."""
+
+    @abstractmethod
+    def _moves(self, conn: Any, moves: Sequence[Move]) -> dict[str, Any]:
+        """The parameters through which ``move_batch``, ``insert_move_events`` and
+        ``insert_refusals`` read ``moves`` (``records.move_rows``), on ``conn``
+        inside its transaction. Raises ``ValueError`` for data no database takes."""
 
     @abstractmethod
     def args_path(self, match: ArgsMatch) -> Any:
@@ -747,12 +752,8 @@ class SQLTransaction(MachineWritesSQL):
         for round_ in rounds(moves):
             # One UPDATE per round; the events of the moves that won, and the notes
             # of reports refused for a stale lease, set-based from the same JSON.
-            params = {
-                "moves": moves_json(round_),
-                "now": now,
-                "refused": Trigger.REFUSED.value,
-                "alone": False,
-            }
+            params = self.store._moves(conn, round_)
+            params.update(now=now, refused=Trigger.REFUSED.value, alone=False)
             rows = conn.execute(self.Q["move_batch"], params).fetchall()
             winners = [row[0] for row in rows]
             awaited.update(row[0] for row in rows if row[1])

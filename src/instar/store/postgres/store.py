@@ -341,6 +341,9 @@ class PostgresStore(SQLStore):
     def _sql_list(self, ids: Sequence[int] | Sequence[str]) -> list[Any]:
         return list(ids)
 
+    def _moves(self, conn: psycopg.Connection[Any], moves: Sequence[Move]) -> dict[str, Any]:
+        return {"moves": moves_json(moves)}
+
     def _pairs(self, due: Sequence[tuple[int, int]]) -> dict[str, Any]:
         return {"ids": [job for job, _ in due], "versions": [version for _, version in due]}
 

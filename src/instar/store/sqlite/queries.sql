@@ -6,6 +6,29 @@
 -- WAL lets readers run beside the one writer; FULL keeps every commit on disk.
 PRAGMA journal_mode = WAL;
 
+-- name: staged_moves
+-- The moves of one round of move_batch, staged on the writing connection before
+-- its statements (SQLiteStore._moves): read as columns, where reading them from
+-- a JSON text parsed each move again for every field (SQLite 3.40: 25 -> 13 µs
+-- a move for move_batch and its events, 300 moves a round). A table of the
+-- connection's own (TEMP), in the order of records.move_rows after n.
+CREATE TEMP TABLE IF NOT EXISTS staged_moves (
+    n INTEGER PRIMARY KEY, job_id INTEGER, from_state TEXT, to_state TEXT, attempt,
+    max_attempts, run_at, next_retry_at, worker, lease_token, lease_expires_at, result,
+    error, version, guard_token, wake_at, pause_deadline, rerun, clear_progress, trigger,
+    reporter, actor, detail
+)
+
+-- name: clear_staged_moves
+DELETE FROM temp.staged_moves
+
+-- name: stage_move
+INSERT INTO temp.staged_moves (
+    job_id, from_state, to_state, attempt, max_attempts, run_at, next_retry_at, worker,
+    lease_token, lease_expires_at, result, error, version, guard_token, wake_at,
+    pause_deadline, rerun, clear_progress, trigger, reporter, actor, detail
+) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+
 -- name: insert_job
 -- A job whose key exists already is skipped; the caller then reads the existing one.
 -- Positional parameters: this runs once per job on the enqueue path.
@@ -62,26 +85,23 @@ FROM jobs WHERE id IN (SELECT value FROM json_each(:ids))
 ORDER BY id
 
 -- name: insert_move_events
--- The events of the moves that won (:won), from the same JSON as move_batch
--- (columns 18-21: trigger, reporter, actor, detail), in the moves' order.
+-- The events of the staged moves that won (:won), in the moves' order.
 INSERT INTO events (job_id, at, from_state, to_state, trigger, attempt, worker, actor, detail)
-SELECT value ->> 0, :now, value ->> 1, value ->> 2, value ->> 18, value ->> 3,
-       value ->> 19, value ->> 20, value ->> 21
-FROM json_each(:moves)
-WHERE value ->> 0 IN (SELECT value FROM json_each(:won))
-ORDER BY key
+SELECT job_id, :now, from_state, to_state, trigger, attempt, reporter, actor, detail
+FROM temp.staged_moves
+WHERE job_id IN (SELECT value FROM json_each(:won))
+ORDER BY n
 
 -- name: insert_refusals
 -- A report from a worker whose lease token is stale (the move did not win and
 -- carried a token): a note in the timeline, never applied.
 INSERT INTO events (job_id, at, from_state, to_state, trigger, attempt, worker, actor, detail)
-SELECT j.id, :now, j.state, j.state, :refused, j.attempt, m.value ->> 19, m.value ->> 20,
-       json_object('trigger', m.value ->> 18, 'refused', m.value ->> 2,
-                   'reason', 'stale lease token')
-FROM json_each(:moves) AS m JOIN jobs AS j ON j.id = m.value ->> 0
-WHERE m.value ->> 13 IS NOT NULL
-  AND m.value ->> 0 NOT IN (SELECT value FROM json_each(:won))
-ORDER BY m.key
+SELECT j.id, :now, j.state, j.state, :refused, j.attempt, m.reporter, m.actor,
+       json_object('trigger', m.trigger, 'refused', m.to_state, 'reason', 'stale lease token')
+FROM temp.staged_moves AS m JOIN jobs AS j ON j.id = m.job_id
+WHERE m.guard_token IS NOT NULL
+  AND m.job_id NOT IN (SELECT value FROM json_each(:won))
+ORDER BY m.n
 
 -- name: insert_claim_events
 -- The claim's events, in the order the claim took the jobs.
@@ -133,12 +153,11 @@ SELECT 0
 SELECT max(id) FROM events
 
 -- name: move_batch
--- Many moves in one statement: each row of :moves is a JSON array in the order
--- below. Compare-and-set on (id, state) plus the version or the lease token the
+-- Many moves in one statement, read from staged_moves (SQLiteStore._moves).
+-- Compare-and-set on (id, state) plus the version or the lease token the
 -- caller holds; RETURNING names the moves that won, and whether anything waits
 -- on each (other jobs, or a machine's reply; so the engine reads waiters only
--- when there are some). Job ids must
--- be distinct.
+-- when there are some). Job ids must be distinct.
 UPDATE jobs
 SET state = m.to_state, version = jobs.version + 1, updated_at = :now,
     attempt = m.attempt, max_attempts = m.max_attempts, run_at = m.run_at,
@@ -148,16 +167,7 @@ SET state = m.to_state, version = jobs.version + 1, updated_at = :now,
     progress = CASE WHEN m.clear_progress THEN NULL ELSE jobs.progress END,
     cancel_requested = CASE WHEN m.to_state = {claim_to} THEN 0 ELSE jobs.cancel_requested END,
     pause_requested = CASE WHEN m.to_state = {claim_to} THEN 0 ELSE jobs.pause_requested END
-FROM (
-    SELECT value ->> 0 AS job_id, value ->> 1 AS from_state, value ->> 2 AS to_state,
-           value ->> 3 AS attempt, value ->> 4 AS max_attempts, value ->> 5 AS run_at,
-           value ->> 6 AS next_retry_at, value ->> 7 AS worker, value ->> 8 AS lease_token,
-           value ->> 9 AS lease_expires_at, value ->> 10 AS result, value ->> 11 AS error,
-           value ->> 12 AS version, value ->> 13 AS guard_token,
-           value ->> 14 AS wake_at, value ->> 15 AS pause_deadline,
-           value ->> 16 AS rerun, value ->> 17 AS clear_progress
-    FROM json_each(:moves)
-) AS m
+FROM temp.staged_moves AS m
 WHERE jobs.id = m.job_id AND jobs.state = m.from_state
   AND (m.version IS NULL OR jobs.version = m.version)
   AND (m.guard_token IS NULL OR jobs.lease_token = m.guard_token)

@@ -35,11 +35,12 @@ from instar.store.contract import (
     SCAN_FACTOR,
     ArgsMatch,
     ClaimRequest,
+    Move,
     NewJob,
     Wake,
     alike_but_args,
 )
-from instar.store.records import new_job_params
+from instar.store.records import move_rows, new_job_params
 from instar.store.sql_blocks import load_queries
 from instar.store.sql_store import SQLStore
 
@@ -108,6 +109,7 @@ class SQLiteStore(SQLStore):
             if not read_only:
                 self._conn.execute(Q["pragmas"])
                 self._conn.execute(f"PRAGMA synchronous = {synchronous.upper()}")
+                self._conn.execute(Q["staged_moves"])
         except sqlite3.DatabaseError as exc:
             translated = self._translate(exc)
             if isinstance(translated, InstarError):
@@ -298,6 +300,13 @@ class SQLiteStore(SQLStore):
 
     def _sql_list(self, ids: Sequence[int] | Sequence[str]) -> str:
         return json.dumps(list(ids))
+
+    def _moves(self, conn: sqlite3.Connection, moves: Sequence[Move]) -> dict[str, Any]:
+        """Staged in ``staged_moves``, a table of the writing connection's own
+        (created as it opens)."""
+        conn.execute(Q["clear_staged_moves"])
+        conn.executemany(Q["stage_move"], move_rows(moves))
+        return {}
 
     def _pairs(self, due: Sequence[tuple[int, int]]) -> dict[str, Any]:
         return {"pairs": json.dumps([list(pair) for pair in due])}

@@ -64,6 +64,10 @@ LEASE = 5.0
 MAX_ATTEMPTS = 3
 BURST_LIMIT = 30
 """Jobs one burst may run; replies that make jobs for ever run one pass at a time."""
+MAX_JOBS = 1_000
+"""Jobs one example may make: a pass whose replies would take the jobs past this
+is not run (replies that multiply the jobs at each pass made 16,384 in two
+passes of one example, minutes of work, past what the check lists)."""
 WORKER_PATIENCE = 30.0
 """Seconds of real time a burst worker may take (a few jobs: well under one)."""
 MAX_SEND_DEPTH = 16
@@ -1086,7 +1090,8 @@ class MachinesAgreeWithTheModel(RuleBasedStateMachine):
         """A burst worker, unless the replies would make jobs for ever (the
         model, tried on a copy, runs more than ``BURST_LIMIT``): then one pass
         over the jobs ready now, each completed in a transaction of its own
-        (the worker's way: its reply is delivered there)."""
+        (the worker's way: its reply is delivered there), unless the jobs would
+        then number more than ``MAX_JOBS``."""
         model = self.model_
         ready = [j for j in model.jobs if j.state == "ready"]
         if not ready:
@@ -1094,6 +1099,10 @@ class MachinesAgreeWithTheModel(RuleBasedStateMachine):
         if copy.deepcopy(model).run_jobs(burst=True, limit=BURST_LIMIT):
             _burst(self.m)
             model.run_jobs(burst=True)
+            return
+        trial = copy.deepcopy(model)
+        trial.run_jobs(burst=False)
+        if len(trial.jobs) > MAX_JOBS:
             return
         engine = self.m.engine
         claim = ClaimRequest("one-pass", len(ready), None, names=list(JOBS))

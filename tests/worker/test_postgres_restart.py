@@ -249,6 +249,23 @@ def test_a_worker_retries_through_a_server_restart_and_finishes_every_job_once(
             ], f"job {job.id}: {[(e.from_state, e.to_state, e.trigger) for e in events]}"
 
 
+def _dies_once(monkeypatch: pytest.MonkeyPatch, *, after_writing: bool) -> list[int]:
+    """The first transaction that writes moves meets a dead connection, before
+    or after writing them; the list returned says how many moves it had."""
+    real_apply = SQLTransaction.apply_moves
+    failures: list[int] = []
+
+    def die_once(tx: SQLTransaction, moves: Sequence[Move]) -> Applied:
+        applied = real_apply(tx, moves) if after_writing else None
+        if not failures:
+            failures.append(len(moves))
+            raise psycopg.OperationalError("terminating connection due to administrator command")
+        return applied if applied is not None else real_apply(tx, moves)
+
+    monkeypatch.setattr(SQLTransaction, "apply_moves", die_once)
+    return failures
+
+
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)
 def test_a_batch_whose_connection_dies_mid_transaction_is_retried_whole(
     app: instar.App, monkeypatch: pytest.MonkeyPatch
@@ -265,17 +282,7 @@ def test_a_batch_whose_connection_dies_mid_transaction_is_retried_whole(
         time.sleep(0.005)
         return n
 
-    real_apply = SQLTransaction.apply_moves
-    failures: list[int] = []
-
-    def apply_then_die_once(tx: SQLTransaction, moves: Sequence[Move]) -> Applied:
-        applied = real_apply(tx, moves)
-        if not failures:
-            failures.append(len(moves))
-            raise psycopg.OperationalError("terminating connection due to administrator command")
-        return applied
-
-    monkeypatch.setattr(SQLTransaction, "apply_moves", apply_then_die_once)
+    failures = _dies_once(monkeypatch, after_writing=True)
     # Reports go through a transaction: none is written alone (one statement, which
     # commits whole or not at all), as they are when the jobs have dependants.
     monkeypatch.setattr(PostgresStore, "apply_alone", SQLStore.apply_alone)
@@ -313,16 +320,7 @@ def test_reports_written_before_a_batch_failed_are_not_sent_again(
         time.sleep(0.002)
         return n
 
-    real_apply = SQLTransaction.apply_moves
-    failures: list[int] = []
-
-    def die_once(tx: SQLTransaction, moves: Sequence[Move]) -> Applied:
-        if not failures:
-            failures.append(len(moves))
-            raise psycopg.OperationalError("terminating connection due to administrator command")
-        return real_apply(tx, moves)
-
-    monkeypatch.setattr(SQLTransaction, "apply_moves", die_once)
+    failures = _dies_once(monkeypatch, after_writing=False)
     parents = app.enqueue_many("tick", [{"n": n} for n in range(100)])
     dependants = [app.enqueue("tick", {"n": -p.id}, after=[p.id]) for p in parents[::2]]
     jobs = [*parents, *dependants]

@@ -25,6 +25,7 @@ SQLITE_ONLY = {
     "staged_moves": "moves read as columns of a table: SQLite parses JSON again per field",
     "clear_staged_moves": "moves read as columns of a table: SQLite parses JSON again per field",
     "stage_move": "moves read as columns of a table: SQLite parses JSON again per field",
+    "insert_enqueued_event": "one job's first event from its values (PostgreSQL: enqueue_one)",
     "claim_any_queue": "no array type: one claim per queue filter shape",
     "claim_from_queues": "no array type: one claim per queue filter shape",
     "rollup_batch_end": "ids are commit order: a batch of the feed is an id range",

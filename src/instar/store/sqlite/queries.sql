@@ -77,6 +77,11 @@ LIMIT :limit
 -- name: count_by_state
 SELECT state, count(*) FROM jobs GROUP BY state
 
+-- name: insert_enqueued_event
+-- The first event of one new job (id, state, trigger, actor), inserted just after it.
+INSERT INTO events (job_id, at, from_state, to_state, trigger, attempt, worker, actor, detail)
+VALUES (?, ?, NULL, ?, ?, 0, NULL, ?, NULL)
+
 -- name: insert_enqueued_events
 -- The first event of each new job, in one statement.
 INSERT INTO events (job_id, at, from_state, to_state, trigger, attempt, worker, actor, detail)

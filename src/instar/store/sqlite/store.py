@@ -43,6 +43,7 @@ from instar.store.contract import (
 from instar.store.records import move_rows, new_job_params
 from instar.store.sql_blocks import load_queries
 from instar.store.sql_store import SQLStore
+from instar.vocabulary import Trigger
 
 Q = load_queries("instar.store.sqlite")
 # A claim under limits: the candidates' common table expressions, then the claim.
@@ -278,11 +279,18 @@ class SQLiteStore(SQLStore):
             new = range(first, first + len(jobs))
             self._first_events(conn, new, now, actor)
             return list(new)
+        # One by one (keys may collide): each new job's event from its own values,
+        # not read back through its id (one job: 11 -> 5 µs).
         ids: list[int | None] = []
+        events = []
+        enqueued = Trigger.ENQUEUED.value
         for job in jobs:
             cursor = conn.execute(Q["insert_job"], new_job_params(job, now))
-            ids.append(int(cursor.lastrowid or 0) if cursor.rowcount else None)
-        self._first_events(conn, [i for i in ids if i is not None], now, actor)
+            job_id = int(cursor.lastrowid or 0) if cursor.rowcount else None
+            ids.append(job_id)
+            if job_id is not None:
+                events.append((job_id, now, job.state.value, enqueued, actor))
+        conn.executemany(Q["insert_enqueued_event"], events)
         return ids
 
     def _roll_up(self, conn: sqlite3.Connection, after: int, limit: int) -> tuple[int, int]:

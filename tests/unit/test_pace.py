@@ -1,0 +1,74 @@
+"""The pace a worker claims ahead by (``instar.worker.loop.Pace``): jobs ended
+per second, on a clock the test moves."""
+
+from __future__ import annotations
+
+import pytest
+
+from instar.worker.loop import Pace
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_slots_worth_of_jobs_starting_at_once_is_no_pace() -> None:
+    clock = Clock()
+    pace = Pace(enough=10, clock=clock)
+    for _ in range(10):
+        pace.started()
+    clock.now += 0.5
+    assert pace.per_second() == 0.0
+
+
+def test_quick_handlers_give_a_pace_once_a_slots_worth_of_runs_ended() -> None:
+    clock = Clock()
+    pace = Pace(enough=10, clock=clock)
+    for _ in range(10):
+        pace.started()
+    for _ in range(9):
+        clock.now += 0.0005
+        pace.ended()
+    assert pace.per_second() == 0.0  # not a slots' worth yet
+    clock.now += 0.0005
+    pace.ended()  # 10 ended 5 ms after the first start: long before a quarter second
+    assert pace.per_second() == pytest.approx(2_000.0)
+
+
+def test_slow_handlers_give_the_pace_they_end_at() -> None:
+    clock = Clock()
+    pace = Pace(enough=10, clock=clock)
+    for _ in range(10):
+        pace.started()
+    clock.now += 1.0
+    for _ in range(10):
+        pace.ended()  # ten 1-second runs end together
+    assert 0.0 < pace.per_second() <= 10.0  # never the pace of their start
+
+
+def test_later_figures_are_averaged_over_a_quarter_second_with_the_last() -> None:
+    clock = Clock()
+    pace = Pace(enough=10, clock=clock)
+    pace.started()
+    clock.now += 0.01
+    for _ in range(10):
+        pace.ended()  # first figure: 1,000/s
+    for _ in range(500):
+        clock.now += 0.0005
+        pace.ended()  # 2,000/s, for a quarter second
+    assert pace.per_second() == pytest.approx(1_500.0)
+
+
+def test_no_run_ended_for_a_window_is_no_pace() -> None:
+    clock = Clock()
+    pace = Pace(enough=1, clock=clock)
+    pace.started()
+    clock.now += 0.01
+    pace.ended()
+    assert pace.per_second() == pytest.approx(100.0)
+    clock.now += Pace.WINDOW + 0.01
+    assert pace.per_second() == 0.0

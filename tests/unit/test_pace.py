@@ -72,3 +72,16 @@ def test_no_run_ended_for_a_window_is_no_pace() -> None:
     assert pace.per_second() == pytest.approx(100.0)
     clock.now += Pace.WINDOW + 0.01
     assert pace.per_second() == 0.0
+
+
+def test_a_first_fill_of_the_slots_that_ended_quickly_is_not_yet_a_pace() -> None:
+    """A worker asks for two slots' worth (``Worker`` passes ``2 * concurrency``):
+    ten quick first runs, then slow ones, give no figure to claim ahead by."""
+    clock = Clock()
+    pace = Pace(enough=2 * 10, clock=clock)
+    for _ in range(10):
+        pace.started()
+    for _ in range(10):
+        clock.now += 0.0001
+        pace.ended()  # the first fill ended within a millisecond
+    assert pace.per_second() == 0.0

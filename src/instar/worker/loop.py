@@ -179,7 +179,7 @@ class Worker:
         self._thread_ends_signalled = False
         self._backlog = False
         self._prefetch_after = 0.0
-        self._pace = Pace(enough=self.settings.concurrency)
+        self._pace = Pace(enough=2 * self.settings.concurrency)
         self._rechecked_at = -1.0
         self._failures = 0  # consecutive batches the database refused
         self._claims_unsure = False  # a batch that claimed failed: did it commit?
@@ -970,14 +970,15 @@ class Pace:
     slots free up for jobs claimed ahead (an average over about the last second).
 
     The clock starts with the first run. The first figure comes once ``enough``
-    runs have ended (a worker's slots' worth: quick handlers end that many within
-    milliseconds) or a quarter of the window has passed, whichever is first; then
-    one every quarter window, averaged with the last. Ends, not starts: the first
-    slots' worth of jobs start at once, which says nothing of the pace (a
-    worker would claim ahead for handlers that have not shown how long they
-    take), and quick ones would wait a quarter second, claiming a slots' worth at
-    a time, for a first figure (a burst of 20,000 no-op jobs on PostgreSQL: 150
-    of them in its first 0.25 s)."""
+    runs have ended (the worker passes two slots' worth: runs that started as
+    others ended, not only the first fill of its slots; quick handlers end that
+    many within milliseconds) or a quarter of the window has passed, whichever
+    is first; then one every quarter window, averaged with the last. Ends, not
+    starts: the first slots' worth of jobs start at once, which says nothing of
+    the pace (a worker would claim ahead for handlers that have not shown how
+    long they take), and quick ones would wait a quarter second, claiming a
+    slots' worth at a time, for a first figure (a burst of 20,000 no-op jobs on
+    PostgreSQL: 150 of them in its first 0.25 s)."""
 
     WINDOW = 1.0
 

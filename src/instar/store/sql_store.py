@@ -102,8 +102,8 @@ class SQLStore(MachineReadsSQL, ABC):
     def _insert_rows(
         self, conn: Any, jobs: Sequence[NewJob], now: float, actor: str | None
     ) -> list[int | None]:
-        """Insert job rows and the first event of each new one (``_first_events``);
-        the new ids in order, None where a key already existed."""
+        """Insert job rows and the first event of each new one; the new ids in
+        order, None where a key already existed."""
 
     def _first_events(self, conn: Any, ids: Sequence[int], now: float, actor: str | None) -> None:
         """The ``enqueued`` event of each of these new jobs, in one statement."""

@@ -179,7 +179,8 @@ class Worker:
         self._thread_ends_signalled = False
         self._backlog = False
         self._prefetch_after = 0.0
-        self._pace = Pace(enough=2 * self.settings.concurrency)
+        # Two slots' worth (at least 20 runs): see Pace.
+        self._pace = Pace(enough=max(2 * self.settings.concurrency, 20))
         self._rechecked_at = -1.0
         self._failures = 0  # consecutive batches the database refused
         self._claims_unsure = False  # a batch that claimed failed: did it commit?
@@ -729,7 +730,8 @@ class Worker:
             return
         moves = self._queue_outcome(run.ctx.job, retry, outcome)  # may raise: still running
         del self._running[run.job.id]
-        self._pace.ended()
+        if not run.overran:  # a run past its timeout keeps its slot until its thread returns
+            self._pace.ended()
         self._tracing.ending(
             run.span, moves, outcome.error if isinstance(outcome, Raised) else None
         )
@@ -969,11 +971,13 @@ class Pace:
     """How many runs this worker ends per second, lately: the pace at which its
     slots free up for jobs claimed ahead (an average over about the last second).
 
-    The clock starts with the first run. The first figure comes once ``enough``
-    runs have ended (the worker passes two slots' worth: runs that started as
-    others ended, not only the first fill of its slots; quick handlers end that
-    many within milliseconds) or a quarter of the window has passed, whichever
-    is first; then one every quarter window, averaged with the last. Ends, not
+    The clock starts with the first run, and again with the first after a
+    window in which no run ended (what came before says nothing of the runs to
+    come). The first figure comes once ``enough`` runs have ended (the worker
+    passes two slots' worth, at least 20: runs that started as others ended, not
+    only the first fill of its slots; quick handlers end that many within
+    milliseconds) or a quarter of the window has passed, whichever is first;
+    then one every quarter window, averaged with the last. Ends, not
     starts: the first slots' worth of jobs start at once, which says nothing of
     the pace (a worker would claim ahead for handlers that have not shown how
     long they take), and quick ones would wait a quarter second, claiming a
@@ -990,8 +994,9 @@ class Pace:
         self._since: float | None = None
 
     def started(self) -> None:
-        if self._since is None:
-            self._since = self._clock()
+        now = self._clock()
+        if self._since is None or now - self._since > self.WINDOW:
+            self._since, self._count, self._rate = now, 0, 0.0
 
     def ended(self) -> None:
         if self._since is None:

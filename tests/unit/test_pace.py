@@ -78,8 +78,9 @@ def test_no_run_ended_for_a_window_is_no_pace() -> None:
 
 
 def test_a_first_fill_of_the_slots_that_ended_quickly_is_not_yet_a_pace() -> None:
-    """A worker asks for two slots' worth (``Worker`` passes ``2 * concurrency``):
-    ten quick first runs, then slow ones, give no figure to claim ahead by."""
+    """A worker asks for two slots' worth (``Worker`` passes ``2 * concurrency``,
+    at least 20): ten quick first runs, then slow ones, give no figure to claim
+    ahead by."""
     clock = Clock()
     pace = Pace(enough=2 * 10, clock=clock)
     for _ in range(10):

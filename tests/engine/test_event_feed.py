@@ -15,7 +15,7 @@ import instar
 from instar.engine.reads import Reader
 from instar.lifecycle import State
 from instar.store import open_store
-from instar.store.contract import Wake
+from instar.store.contract import EventFilter, Wake
 from tests.conftest import POSTGRES, _postgres_or_skip, running_worker
 
 
@@ -175,6 +175,34 @@ def test_postgresql_wakes_only_the_listeners_of_the_schema_that_changed(
         while not heard and time.monotonic() < deadline:
             time.sleep(0.01)
         assert heard == [Wake.READY]
+
+
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_a_follower_gets_events_an_older_transaction_held_back_until_just_after_a_read(
+    app: instar.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The older transaction writes no event (as a heartbeat's), so its commit
+    wakes no follower: the follower must know to read again by itself."""
+    noop = _noop(app)
+    start = app.last_event_id()
+    older = psycopg.connect(POSTGRES)
+    older.execute("SELECT pg_current_xact_id()")  # open, with a transaction id
+    job = noop.enqueue(n=1)  # its event commits behind the older transaction
+    read = app.engine.read.events_since
+
+    def read_then_end_the_older(after: int, limit: int, where: EventFilter) -> list[instar.Event]:
+        page = read(after, limit, where)
+        if not older.closed:
+            older.commit()
+            older.close()
+        return page
+
+    monkeypatch.setattr(app.engine.read, "events_since", read_then_end_the_older)
+    got = []
+    for event in app.events(after=start, follow=True, timeout=5):
+        got.append(event)
+        break
+    assert [(e.job_id, e.to_state) for e in got] == [(job.id, State.READY)]
 
 
 @pytest.mark.parametrize("database", ["postgresql"], indirect=True)

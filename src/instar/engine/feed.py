@@ -132,13 +132,19 @@ class _Cursor:
         self.held_back = False
 
     def read(self) -> list[Event]:
+        # Committed events an older, still open transaction holds back come out
+        # once it ends, which may send no wake-up (a transaction that wrote no
+        # event sends none): poll till then. Asked before the read, not after: an
+        # older transaction that ends between the two would otherwise leave its
+        # juniors' events unread, and this reader waiting for a wake-up that
+        # never comes. Asked first, such an event is either still held back
+        # then (poll) or no longer (the read returns it); one committed later
+        # comes with a wake-up of its own.
+        held_back = self.engine.store.held_back_events()
         page = self.engine.read.events_since(self.after, self.settings.page, self.where)
         if page:
             self.after = page[-1].id
-        if len(page) < self.settings.page:
-            # Committed events an older, still open transaction holds back: they
-            # come out once it ends, which may send no wake-up; poll till then.
-            self.held_back = self.engine.store.held_back_events()
+        self.held_back = held_back
         return page
 
     def drain(self) -> Iterator[Event]:

@@ -213,6 +213,45 @@ def test_a_heartbeat_extends_only_the_jobs_its_worker_still_tracks(store: Store)
     assert lost.lease_expires_at.timestamp() == pytest.approx(NOW + 30)
 
 
+@pytest.mark.parametrize("database", ["postgresql"], indirect=True)
+def test_a_heartbeat_passes_over_a_job_another_transaction_has_locked(
+    store: Store, database: str
+) -> None:
+    """It never waits on a row lock: its worker's own report of a job locks that
+    job's row, and the two waiting on each other would deadlock (detected only
+    after a second, longer than a short lease). The job skipped is the report's."""
+    insert(store, [new_job(), new_job()])
+    reporting, running = claim(store, worker="me", limit=2)
+    other = open_store(database)
+    locked, release = threading.Event(), threading.Event()
+
+    def report_in_progress() -> None:
+        with other.transaction(NOW + 5) as tx:
+            tx.heartbeat("me", [reporting])  # holds the row's lock until it commits
+            locked.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=report_in_progress)
+    thread.start()
+    try:
+        assert locked.wait(10)
+        beat = threading.Thread(
+            target=heartbeat, args=(store, "me", [reporting, running], NOW + 10)
+        )
+        beat.start()
+        beat.join(10)
+        assert not beat.is_alive(), "the heartbeat waited on the locked row"
+    finally:
+        release.set()
+        thread.join(10)
+        other.close()
+    extended, skipped = store.get_job(running), store.get_job(reporting)
+    assert extended is not None and extended.lease_expires_at is not None
+    assert skipped is not None and skipped.lease_expires_at is not None
+    assert extended.lease_expires_at.timestamp() == pytest.approx(NOW + 40)
+    assert skipped.lease_expires_at.timestamp() == pytest.approx(NOW + 35)
+
+
 def test_a_cancel_request_reaches_the_worker_through_its_heartbeat(store: Store) -> None:
     insert(store, [new_job()])
     [job_id] = claim(store, worker="me")

@@ -226,6 +226,42 @@ def test_an_async_handler_that_blocks_its_loop_keeps_its_lease(database: str) ->
         assert S.ORPHANED not in moves(app, job.id)
 
 
+def test_a_job_whose_end_the_database_will_not_take_yet_keeps_its_lease(
+    database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report batch that fails (a deadlock, a dropped connection) is tried
+    again with backoff, for longer than a short lease lasts: the job has ended,
+    but its end is not written, so it still runs in the database under this
+    worker's lease, which the heartbeat keeps alive until the report lands."""
+    with instar.App(database) as app, instar.App(database) as elsewhere:
+
+        @app.job(name="quick", lease=0.6)
+        def quick() -> str:
+            return "done once"
+
+        real_exchange = app.engine.exchange
+        refused_until: list[float] = []
+
+        def reports_refused_for_two_seconds(*args: Any, **kwargs: Any) -> Any:
+            if args[0]:  # moves: the job's end
+                refused_until[:] = refused_until or [time.monotonic() + 2.0]
+                if time.monotonic() < refused_until[0]:
+                    raise instar.DatabaseUnavailable("server closed the connection unexpectedly")
+            return real_exchange(*args, **kwargs)
+
+        monkeypatch.setattr(app.engine, "exchange", reports_refused_for_two_seconds)
+        job = quick.enqueue()
+        rescuer = Maintenance(elsewhere.engine, "elsewhere")
+        with running_worker(app):
+            deadline = time.monotonic() + 10
+            while app.get(job.id).state is not S.COMPLETED and time.monotonic() < deadline:
+                rescuer.run_once()  # another process's maintenance, judging the lease
+                time.sleep(0.1)
+        assert refused_until, "the job's end should have been refused for a while"
+        assert moves(app, job.id) == [S.READY, S.RUNNING, S.COMPLETED]
+        assert app.get(job.id).result == "done once"
+
+
 def test_a_lost_service_that_was_stopping_fails_and_the_sweep_goes_on(
     frozen_app: instar.App, clock: FrozenClock
 ) -> None:

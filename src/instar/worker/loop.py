@@ -587,6 +587,7 @@ class Worker:
             self._count_reports(fallback, self.engine.apply(fallback))
         except Exception as exc:
             # Its lease runs out and maintenance takes it back.
+            self._outbox.written([group[0].job_id])
             log.error("job %d: even its failure could not be stored: %s", group[0].job_id, exc)
 
     # -- running one job ------------------------------------------------------------
@@ -753,7 +754,7 @@ class Worker:
             now=self.engine.clock.now(),
             max_payload_bytes=self.settings.max_payload_bytes,
         )
-        self._outbox.add(moves=moves)
+        self._outbox.add(moves=moves, lease_seconds=job.lease_seconds)
         self._wake_threadsafe()
         return moves
 
@@ -829,12 +830,14 @@ class Worker:
 
     def _held(self) -> list[tuple[int, float]]:
         """(job id, lease seconds) of every job this worker holds: its handlers that
-        really run, and its jobs claimed ahead. Called from the heartbeat's thread:
-        a dict's ``copy`` and a deque's ``list`` are atomic under the GIL."""
+        really run, its jobs claimed ahead, and the jobs whose end is not yet
+        written. Called from the heartbeat's thread: a dict's ``copy`` and a
+        deque's ``list`` are atomic under the GIL."""
         running = self._running.copy()
         buffered = list(self._buffer)
         held = [(job_id, run.job.lease_seconds) for job_id, run in running.items()]
-        return held + [(job.id, job.lease_seconds) for job, _ in buffered]
+        held += [(job.id, job.lease_seconds) for job, _ in buffered]
+        return held + self._outbox.held()
 
     def _heard(self, news: list[Held]) -> None:
         """From the heartbeat's thread: hand what it learned to the loop."""
@@ -903,6 +906,7 @@ class Worker:
             self._count_reports(moves, batch.applied)
 
     def _count_reports(self, moves: Sequence[Move], applied: Sequence[bool]) -> None:
+        self._outbox.written(move.job_id for move in moves)
         if self.settings.observer is not None:
             self.settings.observer.moved([m for m, ok in zip(moves, applied, strict=True) if ok])
             refused = [m.job_id for m, ok in zip(moves, applied, strict=True) if not ok]

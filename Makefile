@@ -35,7 +35,7 @@ typecheck: $(STAMP)
 # test_cli.py: 76 s without, 61 s with).
 unit: $(STAMP)
 	$(BIN)/python -m compileall -q src tests > /dev/null
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadgroup
 
 # Test tiers, each a folder of tests/: unit (no database), store (the store
 # contract on both backends), engine (App, engine, maintenance), worker (workers,

@@ -23,6 +23,22 @@ BACKENDS = ["sqlite", "postgresql"]
 POSTGRES = os.environ.get("INSTAR_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist turns the marks into groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`make test` runs the suite in two processes (pytest-xdist, ``--dist
+    loadgroup``), and every test that reaches the PostgreSQL server in the same
+    one. The server's snapshot horizon is shared by all its databases and
+    schemas, and the feed returns an event only once no older transaction is
+    still open: side by side, one test's open transaction (its migrations, a
+    worker's batch) would hold back the events another test reads at once."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("database") if callspec is not None else None
+        module = getattr(item, "module", None)
+        if backend == "postgresql" or (backend is None and hasattr(module, "psycopg")):
+            item.add_marker(pytest.mark.xdist_group("postgresql"))
+
+
 def _postgres_or_skip() -> None:
     """A missing server skips PostgreSQL tests on a laptop and fails them in CI."""
     try:

@@ -61,6 +61,7 @@ class Sizes:
     bulk_chunk: int
     process_jobs: int  # queued before each processing run (every queue gets the same)
     rounds: int  # processing runs of each kind, interleaved with the peer's
+    enqueue_rounds: int  # raw limit and enqueue one by one, in turns
     bare_batch: int  # jobs per claim in the bare loop
     pickup_jobs: int
     pickup_gap: float  # mean seconds between two enqueues (jittered +-50%)
@@ -84,6 +85,7 @@ FULL = Sizes(
     bulk_chunk=10_000,
     process_jobs=20_000,
     rounds=3,
+    enqueue_rounds=5,
     bare_batch=100,
     pickup_jobs=200,
     pickup_gap=0.020,
@@ -106,6 +108,7 @@ QUICK = Sizes(
     bulk_chunk=5_000,
     process_jobs=5_000,
     rounds=1,
+    enqueue_rounds=2,
     bare_batch=100,
     pickup_jobs=100,
     pickup_gap=0.020,
@@ -459,6 +462,71 @@ def enqueue_one_by_one(url: str, jobs: int) -> float:
         for _ in range(jobs):
             defn.enqueue()
         return jobs / (time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class EnqueueTurns:
+    """The raw limit (rows/s) and Instar's enqueue one by one (jobs/s), one of
+    each per round, in turns: the disk's commit time drifts by a fifth within
+    minutes here, so a ratio of two runs minutes apart says more about the
+    drift than about Instar."""
+
+    raw: list[float]
+    enqueues: list[float]
+    raw_rows: int  # in the first raw round
+
+    @property
+    def raw_rate(self) -> float:
+        return statistics.median(self.raw)
+
+    @property
+    def enqueue_rate(self) -> float:
+        return statistics.median(self.enqueues)
+
+
+def enqueue_in_turns(
+    rounds: int, raw: Callable[[], tuple[float, int]], enqueue: Callable[[], float]
+) -> EnqueueTurns:
+    """``rounds`` rounds of ``raw()`` then ``enqueue()``."""
+    raws: list[float] = []
+    enqueues: list[float] = []
+    raw_rows = 0
+    for _ in range(rounds):
+        found, rows = raw()
+        raws.append(found)
+        raw_rows = raw_rows or rows
+        enqueues.append(enqueue())
+    return EnqueueTurns(raws, enqueues, raw_rows)
+
+
+def enqueue_rows(found: EnqueueTurns, raw_what: str, raw_how: str, need: float) -> list[Row]:
+    """The raw limit's row and the enqueue's, judged against the raw limit."""
+
+    def runs(values: Sequence[float]) -> str:
+        return f"median of {len(values)} ({', '.join(f'{v:,.0f}' for v in values)} /s)"
+
+    commit_ms = 1000 / found.raw_rate
+    return [
+        Row(
+            f"raw limit: {raw_what}",
+            rate(found.raw_rate),
+            "1.00x raw",
+            "-",
+            None,
+            f"{runs(found.raw)}, in turns with enqueue one by one; {found.raw_rows:,} rows, "
+            f"{raw_how}; {commit_ms:.2f} ms per commit",
+        ),
+        judged(
+            "enqueue one by one",
+            rate(found.enqueue_rate),
+            found.enqueue_rate,
+            found.raw_rate,
+            "raw",
+            f">= {need:.2f}x raw",
+            need,
+            f"{runs(found.enqueues)}; defn.enqueue() each",
+        ),
+    ]
 
 
 def instar_drain(

@@ -36,6 +36,7 @@ from bench.harness import (
     OLD,
     OLD_EVENTS,
     ROLLED_UP,
+    EnqueueTurns,
     Finished,
     Latency,
     Processing,
@@ -47,7 +48,9 @@ from bench.harness import (
     bulk_enqueue,
     claim_batches,
     code_note,
+    enqueue_in_turns,
     enqueue_one_by_one,
+    enqueue_rows,
     finished_rows,
     instar_drain,
     instar_pickup,
@@ -332,21 +335,25 @@ class PostgresBench:
                 found = conn.execute(f"SHOW {setting}".encode()).fetchone()
                 self.server[setting] = "?" if found is None else str(found[0]).split()[0]
 
-        progress.print("PostgreSQL: raw psycopg commits ...")
-        found_raw = attempt(rows, "raw limit", self.raw_limit)
-        raw = found_raw[0] if found_raw else None
-        commit_ms = 1000 / raw if raw else None
-        if found_raw and commit_ms:
-            rows.append(
-                Row(
-                    "raw limit: psycopg autocommit INSERT",
-                    rate(found_raw[0]),
-                    "1.00x raw",
-                    "-",
-                    None,
-                    f"{found_raw[1]:,} rows, one connection; {commit_ms:.2f} ms per commit",
+        progress.print("PostgreSQL: raw psycopg commits and enqueue one by one, in turns ...")
+
+        def in_turns() -> EnqueueTurns:
+            with self.schema("enqueue") as (_, url, _):
+                return enqueue_in_turns(
+                    sizes.enqueue_rounds,
+                    self.raw_limit,
+                    partial(enqueue_one_by_one, url, sizes.enqueue_jobs),
                 )
+
+        turns = attempt(rows, "raw limit and enqueue one by one", in_turns)
+        raw = turns.raw_rate if turns else None
+        commit_ms = 1000 / raw if raw else None
+        enqueue_row = None
+        if turns:
+            raw_row, enqueue_row = enqueue_rows(
+                turns, "psycopg autocommit INSERT", "one connection", 0.9
             )
+            rows.append(raw_row)
 
         progress.print("PostgreSQL: bare claim/complete/event loop ...")
 
@@ -370,26 +377,8 @@ class PostgresBench:
                 )
             )
 
-        progress.print("PostgreSQL: enqueue one by one ...")
-
-        def one_by_one() -> float:
-            with self.schema("enqueue") as (_, url, _):
-                return enqueue_one_by_one(url, sizes.enqueue_jobs)
-
-        one = attempt(rows, "enqueue one by one", one_by_one)
-        if one is not None:
-            rows.append(
-                judged(
-                    "enqueue one by one",
-                    rate(one),
-                    one,
-                    raw,
-                    "raw",
-                    ">= 0.90x raw",
-                    0.9,
-                    f"{sizes.enqueue_jobs:,} jobs, defn.enqueue() each",
-                )
-            )
+        if enqueue_row:
+            rows.append(enqueue_row)
 
         pgq_missing = peers.missing("pgqueuer")
         bulks: list[float] = []

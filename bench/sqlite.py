@@ -26,6 +26,7 @@ from bench.harness import (
     OLD_EVENTS,
     ROLLED_UP,
     BenchError,
+    EnqueueTurns,
     Finished,
     Processing,
     Pruned,
@@ -37,7 +38,9 @@ from bench.harness import (
     bulk_enqueue,
     claim_batches,
     code_note,
+    enqueue_in_turns,
     enqueue_one_by_one,
+    enqueue_rows,
     finished_rows,
     instar_drain,
     instar_pickup,
@@ -357,21 +360,27 @@ class SqliteBench:
         sizes = self.sizes
         self.load_at_start = os.getloadavg()[0]
 
-        progress.print("SQLite: raw sqlite3 commits ...")
-        found_raw = attempt(rows, "raw limit", lambda: raw_limit(self.path("raw"), sizes))
-        raw = found_raw[0] if found_raw else None
+        progress.print("SQLite: raw sqlite3 commits and enqueue one by one, in turns ...")
+        turn = iter(range(sizes.enqueue_rounds))
+
+        def in_turns() -> EnqueueTurns:
+            def raw_round() -> tuple[float, int]:
+                return raw_limit(self.path(f"raw-{next(turn)}"), sizes)
+
+            def enqueue_round() -> float:
+                return enqueue_one_by_one(sqlite_url(self.path("enqueue")), sizes.enqueue_jobs)
+
+            return enqueue_in_turns(sizes.enqueue_rounds, raw_round, enqueue_round)
+
+        turns = attempt(rows, "raw limit and enqueue one by one", in_turns)
+        raw = turns.raw_rate if turns else None
         commit_ms = 1000 / raw if raw else None
-        if found_raw and commit_ms:
-            rows.append(
-                Row(
-                    "raw limit: sqlite3 BEGIN/INSERT/COMMIT",
-                    rate(found_raw[0]),
-                    "1.00x raw",
-                    "-",
-                    None,
-                    f"{found_raw[1]:,} rows, WAL, synchronous=FULL; {commit_ms:.2f} ms per commit",
-                )
+        enqueue_row = None
+        if turns:
+            raw_row, enqueue_row = enqueue_rows(
+                turns, "sqlite3 BEGIN/INSERT/COMMIT", "WAL, synchronous=FULL", 0.8
             )
+            rows.append(raw_row)
 
         progress.print("SQLite: bare claim/complete/event loop ...")
         bare = attempt(
@@ -394,24 +403,8 @@ class SqliteBench:
                 )
             )
 
-        progress.print("SQLite: enqueue one by one ...")
-        url = sqlite_url(self.path("enqueue"))
-        one = attempt(
-            rows, "enqueue one by one", lambda: enqueue_one_by_one(url, sizes.enqueue_jobs)
-        )
-        if one is not None:
-            rows.append(
-                judged(
-                    "enqueue one by one",
-                    rate(one),
-                    one,
-                    raw,
-                    "raw",
-                    ">= 0.80x raw",
-                    0.8,
-                    f"{sizes.enqueue_jobs:,} jobs, defn.enqueue() each",
-                )
-            )
+        if enqueue_row:
+            rows.append(enqueue_row)
 
         progress.print("SQLite: bulk enqueue ...")
         url = sqlite_url(self.path("bulk"))

@@ -6,7 +6,7 @@ import os
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ import pytest
 
 import instar
 from instar.clock import FrozenClock
+from instar.store.contract import Store, Transaction
 from instar.worker.loop import Worker
 
 # The backends the store and engine suites run on.
@@ -120,3 +121,27 @@ def running_worker(app: instar.App, **settings: Any) -> Iterator[Worker]:
         assert not thread.is_alive(), "worker did not stop"
         if errors:
             raise errors[0]
+
+
+@contextmanager
+def transaction_held_open(
+    store: Store, now: float, write: Callable[[Transaction], object]
+) -> Iterator[None]:
+    """``write(tx)`` in a transaction of ``store`` on another thread, held open
+    (10 s at most) until the block ends, then committed."""
+    opened, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with store.transaction(now) as tx:
+            write(tx)
+            opened.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert opened.wait(10), "the transaction did not open"
+        yield
+    finally:
+        release.set()
+        thread.join(10)

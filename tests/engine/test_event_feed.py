@@ -16,7 +16,7 @@ from instar.engine.reads import Reader
 from instar.lifecycle import State
 from instar.store import open_store
 from instar.store.contract import EventFilter, Wake
-from tests.conftest import POSTGRES, _postgres_or_skip, running_worker
+from tests.conftest import POSTGRES, _postgres_or_skip, running_worker, transaction_held_open
 
 
 def _noop(app: instar.App) -> instar.app.BoundJob:
@@ -217,34 +217,18 @@ def test_an_event_committed_behind_an_older_open_transaction_waits_for_it(
     noop.enqueue(n=0)
     cursor = list(app.events())[-1].id
     store = open_store(app.database)
-    opened = threading.Event()
-    release = threading.Event()
-
-    def older() -> None:
-        with store.transaction(app.clock.now()) as tx:
-            tx.insert_jobs(
-                instar.registry.new_jobs(
-                    app.definition("noop"),
-                    [{"n": 1}],
-                    instar.registry.Placement(),
-                    max_payload_bytes=1 << 20,
-                ),
-                "older",
-            )
-            opened.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=older)
-    thread.start()
+    older = instar.registry.new_jobs(
+        app.definition("noop"), [{"n": 1}], instar.registry.Placement(), max_payload_bytes=1 << 20
+    )
     try:
-        assert opened.wait(10)
-        younger = noop.enqueue(n=2)  # commits while the older transaction is open
-        held = list(app.events(after=cursor))
-        assert held == [], "an event was returned ahead of an older open transaction"
-        assert app.engine.store.held_back_events()
+        with transaction_held_open(
+            store, app.clock.now(), lambda tx: tx.insert_jobs(older, "older")
+        ):
+            younger = noop.enqueue(n=2)  # commits while the older transaction is open
+            held = list(app.events(after=cursor))
+            assert held == [], "an event was returned ahead of an older open transaction"
+            assert app.engine.store.held_back_events()
     finally:
-        release.set()
-        thread.join(10)
         store.close()
     after = list(app.events(after=cursor))
     assert [e.actor for e in after] == ["older", "app"]

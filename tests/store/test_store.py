@@ -23,6 +23,7 @@ from instar.store.contract import (
     Store,
     Term,
 )
+from tests.conftest import transaction_held_open
 
 NOW = 1_800_000_000.0
 
@@ -223,27 +224,16 @@ def test_a_heartbeat_passes_over_a_job_another_transaction_has_locked(
     insert(store, [new_job(), new_job()])
     reporting, running = claim(store, worker="me", limit=2)
     other = open_store(database)
-    locked, release = threading.Event(), threading.Event()
-
-    def report_in_progress() -> None:
-        with other.transaction(NOW + 5) as tx:
-            tx.heartbeat("me", [reporting])  # holds the row's lock until it commits
-            locked.set()
-            release.wait(10)
-
-    thread = threading.Thread(target=report_in_progress)
-    thread.start()
     try:
-        assert locked.wait(10)
-        beat = threading.Thread(
-            target=heartbeat, args=(store, "me", [reporting, running], NOW + 10)
-        )
-        beat.start()
-        beat.join(10)
-        assert not beat.is_alive(), "the heartbeat waited on the locked row"
+        # Its worker's report in progress, holding the row's lock until it commits.
+        with transaction_held_open(other, NOW + 5, lambda tx: tx.heartbeat("me", [reporting])):
+            beat = threading.Thread(
+                target=heartbeat, args=(store, "me", [reporting, running], NOW + 10)
+            )
+            beat.start()
+            beat.join(10)
+            assert not beat.is_alive(), "the heartbeat waited on the locked row"
     finally:
-        release.set()
-        thread.join(10)
         other.close()
     extended, skipped = store.get_job(running), store.get_job(reporting)
     assert extended is not None and extended.lease_expires_at is not None

@@ -207,6 +207,17 @@ def test_listing_by_a_short_name_finds_the_jobs_of_that_handler(app: instar.App)
 # -- 4. a live worker's jobs are never orphaned; maintenance never stops -------------------
 
 
+def run_beside_a_rescuer(app: instar.App, elsewhere: instar.App, job_id: int) -> None:
+    """Run ``app``'s worker until the job completes (10 s at most), while
+    another process's maintenance (``elsewhere``) judges its lease every 0.1 s."""
+    rescuer = Maintenance(elsewhere.engine, "elsewhere")
+    with running_worker(app):
+        deadline = time.monotonic() + 10
+        while app.get(job_id).state is not S.COMPLETED and time.monotonic() < deadline:
+            rescuer.run_once()
+            time.sleep(0.1)
+
+
 def test_an_async_handler_that_blocks_its_loop_keeps_its_lease(database: str) -> None:
     with instar.App(database) as app, instar.App(database) as elsewhere:
 
@@ -216,12 +227,7 @@ def test_an_async_handler_that_blocks_its_loop_keeps_its_lease(database: str) ->
             return "done once"
 
         job = blocker.enqueue()
-        rescuer = Maintenance(elsewhere.engine, "elsewhere")
-        with running_worker(app):
-            deadline = time.monotonic() + 10
-            while app.get(job.id).state is not S.COMPLETED and time.monotonic() < deadline:
-                rescuer.run_once()  # another process's maintenance, judging the lease
-                time.sleep(0.1)
+        run_beside_a_rescuer(app, elsewhere, job.id)
         assert app.get(job.id).result == "done once"
         assert S.ORPHANED not in moves(app, job.id)
 
@@ -251,12 +257,7 @@ def test_a_job_whose_end_the_database_will_not_take_yet_keeps_its_lease(
 
         monkeypatch.setattr(app.engine, "exchange", reports_refused_for_two_seconds)
         job = quick.enqueue()
-        rescuer = Maintenance(elsewhere.engine, "elsewhere")
-        with running_worker(app):
-            deadline = time.monotonic() + 10
-            while app.get(job.id).state is not S.COMPLETED and time.monotonic() < deadline:
-                rescuer.run_once()  # another process's maintenance, judging the lease
-                time.sleep(0.1)
+        run_beside_a_rescuer(app, elsewhere, job.id)
         assert refused_until, "the job's end should have been refused for a while"
         assert moves(app, job.id) == [S.READY, S.RUNNING, S.COMPLETED]
         assert app.get(job.id).result == "done once"

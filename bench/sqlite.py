@@ -406,12 +406,18 @@ class SqliteBench:
         if enqueue_row:
             rows.append(enqueue_row)
 
-        progress.print("SQLite: bulk enqueue ...")
-        url = sqlite_url(self.path("bulk"))
-        bulk = attempt(
-            rows, "bulk enqueue", lambda: bulk_enqueue(url, sizes.bulk_total, sizes.bulk_chunk)
-        )
-        if bulk is not None:
+        bulks: list[float] = []
+        for r in range(1, sizes.rounds + 1):
+            progress.print(f"SQLite: bulk enqueue, round {r} of {sizes.rounds} ...")
+            url = sqlite_url(self.path(f"bulk-{r}"))
+            found_bulk = attempt(
+                rows,
+                f"bulk enqueue, round {r}",
+                partial(bulk_enqueue, url, sizes.bulk_total, sizes.bulk_chunk),
+            )
+            bulks += [found_bulk] if found_bulk is not None else []
+        if bulks:
+            bulk = statistics.median(bulks)
             rows.append(
                 Row(
                     "bulk enqueue (enqueue_many)",
@@ -419,6 +425,7 @@ class SqliteBench:
                     f"{bulk / 100_000:.2f}x 100,000 /s",
                     ">= 100,000 /s",
                     bulk >= 100_000,
+                    f"median of {len(bulks)} ({', '.join(f'{b:,.0f}' for b in bulks)} /s); "
                     f"{sizes.bulk_total:,} jobs, {sizes.bulk_chunk:,} per call"
                     + (f"; {bulk / raw:.1f}x raw" if raw else ""),
                 )

@@ -485,14 +485,15 @@ class EnqueueTurns:
 
 
 def enqueue_in_turns(
-    rounds: int, raw: Callable[[], tuple[float, int]], enqueue: Callable[[], float]
+    rounds: int, raw: Callable[[int], tuple[float, int]], enqueue: Callable[[], float]
 ) -> EnqueueTurns:
-    """``rounds`` rounds of ``raw()`` then ``enqueue()``."""
+    """``rounds`` rounds of ``raw(r)`` (rows/s and rows, on a fresh table) then
+    ``enqueue()`` (jobs/s)."""
     raws: list[float] = []
     enqueues: list[float] = []
     raw_rows = 0
-    for _ in range(rounds):
-        found, rows = raw()
+    for r in range(rounds):
+        found, rows = raw(r)
         raws.append(found)
         raw_rows = raw_rows or rows
         enqueues.append(enqueue())

@@ -341,7 +341,7 @@ class PostgresBench:
             with self.schema("enqueue") as (_, url, _):
                 return enqueue_in_turns(
                     sizes.enqueue_rounds,
-                    self.raw_limit,
+                    lambda r: self.raw_limit(),
                     partial(enqueue_one_by_one, url, sizes.enqueue_jobs),
                 )
 

@@ -361,16 +361,13 @@ class SqliteBench:
         self.load_at_start = os.getloadavg()[0]
 
         progress.print("SQLite: raw sqlite3 commits and enqueue one by one, in turns ...")
-        turn = iter(range(sizes.enqueue_rounds))
 
         def in_turns() -> EnqueueTurns:
-            def raw_round() -> tuple[float, int]:
-                return raw_limit(self.path(f"raw-{next(turn)}"), sizes)
-
-            def enqueue_round() -> float:
-                return enqueue_one_by_one(sqlite_url(self.path("enqueue")), sizes.enqueue_jobs)
-
-            return enqueue_in_turns(sizes.enqueue_rounds, raw_round, enqueue_round)
+            return enqueue_in_turns(
+                sizes.enqueue_rounds,
+                lambda r: raw_limit(self.path(f"raw-{r}"), sizes),
+                partial(enqueue_one_by_one, sqlite_url(self.path("enqueue")), sizes.enqueue_jobs),
+            )
 
         turns = attempt(rows, "raw limit and enqueue one by one", in_turns)
         raw = turns.raw_rate if turns else None

@@ -500,14 +500,25 @@ def enqueue_in_turns(
     return EnqueueTurns(raws, enqueues, raw_rows)
 
 
-def enqueue_rows(found: EnqueueTurns, raw_what: str, raw_how: str, need: float) -> list[Row]:
-    """The raw limit's row and the enqueue's, judged against the raw limit."""
+def enqueue_against_raw(
+    rows: list[Row],
+    measure: Callable[[], EnqueueTurns],
+    raw_what: str,
+    raw_how: str,
+    need: float,
+) -> float | None:
+    """``measure()``, then the raw limit's row and the enqueue's, judged against
+    the raw limit (at least ``need``); the raw limit (rows/s), or None when the
+    measurement failed (a row says why)."""
+    found = attempt(rows, "raw limit and enqueue one by one", measure)
+    if found is None:
+        return None
 
     def runs(values: Sequence[float]) -> str:
         return f"median of {len(values)} ({', '.join(f'{v:,.0f}' for v in values)} /s)"
 
     commit_ms = 1000 / found.raw_rate
-    return [
+    rows += [
         Row(
             f"raw limit: {raw_what}",
             rate(found.raw_rate),
@@ -528,6 +539,7 @@ def enqueue_rows(found: EnqueueTurns, raw_what: str, raw_how: str, need: float) 
             f"{runs(found.enqueues)}; defn.enqueue() each",
         ),
     ]
+    return found.raw_rate
 
 
 def instar_drain(

@@ -48,9 +48,9 @@ from bench.harness import (
     bulk_enqueue,
     claim_batches,
     code_note,
+    enqueue_against_raw,
     enqueue_in_turns,
     enqueue_one_by_one,
-    enqueue_rows,
     finished_rows,
     instar_drain,
     instar_pickup,
@@ -345,15 +345,10 @@ class PostgresBench:
                     partial(enqueue_one_by_one, url, sizes.enqueue_jobs),
                 )
 
-        turns = attempt(rows, "raw limit and enqueue one by one", in_turns)
-        raw = turns.raw_rate if turns else None
+        raw = enqueue_against_raw(
+            rows, in_turns, "psycopg autocommit INSERT", "one connection", 0.9
+        )
         commit_ms = 1000 / raw if raw else None
-        enqueue_row = None
-        if turns:
-            raw_row, enqueue_row = enqueue_rows(
-                turns, "psycopg autocommit INSERT", "one connection", 0.9
-            )
-            rows.append(raw_row)
 
         progress.print("PostgreSQL: bare claim/complete/event loop ...")
 
@@ -376,9 +371,6 @@ class PostgresBench:
                     bare.detail(),
                 )
             )
-
-        if enqueue_row:
-            rows.append(enqueue_row)
 
         pgq_missing = peers.missing("pgqueuer")
         bulks: list[float] = []

@@ -38,9 +38,9 @@ from bench.harness import (
     bulk_enqueue,
     claim_batches,
     code_note,
+    enqueue_against_raw,
     enqueue_in_turns,
     enqueue_one_by_one,
-    enqueue_rows,
     finished_rows,
     instar_drain,
     instar_pickup,
@@ -369,15 +369,10 @@ class SqliteBench:
                 partial(enqueue_one_by_one, sqlite_url(self.path("enqueue")), sizes.enqueue_jobs),
             )
 
-        turns = attempt(rows, "raw limit and enqueue one by one", in_turns)
-        raw = turns.raw_rate if turns else None
+        raw = enqueue_against_raw(
+            rows, in_turns, "sqlite3 BEGIN/INSERT/COMMIT", "WAL, synchronous=FULL", 0.8
+        )
         commit_ms = 1000 / raw if raw else None
-        enqueue_row = None
-        if turns:
-            raw_row, enqueue_row = enqueue_rows(
-                turns, "sqlite3 BEGIN/INSERT/COMMIT", "WAL, synchronous=FULL", 0.8
-            )
-            rows.append(raw_row)
 
         progress.print("SQLite: bare claim/complete/event loop ...")
         bare = attempt(
@@ -399,9 +394,6 @@ class SqliteBench:
                     bare.detail(),
                 )
             )
-
-        if enqueue_row:
-            rows.append(enqueue_row)
 
         bulks: list[float] = []
         for r in range(1, sizes.rounds + 1):

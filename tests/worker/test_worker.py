@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import Counter
 from typing import Any
 
 import pytest
 
 import instar
 from instar.lifecycle import State
+from instar.worker import loop
 from instar.worker.loop import Worker, WorkerSettings
 from tests.conftest import running_worker
 
@@ -440,6 +442,26 @@ def test_concurrency_bounds_the_jobs_running_at_once(app: instar.App) -> None:
     app.run_worker(concurrency=3, burst=True)
     assert peak == 3
     assert app.counts() == {S.COMPLETED: 20}
+
+
+def test_a_backlog_is_reported_in_batches_of_many_runs_not_a_batch_per_few(
+    app: instar.App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each batch waits for reports while jobs claimed ahead keep the slots busy;
+    # written back to back, each batch would carry the few runs that ended
+    # during the last one (10 slots of 1 ms runs: 10 to 20).
+    monkeypatch.setattr(loop, "GATHER_WAIT", 0.25)
+
+    @app.job(name="tick")
+    def tick() -> None:
+        time.sleep(0.001)
+
+    app.enqueue_many(tick, [{}] * 1500)
+    app.run_worker(concurrency=10, burst=True)
+    assert app.counts() == {S.COMPLETED: 1500}
+    batches = Counter(event.at for event in app.events(state=S.COMPLETED))
+    in_big_batches = sum(n for n in batches.values() if n >= 100)
+    assert in_big_batches >= 750, f"batches of runs: {sorted(batches.values())}"
 
 
 def test_a_worker_refuses_zero_concurrency(app: instar.App) -> None:

@@ -66,6 +66,11 @@ class Outbox:
             notes, self._notes = self._notes, []
         return moves, notes
 
+    def __len__(self) -> int:
+        """Moves and notes queued."""
+        with self._lock:
+            return len(self._moves) + len(self._notes)
+
     def __bool__(self) -> bool:
         with self._lock:
             return bool(self._moves or self._notes)

@@ -9,9 +9,12 @@ from collections.abc import Iterator
 
 import pytest
 
+from instar.engine import Returned, outcome_moves
 from instar.errors import ConfigurationError
 from instar.lifecycle import State
 from instar.models import BulkRecord, Job
+from instar.payload import DEFAULT_MAX_BYTES
+from instar.retry import Retry
 from instar.store import open_store
 from instar.store.contract import (
     ClaimRequest,
@@ -174,6 +177,33 @@ def test_claims_alone_racing_on_one_store_never_share_a_job(database: str) -> No
         t.join()
     assert sorted(job_id for share in taken for job_id in share) == list(range(1, 301))
     store.close()
+
+
+@pytest.mark.parametrize("count", [1, 64, 150])
+def test_a_batch_of_reports_writes_each_job_its_own_result_and_events_in_order(
+    store: Store, count: int
+) -> None:
+    # SQLite stages many moves a statement: 150 is 64 + 64 + 16 + 4 + 2.
+    jobs = insert(store, [new_job() for _ in range(count)])
+    with store.transaction(NOW) as tx:
+        claimed = tx.claim(ClaimRequest("w", count, None))
+    moves = [
+        move
+        for n, job in enumerate(claimed)
+        for move in outcome_moves(
+            job, Returned(n), retry=Retry(), now=NOW, max_payload_bytes=DEFAULT_MAX_BYTES
+        )
+    ]
+    with store.transaction(NOW + 1) as tx:
+        assert tx.apply_moves(moves).won == [True] * count
+    assert sorted(j.id for j in claimed) == [j.id for j in jobs]
+    ended = [store.get_job(j.id) for j in claimed]
+    assert [(j.state, j.result) for j in ended if j is not None] == [
+        (State.COMPLETED, n) for n in range(count)
+    ]
+    last = [store.events(j.id)[-1] for j in claimed]
+    assert [(e.to_state, e.worker) for e in last] == [(State.COMPLETED, "w")] * count
+    assert [e.id for e in last] == sorted(e.id for e in last)  # in the moves' order
 
 
 def test_a_key_is_inserted_once_even_within_one_batch(store: Store) -> None:

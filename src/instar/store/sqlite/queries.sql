@@ -23,6 +23,7 @@ CREATE TEMP TABLE IF NOT EXISTS staged_moves (
 DELETE FROM temp.staged_moves
 
 -- name: stage_move
+-- One move's row; SQLiteStore._moves repeats the VALUES row to stage many at once.
 INSERT INTO temp.staged_moves (
     job_id, from_state, to_state, attempt, max_attempts, run_at, next_retry_at, worker,
     lease_token, lease_expires_at, result, error, version, guard_token, wake_at,

@@ -449,19 +449,20 @@ def test_a_backlog_is_reported_in_batches_of_many_runs_not_a_batch_per_few(
 ) -> None:
     # Each batch waits for reports while jobs claimed ahead keep the slots busy;
     # written back to back, each batch would carry the few runs that ended
-    # during the last one (10 slots of 1 ms runs: 10 to 20).
+    # during the last one (10 slots of 1 ms runs: 10 to 20). A long
+    # claim_ahead_wait lets the worker claim its 500 ahead from its first pace.
     monkeypatch.setattr(loop, "GATHER_WAIT", 0.25)
 
     @app.job(name="tick")
     def tick() -> None:
         time.sleep(0.001)
 
-    app.enqueue_many(tick, [{}] * 1500)
-    app.run_worker(concurrency=10, burst=True)
-    assert app.counts() == {S.COMPLETED: 1500}
+    app.enqueue_many(tick, [{}] * 3000)
+    app.run_worker(concurrency=10, burst=True, claim_ahead_wait=10)
+    assert app.counts() == {S.COMPLETED: 3000}
     batches = Counter(event.at for event in app.events(state=S.COMPLETED))
     in_big_batches = sum(n for n in batches.values() if n >= 100)
-    assert in_big_batches >= 750, f"batches of runs: {sorted(batches.values())}"
+    assert in_big_batches >= 1500, f"batches of runs: {sorted(batches.values())}"
 
 
 def test_a_worker_refuses_zero_concurrency(app: instar.App) -> None:

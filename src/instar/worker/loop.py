@@ -360,23 +360,28 @@ class Worker:
         return BatchResult(reports.applied, claims.claimed, claims.rechecked)
 
     async def _gather_reports(self, began: float) -> None:
-        """While a backlog lasts and enough jobs claimed ahead keep the slots
-        busy, the next batch waits for more reports (a group commit): until
-        ``GATHER_REPORTS`` are queued, or ``GATHER_WAIT`` after the last batch
-        began. A batch costs mostly per batch (its commit, its statements), so
-        batches back to back, each carrying the few runs that ended during the
-        last, leave the worker busy with batches rather than runs. Measured on
-        SQLite, 100,000 no-op ``def`` jobs through ``instar worker --burst``:
-        back to back, runs fell into one of two paces, 83 runs a batch (1,200
-        batches, 8.4-9.1 s) or 465 (215 batches, 5.7-6.0 s), by chance; with
-        this wait, 204-263 batches in 5.5-6.9 s, every run. A run's end
-        reaches the database up to ``GATHER_WAIT`` later (its lease is kept
-        alive meanwhile)."""
+        """While a backlog lasts, every slot is busy and at least
+        ``GATHER_REPORTS`` jobs are claimed ahead, the next batch waits for
+        more reports (a group commit): until ``GATHER_REPORTS`` are queued, or
+        ``GATHER_WAIT`` after the last batch began, or one of those conditions
+        ends (a worker claiming fewer ahead, at a slower pace or with a short
+        ``claim_ahead_wait``, does not wait). A batch costs mostly per batch
+        (its commit, its statements), so batches back to back, each carrying
+        the few runs that ended during the last, leave the worker busy with
+        batches rather than runs. Measured on SQLite, 100,000 no-op ``def``
+        jobs through ``instar worker --burst``: back to back, runs fell into
+        one of two paces, 83 runs a batch (1,200 batches, 8.4-9.1 s) or 465
+        (215 batches, 5.7-6.0 s), by chance; with this wait, 204-330 batches
+        in 5.4-6.9 s, every run. A run's end reaches the database up to
+        ``GATHER_WAIT`` later (its lease is kept alive meanwhile)."""
         assert self._wake is not None
         while (
             not self._stopping
             and len(self._outbox) < GATHER_REPORTS
             and len(self._buffer) >= GATHER_REPORTS
+            # A free slot here waits for a batch to recheck the jobs claimed
+            # ahead (``RECHECKED_LATELY``): no more waiting then.
+            and self._free_slots() == 0
         ):
             left = began + GATHER_WAIT - time.monotonic()
             if left <= 0:

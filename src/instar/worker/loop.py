@@ -370,10 +370,11 @@ class Worker:
         the few runs that ended during the last, leave the worker busy with
         batches rather than runs. Measured on SQLite, 100,000 no-op ``def``
         jobs through ``instar worker --burst``: back to back, runs fell into
-        one of two paces, 83 runs a batch (1,200 batches, 8.4-9.1 s) or 465
-        (215 batches, 5.7-6.0 s), by chance; with this wait, 204-330 batches
-        in 5.4-6.9 s, every run. A run's end reaches the database up to
-        ``GATHER_WAIT`` later (its lease is kept alive meanwhile)."""
+        one of two paces, by chance: about 83 runs a batch (1,162-1,264
+        batches, 8.3-9.1 s) or 465 (215 batches, 5.7-6.0 s); with this wait,
+        204-332 batches in 5.4-6.9 s, every run. A run's end reaches the
+        database up to ``GATHER_WAIT`` later (its lease is kept alive
+        meanwhile)."""
         assert self._wake is not None
         while (
             not self._stopping

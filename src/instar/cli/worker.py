@@ -166,7 +166,7 @@ def _wait_for_database(app: App) -> None:
     delay = 0.5
     while True:
         try:
-            app.migrate()
+            app.engine  # opening it migrates  # noqa: B018
             return
         except DatabaseUnavailable as exc:
             log.warning("%s; trying again in %.1fs", exc, delay)

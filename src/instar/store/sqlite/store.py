@@ -270,16 +270,10 @@ class SQLiteStore(SQLStore):
         that waits for no other sets nothing else off, and no wake-up is sent
         (other processes see the commit through ``PRAGMA data_version``). None
         when its key exists already: nothing is written."""
-        params = new_job_params(job, now)
         actor = None if actor is None else safe_text(actor)
         with self._write() as conn:
-            cursor = conn.execute(Q["insert_job"], params)
-            if not cursor.rowcount:
-                return None
-            job_id = int(cursor.lastrowid or 0)
-            event = (job_id, now, job.state.value, Trigger.ENQUEUED.value, actor)
-            conn.execute(Q["insert_enqueued_event"], event)
-        return new_job_record(job_id, job, datetime_of(now))
+            [job_id] = self._insert_rows(conn, [job], now, actor)
+        return None if job_id is None else new_job_record(job_id, job, datetime_of(now))
 
     def _insert_rows(
         self, conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float, actor: str | None

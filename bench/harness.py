@@ -326,11 +326,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def instar_worker_command(url: str, *, burst: bool) -> list[str]:
-    """``instar worker`` as a user runs it: the default concurrency, no --quiet."""
+def instar_worker_command(url: str, *, burst: bool, processes: int = 1) -> list[str]:
+    """``instar worker`` as a user runs it: the default concurrency, no --quiet;
+    ``processes`` above 1 forks that many (``--processes``)."""
     cli = tool("instar")
     command = [str(cli)] if cli else [sys.executable, "-m", "instar.cli.main"]
     command += ["worker", "--app", APP_REF, "--database", url]
+    command += ["--processes", str(processes)] if processes > 1 else []
     return [*command, "--burst"] if burst else command
 
 
@@ -550,19 +552,26 @@ def instar_drain(
     sizes: Sizes,
     processes: int = 1,
     *,
+    forked: bool = False,
     server_cpu: bool = False,
     metrics: bool = False,
 ) -> Processing:
     """Time ``processes`` burst workers (``instar worker --burst``, default
-    concurrency), started together, draining the jobs already queued; with
-    ``metrics``, each serving its Prometheus metrics (``--metrics-port``).
+    concurrency), started together, draining the jobs already queued: as many
+    commands, or with ``forked`` one command that forks them
+    (``--processes``); with ``metrics``, each serving its Prometheus metrics
+    (``--metrics-port``).
 
     ``query`` reads the events the workers wrote: the wall time runs from the
     first process start to the last ``completed`` event.
     """
     n = int(query("SELECT count(*) FROM jobs WHERE state = 'ready'")[0][0])
-    logs = [tmp / f"{label}-{i}.log" for i in range(processes)]
-    commands = [instar_worker_command(url, burst=True) for _ in logs]
+    if forked:
+        logs = [tmp / f"{label}.log"]
+        commands = [instar_worker_command(url, burst=True, processes=processes)]
+    else:
+        logs = [tmp / f"{label}-{i}.log" for i in range(processes)]
+        commands = [instar_worker_command(url, burst=True) for _ in logs]
     if metrics:
         commands = [[*command, "--metrics-port", str(free_port())] for command in commands]
     timed = run_to_exit(

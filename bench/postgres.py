@@ -190,13 +190,23 @@ class PostgresBench:
             elapsed = time.perf_counter() - start
         return rows / elapsed, rows
 
-    def instar_processing(self, handler: str, label: str, processes: int) -> Processing:
-        """Queue ``process_jobs`` jobs, then time burst worker processes draining them."""
+    def instar_processing(
+        self, handler: str, label: str, processes: int, *, forked: bool = False
+    ) -> Processing:
+        """Queue ``process_jobs`` jobs, then time burst worker processes draining
+        them: as many commands, or one forking them (``forked``)."""
         sizes = self.sizes
         with self.schema(label.replace("-", "_")) as (_, url, conn):
             bulk_enqueue(url, sizes.process_jobs, sizes.bulk_chunk, handler)
             result = instar_drain(
-                url, _reader(conn), self.tmp, label, sizes, processes, server_cpu=self.local
+                url,
+                _reader(conn),
+                self.tmp,
+                label,
+                sizes,
+                processes,
+                forked=forked,
+                server_cpu=self.local,
             )
         self.cpu_runs.append(result)
         return result
@@ -390,6 +400,7 @@ class PostgresBench:
         defs: list[Processing] = []
         asyncs: list[Processing] = []
         several: list[Processing] = []
+        commands: list[Processing] = []
         pgqs: list[Processing] = []
         w = sizes.workers
         for r in range(1, sizes.rounds + 1):
@@ -414,13 +425,20 @@ class PostgresBench:
                 partial(self.instar_processing, "noop", f"async-1p-{r}", 1),
             )
             asyncs += [found] if found else []
-            progress.print(f"{step} Instar def, {w} processes ...")
+            progress.print(f"{step} Instar def, {w} processes (--processes {w}) ...")
             found = attempt(
                 rows,
                 f"processing, def no-op, {w} processes, round {r}",
-                partial(self.instar_processing, "noop_sync", f"def-{w}p-{r}", w),
+                partial(self.instar_processing, "noop_sync", f"def-{w}p-{r}", w, forked=True),
             )
             several += [found] if found else []
+            progress.print(f"{step} Instar def, {w} commands ...")
+            found = attempt(
+                rows,
+                f"processing, def no-op, {w} commands, round {r}",
+                partial(self.instar_processing, "noop_sync", f"def-{w}c-{r}", w),
+            )
+            commands += [found] if found else []
         single = median_run(defs) if defs else None
         pgq = median_run(pgqs) if pgqs else None
 
@@ -546,7 +564,7 @@ class PostgresBench:
             many = median_run(several)
             rows.append(
                 judged(
-                    f"processing, def no-op, {w} processes: wall",
+                    f"processing, def no-op, {w} processes (--processes {w}): wall",
                     rate(many.wall_rate),
                     many.wall_rate,
                     single.wall_rate if single else None,
@@ -554,6 +572,20 @@ class PostgresBench:
                     ">= 1.00x 1 process",
                     1.0,
                     f"{runs_note(several)}; {many.detail()}; {many.cpu.describe('workers')}",
+                )
+            )
+        if commands:
+            apart = median_run(commands)
+            rows.append(
+                judged(
+                    f"the same, {w} commands (each imports and connects on its own)",
+                    rate(apart.wall_rate),
+                    apart.wall_rate,
+                    single.wall_rate if single else None,
+                    "1 process",
+                    "-",
+                    None,
+                    f"{runs_note(commands)}; {apart.detail()}; {apart.cpu.describe('workers')}",
                 )
             )
         if latency is not None:

@@ -10,6 +10,8 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -18,20 +20,26 @@ from instar.cli.common import (
     JsonFormatter,
     app_option,
     database_option,
+    error_line,
     json_option,
     opened_app,
     print_json,
     reports_errors,
     setup_logging,
 )
-from instar.errors import ConfigurationError, DatabaseUnavailable, InvalidOption
+from instar.errors import ConfigurationError, DatabaseUnavailable, InstarError, InvalidOption
 from instar.store.urls import redact
+from instar.worker.loop import WorkerReport
 from instar.worker.observer import RunObserver
+from instar.worker.processes import exit_code, run_processes
 
 log = logging.getLogger("instar.worker")
 
 MAX_CONCURRENCY = 10_000
 """The most jobs one worker runs at once."""
+
+MAX_PROCESSES = 256
+"""The most worker processes one command forks."""
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 LOG_DATES = "%Y-%m-%d %H:%M:%S"
@@ -44,6 +52,13 @@ LOG_DATES = "%Y-%m-%d %H:%M:%S"
     "--queue", "queues", multiple=True, help="Queue to take jobs from (repeatable); default all."
 )
 @click.option("--concurrency", default=10, show_default=True, help="Jobs run at once.")
+@click.option(
+    "--processes",
+    default=1,
+    show_default=True,
+    help="Worker processes, forked once the app is imported and the database migrated; "
+    "each runs --concurrency jobs at once.",
+)
 @click.option("--burst", is_flag=True, help="Exit once nothing is ready or due.")
 @click.option(
     "--shutdown-grace", default=10.0, show_default=True, help="Seconds running jobs get on SIGTERM."
@@ -61,7 +76,8 @@ LOG_DATES = "%Y-%m-%d %H:%M:%S"
     "--metrics-port",
     type=click.IntRange(1, 65535),
     default=None,
-    help="Serve Prometheus metrics at http://HOST:PORT/metrics (needs instar[metrics]).",
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (needs instar[metrics]); "
+    "with --processes N, process i serves them at PORT + i.",
 )
 @click.option(
     "--metrics-host",
@@ -76,6 +92,7 @@ def worker(
     database: str | None,
     queues: tuple[str, ...],
     concurrency: int,
+    processes: int,
     burst: bool,
     shutdown_grace: float,
     quiet: bool,
@@ -99,14 +116,20 @@ def worker(
         raise InvalidOption(
             f"--shutdown-grace must be a finite number of seconds, 0 or more; got {shutdown_grace}"
         )
+    if not 1 <= processes <= MAX_PROCESSES:
+        raise InvalidOption(f"--processes must be from 1 to {MAX_PROCESSES}, got {processes}")
+    if metrics_port is not None and metrics_port + processes - 1 > 65535:
+        raise InvalidOption(
+            f"--metrics-port {metrics_port} with --processes {processes} would need ports up to "
+            f"{metrics_port + processes - 1}; the highest is 65535"
+        )
     level = logging.WARNING if quiet else logging.INFO
     setup_logging(level, LOG_FORMAT, LOG_DATES, as_json=log_format == "json")
-    with opened_app(database, app_ref) as app:
-        log.info("database %s (%s)", redact(app.database), app.database_source)
-        _wait_for_database(app)
+
+    def work(index: int) -> dict[str, Any]:
         observer = None
         if metrics_port is not None:
-            observer = _serve_metrics(app, metrics_host, metrics_port)
+            observer = _serve_metrics(app, metrics_host, metrics_port + index)
         runner = app.worker(
             queues or None,
             concurrency=concurrency,
@@ -115,26 +138,33 @@ def worker(
             observer=observer,
         )
         report = asyncio.run(runner.run())
+        return {"worker": runner.id, **report_counts(report)}
+
+    with opened_app(database, app_ref) as app:
+        log.info("database %s (%s)", redact(app.database), app.database_source)
+        _wait_for_database(app)
+        if processes == 1:
+            summary = work(0)
+            code = 0
+        else:
+            app.close()  # no connection and no thread may cross the fork
+            ends = run_processes(processes, _reporting_errors(work), burst=burst)
+            code = exit_code(ends)
+            summary = _sum([end.report for end in ends if end.report is not None])
+            summary = {"workers": [end.report["worker"] for end in ends if end.report], **summary}
     if as_json:
-        print_json(
-            {
-                "worker": runner.id,
-                "completed": report.completed,
-                "failed": report.failed,
-                "released": report.released,
-                "refused": report.refused,
-                "by_state": report.by_state,
-            }
-        )
+        print_json(summary)
     done = (
-        f"worker done: {report.completed} completed, {report.failed} failed, "
-        f"{report.released} released, {report.refused} refused"
+        f"worker done: {summary['completed']} completed, {summary['failed']} failed, "
+        f"{summary['released']} released, {summary['refused']} refused"
     )
     if log_format == "json":  # every line on stderr is JSON
         record = logging.makeLogRecord({"name": log.name, "levelname": "INFO", "msg": done})
         sys.stderr.write(JsonFormatter().format(record) + "\n")
     else:
         click.echo(done, err=True)
+    if code:
+        sys.exit(code)
     if any(
         t.is_alive() and not t.daemon
         for t in threading.enumerate()
@@ -145,6 +175,38 @@ def worker(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+COUNTS = ("completed", "failed", "released", "refused")
+"""The counts of a worker's report, in the order its last line gives them."""
+
+
+def report_counts(report: WorkerReport) -> dict[str, Any]:
+    """A report as JSON: the counts, then ``by_state`` (moves made, by the state reached)."""
+    return {**{name: getattr(report, name) for name in COUNTS}, "by_state": report.by_state}
+
+
+def _sum(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several processes' reports added up."""
+    by_state: dict[str, int] = {}
+    for report in reports:
+        for state, n in report["by_state"].items():
+            by_state[state] = by_state.get(state, 0) + n
+    totals = {name: sum(report[name] for report in reports) for name in COUNTS}
+    return {**totals, "by_state": by_state}
+
+
+def _reporting_errors(work: Callable[[int], dict[str, Any]]) -> Callable[[int], dict[str, Any]]:
+    """``work`` in a child: an Instar error is its one line on stderr and its exit status."""
+
+    def child(index: int) -> dict[str, Any]:
+        try:
+            return work(index)
+        except InstarError as error:
+            error_line(str(error))
+            sys.exit(error.exit_code)
+
+    return child
 
 
 def _serve_metrics(app: App, host: str, port: int) -> RunObserver:

@@ -65,17 +65,19 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
-def execute_raw(database: str, sql: str, params: tuple[object, ...]) -> None:
-    """Test-only SQL straight to a backend (``?`` placeholders), past the engine."""
+def execute_raw(database: str, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
+    """Test-only SQL straight to a backend (``?`` placeholders), past the engine;
+    the rows it returns, if any."""
     if database.startswith("sqlite:///"):
         with sqlite3.connect(database.removeprefix("sqlite:///")) as conn:
-            conn.execute(sql, params)
+            rows = conn.execute(sql, params).fetchall()
         conn.close()
-        return
+        return rows
     schema = database.rsplit("schema=", 1)[1]
     with psycopg.connect(POSTGRES, autocommit=True) as pg:
         pg.execute(f"SET search_path TO {schema}")
-        pg.execute(sql.replace("?", "%s"), params)
+        cursor = pg.execute(sql.replace("?", "%s"), params)
+        return cursor.fetchall() if cursor.description is not None else []
 
 
 @pytest.fixture

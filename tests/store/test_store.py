@@ -26,7 +26,7 @@ from instar.store.contract import (
     Store,
     Term,
 )
-from tests.conftest import transaction_held_open
+from tests.conftest import execute_raw, transaction_held_open
 
 NOW = 1_800_000_000.0
 
@@ -219,6 +219,54 @@ def test_bulk_insert_returns_jobs_with_their_real_ids(store: Store) -> None:
     for job in jobs:
         stored = store.get_job(job.id)
         assert stored is not None and stored.name == job.name
+
+
+def test_a_batch_of_200_varied_jobs_stores_every_column_as_one_job_at_a_time_does(
+    store: Store, database: str
+) -> None:
+    """A large batch takes another way into the database (COPY on PostgreSQL):
+    each job and its first event must come out as they do from a batch of one."""
+    [parent] = insert(store, [new_job("parent")])
+
+    def varied(n: int) -> NewJob:
+        return NewJob(
+            name=f"job-{n % 3}",
+            queue=("default", "emails", "é ünïcode")[n % 3],
+            state=(State.READY, State.SCHEDULED, State.PENDING)[n % 3],
+            priority=(n % 5) - 2,
+            max_attempts=1 + n % 4,
+            args={"n": n},
+            args_json=f'{{"n": {n}, "text": "\\u00e9 {n}"}}',
+            key=None,
+            run_at=NOW + n if n % 3 == 1 else None,
+            lease_seconds=30 + n % 2,  # an int where a float is stored
+            pause_timeout=3600.5 if n % 2 else 86400.0,
+            parent_id=parent.id if n % 4 == 0 else None,
+            limit_key=f"user:{n % 7}" if n % 2 else None,
+            rate_key="api" if n % 5 == 0 else None,
+            trace_context="00-" + "ab" * 16 + "-" + "cd" * 8 + "-01" if n % 6 == 0 else None,
+        )
+
+    batch = insert(store, [varied(n) for n in range(200)])
+    alone = [insert(store, [varied(n)])[0] for n in range(200)]
+
+    # Every column of each job's row but its id, and of its events.
+    rows = {row[0]: row[1:] for row in execute_raw(database, "SELECT * FROM jobs", ())}
+    events: dict[int, list[tuple[object, ...]]] = {}
+    for job_id, *event in execute_raw(
+        database,
+        "SELECT job_id, at, from_state, to_state, trigger, attempt, worker, actor, detail "
+        "FROM events ORDER BY id",
+        (),
+    ):
+        events.setdefault(job_id, []).append(tuple(event))
+
+    def stored(job: Job) -> tuple[object, ...]:
+        return (rows[job.id], events[job.id])
+
+    assert [j.id for j in batch] == sorted(j.id for j in batch), "ids in the caller's order"
+    assert [stored(j) for j in batch] == [stored(j) for j in alone]
+    assert [j.args for j in batch] == [{"n": n} for n in range(200)]
 
 
 def test_a_heartbeat_extends_only_its_own_workers_leases(store: Store) -> None:

@@ -84,6 +84,23 @@ WITH input AS (
 )
 SELECT id FROM inserted ORDER BY id
 
+-- name: reserve_job_ids
+-- Ids for jobs about to be copied in, in increasing order (other sessions may
+-- take ids in between: the ids are unique, not contiguous).
+SELECT nextval('jobs_id_seq') AS id FROM generate_series(1, %(n)s) ORDER BY id
+
+-- name: copy_jobs
+-- Many jobs without keys, in binary, each with an id reserve_job_ids gave.
+COPY jobs (id, name, queue, state, priority, max_attempts, args, run_at, lease_seconds,
+           pause_timeout, parent_id, created_at, updated_at, limit_key, rate_key,
+           trace_context)
+FROM STDIN (FORMAT BINARY)
+
+-- name: copy_enqueued_events
+-- The first event of each job copy_jobs wrote, in binary.
+COPY events (job_id, at, from_state, to_state, trigger, attempt, worker, actor, detail)
+FROM STDIN (FORMAT BINARY)
+
 -- name: insert_jobs_alike
 -- Many jobs without keys alike but for their arguments (a JSON array of the
 -- arguments' JSON texts) and their first events, in one statement: the shared

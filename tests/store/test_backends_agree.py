@@ -47,6 +47,7 @@ POSTGRES_ONLY = {
     "notify": "wake-ups through NOTIFY",
     "claim_plan": "the claim walks jobs_ready in order even where statistics are stale",
     "roll_up": "a batch of the feed in commit order (tx, id) counted in one statement",
+    "roll_up_plan": "the roll-up walks events_feed in order, whatever the estimates",
     "claim_plan_reset": "the end of claim_plan",
     "claim_plan_generic": "claim_plan with the plans first made kept: no planning at each claim",
     "lock_limits": "claims under one limit take turns (SQLite has one writer anyway)",

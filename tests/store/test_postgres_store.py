@@ -7,6 +7,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
+from typing import Any
 
 import psycopg
 import pytest
@@ -122,6 +123,47 @@ def test_claiming_reads_only_the_ready_index(app: instar.App, schema: str) -> No
             )
         )
     assert "jobs_ready" in plan
+
+
+def test_a_roll_up_batch_reads_only_its_own_events_however_many_follow(
+    app: instar.App, schema: str
+) -> None:
+    """The feed's roll-up counts 100 events at a time: a batch must not read the
+    2,000 after the cursor to keep 100 (each batch would read all that are left)."""
+    from instar.store.postgres.store import PostgresStore, Q
+
+    app.enqueue_many("add", [{"a": n, "b": n} for n in range(2_000)])
+    read: list[int] = []
+
+    def events_read(node: dict[str, Any]) -> None:
+        if node.get("Relation Name") == "events" and node.get("Alias") == "e":
+            read.append(int(node["Actual Rows"]))
+        for child in node.get("Plans", []):
+            events_read(child)
+
+    class Explaining:
+        """The store's connection, which also explains (and runs) the roll-up."""
+
+        def __init__(self, conn: psycopg.Connection[Any]) -> None:
+            self.conn = conn
+            self.plans: list[Any] = []
+
+        def execute(self, query: str, params: Any = None) -> Any:
+            if query == Q["roll_up"]:
+                explain = "EXPLAIN (ANALYZE, FORMAT JSON) " + query
+                self.plans.append(self.conn.execute(explain, params).fetchone()[0])  # type: ignore[index]
+            return self.conn.execute(query, params)
+
+    store = app.engine.store
+    assert isinstance(store, PostgresStore)
+    with psycopg.connect(POSTGRES) as conn:
+        conn.execute(f"SET search_path TO {schema}")
+        explaining = Explaining(conn)
+        store._roll_up(explaining, 0, 100)  # type: ignore[arg-type]
+        conn.rollback()
+    [plan] = explaining.plans
+    events_read(plan[0]["Plan"])
+    assert read and max(read) <= 100, f"rows of events read: {read}"
 
 
 def test_several_processes_migrating_a_new_schema_at_once_all_succeed(schema: str) -> None:

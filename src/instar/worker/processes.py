@@ -44,6 +44,9 @@ from instar.errors import ConfigurationError
 
 log = logging.getLogger("instar.worker")
 
+FORWARDED = {signal.SIGINT, signal.SIGTERM}
+"""The signals the parent passes on to every child."""
+
 ORPHAN_CHECK_SECONDS = 1.0
 """How often a child looks whether its parent is still there."""
 
@@ -93,26 +96,39 @@ def run_processes(
 
     def forward(sig: int, _frame: FrameType | None) -> None:
         nonlocal stopping
-        if os.getpid() != parent:
-            return  # a child between its fork and its own handlers
         stopping = True
         for proc, _ in children:
             if proc.pid is not None and proc.exitcode is None:
                 with contextlib.suppress(ProcessLookupError):  # it has just exited
                     os.kill(proc.pid, sig)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
     try:
-        for index in range(count):
-            receive, send = context.Pipe(duplex=False)
-            proc = context.Process(
-                target=_child,
-                args=(work, index, parent, send),
-                name=f"instar-worker-{index}",
-            )
-            proc.start()
-            send.close()
-            children.append((proc, receive))
+        try:
+            for index in range(count):
+                receive, send = context.Pipe(duplex=False)
+                proc = context.Process(
+                    target=_child,
+                    args=(work, index, parent, send),
+                    name=f"instar-worker-{index}",
+                )
+                # Each signal is held while a child is forked: the parent passes
+                # it on once the child is in the list; the child, which starts
+                # with the signals still held, lets them through once it has
+                # its own handlers (an early one ends it, as it would a worker).
+                signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED)
+                try:
+                    proc.start()
+                    children.append((proc, receive))
+                finally:
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
+                send.close()
+        except BaseException:
+            # fork() refused (too many processes, no memory): stop those started.
+            forward(signal.SIGTERM, None)
+            for started, _ in children:
+                started.join()
+            raise
         log.info(
             "%d worker processes forked (pids %s)",
             count,
@@ -149,8 +165,9 @@ def _child(
     """A child's whole life: its own process group and signal handling, then
     the work, then its report."""
     os.setpgid(0, 0)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for sig in FORWARDED:  # the worker sets its own once it runs
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, FORWARDED)
     threading.Thread(
         target=_stop_when_orphaned, args=(parent,), name="instar-orphan-check", daemon=True
     ).start()

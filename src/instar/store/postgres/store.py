@@ -392,6 +392,7 @@ class PostgresStore(SQLStore):
         return ids
 
     def _roll_up(self, conn: psycopg.Connection[Any], after: int, limit: int) -> tuple[int, int]:
+        conn.execute(Q["roll_up_plan"])
         row = conn.execute(Q["roll_up"], {"after": after, "limit": limit}).fetchone()
         assert row is not None
         return (after if row[0] is None else int(row[0])), int(row[1])

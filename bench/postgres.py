@@ -20,7 +20,7 @@ import re
 import signal
 import statistics
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -404,41 +404,44 @@ class PostgresBench:
         pgqs: list[Processing] = []
         w = sizes.workers
         for r in range(1, sizes.rounds + 1):
-            step = f"PostgreSQL: processing, round {r} of {sizes.rounds}:"
-            progress.print(f"{step} Instar def, 1 process ...")
-            found = attempt(
-                rows,
-                f"processing, def no-op, round {r}",
-                partial(self.instar_processing, "noop_sync", f"def-1p-{r}", 1),
-            )
-            defs += [found] if found else []
+            # What to run, and where its result goes; each round starts one
+            # further along, so that no figure always follows the same one.
+            turns: list[tuple[str, str, Callable[[], Processing], list[Processing]]] = [
+                (
+                    "Instar def, 1 process",
+                    "processing, def no-op",
+                    partial(self.instar_processing, "noop_sync", f"def-1p-{r}", 1),
+                    defs,
+                ),
+                (
+                    "Instar async, 1 process",
+                    "processing, async no-op",
+                    partial(self.instar_processing, "noop", f"async-1p-{r}", 1),
+                    asyncs,
+                ),
+                (
+                    f"Instar def, {w} processes (--processes {w})",
+                    f"processing, def no-op, {w} processes",
+                    partial(self.instar_processing, "noop_sync", f"def-{w}p-{r}", w, forked=True),
+                    several,
+                ),
+                (
+                    f"Instar def, {w} commands",
+                    f"processing, def no-op, {w} commands",
+                    partial(self.instar_processing, "noop_sync", f"def-{w}c-{r}", w),
+                    commands,
+                ),
+            ]
             if pgq_missing is None:
-                progress.print(f"{step} pgqueuer ...")
-                found = attempt(
-                    rows, f"pgqueuer processing, round {r}", partial(self.pgq_processing, r)
+                turns.append(
+                    ("pgqueuer", "pgqueuer processing", partial(self.pgq_processing, r), pgqs)
                 )
-                pgqs += [found] if found else []
-            progress.print(f"{step} Instar async, 1 process ...")
-            found = attempt(
-                rows,
-                f"processing, async no-op, round {r}",
-                partial(self.instar_processing, "noop", f"async-1p-{r}", 1),
-            )
-            asyncs += [found] if found else []
-            progress.print(f"{step} Instar def, {w} processes (--processes {w}) ...")
-            found = attempt(
-                rows,
-                f"processing, def no-op, {w} processes, round {r}",
-                partial(self.instar_processing, "noop_sync", f"def-{w}p-{r}", w, forked=True),
-            )
-            several += [found] if found else []
-            progress.print(f"{step} Instar def, {w} commands ...")
-            found = attempt(
-                rows,
-                f"processing, def no-op, {w} commands, round {r}",
-                partial(self.instar_processing, "noop_sync", f"def-{w}c-{r}", w),
-            )
-            commands += [found] if found else []
+            shift = (r - 1) % len(turns)
+            for what, label, run, results in turns[shift:] + turns[:shift]:
+                progress.print(f"PostgreSQL: processing, round {r} of {sizes.rounds}: {what} ...")
+                found = attempt(rows, f"{label}, round {r}", run)
+                if found is not None:
+                    results.append(found)
         single = median_run(defs) if defs else None
         pgq = median_run(pgqs) if pgqs else None
 
@@ -645,8 +648,9 @@ class PostgresBench:
         )
         return (
             f"{quick}Each processing figure: jobs queued first, then the worker process(es) "
-            f"timed from start to the last completion; Instar and pgqueuer runs interleaved "
-            f"({sizes.rounds} round(s)), medians shown. Server {self.where}, "
+            f"timed from start to the last completion; Instar and pgqueuer runs interleaved, "
+            f"each round starting one further along ({sizes.rounds} round(s)), medians shown. "
+            f"Server {self.where}, "
             f"fsync={self.server.get('fsync', '?')}, "
             f"wal_sync_method={self.server.get('wal_sync_method', '?')}, "
             f"autovacuum={self.server.get('autovacuum', '?')}, "

@@ -90,10 +90,11 @@ SELECT id FROM inserted ORDER BY id
 SELECT nextval('jobs_id_seq') AS id FROM generate_series(1, %(n)s) ORDER BY id
 
 -- name: copy_jobs
--- Many jobs without keys, in binary, each with an id reserve_job_ids gave.
-COPY jobs (id, name, queue, state, priority, max_attempts, args, run_at, lease_seconds,
-           pause_timeout, parent_id, created_at, updated_at, limit_key, rate_key,
-           trace_context)
+-- Many jobs without keys, in binary, each with an id reserve_job_ids gave; the
+-- other columns those of insert_job, in its order.
+COPY jobs (id, name, queue, state, priority, max_attempts, args, key, run_at,
+           lease_seconds, pause_timeout, parent_id, created_at, updated_at, limit_key,
+           rate_key, trace_context)
 FROM STDIN (FORMAT BINARY)
 
 -- name: copy_enqueued_events

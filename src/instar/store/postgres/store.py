@@ -78,9 +78,10 @@ against 71,000 with COPY. A round trip costs about 0.15 ms, so batches below
 ~50 jobs are quicker in one statement."""
 
 _JOB_COPY_TYPES = [
-    "int8", "text", "text", "text", "int4", "int4", "text", "float8", "float8",
+    "int8", "text", "text", "text", "int4", "int4", "text", "text", "float8", "float8",
     "float8", "int8", "float8", "float8", "text", "text", "text",
 ]  # fmt: skip
+"""The types of copy_jobs' columns: the id, then ``new_job_params``' values."""
 _EVENT_COPY_TYPES = ["int8", "float8", "text", "text", "text", "int4", "text", "text", "text"]
 
 
@@ -364,26 +365,7 @@ class PostgresStore(SQLStore):
         with cursor.copy(Q["copy_jobs"]) as copy:
             copy.set_types(_JOB_COPY_TYPES)
             for job_id, job in zip(ids, jobs, strict=True):
-                copy.write_row(
-                    (
-                        job_id,
-                        job.name,
-                        job.queue,
-                        job.state.value,
-                        job.priority,
-                        job.max_attempts,
-                        job.args_json,
-                        job.run_at,
-                        job.lease_seconds,
-                        job.pause_timeout,
-                        job.parent_id,
-                        now,
-                        now,
-                        job.limit_key,
-                        job.rate_key,
-                        job.trace_context,
-                    )
-                )
+                copy.write_row((job_id, *new_job_params(job, now)))
         enqueued = Trigger.ENQUEUED.value
         with cursor.copy(Q["copy_enqueued_events"]) as copy:
             copy.set_types(_EVENT_COPY_TYPES)

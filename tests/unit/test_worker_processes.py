@@ -15,7 +15,7 @@ from instar.worker.processes import ProcessEnd, exit_code, run_processes
 
 def test_the_exit_code_is_the_first_failure_and_a_signal_counts_as_128_plus_it() -> None:
     def end(code: int) -> ProcessEnd:
-        return ProcessEnd(0, 1, code, None)
+        return ProcessEnd(code, None)
 
     assert exit_code([end(0), end(0)]) == 0
     assert exit_code([end(0), end(3), end(1)]) == 3

@@ -103,7 +103,8 @@ def test_one_command_forks_two_workers_that_run_each_of_500_jobs_exactly_once(
 ) -> None:
     worker = forked(database, tmp_path, "--processes", "2", "--concurrency", "8")
     pids = worker.wait_started(2)
-    client.enqueue_many("record", [{"n": n} for n in range(500)])
+    # 5 ms each: neither process can drain the queue before the other claims.
+    client.enqueue_many("record_slowly", [{"n": n, "seconds": 0.005} for n in range(500)])
     _wait_until(lambda: client.counts().get(State.COMPLETED, 0) == 500)
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.proc.wait(timeout=20) == 0, worker.text()
@@ -209,7 +210,7 @@ def test_each_worker_process_serves_its_own_metrics_on_the_next_port(
     port = _two_free_ports()
     worker = forked(database, tmp_path, "--processes", "2", "--metrics-port", str(port))
     worker.wait_started(2)
-    client.enqueue_many("record", [{"n": n} for n in range(200)])
+    client.enqueue_many("record_slowly", [{"n": n, "seconds": 0.005} for n in range(200)])
     _wait_until(lambda: client.counts().get(State.COMPLETED, 0) == 200)
     transition = {"from_state": "running", "to_state": "completed"}
     counted: list[float] = []

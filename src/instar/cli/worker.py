@@ -10,7 +10,6 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import click
@@ -20,14 +19,13 @@ from instar.cli.common import (
     JsonFormatter,
     app_option,
     database_option,
-    error_line,
     json_option,
     opened_app,
     print_json,
     reports_errors,
     setup_logging,
 )
-from instar.errors import ConfigurationError, DatabaseUnavailable, InstarError, InvalidOption
+from instar.errors import ConfigurationError, DatabaseUnavailable, InvalidOption
 from instar.store.urls import redact
 from instar.worker.loop import WorkerReport
 from instar.worker.observer import RunObserver
@@ -148,10 +146,10 @@ def worker(
             code = 0
         else:
             app.close()  # no connection and no thread may cross the fork
-            ends = run_processes(processes, _reporting_errors(work), burst=burst)
+            ends = run_processes(processes, reports_errors(work), burst=burst)
             code = exit_code(ends)
-            summary = _sum([end.report for end in ends if end.report is not None])
-            summary = {"workers": [end.report["worker"] for end in ends if end.report], **summary}
+            reports = [end.report for end in ends if end.report is not None]
+            summary = {"workers": [report["worker"] for report in reports], **_sum(reports)}
     if as_json:
         print_json(summary)
     done = (
@@ -194,19 +192,6 @@ def _sum(reports: list[dict[str, Any]]) -> dict[str, Any]:
             by_state[state] = by_state.get(state, 0) + n
     totals = {name: sum(report[name] for report in reports) for name in COUNTS}
     return {**totals, "by_state": by_state}
-
-
-def _reporting_errors(work: Callable[[int], dict[str, Any]]) -> Callable[[int], dict[str, Any]]:
-    """``work`` in a child: an Instar error is its one line on stderr and its exit status."""
-
-    def child(index: int) -> dict[str, Any]:
-        try:
-            return work(index)
-        except InstarError as error:
-            error_line(str(error))
-            sys.exit(error.exit_code)
-
-    return child
 
 
 def _serve_metrics(app: App, host: str, port: int) -> RunObserver:

@@ -57,8 +57,6 @@ class ProcessEnd:
     killed it) and ``report`` what it sent before exiting (None if it sent
     nothing: it died first, or its worker raised)."""
 
-    index: int
-    pid: int
     code: int
     report: dict[str, Any] | None
 
@@ -77,6 +75,7 @@ def run_processes(
 ) -> list[ProcessEnd]:
     """Fork ``count`` children, each calling ``work(index)`` (0 to count - 1)
     and sending back the JSON-compatible dict it returns; wait for all of them.
+    How each ended, in the children's order.
 
     The caller must hold no connection and run no other thread (a fork copies
     a lock held by another thread locked for good). ``ConfigurationError``
@@ -142,7 +141,7 @@ def run_processes(
                     continue
                 child.join()
                 code = 1 if child.exitcode is None else child.exitcode
-                ends[i] = ProcessEnd(i, child.pid or 0, code, _report(receive))
+                ends[i] = ProcessEnd(code, _report(receive))
                 if not burst and not stopping and len(ends) < count:
                     log.error(
                         "worker process %d (pid %s) ended on its own (%s); stopping the others",

@@ -71,11 +71,12 @@ COPY_FROM = 100
 the jobs and their first events are written with COPY: three round trips
 instead of one, but psycopg encodes the rows in C and the server inserts them
 in batches. Batches of 10,000 such jobs (priorities and limit keys varied;
-the store alone, 4 rounds each in fresh processes on this project's 2-core
-machine): 41,000 jobs/s as arrays through ``unnest``, 51,000-75,000 with COPY.
-Jobs alike but for their arguments take one statement still: 74,000/s,
-against 71,000 with COPY. A round trip costs about 0.15 ms, so batches below
-~50 jobs are quicker in one statement."""
+the store alone, 6 rounds each in fresh processes on this project's 2-core
+machine): 40,000-55,000 jobs/s as arrays through ``unnest``, 51,000-83,000
+with COPY. Jobs alike but for their arguments take one statement still:
+73,000-75,000/s, against 70,000-72,000 with COPY. The threshold itself was
+not measured size by size: it is where two more round trips are surely paid
+back, left for small batches to the one statement."""
 
 _JOB_COPY_TYPES = [
     "int8", "text", "text", "text", "int4", "int4", "text", "text", "float8", "float8",
@@ -324,9 +325,10 @@ class PostgresStore(SQLStore):
             row = conn.execute(Q["insert_jobs_alike"], params, binary=True).fetchone()
             assert row is not None, "an aggregate returns one row"
             return list(row[0])
-        if len(jobs) >= COPY_FROM and all(job.key is None for job in jobs):
+        keyless = all(job.key is None for job in jobs)
+        if len(jobs) >= COPY_FROM and keyless:
             return list(self._copy_rows(conn, jobs, now, actor))
-        if len(jobs) > 1 and all(j.key is None for j in jobs):
+        if len(jobs) > 1 and keyless:
             # Jobs and their events in one statement, the columns as arrays sent
             # in binary (no quoting of each element).
             columns = {

@@ -4,6 +4,7 @@ and arguments checked against the handler's annotations."""
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -73,6 +74,38 @@ def test_a_definitions_priority_is_checked_when_it_is_registered(app: instar.App
 
         @app.job(priority=2**40)
         def loud() -> None: ...
+
+
+# -- durations of a definition -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "lease", [0, -1, math.inf, math.nan, True, "30", pytest.param(10**400, id="10**400")]
+)
+def test_a_lease_that_is_not_a_positive_finite_number_is_refused_when_registered(
+    app: instar.App, lease: Any
+) -> None:
+    with pytest.raises(instar.ConfigurationError, match="lease must be a positive, finite"):
+
+        @app.job(lease=lease)
+        def work() -> None: ...
+
+
+def test_jobs_whose_leases_were_given_as_an_int_and_a_float_enqueue_in_one_batch(
+    app: instar.App,
+) -> None:
+    @app.job(name="whole", lease=5, pause_timeout=60)
+    def whole() -> None: ...
+
+    @app.job(name="fraction", lease=1.5, pause_timeout=0.5)
+    def fraction() -> None: ...
+
+    jobs = app.enqueue_batch([(whole, {}, {}), (fraction, {}, {})])
+    stored = [app.get(job.id) for job in jobs]
+    assert [(j.name, j.lease_seconds, j.pause_timeout) for j in stored] == [
+        ("whole", 5.0, 60.0),
+        ("fraction", 1.5, 0.5),
+    ]
 
 
 # -- delays and start times ----------------------------------------------------------------

@@ -6,6 +6,7 @@ options. The App binds definitions to itself (``resize.enqueue(...)``).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from collections.abc import Callable, Iterator, Mapping
@@ -42,26 +43,28 @@ class JobOptions:
 
     def __post_init__(self) -> None:
         """Raises ``ConfigurationError`` for a queue name, priority or duration outside
-        the limits (``instar.registry.limits``)."""
+        the limits (``instar.registry.limits``). Durations are kept as floats,
+        however given (``lease=5`` is 5.0), so jobs of every kind carry one type."""
         check_name(self.queue, "queue", for_code=True)
         check_priority(self.priority, for_code=True)
-        _check_seconds("lease", self.lease)
+        object.__setattr__(self, "lease", _seconds("lease", self.lease))
         if self.timeout is not None:
-            _check_seconds("timeout", self.timeout)
-        _check_seconds("pause_timeout", self.pause_timeout)
+            object.__setattr__(self, "timeout", _seconds("timeout", self.timeout))
+        object.__setattr__(self, "pause_timeout", _seconds("pause_timeout", self.pause_timeout))
 
 
-def _check_seconds(what: str, value: object) -> None:
-    """A duration in a definition: a positive, finite number of seconds."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
+def _seconds(what: str, value: object) -> float:
+    """A duration in a definition as a float: a positive, finite number of seconds
+    (an int too large for a float is refused, not raised as ``OverflowError``)."""
+    seconds = math.nan
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        with contextlib.suppress(OverflowError):  # an int past float's range
+            seconds = float(value)
+    if not math.isfinite(seconds) or seconds <= 0:
         raise ConfigurationError(
-            f"{what} must be a positive, finite number of seconds, got {value!r}"
+            f"{what} must be a positive, finite number of seconds, got {value!r:.40}"
         )
+    return seconds
 
 
 class JobDefinition:

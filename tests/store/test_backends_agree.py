@@ -31,6 +31,7 @@ SQLITE_ONLY = {
     "rollup_batch_end": "ids are commit order: a batch of the feed is an id range",
     "roll_up_flows": "no data-modifying CTE: flows and totals are two statements",
     "roll_up_totals": "no data-modifying CTE: flows and totals are two statements",
+    "renew_leases": "no data-modifying CTE: a heartbeat renews, then reads, in two statements",
 }
 POSTGRES_ONLY = {
     "create_schema": "Instar's tables may live in a schema of their own",

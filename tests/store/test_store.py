@@ -25,6 +25,7 @@ from instar.store.contract import (
     Request,
     Store,
     Term,
+    Transaction,
 )
 from tests.conftest import execute_raw, transaction_held_open
 
@@ -39,7 +40,12 @@ def store(database: str) -> Iterator[Store]:
 
 
 def new_job(
-    name: str = "job", *, queue: str = "default", priority: int = 0, key: str | None = None
+    name: str = "job",
+    *,
+    queue: str = "default",
+    priority: int = 0,
+    key: str | None = None,
+    lease: float = 30.0,
 ) -> NewJob:
     return NewJob(
         name=name,
@@ -51,7 +57,7 @@ def new_job(
         args_json="{}",
         key=key,
         run_at=None,
-        lease_seconds=30.0,
+        lease_seconds=lease,
     )
 
 
@@ -67,9 +73,18 @@ def claim(
         return [j.id for j in tx.claim(ClaimRequest(worker, limit, queues))]
 
 
+MARGIN = 3.0  # the worker's RENEW_MARGIN
+
+
 def heartbeat(store: Store, worker: str, job_ids: list[int], now: float) -> list[Held]:
     with store.transaction(now) as tx:
-        return tx.heartbeat(worker, job_ids)
+        return tx.heartbeat(worker, job_ids, MARGIN)
+
+
+def lease_left(store: Store, job_id: int, now: float) -> float:
+    job = store.get_job(job_id)
+    assert job is not None and job.lease_expires_at is not None
+    return job.lease_expires_at.timestamp() - now
 
 
 def request_cancel(store: Store, job_id: int) -> bool:
@@ -303,10 +318,14 @@ def test_a_heartbeat_passes_over_a_job_another_transaction_has_locked(
     reporting, running = claim(store, worker="me", limit=2)
     other = open_store(database)
     try:
-        # Its worker's report in progress, holding the row's lock until it commits.
-        with transaction_held_open(other, NOW + 5, lambda tx: tx.heartbeat("me", [reporting])):
+        # Its worker's report in progress, holding the row's lock until it commits
+        # (here a beat that renews its lease, 14 s of 30 left, locks it).
+        def lock(tx: Transaction) -> None:
+            tx.heartbeat("me", [reporting], MARGIN)
+
+        with transaction_held_open(other, NOW + 16, lock):
             beat = threading.Thread(
-                target=heartbeat, args=(store, "me", [reporting, running], NOW + 10)
+                target=heartbeat, args=(store, "me", [reporting, running], NOW + 20)
             )
             beat.start()
             beat.join(10)
@@ -316,8 +335,31 @@ def test_a_heartbeat_passes_over_a_job_another_transaction_has_locked(
     extended, skipped = store.get_job(running), store.get_job(reporting)
     assert extended is not None and extended.lease_expires_at is not None
     assert skipped is not None and skipped.lease_expires_at is not None
-    assert extended.lease_expires_at.timestamp() == pytest.approx(NOW + 40)
-    assert skipped.lease_expires_at.timestamp() == pytest.approx(NOW + 35)
+    assert extended.lease_expires_at.timestamp() == pytest.approx(NOW + 50)
+    assert skipped.lease_expires_at.timestamp() == pytest.approx(NOW + 46)
+
+
+def test_a_heartbeat_renews_only_the_leases_with_less_than_half_or_the_margin_left(
+    store: Store,
+) -> None:
+    """A lease with time to spare is not written at every beat (on PostgreSQL
+    each write is a new row version); every job held is still heard from."""
+    insert(store, [new_job(lease=30.0), new_job(lease=5.0), new_job(lease=1.5)])
+    long, short, shortest = claim(store, worker="me", limit=3)
+    beat = heartbeat(store, "me", [long, short, shortest], NOW + 1)
+    assert sorted(h.job_id for h in beat) == [long, short, shortest]
+    assert lease_left(store, long, NOW + 1) == pytest.approx(29), "29 of 30 s left: kept"
+    assert lease_left(store, short, NOW + 1) == pytest.approx(4), "4 of 5 s left: kept"
+    assert lease_left(store, shortest, NOW + 1) == pytest.approx(1.5), "under the margin"
+
+    heartbeat(store, "me", [long, short, shortest], NOW + 2.5)
+    assert lease_left(store, short, NOW + 2.5) == pytest.approx(5), "2.5 s left: renewed"
+    assert lease_left(store, long, NOW + 2.5) == pytest.approx(27.5)
+
+    heartbeat(store, "me", [long, short, shortest], NOW + 14.9)
+    assert lease_left(store, long, NOW + 14.9) == pytest.approx(15.1), "half left: kept"
+    heartbeat(store, "me", [long, short, shortest], NOW + 15.1)
+    assert lease_left(store, long, NOW + 15.1) == pytest.approx(30), "under half: renewed"
 
 
 def test_a_cancel_request_reaches_the_worker_through_its_heartbeat(store: Store) -> None:

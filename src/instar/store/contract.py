@@ -429,9 +429,12 @@ class JobWrites(Protocol):
         state or is flagged already."""
         ...
 
-    def heartbeat(self, worker: str, job_ids: Sequence[int]) -> list[Held]:
-        """Extend, in one statement, the leases ``worker`` holds on ``job_ids``
-        (and note that the worker was seen); returns what each asks of its worker."""
+    def heartbeat(self, worker: str, job_ids: Sequence[int], renew_margin: float) -> list[Held]:
+        """Note that ``worker`` was seen, and return what each job of ``job_ids``
+        it still holds asks of it. Of those, renew (to ``lease_seconds`` from
+        now) the leases with less than half their length, or less than
+        ``renew_margin`` seconds, left; the others are not written. One
+        statement for all of them, however many."""
         ...
 
     def recheck(self, worker: str, job_ids: Sequence[int]) -> list[Recheck]:

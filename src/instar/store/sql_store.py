@@ -121,6 +121,11 @@ class SQLStore(MachineReadsSQL, ABC):
         """A list of ids or names as the backend's SQL takes it (a JSON text, an array)."""
 
     @abstractmethod
+    def _heartbeat(self, conn: Any, params: dict[str, Any]) -> Iterable[Sequence[Any]]:
+        """Run ``Transaction.heartbeat`` (``params``: worker, now, ids, margin);
+        returns its rows: id, state, cancel_requested, pause_requested."""
+
+    @abstractmethod
     def _moves(self, conn: Any, moves: Sequence[Move]) -> dict[str, Any]:
         """The parameters through which ``move_batch``, ``insert_move_events`` and
         ``insert_refusals`` read ``moves`` (``records.move_rows``), on ``conn``
@@ -793,12 +798,17 @@ class SQLTransaction(MachineWritesSQL):
         self.append_notes([Note(job_id, trigger.value, None, actor, detail_json)])
         return True
 
-    def heartbeat(self, worker: str, job_ids: Sequence[int]) -> list[Held]:
+    def heartbeat(self, worker: str, job_ids: Sequence[int], renew_margin: float) -> list[Held]:
         self.conn.execute(self.Q["worker_seen"], {"id": worker, "now": self.now})
         if not job_ids:
             return []
-        params = {"worker": worker, "now": self.now, "ids": self.store._sql_list(job_ids)}
-        return [held_from(row) for row in self.conn.execute(self.Q["heartbeat"], params)]
+        params = {
+            "worker": worker,
+            "now": self.now,
+            "ids": self.store._sql_list(job_ids),
+            "margin": renew_margin,
+        }
+        return [held_from(row) for row in self.store._heartbeat(self.conn, params)]
 
     def recheck(self, worker: str, job_ids: Sequence[int]) -> list[Recheck]:
         if not job_ids:

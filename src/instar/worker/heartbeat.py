@@ -3,11 +3,12 @@
 Leases must not depend on anything a handler can block: an ``async def``
 handler that blocks the event loop, or a burst of database work on the
 worker's own database thread. So the heartbeat runs in its own thread: every
-third of the shortest lease held (at most every second), one statement
-extends every lease the worker holds and says the worker was seen; what
-comes back (a cancel or pause asked for, a service told to stop) is handed to
-the event loop. A handler that holds the GIL without ever releasing it (a
-C extension in one long call) can still starve this thread: the README says so.
+third of the shortest lease held (at most every second), one statement reads
+every job the worker holds, renews the leases that need it (``RENEW_MARGIN``)
+and says the worker was seen; what comes back (a cancel or pause asked for, a
+service told to stop) is handed to the event loop. A handler that holds the
+GIL without ever releasing it (a C extension in one long call) can still
+starve this thread: the README says so.
 """
 
 from __future__ import annotations
@@ -25,6 +26,19 @@ log = logging.getLogger("instar.worker")
 
 IDLE_INTERVAL = 5.0
 """Seconds between heartbeats of a worker that holds no job (it still says it is alive)."""
+
+LONGEST_INTERVAL = 1.0
+"""Seconds between two heartbeats at most while jobs are held, so that a cancel
+or pause request reaches the handler within a second."""
+
+RENEW_MARGIN = 3 * LONGEST_INTERVAL
+"""A beat renews a lease once less than half of it, or less than this many
+seconds, is left; other leases are left as they are, so that a 30 s lease is
+written every 15 s, not at every beat (each write is a new row version, index
+entries included, on PostgreSQL). After any beat a lease has at least three
+beat intervals left (a lease under 3 s is renewed at every beat, each a third
+of it apart): two beats in a row may fail before it runs out, as when every
+beat renewed every lease."""
 
 
 class Heartbeat:
@@ -62,7 +76,9 @@ class Heartbeat:
         failure (0.2), or ``IDLE_INTERVAL`` after a beat that went through."""
         held = self._held()
         try:
-            news = self.engine.heartbeat(self.worker.id, [job_id for job_id, _ in held])
+            news = self.engine.heartbeat(
+                self.worker.id, [job_id for job_id, _ in held], RENEW_MARGIN
+            )
         except Exception as exc:
             log.warning("heartbeat failed (%s); trying again", exc)
             return 0.2
@@ -89,8 +105,8 @@ class Heartbeat:
 
 
 def interval(leases: Sequence[float]) -> float:
-    """A third of the shortest lease held, and at most a second so that cancel
-    requests arrive quickly; every ``IDLE_INTERVAL`` seconds when nothing is held."""
+    """A third of the shortest lease held, and at most ``LONGEST_INTERVAL``;
+    every ``IDLE_INTERVAL`` seconds when nothing is held."""
     if not leases:
         return IDLE_INTERVAL
-    return min(1.0, min(leases) / 3)
+    return min(LONGEST_INTERVAL, min(leases) / 3)

@@ -517,18 +517,27 @@ UPDATE jobs SET pause_requested = true, updated_at = %(now)s
 WHERE id = %(job_id)s AND state = {state:running} AND NOT pause_requested
 
 -- name: heartbeat
--- One statement extends every lease the worker holds, however many. It skips
--- the rows another transaction has locked (as a rule this worker's own report
--- of them) instead of waiting: waiting, it could deadlock with that report,
--- which locks the same rows in another order, and PostgreSQL detects a
--- deadlock only after deadlock_timeout (1 s), longer than a short lease lasts.
--- A row skipped is moved by that report, or extended by the next beat.
-UPDATE jobs SET lease_expires_at = %(now)s + lease_seconds
-WHERE id = ANY(ARRAY(SELECT id FROM jobs
-                     WHERE worker = %(worker)s AND state IN ({leased})
-                       AND id = ANY(%(ids)s::bigint[])
-                     FOR UPDATE SKIP LOCKED))
-RETURNING id, state, cancel_requested, pause_requested
+-- One statement, however many jobs the worker holds: what each asks of it, and
+-- the renewal of the leases with less than half, or less than the margin, left
+-- (the others are not written). The renewal skips the rows another
+-- transaction has locked (as a rule this worker's own report of them) instead
+-- of waiting: waiting, it could deadlock with that report, which locks the same
+-- rows in another order, and PostgreSQL detects a deadlock only after
+-- deadlock_timeout (1 s), longer than a short lease lasts. A row skipped is
+-- moved by that report, or renewed by the next beat.
+WITH held AS (
+    SELECT id, state, cancel_requested, pause_requested,
+           lease_expires_at < %(now)s + greatest(lease_seconds / 2, %(margin)s) AS due
+    FROM jobs
+    WHERE worker = %(worker)s AND state IN ({leased}) AND id = ANY(%(ids)s::bigint[])
+), renewed AS (
+    UPDATE jobs SET lease_expires_at = %(now)s + lease_seconds
+    WHERE id = ANY(ARRAY(SELECT id FROM jobs
+                         WHERE id IN (SELECT id FROM held WHERE due)
+                           AND worker = %(worker)s AND state IN ({leased})
+                         FOR UPDATE SKIP LOCKED))
+)
+SELECT id, state, cancel_requested, pause_requested FROM held
 
 -- name: held
 SELECT id, state, cancel_requested, pause_requested FROM jobs

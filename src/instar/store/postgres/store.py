@@ -15,7 +15,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
@@ -386,6 +386,11 @@ class PostgresStore(SQLStore):
 
     def _sql_list(self, ids: Sequence[int] | Sequence[str]) -> list[Any]:
         return list(ids)
+
+    def _heartbeat(
+        self, conn: psycopg.Connection[Any], params: dict[str, Any]
+    ) -> Iterable[Sequence[Any]]:
+        return conn.execute(Q["heartbeat"], params)
 
     def _moves(self, conn: psycopg.Connection[Any], moves: Sequence[Move]) -> dict[str, Any]:
         return {"moves": moves_json(moves)}

@@ -305,12 +305,19 @@ ON CONFLICT (kind, key) DO UPDATE SET next_start = excluded.next_start
 UPDATE jobs SET cancel_requested = 1, updated_at = :now
 WHERE id = :job_id AND state IN ({leased}) AND cancel_requested = 0
 
--- name: heartbeat
--- One statement extends every lease the worker holds, however many.
+-- name: renew_leases
+-- The leases the worker holds with less than half, or less than the margin,
+-- left, renewed in one statement however many (the others are not written).
 UPDATE jobs SET lease_expires_at = :now + lease_seconds
 WHERE worker = :worker AND state IN ({leased})
   AND id IN (SELECT value FROM json_each(:ids))
-RETURNING id, state, cancel_requested, pause_requested
+  AND lease_expires_at < :now + max(lease_seconds / 2, :margin)
+
+-- name: heartbeat
+-- What each job the worker still holds asks of it.
+SELECT id, state, cancel_requested, pause_requested FROM jobs
+WHERE worker = :worker AND state IN ({leased})
+  AND id IN (SELECT value FROM json_each(:ids))
 
 -- name: due_timers
 -- Every state that waits for a time to run again, each through its own partial index.

@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -320,6 +320,14 @@ class SQLiteStore(SQLStore):
 
     def _sql_list(self, ids: Sequence[int] | Sequence[str]) -> str:
         return json.dumps(list(ids))
+
+    def _heartbeat(
+        self, conn: sqlite3.Connection, params: dict[str, Any]
+    ) -> Iterable[Sequence[Any]]:
+        """Two statements (SQLite has no UPDATE inside a WITH), under the one
+        write lock the transaction holds."""
+        conn.execute(Q["renew_leases"], params)
+        return conn.execute(Q["heartbeat"], params)
 
     def _moves(self, conn: sqlite3.Connection, moves: Sequence[Move]) -> dict[str, Any]:
         """Staged in ``staged_moves``, a table of the writing connection's own

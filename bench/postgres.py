@@ -82,7 +82,7 @@ def claim_plan(conn: psycopg.Connection[Any], limit: int) -> str:
         from instar.store.postgres.store import Q
 
         sql = Q["claim"]
-        params = {"worker": "bench-plan", "now": time.time(), "limit": limit}
+        params = {"worker": "bench-plan", "token": "t", "now": time.time(), "limit": limit}
         params |= {"queues": None, "names": None}
         plan = "\n".join(str(row[0]) for row in conn.execute(f"EXPLAIN {sql}".encode(), params))
     except (ImportError, KeyError, psycopg.Error):

@@ -119,7 +119,14 @@ def test_claiming_reads_only_the_ready_index(app: instar.App, schema: str) -> No
             row[0]
             for row in conn.execute(
                 "EXPLAIN " + Q["claim"],
-                {"worker": "w", "now": 0.0, "limit": 10, "queues": None, "names": ["a", "b"]},
+                {
+                    "worker": "w",
+                    "token": "t",
+                    "now": 0.0,
+                    "limit": 10,
+                    "queues": None,
+                    "names": ["a", "b"],
+                },
             )
         )
     assert "jobs_ready" in plan

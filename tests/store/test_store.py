@@ -160,6 +160,7 @@ def test_a_claim_alone_takes_jobs_in_order_with_their_events_and_rechecks_the_re
     assert [j.id for j in claimed] == [high.id, low.id]
     assert all((j.state, j.worker, j.attempt) == (State.RUNNING, "w1", 1) for j in claimed)
     assert all(j.lease_token for j in claimed)
+    assert len({j.lease_token for j in claimed}) == 2, "each job its own token"
     assert rechecked == []
     claims = [store.events(job.id)[-1] for job in (high, low)]
     assert [(e.from_state, e.to_state, e.trigger, e.worker) for e in claims] == [

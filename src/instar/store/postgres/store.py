@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import re
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -577,8 +578,10 @@ class PostgresStore(SQLStore):
 
 
 def _claim_params(claim: ClaimRequest, now: float) -> dict[str, Any]:
-    """The parameters every claim statement takes."""
+    """The parameters every claim statement takes; ``token``, 64 random bits of
+    this claim's own, starts the lease token of each job it claims."""
     return {
+        "token": secrets.token_hex(8),
         "worker": claim.worker,
         "now": now,
         "limit": claim.limit,

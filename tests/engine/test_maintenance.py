@@ -7,7 +7,7 @@ from instar.clock import FrozenClock
 from instar.lifecycle import State
 from instar.maintenance.runner import Maintenance
 from instar.store.contract import ClaimRequest
-from instar.worker.heartbeat import RENEW_MARGIN
+from instar.worker.heartbeat import RENEWAL
 
 
 def _claim(app: instar.App, worker: str = "w1") -> list[instar.Job]:
@@ -88,7 +88,7 @@ def test_a_heartbeat_keeps_the_lease_alive(frozen_app: instar.App, clock: Frozen
     _claim(frozen_app, "w1")
     maintenance = Maintenance(frozen_app.engine, "m")
     clock.advance(20)
-    held = frozen_app.engine.heartbeat("w1", [j.id for j in jobs], RENEW_MARGIN)
+    held = frozen_app.engine.heartbeat("w1", [j.id for j in jobs], RENEWAL)
     assert sorted(h.job_id for h in held) == [j.id for j in jobs]
     clock.advance(20)
     assert maintenance.run_once()["lease_rescue"] == 0

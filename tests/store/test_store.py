@@ -27,6 +27,7 @@ from instar.store.contract import (
     Term,
     Transaction,
 )
+from instar.worker.heartbeat import RENEWAL
 from tests.conftest import execute_raw, transaction_held_open
 
 NOW = 1_800_000_000.0
@@ -73,12 +74,9 @@ def claim(
         return [j.id for j in tx.claim(ClaimRequest(worker, limit, queues))]
 
 
-MARGIN = 3.0  # the worker's RENEW_MARGIN
-
-
 def heartbeat(store: Store, worker: str, job_ids: list[int], now: float) -> list[Held]:
     with store.transaction(now) as tx:
-        return tx.heartbeat(worker, job_ids, MARGIN)
+        return tx.heartbeat(worker, job_ids, RENEWAL)
 
 
 def lease_left(store: Store, job_id: int, now: float) -> float:
@@ -320,13 +318,14 @@ def test_a_heartbeat_passes_over_a_job_another_transaction_has_locked(
     other = open_store(database)
     try:
         # Its worker's report in progress, holding the row's lock until it commits
-        # (here a beat that renews its lease, 14 s of 30 left, locks it).
+        # (here a beat that renews its lease, 20 s of 30 left, locks it).
         def lock(tx: Transaction) -> None:
-            tx.heartbeat("me", [reporting], MARGIN)
+            tx.heartbeat("me", [reporting], RENEWAL)
 
-        with transaction_held_open(other, NOW + 16, lock):
+        with transaction_held_open(other, NOW + 10, lock):
+            heard: list[list[Held]] = []
             beat = threading.Thread(
-                target=heartbeat, args=(store, "me", [reporting, running], NOW + 20)
+                target=lambda: heard.append(heartbeat(store, "me", [reporting, running], NOW + 20))
             )
             beat.start()
             beat.join(10)
@@ -337,10 +336,11 @@ def test_a_heartbeat_passes_over_a_job_another_transaction_has_locked(
     assert extended is not None and extended.lease_expires_at is not None
     assert skipped is not None and skipped.lease_expires_at is not None
     assert extended.lease_expires_at.timestamp() == pytest.approx(NOW + 50)
-    assert skipped.lease_expires_at.timestamp() == pytest.approx(NOW + 46)
+    assert skipped.lease_expires_at.timestamp() == pytest.approx(NOW + 40)
+    assert sorted(h.job_id for h in heard[0]) == sorted([reporting, running]), "both heard"
 
 
-def test_a_heartbeat_renews_only_the_leases_with_less_than_half_or_the_margin_left(
+def test_a_heartbeat_renews_only_the_leases_with_under_three_quarters_or_3_s_left(
     store: Store,
 ) -> None:
     """A lease with time to spare is not written at every beat (on PostgreSQL
@@ -351,16 +351,16 @@ def test_a_heartbeat_renews_only_the_leases_with_less_than_half_or_the_margin_le
     assert sorted(h.job_id for h in beat) == [long, short, shortest]
     assert lease_left(store, long, NOW + 1) == pytest.approx(29), "29 of 30 s left: kept"
     assert lease_left(store, short, NOW + 1) == pytest.approx(4), "4 of 5 s left: kept"
-    assert lease_left(store, shortest, NOW + 1) == pytest.approx(1.5), "under the margin"
+    assert lease_left(store, shortest, NOW + 1) == pytest.approx(1.5), "under 3 s: renewed"
 
     heartbeat(store, "me", [long, short, shortest], NOW + 2.5)
     assert lease_left(store, short, NOW + 2.5) == pytest.approx(5), "2.5 s left: renewed"
     assert lease_left(store, long, NOW + 2.5) == pytest.approx(27.5)
 
-    heartbeat(store, "me", [long, short, shortest], NOW + 14.9)
-    assert lease_left(store, long, NOW + 14.9) == pytest.approx(15.1), "half left: kept"
-    heartbeat(store, "me", [long, short, shortest], NOW + 15.1)
-    assert lease_left(store, long, NOW + 15.1) == pytest.approx(30), "under half: renewed"
+    heartbeat(store, "me", [long, short, shortest], NOW + 7.4)
+    assert lease_left(store, long, NOW + 7.4) == pytest.approx(22.6), "over 3/4 left: kept"
+    heartbeat(store, "me", [long, short, shortest], NOW + 7.6)
+    assert lease_left(store, long, NOW + 7.6) == pytest.approx(30), "under 3/4: renewed"
 
 
 def test_a_cancel_request_reaches_the_worker_through_its_heartbeat(store: Store) -> None:

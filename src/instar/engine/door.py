@@ -38,6 +38,7 @@ from instar.store.contract import (
     NewJob,
     Note,
     Recheck,
+    Renewal,
     Request,
     Settlement,
     Store,
@@ -310,11 +311,11 @@ class Engine:
             moves = release(tx, waiters)
             return sum(self._apply(tx, moves)) if moves else 0
 
-    def heartbeat(self, worker: str, job_ids: Sequence[int], renew_margin: float) -> list[Held]:
-        """What ``worker`` is asked about the jobs it holds; their leases renewed
-        as ``Transaction.heartbeat`` says."""
+    def heartbeat(self, worker: str, job_ids: Sequence[int], renewal: Renewal) -> list[Held]:
+        """What ``worker`` is asked about the jobs it holds; the leases due
+        renewed (``Transaction.heartbeat``)."""
         with self._transaction() as tx:
-            return tx.heartbeat(worker, job_ids, renew_margin)
+            return tx.heartbeat(worker, job_ids, renewal)
 
     def request(
         self, job_id: int, request: Request, actor: str | None, detail_json: str | None = None

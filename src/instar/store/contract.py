@@ -322,6 +322,16 @@ class EventFilter:
 
 
 @dataclass(frozen=True, slots=True)
+class Renewal:
+    """When a heartbeat renews a lease (to ``lease_seconds`` from now): once
+    less than ``share`` of it (0 to 1), or less than ``margin`` seconds, is
+    left. Other leases are not written."""
+
+    share: float
+    margin: float
+
+
+@dataclass(frozen=True, slots=True)
 class Held:
     """What a heartbeat (or a step, a checkpoint) learns about one job its worker holds."""
 
@@ -429,12 +439,11 @@ class JobWrites(Protocol):
         state or is flagged already."""
         ...
 
-    def heartbeat(self, worker: str, job_ids: Sequence[int], renew_margin: float) -> list[Held]:
+    def heartbeat(self, worker: str, job_ids: Sequence[int], renewal: Renewal) -> list[Held]:
         """Note that ``worker`` was seen, and return what each job of ``job_ids``
-        it still holds asks of it. Of those, renew (to ``lease_seconds`` from
-        now) the leases with less than half their length, or less than
-        ``renew_margin`` seconds, left; the others are not written. One
-        statement for all of them, however many."""
+        it still holds asks of it; of those, renew the leases that ``renewal``
+        says are due. As many statements however many jobs (one on PostgreSQL,
+        two on SQLite)."""
         ...
 
     def recheck(self, worker: str, job_ids: Sequence[int]) -> list[Recheck]:

@@ -44,6 +44,7 @@ from instar.store.contract import (
     PruningMarks,
     RateHold,
     Recheck,
+    Renewal,
     Request,
     Scanned,
     Settlement,
@@ -122,7 +123,7 @@ class SQLStore(MachineReadsSQL, ABC):
 
     @abstractmethod
     def _heartbeat(self, conn: Any, params: dict[str, Any]) -> Iterable[Sequence[Any]]:
-        """Run ``Transaction.heartbeat`` (``params``: worker, now, ids, margin);
+        """Run ``Transaction.heartbeat`` (``params``: worker, now, ids, share, margin);
         returns its rows: id, state, cancel_requested, pause_requested."""
 
     @abstractmethod
@@ -798,7 +799,7 @@ class SQLTransaction(MachineWritesSQL):
         self.append_notes([Note(job_id, trigger.value, None, actor, detail_json)])
         return True
 
-    def heartbeat(self, worker: str, job_ids: Sequence[int], renew_margin: float) -> list[Held]:
+    def heartbeat(self, worker: str, job_ids: Sequence[int], renewal: Renewal) -> list[Held]:
         self.conn.execute(self.Q["worker_seen"], {"id": worker, "now": self.now})
         if not job_ids:
             return []
@@ -806,7 +807,8 @@ class SQLTransaction(MachineWritesSQL):
             "worker": worker,
             "now": self.now,
             "ids": self.store._sql_list(job_ids),
-            "margin": renew_margin,
+            "share": renewal.share,
+            "margin": renewal.margin,
         }
         return [held_from(row) for row in self.store._heartbeat(self.conn, params)]
 

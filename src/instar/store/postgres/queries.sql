@@ -520,7 +520,7 @@ WHERE id = %(job_id)s AND state = {state:running} AND NOT pause_requested
 
 -- name: heartbeat
 -- One statement, however many jobs the worker holds: what each asks of it, and
--- the renewal of the leases with less than half, or less than the margin, left
+-- the renewal of the leases with less than their share, or the margin, left
 -- (the others are not written). The renewal skips the rows another
 -- transaction has locked (as a rule this worker's own report of them) instead
 -- of waiting: waiting, it could deadlock with that report, which locks the same
@@ -529,7 +529,7 @@ WHERE id = %(job_id)s AND state = {state:running} AND NOT pause_requested
 -- moved by that report, or renewed by the next beat.
 WITH held AS (
     SELECT id, state, cancel_requested, pause_requested,
-           lease_expires_at < %(now)s + greatest(lease_seconds / 2, %(margin)s) AS due
+           lease_expires_at < %(now)s + greatest(lease_seconds * %(share)s, %(margin)s) AS due
     FROM jobs
     WHERE worker = %(worker)s AND state IN ({leased}) AND id = ANY(%(ids)s::bigint[])
 ), renewed AS (

@@ -306,12 +306,12 @@ UPDATE jobs SET cancel_requested = 1, updated_at = :now
 WHERE id = :job_id AND state IN ({leased}) AND cancel_requested = 0
 
 -- name: renew_leases
--- The leases the worker holds with less than half, or less than the margin,
--- left, renewed in one statement however many (the others are not written).
+-- The leases the worker holds with less than their share, or the margin, left,
+-- renewed in one statement however many (the others are not written).
 UPDATE jobs SET lease_expires_at = :now + lease_seconds
 WHERE worker = :worker AND state IN ({leased})
   AND id IN (SELECT value FROM json_each(:ids))
-  AND lease_expires_at < :now + max(lease_seconds / 2, :margin)
+  AND lease_expires_at < :now + max(lease_seconds * :share, :margin)
 
 -- name: heartbeat
 -- What each job the worker still holds asks of it.

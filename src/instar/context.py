@@ -25,7 +25,7 @@ from typing import Any
 from instar.control import CancelNow, LeaseLost, PauseNow, Suspend
 from instar.engine import Engine, plan_move
 from instar.errors import ChildFailed, InvalidOption, SignalRejected, SignalTimeout
-from instar.lifecycle import State, is_terminal
+from instar.lifecycle import State, can_transition, is_terminal
 from instar.models import Awakeable, Job
 from instar.payload import (
     DEFAULT_MAX_BYTES,
@@ -301,8 +301,11 @@ class Context:
         self._pause_requested = True
 
     def set_state(self, state: State) -> None:
-        """The worker learned (by heartbeat) that an operator moved the job (stop)."""
-        if state is not self.job.state:
+        """The worker learned (by heartbeat) that an operator moved the job (stop).
+        A state the job cannot move to from the one known here is older news
+        (a beat that read the job before this run's own move, such as
+        ``ready``, was written) and is ignored."""
+        if state is not self.job.state and can_transition(self.job.state, state):
             self.job = replace(self.job, state=state, version=self.job.version + 1)
 
     # -- plumbing ------------------------------------------------------------------

@@ -412,6 +412,28 @@ def test_a_service_serves_until_stopped_then_completes(app: instar.App) -> None:
     assert path(app, job.id) == [S.READY, S.RUNNING, S.SERVING, S.STOPPING, S.COMPLETED]
 
 
+def test_a_heartbeat_read_before_a_services_ready_was_written_does_not_undo_it(
+    frozen_app: instar.App,
+) -> None:
+    """A beat may read the job as it was before the run's own ``ready`` was
+    written (on PostgreSQL it reads rows its worker's report holds locked): the
+    context keeps what the handler did, and still takes an operator's stop."""
+    from instar.store.contract import ClaimRequest
+
+    @frozen_app.service(lease=10.0)
+    def server(ctx: instar.Context) -> None:
+        return None
+
+    server.enqueue()
+    [claimed] = frozen_app.engine.exchange([], [], ClaimRequest("w", 1, None)).claimed
+    ctx = instar.Context(claimed, "w", lambda report: None)
+    ctx.ready()
+    ctx.set_state(S.RUNNING)  # the beat's older news
+    assert (ctx.job.state, ctx.job.version) == (S.SERVING, claimed.version + 1)
+    ctx.set_state(S.STOPPING)  # an operator's stop, heard by the next beat
+    assert ctx.stopping and ctx.job.version == claimed.version + 2
+
+
 def test_a_serving_job_whose_worker_is_lost_is_orphaned(
     frozen_app: instar.App, clock: FrozenClock
 ) -> None:

@@ -100,6 +100,7 @@ def test_jobs_whose_leases_were_given_as_an_int_and_a_float_enqueue_in_one_batch
     @app.job(name="fraction", lease=1.5, pause_timeout=0.5)
     def fraction() -> None: ...
 
+    assert type(app.definition("whole").options.lease) is float
     jobs = app.enqueue_batch([(whole, {}, {}), (fraction, {}, {})])
     stored = [app.get(job.id) for job in jobs]
     assert [(j.name, j.lease_seconds, j.pause_timeout) for j in stored] == [

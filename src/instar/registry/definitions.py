@@ -43,10 +43,11 @@ class JobOptions:
 
     def __post_init__(self) -> None:
         """Raises ``ConfigurationError`` for a queue name, priority or duration outside
-        the limits (``instar.registry.limits``). Durations are kept as floats,
-        however given (``lease=5`` is 5.0), so jobs of every kind carry one type."""
+        the limits (``instar.registry.limits``). Numbers are kept as ints and
+        floats, however given (``lease=5`` is 5.0, a numpy integer priority an
+        int), so jobs of every kind carry one type of each."""
         check_name(self.queue, "queue", for_code=True)
-        check_priority(self.priority, for_code=True)
+        object.__setattr__(self, "priority", check_priority(self.priority, for_code=True))
         object.__setattr__(self, "lease", _seconds("lease", self.lease))
         if self.timeout is not None:
             object.__setattr__(self, "timeout", _seconds("timeout", self.timeout))

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from instar.engine import Returned, outcome_moves
+from instar.engine import Returned, outcome_moves, plan_move
 from instar.errors import ConfigurationError
 from instar.lifecycle import State
 from instar.models import BulkRecord, Job
@@ -27,6 +27,7 @@ from instar.store.contract import (
     Term,
     Transaction,
 )
+from instar.vocabulary import Trigger
 from instar.worker.heartbeat import RENEWAL
 from tests.conftest import execute_raw, transaction_held_open
 
@@ -361,6 +362,19 @@ def test_a_heartbeat_renews_only_the_leases_with_under_three_quarters_or_3_s_lef
     assert lease_left(store, long, NOW + 7.4) == pytest.approx(22.6), "over 3/4 left: kept"
     heartbeat(store, "me", [long, short, shortest], NOW + 7.6)
     assert lease_left(store, long, NOW + 7.6) == pytest.approx(30), "under 3/4: renewed"
+
+
+def test_a_move_that_keeps_the_lease_never_shortens_it(store: Store) -> None:
+    """A service's ready, planned from the job as claimed, after a beat renewed
+    its lease: the renewed lease stays (the claim's would run out in a second)."""
+    insert(store, [new_job(lease=10.0)])
+    with store.transaction(NOW) as tx:
+        [claimed] = tx.claim(ClaimRequest("w", 1, None))
+    heartbeat(store, "w", [claimed.id], NOW + 8)  # 2 s left: renewed to NOW + 18
+    ready = plan_move(claimed, State.SERVING, Trigger.SERVING, by_lease=True)
+    with store.transaction(NOW + 9) as tx:
+        assert tx.apply_moves([ready]).won == [True]
+    assert lease_left(store, claimed.id, NOW + 9) == pytest.approx(9)
 
 
 def test_a_cancel_request_reaches_the_worker_through_its_heartbeat(store: Store) -> None:

@@ -267,12 +267,17 @@ LIMIT 1
 -- token the caller holds; RETURNING names the moves that won, and whether other
 -- jobs wait on each (so the engine reads waiters only when there are some).
 -- With %(alone)s, only moves of jobs nothing waits on (PostgresStore.apply_alone:
--- the others are left to a transaction), and none is awaited.
+-- the others are left to a transaction), and none is awaited. A move that keeps
+-- the lease never shortens it: it was planned from the job as its run knows it,
+-- and heartbeats may have renewed the lease since (a service's ready after a
+-- setup longer than its lease would write a lease already run out).
 UPDATE jobs
 SET state = m.to_state, version = jobs.version + 1, updated_at = %(now)s,
     attempt = m.attempt, max_attempts = m.max_attempts, run_at = m.run_at,
     next_retry_at = m.next_retry_at, worker = m.worker, lease_token = m.lease_token,
-    lease_expires_at = m.lease_expires_at, result = m.result, error = m.error,
+    lease_expires_at = CASE WHEN m.lease_expires_at IS NULL THEN NULL
+                            ELSE greatest(m.lease_expires_at, jobs.lease_expires_at) END,
+    result = m.result, error = m.error,
     wake_at = m.wake_at, pause_deadline = m.pause_deadline, rerun = m.rerun,
     progress = CASE WHEN m.clear_progress THEN NULL ELSE jobs.progress END,
     cancel_requested = CASE WHEN m.to_state = {claim_to} THEN false ELSE jobs.cancel_requested END,

@@ -163,12 +163,16 @@ SELECT max(id) FROM events
 -- Compare-and-set on (id, state) plus the version or the lease token the
 -- caller holds; RETURNING names the moves that won, and whether anything waits
 -- on each (other jobs, or a machine's reply; so the engine reads waiters only
--- when there are some). Job ids must be distinct.
+-- when there are some). Job ids must be distinct. A move that keeps the lease
+-- never shortens it (heartbeats may have renewed it since the move's run read it).
 UPDATE jobs
 SET state = m.to_state, version = jobs.version + 1, updated_at = :now,
     attempt = m.attempt, max_attempts = m.max_attempts, run_at = m.run_at,
     next_retry_at = m.next_retry_at, worker = m.worker, lease_token = m.lease_token,
-    lease_expires_at = m.lease_expires_at, result = m.result, error = m.error,
+    lease_expires_at = CASE WHEN m.lease_expires_at IS NULL THEN NULL
+                            ELSE max(m.lease_expires_at,
+                                     coalesce(jobs.lease_expires_at, m.lease_expires_at)) END,
+    result = m.result, error = m.error,
     wake_at = m.wake_at, pause_deadline = m.pause_deadline, rerun = m.rerun,
     progress = CASE WHEN m.clear_progress THEN NULL ELSE jobs.progress END,
     cancel_requested = CASE WHEN m.to_state = {claim_to} THEN 0 ELSE jobs.cancel_requested END,
